@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Collector overhead: memcached throughput at saturation with and without kptrace-record.
+
+One memcached (`-t 1`, pinned to --server-cpu) serves memcaslap on 127.0.0.1 (pinned to the
+other CPU) for --seconds per run. Runs alternate without/with the collector, --pairs times;
+each "with" run wraps memcaslap in `kptrace-record --pid <memcached> -- memcaslap ...` (the
+default event set, perf counters included unless --no-perf), writing its bundle to a temporary
+directory that is deleted afterwards. Prints every run, then the with/without ratio of each
+pair as min / median / max.
+
+    sudo python3 benchmarks/collector_overhead.py [--pairs 5] [--seconds 5] [--no-perf]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RECORDER = REPO / "collectors" / "kptrace-record"
+
+
+def wait_port(port: int) -> None:
+    for _ in range(200):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"collector_overhead: memcached not listening on 127.0.0.1:{port}")
+
+
+def tps(out: str) -> int:
+    m = re.search(r"Run time: [\d.]+s Ops: \d+ TPS: (\d+)", out)
+    if not m:
+        sys.exit(f"collector_overhead: no TPS line in memcaslap output:\n{out[-500:]}")
+    return int(m.group(1))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--server-cpu", type=int, default=1)
+    ap.add_argument("--buffer-kb", type=int, default=65536)
+    ap.add_argument("--no-perf", action="store_true", help="pass --no-perf to the collector")
+    ap.add_argument("--port", type=int, default=22411)
+    a = ap.parse_args()
+    load_cpu = 1 - a.server_cpu
+
+    mc = subprocess.Popen(["taskset", "-c", str(a.server_cpu), "memcached", "-u", "root", "-l", "127.0.0.1",
+                           "-p", str(a.port), "-t", "1", "-U", "0"])
+    tmp = Path(tempfile.mkdtemp(prefix="kptrace-overhead."))
+    rows = []
+    try:
+        wait_port(a.port)
+        load = ["taskset", "-c", str(load_cpu), "memcaslap", "-s", f"127.0.0.1:{a.port}", "-t", f"{a.seconds}s",
+                "-c", str(a.concurrency), "-T", "1"]
+        # warm-up: fill the cache so every run sees the same hit rate
+        subprocess.run(load[:6] + ["2s"] + load[7:], capture_output=True, check=True)
+        print(f"memcached -t 1 on CPU{a.server_cpu}, memcaslap -c {a.concurrency} -T 1 on CPU{load_cpu}, "
+              f"{a.seconds} s per run, {a.pairs} pairs, collector: kptrace-record --pid {mc.pid} "
+              f"--buffer-kb {a.buffer_kb}{' --no-perf' if a.no_perf else ''}")
+        print(f"{'pair':>4} {'without ops/s':>14} {'with ops/s':>12} {'ratio':>7} {'lost events':>12}")
+        for i in range(a.pairs):
+            r0 = subprocess.run(load, capture_output=True, text=True, check=True)
+            t0 = tps(r0.stdout)
+            bundle = tmp / f"b{i}"
+            cmd = [str(RECORDER), "-q", "-o", str(bundle), "--pid", str(mc.pid), "--buffer-kb", str(a.buffer_kb)]
+            if a.no_perf:
+                cmd.append("--no-perf")
+            r1 = subprocess.run(cmd + ["--"] + load, capture_output=True, text=True)
+            if r1.returncode != 0:
+                sys.exit(f"collector_overhead: kptrace-record failed ({r1.returncode}): {r1.stderr.strip()}")
+            t1 = tps(r1.stdout)
+            lost = json.loads((bundle / "manifest.json").read_text())["lost_events_total"]
+            shutil.rmtree(bundle)
+            rows.append((t0, t1, lost))
+            print(f"{i + 1:>4} {t0:>14} {t1:>12} {t1 / t0:>7.3f} {lost:>12}", flush=True)
+    finally:
+        mc.send_signal(signal.SIGTERM)
+        mc.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    ratios = [w / wo for wo, w, _ in rows]
+    print(f"without: median {statistics.median(r[0] for r in rows):.0f} ops/s; "
+          f"with: median {statistics.median(r[1] for r in rows):.0f} ops/s")
+    print(f"ratio with/without: min {min(ratios):.3f}  median {statistics.median(ratios):.3f}  "
+          f"max {max(ratios):.3f}  (target >= 0.95)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

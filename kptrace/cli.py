@@ -1,0 +1,93 @@
+"""The `kptrace` command. Thin: each command calls the stages in order and prints their result.
+
+Exit codes: 0 success (warnings may be printed), 1 unusable input (one line on stderr),
+2 usage error (typer's own).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kptrace.errors import TraceError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Measure what interrupts cost a server, from its own kernel traces.")
+
+COLLECTOR = Path(__file__).resolve().parent.parent / "collectors" / "kptrace-record"
+
+
+def _fail(error: TraceError) -> None:
+    typer.echo(f"kptrace: error: {error}", err=True)
+    raise typer.Exit(1)
+
+
+def _warn(meta: dict) -> None:
+    for warning in meta["warnings"]:
+        typer.echo(f"kptrace: warning: {warning}", err=True)
+
+
+def _ingest(trace: Path, out: Path) -> dict:
+    from kptrace.export.parquet import write_tables
+    from kptrace.normalize import normalize
+    from kptrace.read import read_any
+
+    normalized = normalize(read_any(trace))
+    write_tables(out, {"events": normalized.events}, normalized.meta)
+    return normalized.meta
+
+
+@app.command()
+def ingest(
+    trace: Annotated[Path, typer.Argument(help="bundle directory, or tracefs / trace-cmd report / perf script text (.gz .zst .xz too)")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="output directory for events.parquet and meta.json")],
+) -> None:
+    """Parse a trace into the typed event table (Parquet, zstd) and meta.json."""
+    try:
+        meta = _ingest(trace, out)
+    except TraceError as error:
+        _fail(error)
+    _warn(meta)
+    typer.echo(
+        f"{meta['event_count']} events (measured) from {meta['source_format']} over "
+        f"{meta['duration_s']:.3f} s on {len(meta['per_cpu'])} CPUs; "
+        f"{meta['unparsed_lines']} lines skipped -> {out}/events.parquet, {out}/meta.json"
+    )
+
+
+@app.command()
+def analyze(
+    trace: Annotated[Path, typer.Argument(help="bundle directory or trace text file")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="output directory")] = Path("kptrace-out"),
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Ingest a trace and summarise the interrupt activity per CPU."""
+    from kptrace.summary import interrupt_summary, render_summary
+
+    try:
+        meta = _ingest(trace, out)
+    except TraceError as error:
+        _fail(error)
+    _warn(meta)
+    from kptrace.api import load
+
+    summary = interrupt_summary(load(out).events, meta)
+    typer.echo(json.dumps(summary, indent=2) if as_json else render_summary(summary))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def record(ctx: typer.Context) -> None:
+    """Record a capture bundle (runs collectors/kptrace-record; see its --help)."""
+    if not COLLECTOR.exists():
+        _fail(TraceError(COLLECTOR, "collector script not found (install kptrace from its source tree)"))
+    sys.stdout.flush()
+    os.execv("/bin/bash", ["/bin/bash", str(COLLECTOR), *ctx.args])
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,90 @@
+"""Normalize raw reader rows into the schema's event table, and describe the input in meta.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+import kptrace
+from kptrace.read import RawTrace
+from kptrace.schema import conform
+
+#: The idle task is `<idle>` in tracefs and trace-cmd, `swapper` in perf: use one name.
+IDLE_COMM = "<idle>"
+
+
+@dataclass
+class Events:
+    """The normalized event table and its meta.json description."""
+
+    events: pl.DataFrame
+    meta: dict
+
+
+def _order(rows: pl.DataFrame, warnings: list[str]) -> pl.DataFrame:
+    """Sort by time (stable, so same-time events keep file order), saying how much moved."""
+    backwards = int((rows["ts"].diff() < 0).sum())
+    if backwards:
+        warnings.append(f"{backwards} lines were out of time order; sorted by timestamp")
+    duplicates = int(rows.select("ts", "cpu", "tid", "event", "payload").is_duplicated().sum())
+    if duplicates:
+        warnings.append(f"{duplicates} event rows repeat another row exactly (same time, CPU, task and "
+                        "fields); kept, since microsecond timestamps can make real repeats identical")
+    return rows.sort("ts", "line_no", maintain_order=True) if backwards else rows
+
+
+def _per_cpu(events: pl.DataFrame) -> list[dict]:
+    stats = (
+        events.group_by("cpu")
+        .agg(
+            events=(pl.col("subsystem") != "kptrace").sum(),
+            lost_events=pl.col("value").filter(pl.col("event") == "lost_events").sum(),
+            lost_markers=(pl.col("event") == "lost_events").sum(),
+            buffer_wrapped=(pl.col("event") == "buffer_started").any(),
+        )
+        .sort("cpu")
+    )
+    return stats.to_dicts()
+
+
+def normalize(raw: RawTrace) -> Events:
+    """Conform to the schema, order by time, and summarise what the input held and lacked."""
+    warnings = list(raw.warnings)
+    rows = _order(raw.rows.with_columns(
+        comm=pl.when(pl.col("tid") == 0).then(pl.lit(IDLE_COMM)).otherwise(pl.col("comm"))
+    ), warnings)
+    events = conform(rows).collect()
+    real = events.filter(pl.col("subsystem") != "kptrace")
+    per_cpu = _per_cpu(events)
+    lost_markers = sum(c["lost_markers"] for c in per_cpu)
+    if lost_markers:
+        warnings.append(f"the tracer lost events {lost_markers} times "
+                        f"({sum(c['lost_events'] or 0 for c in per_cpu)} events counted); "
+                        "intervals across those gaps are marked incomplete")
+    unknown = real.filter(pl.col("subsystem") == "unknown")["event"].unique().sort().to_list()
+    resolution = raw.rows["ts_resolution_ns"].max()
+    manifest = raw.manifest or {}
+    meta = {
+        "kptrace_version": kptrace.__version__,
+        "source_format": raw.source_format,
+        "files": raw.files,
+        "clock": manifest.get("trace_clock", "unknown (not recorded in this format)"),
+        "ts_resolution_ns": int(resolution) if resolution is not None else None,
+        "start_ns": int(real["ts"].min()),
+        "end_ns": int(real["ts"].max()),
+        "duration_s": (int(real["ts"].max()) - int(real["ts"].min())) / 1e9,
+        "event_count": real.height,
+        "event_counts": dict(sorted(
+            real.group_by(pl.col("event").cast(pl.String)).len().iter_rows(), key=lambda kv: kv[0]
+        )),
+        "per_cpu": per_cpu,
+        "unknown_events": unknown,
+        "unparsed_lines": raw.unparsed_count,
+        "unparsed_examples": raw.unparsed_examples,
+        "warnings": warnings,
+    }
+    if raw.manifest is not None:
+        meta["bundle"] = {k: manifest.get(k) for k in ("created_utc", "hostname", "command", "counters",
+                                                       "not_recorded", "workload", "per_cpu")}
+    return Events(events=events, meta=meta)

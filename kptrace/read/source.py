@@ -1,0 +1,97 @@
+"""Open a trace file as text, whatever its compression, or say clearly why it cannot be read."""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zstandard
+
+from kptrace.errors import TraceError
+
+_MAGIC = {
+    b"\x1f\x8b": "gzip",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"\xfd7zXZ\x00": "xz",
+}
+
+
+@dataclass
+class SourceText:
+    """Decoded text of one input file and what went wrong while getting it."""
+
+    path: Path
+    text: str
+    compression: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _compression_of(head: bytes) -> str | None:
+    return next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)
+
+
+def _zstd(path: Path, warnings: list[str]) -> bytes:
+    """zstd frames one after another; a frame without its end is a truncated file."""
+    data = path.read_bytes()
+    chunks: list[bytes] = []
+    while data:
+        frame = zstandard.ZstdDecompressor().decompressobj()
+        try:
+            chunks.append(frame.decompress(data))
+        except zstandard.ZstdError as exc:
+            if not chunks:
+                raise TraceError(path, f"cannot decompress zstd data ({exc})") from None
+            warnings.append(f"zstd stream is corrupt ({exc}); read the first {sum(map(len, chunks))} bytes only")
+            break
+        if not frame.eof:
+            warnings.append(f"zstd stream is truncated; read the first {sum(map(len, chunks))} bytes only")
+            break
+        data = frame.unused_data
+    return b"".join(chunks)
+
+
+def _decompress(path: Path, compression: str, warnings: list[str]) -> bytes:
+    """Decompress in chunks so a truncated stream still yields what was written before the cut."""
+    if compression == "zstd":
+        return _zstd(path, warnings)
+    chunks: list[bytes] = []
+    opener = gzip.open if compression == "gzip" else lzma.open
+    try:
+        with opener(path, "rb") as stream:
+            while chunk := stream.read(1 << 22):
+                chunks.append(chunk)
+    except (EOFError, OSError, lzma.LZMAError) as exc:
+        if not chunks:
+            raise TraceError(path, f"cannot decompress {compression} data ({exc})") from None
+        warnings.append(f"{compression} stream is truncated or corrupt ({exc}); read the first "
+                        f"{sum(map(len, chunks))} bytes only")
+    return b"".join(chunks)
+
+
+def read_source(path: str | Path) -> SourceText:
+    """Read ``path`` as UTF-8 text, decompressing gzip, zstd or xz by their magic bytes."""
+    path = Path(path)
+    if not path.exists():
+        raise TraceError(path, "no such file")
+    if path.is_dir():
+        raise TraceError(path, "is a directory, not a trace file or bundle")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+        if not head:
+            raise TraceError(path, "empty file")
+        warnings: list[str] = []
+        compression = _compression_of(head)
+        raw = _decompress(path, compression, warnings) if compression else path.read_bytes()
+    except OSError as exc:
+        raise TraceError(path, f"cannot read: {exc.strerror or exc}") from None
+    if not raw.strip():
+        raise TraceError(path, "contains no trace lines")
+    sample = raw[: 1 << 16]
+    if b"\x00" in sample or sum(b < 9 or 13 < b < 32 for b in sample) > len(sample) // 100:
+        raise TraceError(path, "binary data, not trace text (a trace.dat needs `trace-cmd report` first; "
+                               "a perf.data needs `perf script`)")
+    text = raw.decode("utf-8", errors="replace")
+    return SourceText(path=path, text=text, compression=compression, warnings=warnings)

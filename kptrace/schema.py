@@ -1,0 +1,108 @@
+"""The one typed event table every reader produces and every later stage consumes.
+
+Column names follow Perfetto's vocabulary (``ts`` in ns, ``cpu``, ``tid``) so the Parquet
+tables sit naturally beside a Perfetto trace processor session. Each column is documented
+here, once; ``docs/schema.md`` is generated from this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: pl.DataType
+    unit: str
+    meaning: str
+
+
+EVENT_COLUMNS: tuple[Column, ...] = (
+    Column("ts", pl.Int64(), "ns", "timestamp on the trace clock; resolution in meta.json `ts_resolution_ns`"),
+    Column("cpu", pl.Int16(), "", "CPU the event was recorded on"),
+    Column("tid", pl.Int32(), "", "kernel task id (the `PID` of tracefs text); 0 is the idle task"),
+    Column("tgid", pl.Int32(), "", "thread-group id (user-space pid) when the format carries it, else null"),
+    Column("comm", pl.String(), "", "task name as the tracer printed it (`<...>` when unknown)"),
+    Column("subsystem", pl.Categorical(), "", "tracepoint system: irq, irq_vectors, napi, net, sched, syscalls, counter, ..."),
+    Column("event", pl.Categorical(), "", "tracepoint name as tracefs names it (`sys_enter_read`, `local_timer_entry`); counters use the perf event name"),
+    Column("irqs_off", pl.Boolean(), "", "interrupts disabled (flags column `d`/`D`); null when the format has no flags"),
+    Column("bh_off", pl.Boolean(), "", "bottom halves disabled (flags `b`/`D`); null without flags"),
+    Column("need_resched", pl.Boolean(), "", "a reschedule is pending (flags `N`, `n`, `L`, `l`, `B`, `b`, `p`); null without flags"),
+    Column("in_hardirq", pl.Boolean(), "", "recorded in hard-IRQ context (flags `h`, `H`, `Z`); null without flags"),
+    Column("in_softirq", pl.Boolean(), "", "recorded in softirq context (flags `s`, `H`); null without flags"),
+    Column("in_nmi", pl.Boolean(), "", "recorded in NMI context (flags `z`, `Z`); null without flags"),
+    Column("preempt_depth", pl.Int8(), "", "preemption count digit of the flags column; null without flags"),
+    # irq:irq_handler_entry/exit
+    Column("irq", pl.Int32(), "", "Linux IRQ number (irq_handler_entry/exit)"),
+    Column("irq_name", pl.String(), "", "IRQ handler name, e.g. `virtio1-req.0` (irq_handler_entry)"),
+    # irq_vectors:*_entry/_exit
+    Column("vector", pl.Int32(), "", "x86 APIC vector (irq_vectors:*_entry/_exit)"),
+    # irq:softirq_raise/entry/exit
+    Column("softirq_vec", pl.Int8(), "", "softirq vector number (softirq_raise/entry/exit)"),
+    Column("softirq", pl.Categorical(), "", "softirq name: HI TIMER NET_TX NET_RX BLOCK IRQ_POLL TASKLET SCHED HRTIMER RCU"),
+    # napi / net
+    Column("dev", pl.Categorical(), "", "network device (napi_poll, netif_receive_skb, netif_rx, net_dev_xmit); `(no_device)` for loopback NAPI"),
+    Column("napi_work", pl.Int32(), "packets", "packets processed by this NAPI poll"),
+    Column("napi_budget", pl.Int32(), "packets", "poll budget"),
+    Column("len", pl.Int32(), "bytes", "skb length (netif_receive_skb, netif_rx, net_dev_xmit)"),
+    # sched
+    Column("prev_comm", pl.String(), "", "sched_switch: task switched out"),
+    Column("prev_pid", pl.Int32(), "", "sched_switch: tid switched out"),
+    Column("prev_prio", pl.Int16(), "", "sched_switch: its priority"),
+    Column("prev_state", pl.String(), "", "sched_switch: its state letters (R, S, D, ...; `R+` preempted)"),
+    Column("next_comm", pl.String(), "", "sched_switch: task switched in"),
+    Column("next_pid", pl.Int32(), "", "sched_switch: tid switched in"),
+    Column("next_prio", pl.Int16(), "", "sched_switch: its priority"),
+    Column("task_comm", pl.String(), "", "sched_wakeup/waking/migrate_task: the task concerned"),
+    Column("task_pid", pl.Int32(), "", "sched_wakeup/waking/migrate_task: its tid"),
+    Column("task_prio", pl.Int16(), "", "sched_wakeup/waking/migrate_task: its priority"),
+    Column("target_cpu", pl.Int16(), "", "sched_wakeup/waking: CPU the task will run on; migrate_task: destination"),
+    Column("orig_cpu", pl.Int16(), "", "sched_migrate_task: CPU it leaves"),
+    # syscalls
+    Column("fd", pl.Int64(), "", "syscall enter: file descriptor (epfd for epoll_*)"),
+    Column("count", pl.Int64(), "", "syscall enter: count/len/maxevents/vlen"),
+    Column("ret", pl.Int64(), "", "syscall exit: return value (negative errno); irq_handler_exit: 1 handled, 0 unhandled"),
+    # counters read by perf group-leader sampling
+    Column("value", pl.Int64(), "event units", "counter delta read at this sample (cycles, instructions, ns of task-clock, ...)"),
+    Column("fields", pl.String(), "", "raw field text of events kptrace has no typed columns for; null otherwise"),
+)
+
+EVENT_SCHEMA: dict[str, pl.DataType] = {c.name: c.dtype for c in EVENT_COLUMNS}
+
+#: Softirq vector numbers as the kernel numbers them (include/linux/interrupt.h).
+SOFTIRQ_NAMES: tuple[str, ...] = (
+    "HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED", "HRTIMER", "RCU",
+)
+
+#: Every syscall whose enter/exit events kptrace types (fd, count, ret).
+TRACKED_SYSCALLS: tuple[str, ...] = (
+    "epoll_wait", "epoll_pwait", "epoll_pwait2", "read", "recvfrom", "recvmsg",
+    "sendmsg", "sendto", "write", "writev", "accept4",
+)
+
+
+def empty_events() -> pl.DataFrame:
+    """An event table with no rows but every column typed."""
+    return pl.DataFrame(schema=EVENT_SCHEMA)
+
+
+def conform(frame: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    """Add missing columns as nulls, cast every column to its schema type, order as the schema."""
+    lazy = frame.lazy()
+    present = lazy.collect_schema().names()
+    return lazy.select(
+        [
+            (pl.col(c.name) if c.name in present else pl.lit(None)).cast(c.dtype).alias(c.name)
+            for c in EVENT_COLUMNS
+        ]
+    )
+
+
+def schema_markdown() -> str:
+    """The schema as a Markdown table, for docs/schema.md."""
+    rows = ["| column | type | unit | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{c.name}` | {c.dtype} | {c.unit} | {c.meaning} |" for c in EVENT_COLUMNS]
+    return "\n".join(rows) + "\n"
