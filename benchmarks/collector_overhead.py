@@ -56,8 +56,12 @@ def main() -> int:
     ap.add_argument("--buffer-kb", type=int, default=65536)
     ap.add_argument("--no-perf", action="store_true", help="pass --no-perf to the collector")
     ap.add_argument("--port", type=int, default=22411)
+    ap.add_argument("--collector-args", default="",
+                    help="extra kptrace-record arguments, space separated (e.g. '--events irq:*')")
     a = ap.parse_args()
     load_cpu = 1 - a.server_cpu
+    # SIGTERM/SIGINT: leave through the finally below, which stops memcached
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     mc = subprocess.Popen(["taskset", "-c", str(a.server_cpu), "memcached", "-u", "root", "-l", "127.0.0.1",
                            "-p", str(a.port), "-t", "1", "-U", "0"])
@@ -65,22 +69,25 @@ def main() -> int:
     rows = []
     try:
         wait_port(a.port)
-        load = ["taskset", "-c", str(load_cpu), "memcaslap", "-s", f"127.0.0.1:{a.port}", "-t", f"{a.seconds}s",
-                "-c", str(a.concurrency), "-T", "1"]
+        def load_cmd(seconds: int) -> list[str]:
+            return ["taskset", "-c", str(load_cpu), "memcaslap", "-s", f"127.0.0.1:{a.port}",
+                    "-t", f"{seconds}s", "-c", str(a.concurrency), "-T", "1"]
+        load = load_cmd(a.seconds)
         # warm-up: fill the cache so every run sees the same hit rate
-        subprocess.run(load[:6] + ["2s"] + load[7:], capture_output=True, check=True)
+        subprocess.run(load_cmd(2), capture_output=True, check=True, timeout=60)
         print(f"memcached -t 1 on CPU{a.server_cpu}, memcaslap -c {a.concurrency} -T 1 on CPU{load_cpu}, "
               f"{a.seconds} s per run, {a.pairs} pairs, collector: kptrace-record --pid {mc.pid} "
-              f"--buffer-kb {a.buffer_kb}{' --no-perf' if a.no_perf else ''}")
+              f"--buffer-kb {a.buffer_kb}{' --no-perf' if a.no_perf else ''} {a.collector_args}".rstrip())
         print(f"{'pair':>4} {'without ops/s':>14} {'with ops/s':>12} {'ratio':>7} {'lost events':>12}")
         for i in range(a.pairs):
-            r0 = subprocess.run(load, capture_output=True, text=True, check=True)
+            r0 = subprocess.run(load, capture_output=True, text=True, check=True, timeout=a.seconds + 60)
             t0 = tps(r0.stdout)
             bundle = tmp / f"b{i}"
             cmd = [str(RECORDER), "-q", "-o", str(bundle), "--pid", str(mc.pid), "--buffer-kb", str(a.buffer_kb)]
             if a.no_perf:
                 cmd.append("--no-perf")
-            r1 = subprocess.run(cmd + ["--"] + load, capture_output=True, text=True)
+            cmd += a.collector_args.split()
+            r1 = subprocess.run(cmd + ["--"] + load, capture_output=True, text=True, timeout=a.seconds + 300)
             if r1.returncode != 0:
                 sys.exit(f"collector_overhead: kptrace-record failed ({r1.returncode}): {r1.stderr.strip()}")
             t1 = tps(r1.stdout)

@@ -62,6 +62,10 @@ def normalize(raw: RawTrace) -> Events:
         warnings.append(f"the tracer lost events {lost_markers} times "
                         f"({sum(c['lost_events'] or 0 for c in per_cpu)} events counted); "
                         "intervals across those gaps are marked incomplete")
+    wrapped = [c["cpu"] for c in per_cpu if c["buffer_wrapped"]]
+    if wrapped:
+        warnings.append(f"the ring buffer of CPU {', '.join(map(str, wrapped))} wrapped: its oldest events "
+                        "were overwritten, so that CPU's trace starts later than the others")
     unknown = real.filter(pl.col("subsystem") == "unknown")["event"].unique().sort().to_list()
     resolution = raw.rows["ts_resolution_ns"].max()
     manifest = raw.manifest or {}

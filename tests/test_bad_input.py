@@ -152,3 +152,9 @@ def test_no_traceback_for_a_directory_without_manifest(tmp_path):
     folder = tmp_path / "folder"
     folder.mkdir()
     assert_one_line_error(*ingest(folder, tmp_path)[:2], folder, "is a directory")
+
+
+def test_schema_doc_matches_the_code():
+    from kptrace.schema import schema_markdown
+
+    assert (DATA.parent.parent / "docs" / "schema.md").read_text().endswith(schema_markdown())

@@ -74,7 +74,10 @@ def read_bundle(directory: str | Path) -> RawTrace:
         raise TraceError(manifest_path, "names no trace file under files.trace")
     parts = [read_text_trace(directory / files["trace"])]
     if files.get("perf_counters"):
-        parts.append(read_text_trace(directory / files["perf_counters"]))
+        # Its tracepoint rows only anchor the samples and repeat events the trace already has.
+        counters = read_text_trace(directory / files["perf_counters"])
+        counters.rows = counters.rows.filter(pl.col("subsystem") == "counter")
+        parts.append(counters)
     line_offset = 0
     frames = []
     for part in parts:
