@@ -56,6 +56,8 @@ def main() -> int:
     ap.add_argument("--buffer-kb", type=int, default=65536)
     ap.add_argument("--no-perf", action="store_true", help="pass --no-perf to the collector")
     ap.add_argument("--port", type=int, default=22411)
+    ap.add_argument("--control", action="store_true",
+                    help="A/A control: run without the collector in both slots (the noise floor)")
     ap.add_argument("--collector-args", default="",
                     help="extra kptrace-record arguments, space separated (e.g. '--events irq:*')")
     a = ap.parse_args()
@@ -75,6 +77,8 @@ def main() -> int:
         load = load_cmd(a.seconds)
         # warm-up: fill the cache so every run sees the same hit rate
         subprocess.run(load_cmd(2), capture_output=True, check=True, timeout=60)
+        if a.control:
+            print("A/A CONTROL: the 'with' column is a second run WITHOUT the collector")
         print(f"memcached -t 1 on CPU{a.server_cpu}, memcaslap -c {a.concurrency} -T 1 on CPU{load_cpu}, "
               f"{a.seconds} s per run, {a.pairs} pairs, collector: kptrace-record --pid {mc.pid} "
               f"--buffer-kb {a.buffer_kb}{' --no-perf' if a.no_perf else ''} {a.collector_args}".rstrip())
@@ -87,12 +91,16 @@ def main() -> int:
             if a.no_perf:
                 cmd.append("--no-perf")
             cmd += a.collector_args.split()
-            r1 = subprocess.run(cmd + ["--"] + load, capture_output=True, text=True, timeout=a.seconds + 300)
-            if r1.returncode != 0:
-                sys.exit(f"collector_overhead: kptrace-record failed ({r1.returncode}): {r1.stderr.strip()}")
-            t1 = tps(r1.stdout)
-            lost = json.loads((bundle / "manifest.json").read_text())["lost_events_total"]
-            shutil.rmtree(bundle)
+            if a.control:
+                r1 = subprocess.run(load, capture_output=True, text=True, check=True, timeout=a.seconds + 60)
+                t1, lost = tps(r1.stdout), 0
+            else:
+                r1 = subprocess.run(cmd + ["--"] + load, capture_output=True, text=True, timeout=a.seconds + 300)
+                if r1.returncode != 0:
+                    sys.exit(f"collector_overhead: kptrace-record failed ({r1.returncode}): {r1.stderr.strip()}")
+                t1 = tps(r1.stdout)
+                lost = json.loads((bundle / "manifest.json").read_text())["lost_events_total"]
+                shutil.rmtree(bundle)
             rows.append((t0, t1, lost))
             print(f"{i + 1:>4} {t0:>14} {t1:>12} {t1 / t0:>7.3f} {lost:>12}", flush=True)
     finally:
