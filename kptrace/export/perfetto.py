@@ -1,0 +1,514 @@
+"""Write kptrace's tables as a Perfetto timeline (protobuf TrackEvent packets).
+
+`write_timeline(path, events, intervals, requests=None, counters=None, group="measured")` writes
+one *group* of tracks. A what-if replay writes its own group (`group="predicted"`, `append=True`)
+into the same file: every track uuid, the packet sequence id and every flow id are derived from
+the group name, so groups never collide. Layout (docs/timeline.md):
+
+    <group>                         top-level track, e.g. "measured"
+      CPU <n>                       one per CPU seen in events or intervals
+        hard IRQ | softirq | NAPI | syscall | running     slices, one child track per kind
+        hard IRQ rate               counter: hard IRQ entries per second, 10 ms bins
+        <counter name>              counter, from the `counters` frame (IPC, slowdown, ...)
+      requests
+        tid <tid> (<comm>)          request slices of one thread
+      <counter name>                counters whose cpu is null
+
+Expected input columns (extra columns are ignored):
+
+- `events` (kptrace.schema, DataFrame or LazyFrame; may be None): `ts`, `cpu`, and, for thread
+  names, `tid` and `comm`. Gives the trace's time span (counter bins) and the CPU list.
+- `intervals` (kptrace.intervals): `ts` (ns), `dur` (ns, null when incomplete), `cpu`, `kind`
+  (hardirq | softirq | napi | syscall | running | other), `name`; optional `complete`
+  (default: dur is not null), `tid`, `depth`, and `id`. An interval's id is its `id` column when
+  there is one, else its 0-based row position in the frame as passed.
+- `requests` (kptrace.requests; optional): `request_id`, `tid`, `ts`, `dur` (null: incomplete);
+  optional `cpu`, `fd`, `n_irq`, `disrupted` (bool), and `irq_interval_ids: list[int]` — the
+  ids (as above) of the interrupt intervals that disrupted the request. Without that column no
+  flows are written.
+- `counters` (optional): `ts`, `cpu` (null: not per CPU), `name`, `value` (float). One counter
+  track per (cpu, name).
+
+Drawing rules:
+
+- Complete intervals and requests are BEGIN/END slice pairs. Incomplete ones (null `dur`)
+  become instant events at `ts` with the debug annotation `incomplete: true`: never an invented
+  duration.
+- At equal timestamps, ENDs are written before BEGINs; an outer slice begins before and ends
+  after the slices nested in it. Slices that overlap without nesting on one track (a syscall
+  that blocked while another thread's syscall ran on the same CPU) move to extra lanes
+  ("syscall #2", ...), so every slice keeps its exact ts and dur.
+- A flow joins a request and each interrupt interval that disrupted it. Perfetto draws a flow
+  from the slice that starts earlier, so the flow leaves the request's BEGIN and ends at the
+  interrupt's BEGIN (or the other way round if the interrupt began first).
+- Names are interned per sequence; the first packet of the sequence sets
+  SEQ_INCREMENTAL_STATE_CLEARED and carries every name. Track descriptors carry no sequence id.
+  No timestamp_clock_id: timestamps are the trace clock as kptrace read it.
+
+The packets are built with the `perfetto` package's protobuf classes
+(`perfetto.protos...TracePacket`) and framed as `Trace.packet` entries, exactly as
+`perfetto.trace_builder.StreamingTraceProtoBuilder` frames them. A path ending in `.gz` is
+gzip-compressed (Perfetto's trace processor and UI read gzip traces).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import (
+    CounterDescriptor,
+    TracePacket,
+    TrackDescriptor,
+    TrackEvent,
+)
+
+#: Per-CPU child tracks, in display order, and their titles. Unknown kinds follow, titled as is.
+KIND_TITLES: dict[str, str] = {
+    "hardirq": "hard IRQ", "softirq": "softirq", "napi": "NAPI", "syscall": "syscall",
+    "running": "running",
+}
+#: Interval kinds counted by the per-CPU interrupt rate counter.
+RATE_KINDS = ("hardirq",)
+IRQ_RATE_BIN_NS = 10_000_000
+REQUEST_KIND = "request"
+
+_CLEARED = TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
+_NEEDS_STATE = TracePacket.SEQ_NEEDS_INCREMENTAL_STATE
+_BEGIN, _END, _INSTANT, _COUNTER = (TrackEvent.TYPE_SLICE_BEGIN, TrackEvent.TYPE_SLICE_END,
+                                    TrackEvent.TYPE_INSTANT, TrackEvent.TYPE_COUNTER)
+
+
+def _hash64(text: str) -> int:
+    """A stable positive 63-bit id for `text` (track uuids, flow id bases)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def sequence_id(group: str) -> int:
+    """The trusted packet sequence id of a group: stable, non-zero, 31 bits."""
+    return (_hash64(f"kptrace/sequence/{group}") & 0x7FFF_FFFF) or 1
+
+
+def track_uuid(group: str, *path: object) -> int:
+    """uuid of the track at `path` under `group`, e.g. track_uuid("measured", "cpu", 1, "hardirq")."""
+    return _hash64("kptrace/track/" + "/".join([group, *map(str, path)])) or 1
+
+
+@dataclass
+class _Track:
+    uuid: int
+    parent: int | None
+    name: str
+    rank: int
+    counter: bool = False
+    unit: str | None = None
+
+
+@dataclass
+class _Layout:
+    group: str
+    tracks: dict[tuple, _Track] = field(default_factory=dict)
+
+    def add(self, path: tuple, parent: tuple | None, name: str, rank: int, **kw) -> int:
+        if path not in self.tracks:
+            parent_uuid = None if parent is None else self.tracks[parent].uuid
+            self.tracks[path] = _Track(track_uuid(self.group, *path), parent_uuid, name, rank, **kw)
+        return self.tracks[path].uuid
+
+    def root(self) -> tuple:
+        self.add((), None, self.group, 0)
+        return ()
+
+    def cpu(self, cpu: int) -> tuple:
+        self.add(("cpu", cpu), self.root(), f"CPU {cpu}", cpu)
+        return ("cpu", cpu)
+
+
+def _frame(frame: pl.DataFrame | pl.LazyFrame | None, columns: list[str]) -> pl.DataFrame | None:
+    """The named columns that exist, collected."""
+    if frame is None:
+        return None
+    lazy = frame.lazy()
+    present = lazy.collect_schema().names()
+    return lazy.select([c for c in columns if c in present]).collect()
+
+
+def _kind_rank(kind: str) -> int:
+    order = list(KIND_TITLES)
+    return order.index(kind) if kind in order else len(order)
+
+
+def _lanes(ts: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Lane per item (in the given order, sorted by ts then longest first) such that every lane
+    nests properly: each item lies inside, or after, the items still open in its lane."""
+    lanes = np.zeros(len(ts), dtype=np.int64)
+    stacks: list[list[int]] = []  # per lane: open end times, innermost last
+    for i in range(len(ts)):
+        t, e = ts[i], end[i]
+        for lane, stack in enumerate(stacks):
+            while stack and stack[-1] <= t:
+                stack.pop()
+            if not stack or e <= stack[-1]:
+                stack.append(e)
+                lanes[i] = lane
+                break
+        else:
+            stacks.append([e])
+            lanes[i] = len(stacks) - 1
+    return lanes
+
+
+def _assign_lanes(items: pl.DataFrame) -> pl.DataFrame:
+    """Add `lane` (0 unless slices on a track overlap without nesting)."""
+    items = items.sort("track", "ts", "width", "item", descending=[False, False, True, False])
+    prev_reach = pl.col("end").cum_max().shift(1).over("track")
+    flat = items.select(((prev_reach.is_null()) | (pl.col("ts") >= prev_reach)).all()).item()
+    items = items.with_columns(lane=pl.lit(0, pl.Int64))
+    if flat:
+        return items
+    parts = []
+    for (_,), part in items.group_by(["track"], maintain_order=True):
+        reach = part["end"].cum_max().shift(1)
+        if ((reach.is_null()) | (part["ts"] >= reach)).all():
+            parts.append(part)
+            continue
+        lanes = _lanes(part["ts"].to_numpy(), part["end"].to_numpy())
+        parts.append(part.with_columns(lane=pl.Series(lanes, dtype=pl.Int64)))
+    return pl.concat(parts)
+
+
+def _interval_items(intervals: pl.DataFrame) -> pl.DataFrame:
+    if "id" not in intervals.columns:
+        intervals = intervals.with_row_index("id")
+    if "complete" not in intervals.columns:
+        intervals = intervals.with_columns(complete=pl.col("dur").is_not_null())
+    return intervals.select(
+        item_id=pl.col("id").cast(pl.Int64),
+        source=pl.lit("interval"),
+        kind=pl.col("kind").cast(pl.String),
+        owner=pl.col("cpu").cast(pl.Int64),
+        ts=pl.col("ts").cast(pl.Int64),
+        dur=pl.when(pl.col("complete").fill_null(False)).then(pl.col("dur")).cast(pl.Int64),
+        name=pl.col("name").cast(pl.String).fill_null(pl.col("kind").cast(pl.String)),
+    )
+
+
+def _request_items(requests: pl.DataFrame) -> pl.DataFrame:
+    disrupted = pl.col("disrupted").fill_null(False) if "disrupted" in requests.columns else pl.lit(False)
+    return requests.select(
+        item_id=pl.col("request_id").cast(pl.Int64),
+        source=pl.lit("request"),
+        kind=pl.lit(REQUEST_KIND),
+        owner=pl.col("tid").cast(pl.Int64),
+        ts=pl.col("ts").cast(pl.Int64),
+        dur=pl.col("dur").cast(pl.Int64),
+        name=pl.when(disrupted).then(pl.lit("disrupted request")).otherwise(pl.lit("request")),
+    )
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _frame_packet(payload: bytes) -> bytes:
+    """One `Trace.packet` entry (field 1, length-delimited)."""
+    return b"\x0a" + _varint(len(payload)) + payload
+
+
+def write_timeline(
+    path: str | Path,
+    events: pl.DataFrame | pl.LazyFrame | None,
+    intervals: pl.DataFrame | pl.LazyFrame,
+    requests: pl.DataFrame | pl.LazyFrame | None = None,
+    counters: pl.DataFrame | pl.LazyFrame | None = None,
+    *,
+    group: str = "measured",
+    append: bool = False,
+    irq_rate_bin_ns: int = IRQ_RATE_BIN_NS,
+) -> dict:
+    """Write one group of tracks to a Perfetto protobuf trace at `path` (gzip if it ends in .gz).
+
+    `append=True` adds the group to an existing file (a what-if "predicted" group beside
+    "measured"). Returns what was written: {"group", "path", "tracks", "packets", "bytes",
+    "slices": {kind: n} (instants of incomplete intervals included), "incomplete": {kind: n},
+    "flows": n, "counter_samples": {counter name: n}}. Column contracts: module docstring.
+    """
+    seq = sequence_id(group)
+    layout = _Layout(group)
+    layout.root()
+
+    ev = _frame(events, ["ts", "cpu", "tid", "comm"])
+    iv = _frame(intervals, ["id", "ts", "dur", "cpu", "tid", "kind", "name", "complete"])
+    rq = _frame(requests, ["request_id", "tid", "cpu", "ts", "dur", "fd", "n_irq", "disrupted",
+                           "irq_interval_ids"])
+    ct = _frame(counters, ["ts", "cpu", "name", "value"])
+
+    # --- CPUs and time span ---------------------------------------------------------------
+    cpus: set[int] = set()
+    span: list[int] = []
+    comms: dict[int, str] = {}
+    if ev is not None and ev.height:
+        cpus |= set(ev["cpu"].drop_nulls().unique().to_list())
+        span += [ev["ts"].min(), ev["ts"].max()]
+        if "tid" in ev.columns and "comm" in ev.columns:
+            last = ev.filter(pl.col("comm").is_not_null() & (pl.col("comm") != "<...>")).group_by("tid").agg(
+                pl.col("comm").last())
+            comms = dict(zip(last["tid"].to_list(), last["comm"].to_list()))
+    if iv.height:
+        cpus |= set(iv["cpu"].drop_nulls().unique().to_list())
+        ends = iv["ts"] + iv["dur"].fill_null(0)
+        span += [iv["ts"].min(), ends.max()]
+    for cpu in sorted(cpus):
+        layout.cpu(int(cpu))
+
+    # --- slices and instants -------------------------------------------------------------
+    parts = [_interval_items(iv.filter(pl.col("cpu").is_not_null()))]
+    if rq is not None and rq.height:
+        parts.append(_request_items(rq.filter(pl.col("tid").is_not_null())))
+    items = pl.concat(parts).with_row_index("item").with_columns(
+        pl.col("item").cast(pl.Int64),
+        end=pl.col("ts") + pl.col("dur").fill_null(0),
+        width=pl.col("dur").fill_null(-1),
+    )
+    items = _assign_lanes(items.with_columns(
+        track=pl.concat_str("source", pl.col("owner").cast(pl.String).fill_null("-"), "kind", separator="/")))
+
+    counts_slices: dict[str, int] = {}
+    counts_incomplete: dict[str, int] = {}
+    for row in items.group_by("source", "owner", "kind", "lane").agg(
+            n=pl.len(), inc=pl.col("dur").is_null().sum()).sort("source", "owner", "kind", "lane").iter_rows(named=True):
+        kind, owner, lane = row["kind"], row["owner"], row["lane"]
+        counts_slices[kind] = counts_slices.get(kind, 0) + row["n"]
+        counts_incomplete[kind] = counts_incomplete.get(kind, 0) + row["inc"]
+        title = KIND_TITLES.get(kind, kind) + ("" if lane == 0 else f" #{lane + 1}")
+        if row["source"] == "interval":
+            layout.add(("cpu", owner, kind, lane), layout.cpu(owner), title, 10 * _kind_rank(kind) + lane)
+        else:
+            layout.add(("requests",), layout.root(), "requests", 1_000_000)
+            comm = comms.get(owner)
+            name = f"tid {owner}" + (f" ({comm})" if comm else "")
+            layout.add(("requests", owner, lane), ("requests",), name + ("" if lane == 0 else f" #{lane + 1}"),
+                       2 * owner + min(lane, 1))
+    uuid_of = {
+        (p[0], p[1], p[2], p[3]): t.uuid for p, t in layout.tracks.items() if len(p) == 4 and p[0] == "cpu"
+    }
+    uuid_of.update({("request", p[1], REQUEST_KIND, p[2]): t.uuid
+                    for p, t in layout.tracks.items() if len(p) == 3 and p[0] == "requests"})
+    keys = items.select(
+        pl.when(pl.col("source") == "interval").then(pl.lit("cpu")).otherwise(pl.lit("request")).alias("s"),
+        "owner", "kind", "lane").unique()
+    key_frame = keys.with_columns(
+        track_uuid=pl.Series([uuid_of[(r[0], r[1], r[2], r[3])] for r in keys.iter_rows()], dtype=pl.UInt64))
+    items = items.with_columns(
+        s=pl.when(pl.col("source") == "interval").then(pl.lit("cpu")).otherwise(pl.lit("request"))
+    ).join(key_frame, on=["s", "owner", "kind", "lane"], how="left")
+
+    # Names: interned, iid 1.. in first-seen order of a sorted name list (deterministic).
+    names = sorted(items["name"].unique().to_list())
+    iid_of = {name: i + 1 for i, name in enumerate(names)}
+    items = items.with_columns(
+        iid=pl.col("name").replace_strict(iid_of, return_dtype=pl.Int64)
+    )
+
+    # The packet stream: one row per BEGIN / END / INSTANT, sorted so that every track nests.
+    # phase 0: END of a slice with dur > 0 (inner first: the later-started ends first)
+    # phase 1: zero-width things at that ts (instants; dur 0 slices as BEGIN then END)
+    # phase 2: BEGIN of a slice with dur > 0 (outer first: the longest begins first)
+    complete = pl.col("dur").is_not_null()
+    positive = complete & (pl.col("dur") > 0)
+    begin = items.filter(complete).select(
+        "item", "track_uuid", "iid", ts="ts", type=pl.lit(_BEGIN),
+        phase=pl.when(positive).then(2).otherwise(1),
+        k2=pl.when(positive).then(-pl.col("dur")).otherwise(pl.col("item")), k3=pl.col("item") * 2)
+    end = items.filter(complete).select(
+        "item", "track_uuid", "iid", ts="end", type=pl.lit(_END),
+        phase=pl.when(positive).then(0).otherwise(1),
+        k2=pl.when(positive).then(-pl.col("ts")).otherwise(pl.col("item")),
+        k3=pl.when(positive).then(-pl.col("item") * 2).otherwise(pl.col("item") * 2 + 1))
+    instant = items.filter(~complete).select(
+        "item", "track_uuid", "iid", ts="ts", type=pl.lit(_INSTANT), phase=pl.lit(1),
+        k2=pl.col("item"), k3=pl.col("item") * 2)
+    stream = pl.concat([begin, end, instant]).sort("ts", "phase", "k2", "k3").with_row_index("pos")
+
+    # Flows: request <-> the interrupt intervals that disrupted it; from the earlier BEGIN.
+    flow_out: dict[int, list[int]] = {}
+    flow_in: dict[int, list[int]] = {}
+    n_flows = 0
+    if rq is not None and "irq_interval_ids" in rq.columns and rq.height:
+        starts = stream.filter(pl.col("type") != _END).select("item", "pos")
+        pairs = (
+            rq.select(request_id=pl.col("request_id").cast(pl.Int64), irq_id=pl.col("irq_interval_ids"))
+            .explode("irq_id").drop_nulls("irq_id").with_columns(pl.col("irq_id").cast(pl.Int64))
+            .join(items.filter(pl.col("source") == "request").select(request_id="item_id", r_item="item"),
+                  on="request_id")
+            .join(items.filter(pl.col("source") == "interval").select(irq_id="item_id", i_item="item"), on="irq_id")
+            .join(starts.rename({"item": "r_item", "pos": "r_pos"}), on="r_item")
+            .join(starts.rename({"item": "i_item", "pos": "i_pos"}), on="i_item")
+            .sort("request_id", "irq_id")
+        )
+        base = _hash64(f"kptrace/flow/{group}") & ~((1 << 32) - 1) & ((1 << 63) - 1)
+        for n, (r_pos, i_pos) in enumerate(pairs.select("r_pos", "i_pos").iter_rows()):
+            flow_id = base | (n + 1)
+            src, dst = (r_pos, i_pos) if r_pos < i_pos else (i_pos, r_pos)
+            flow_out.setdefault(src, []).append(flow_id)
+            flow_in.setdefault(dst, []).append(flow_id)
+        n_flows = pairs.height
+
+    # Request annotations (request_id, fd, n_irq) on their BEGIN / INSTANT.
+    annotations: dict[int, list[tuple[str, int]]] = {}
+    if rq is not None and rq.height:
+        cols = [c for c in ("fd", "n_irq") if c in rq.columns]
+        req = (items.filter(pl.col("source") == "request").select("item", request_id="item_id")
+               .join(rq.select(pl.col("request_id").cast(pl.Int64), *cols), on="request_id", how="left"))
+        starts = stream.filter(pl.col("type") != _END).select("item", "pos")
+        req = req.join(starts, on="item")
+        for row in req.iter_rows(named=True):
+            annotations[row["pos"]] = [(c, row[c]) for c in ("request_id", *cols) if row[c] is not None]
+    incomplete_pos = set(stream.filter(pl.col("type") == _INSTANT)["pos"].to_list())
+
+    # --- counters --------------------------------------------------------------------------
+    counter_rows: list[pl.DataFrame] = []
+    counts_counters: dict[str, int] = {}
+    if span and cpus:
+        lo, hi = min(span) // irq_rate_bin_ns, max(span) // irq_rate_bin_ns
+        bins = pl.DataFrame({"bin": np.arange(lo, hi + 1, dtype=np.int64)})
+        per_cpu = (
+            iv.filter(pl.col("kind").is_in(RATE_KINDS) & pl.col("cpu").is_not_null())
+            .group_by(cpu=pl.col("cpu").cast(pl.Int64), bin=pl.col("ts") // irq_rate_bin_ns).agg(n=pl.len())
+        )
+        grid = pl.DataFrame({"cpu": sorted(int(c) for c in cpus)}, schema={"cpu": pl.Int64}).join(bins, how="cross")
+        rate = grid.join(per_cpu, on=["cpu", "bin"], how="left").with_columns(
+            ts=pl.col("bin") * irq_rate_bin_ns,
+            value=pl.col("n").fill_null(0).cast(pl.Float64) * (1e9 / irq_rate_bin_ns),
+        )
+        title = "hard IRQ rate"
+        uuids = {}
+        for cpu in sorted(cpus):
+            uuids[int(cpu)] = layout.add(("cpu", int(cpu), "counter", title), layout.cpu(int(cpu)), title,
+                                         900, counter=True, unit="/s")
+        counter_rows.append(rate.select("ts", "value", track_uuid=pl.col("cpu").replace_strict(
+            uuids, return_dtype=pl.UInt64)))
+        counts_counters[title] = rate.height
+    if ct is not None and ct.height:
+        series = ct.select("cpu", "name").unique().sort("cpu", "name", nulls_last=True)
+        keys, uuids = [], []
+        for cpu, name in series.iter_rows():
+            if cpu is None:
+                uuid = layout.add(("counter", name), layout.root(), name, 2_000_000, counter=True)
+            else:
+                uuid = layout.add(("cpu", int(cpu), "counter", name), layout.cpu(int(cpu)), name, 901, counter=True)
+            keys.append((cpu, name))
+            uuids.append(uuid)
+        key_frame = series.with_columns(track_uuid=pl.Series(uuids, dtype=pl.UInt64))
+        samples = ct.join(key_frame, on=["cpu", "name"], how="left", nulls_equal=True).sort("ts")
+        counter_rows.append(samples.select("ts", pl.col("value").cast(pl.Float64), "track_uuid"))
+        for name, n in samples.group_by("name").len().iter_rows():
+            counts_counters[name] = counts_counters.get(name, 0) + n
+
+    # --- write ------------------------------------------------------------------------------
+    packets = 0
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    mode = "ab" if append else "wb"
+    out = gzip.open(target, mode, compresslevel=3) if target.name.endswith(".gz") else open(target, mode)
+    with out:
+        chunk: list[bytes] = []
+
+        def emit(packet: TracePacket) -> None:
+            nonlocal packets
+            chunk.append(_frame_packet(packet.SerializeToString()))
+            packets += 1
+            if len(chunk) >= 65536:
+                out.write(b"".join(chunk))
+                chunk.clear()
+
+        for track in layout.tracks.values():
+            packet = TracePacket()
+            desc = packet.track_descriptor
+            desc.uuid = track.uuid
+            if track.parent is not None:
+                desc.parent_uuid = track.parent
+            desc.name = track.name
+            desc.sibling_order_rank = track.rank
+            desc.child_ordering = TrackDescriptor.EXPLICIT
+            if track.counter:
+                desc.counter.SetInParent()
+                if track.unit:
+                    desc.counter.unit_name = track.unit
+            emit(packet)
+
+        first = True
+
+        def event_packet(ts: int) -> TracePacket:
+            nonlocal first
+            packet = TracePacket()
+            packet.timestamp = ts
+            packet.trusted_packet_sequence_id = seq
+            if first:
+                packet.sequence_flags = _CLEARED
+                for name, iid in iid_of.items():
+                    entry = packet.interned_data.event_names.add()
+                    entry.iid = iid
+                    entry.name = name
+                first = False
+            else:
+                packet.sequence_flags = _NEEDS_STATE
+            return packet
+
+        cols = [stream[c].to_numpy() for c in ("pos", "ts", "type", "track_uuid", "iid")]
+        for pos, ts, kind, uuid, iid in zip(*(c.tolist() for c in cols)):
+            packet = event_packet(ts)
+            te = packet.track_event
+            te.type = kind
+            te.track_uuid = uuid
+            if kind != _END:
+                te.name_iid = iid
+                if pos in flow_out:
+                    te.flow_ids.extend(flow_out[pos])
+                if pos in flow_in:
+                    te.terminating_flow_ids.extend(flow_in[pos])
+                if pos in annotations:
+                    for key, value in annotations[pos]:
+                        ann = te.debug_annotations.add()
+                        ann.name = key
+                        ann.int_value = int(value)
+                if pos in incomplete_pos:
+                    ann = te.debug_annotations.add()
+                    ann.name = "incomplete"
+                    ann.bool_value = True
+            emit(packet)
+
+        if counter_rows:
+            samples = pl.concat(counter_rows).sort("track_uuid", "ts")
+            for ts, value, uuid in samples.iter_rows():
+                packet = event_packet(ts)
+                te = packet.track_event
+                te.type = _COUNTER
+                te.track_uuid = uuid
+                te.double_counter_value = value
+                emit(packet)
+        out.write(b"".join(chunk))
+
+    return {
+        "group": group,
+        "path": str(target),
+        "tracks": len(layout.tracks),
+        "packets": packets,
+        "bytes": target.stat().st_size,
+        "slices": counts_slices,
+        "incomplete": counts_incomplete,
+        "flows": n_flows,
+        "counter_samples": counts_counters,
+    }
