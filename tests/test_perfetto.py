@@ -249,3 +249,15 @@ def test_uuids_and_sequences_differ_per_group():
     assert len(set(uuids)) == len(uuids)
     assert sequence_id("measured") != sequence_id("predicted")
     assert all(0 < s < 2**31 for s in (sequence_id("measured"), sequence_id("predicted")))
+
+
+def test_vectorised_packets_equal_protobuf_packets(tables, tmp_path, monkeypatch):
+    """The numpy fast path writes byte for byte what the perfetto protobuf classes write."""
+    import kptrace.export.perfetto as perfetto_export
+
+    args = (tables["events"], tables["intervals"], tables["requests"], tables["counters"])
+    fast = write_timeline(tmp_path / "fast.pftrace", *args)
+    monkeypatch.setattr(perfetto_export, "VECTORISED", False)
+    slow = write_timeline(tmp_path / "slow.pftrace", *args)
+    assert fast == {**slow, "path": fast["path"]}
+    assert (tmp_path / "fast.pftrace").read_bytes() == (tmp_path / "slow.pftrace").read_bytes()

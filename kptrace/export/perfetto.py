@@ -45,15 +45,18 @@ Drawing rules:
   SEQ_INCREMENTAL_STATE_CLEARED and carries every name. Track descriptors carry no sequence id.
   No timestamp_clock_id: timestamps are the trace clock as kptrace read it.
 
-The packets are built with the `perfetto` package's protobuf classes
-(`perfetto.protos...TracePacket`) and framed as `Trace.packet` entries, exactly as
-`perfetto.trace_builder.StreamingTraceProtoBuilder` frames them. A path ending in `.gz` is
+Packets are built with the `perfetto` package's protobuf classes (`perfetto.protos...
+TracePacket`) and framed as `Trace.packet` entries, as `perfetto.trace_builder.
+StreamingTraceProtoBuilder` frames them. The plain BEGIN/END/INSTANT/COUNTER packets — nearly
+all of them — are encoded with numpy instead (`VECTORISED`), producing the same bytes (a test
+compares the two): 1M slices take about 1.6 s instead of about 5 s. A path ending in `.gz` is
 gzip-compressed (Perfetto's trace processor and UI read gzip traces).
 """
 
 from __future__ import annotations
 
 import gzip
+from bisect import bisect_left
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,6 +228,141 @@ def _varint(value: int) -> bytes:
 def _frame_packet(payload: bytes) -> bytes:
     """One `Trace.packet` entry (field 1, length-delimited)."""
     return b"\x0a" + _varint(len(payload)) + payload
+
+
+#: Encode the plain event packets with numpy (same bytes as the protobuf classes, which the
+#: packets with flows, annotations or interned data always use); False: protobuf for all.
+VECTORISED = True
+_BLOCK = 262_144
+
+
+def _event_packet(ts: int, kind: int, uuid: int, iid: int | None, value: float | None, seq: int,
+                  interned: dict[str, int] | None = None, extra: tuple | None = None) -> bytes:
+    """One framed event packet, built with the perfetto protobuf classes."""
+    packet = TracePacket()
+    packet.timestamp = ts
+    packet.trusted_packet_sequence_id = seq
+    if interned is not None:
+        packet.sequence_flags = _CLEARED
+        for name, name_iid in interned.items():
+            entry = packet.interned_data.event_names.add()
+            entry.iid = name_iid
+            entry.name = name
+    else:
+        packet.sequence_flags = _NEEDS_STATE
+    te = packet.track_event
+    te.type = kind
+    if iid is not None:
+        te.name_iid = iid
+    te.track_uuid = uuid
+    if value is not None:
+        te.double_counter_value = value
+    if extra is not None:
+        flows_out, flows_in, annotations, incomplete = extra
+        if flows_out:
+            te.flow_ids.extend(flows_out)
+        if flows_in:
+            te.terminating_flow_ids.extend(flows_in)
+        for key, val in annotations or ():
+            ann = te.debug_annotations.add()
+            ann.name = key
+            ann.int_value = int(val)
+        if incomplete:
+            ann = te.debug_annotations.add()
+            ann.name = "incomplete"
+            ann.bool_value = True
+    return _frame_packet(packet.SerializeToString())
+
+
+def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Protobuf varints of unsigned values: (bytes, shape (n, 10); length per row)."""
+    v = values.astype(np.uint64)
+    n_bytes = np.ones(len(v), dtype=np.int64)
+    for k in range(1, 10):
+        n_bytes += v >= np.uint64(1) << np.uint64(7 * k)
+    out = np.empty((len(v), 10), dtype=np.uint8)
+    for k in range(10):
+        more = (k < n_bytes - 1).astype(np.uint8) << 7
+        out[:, k] = ((v >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8) | more
+    return out, n_bytes
+
+
+def _const(byte_values: bytes, n: int, present: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    block = np.tile(np.frombuffer(byte_values, dtype=np.uint8), (n, 1))
+    lengths = np.full(n, len(byte_values), dtype=np.int64)
+    return block, lengths if present is None else np.where(present, lengths, 0)
+
+
+def _concat_pieces(pieces: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise concatenation of variable-length byte pieces: (flat bytes, length per row)."""
+    matrix = np.concatenate([block for block, _ in pieces], axis=1)
+    mask = np.concatenate([np.arange(block.shape[1])[None, :] < lengths[:, None] for block, lengths in pieces],
+                          axis=1)
+    return matrix[mask], sum(lengths for _, lengths in pieces)
+
+
+def _encode_block(ts, kind, uuid, iid, value, seq: int) -> tuple[np.ndarray, np.ndarray]:
+    """Framed event packets for rows without flows, annotations or interned data."""
+    n = len(ts)
+    has_iid = iid >= 0
+    counter = kind == _COUNTER
+    ts_b, ts_n = _varints(ts)
+    seq_b, seq_n = _varints(np.full(n, seq, dtype=np.uint64))
+    kind_b, kind_n = _varints(kind)
+    iid_b, iid_n = _varints(np.where(has_iid, iid, 0))
+    uuid_b, uuid_n = _varints(uuid)
+    value_b = np.ascontiguousarray(value.astype("<f8")).view(np.uint8).reshape(n, 8)
+    te_len = (1 + kind_n) + np.where(has_iid, 1 + iid_n, 0) + (1 + uuid_n) + np.where(counter, 2 + 8, 0)
+    te_len_b, te_len_n = _varints(te_len)
+    packet_len = (1 + ts_n) + (1 + seq_n) + (1 + te_len_n + te_len) + 2
+    frame_b, frame_n = _varints(packet_len)
+    pieces = [
+        _const(b"\x0a", n), (frame_b, frame_n),
+        _const(b"\x40", n), (ts_b, ts_n),
+        _const(b"\x50", n), (seq_b, seq_n),
+        _const(b"\x5a", n), (te_len_b, te_len_n),
+        _const(b"\x48", n), (kind_b, kind_n),
+        _const(b"\x50", n, has_iid), (iid_b, np.where(has_iid, iid_n, 0)),
+        _const(b"\x58", n), (uuid_b, uuid_n),
+        _const(b"\xe1\x02", n, counter), (value_b, np.where(counter, 8, 0)),
+        _const(b"\x68\x02", n),
+    ]
+    return _concat_pieces(pieces)
+
+
+def _write_events(out, rows: pl.DataFrame, seq: int, interned: dict[str, int],
+                  extras: dict[int, tuple]) -> int:
+    """Write the event packets of `rows` (ts, type, track_uuid, iid, value) in order; the
+    first carries the interned names and clears the sequence state. Returns the packet count."""
+    if rows.height == 0:
+        return 0
+    ts = rows["ts"].to_numpy()
+    kind = rows["type"].to_numpy().astype(np.int64)
+    uuid = rows["track_uuid"].to_numpy()
+    iid = rows["iid"].fill_null(-1).to_numpy()
+    value = rows["value"].fill_null(0.0).to_numpy()
+
+    def special(i: int) -> bytes:
+        return _event_packet(int(ts[i]), int(kind[i]), int(uuid[i]), None if iid[i] < 0 else int(iid[i]),
+                             float(value[i]) if kind[i] == _COUNTER else None, seq,
+                             interned if i == 0 else None, extras.get(i))
+
+    if not VECTORISED:
+        for lo in range(0, rows.height, _BLOCK):
+            out.write(b"".join(special(i) for i in range(lo, min(lo + _BLOCK, rows.height))))
+        return rows.height
+    specials = sorted({0, *extras})
+    for lo in range(0, rows.height, _BLOCK):
+        hi = min(lo + _BLOCK, rows.height)
+        flat, lengths = _encode_block(ts[lo:hi], kind[lo:hi], uuid[lo:hi], iid[lo:hi], value[lo:hi], seq)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        start = 0
+        for i in specials[bisect_left(specials, lo):bisect_left(specials, hi)]:
+            out.write(flat[offsets[start]:offsets[i - lo]].tobytes())
+            out.write(special(i))
+            start = i - lo + 1
+        out.write(flat[offsets[start]:].tobytes())
+    return rows.height
 
 
 def write_timeline(
@@ -449,57 +587,18 @@ def write_timeline(
                     desc.counter.unit_name = track.unit
             emit(packet)
 
-        first = True
-
-        def event_packet(ts: int) -> TracePacket:
-            nonlocal first
-            packet = TracePacket()
-            packet.timestamp = ts
-            packet.trusted_packet_sequence_id = seq
-            if first:
-                packet.sequence_flags = _CLEARED
-                for name, iid in iid_of.items():
-                    entry = packet.interned_data.event_names.add()
-                    entry.iid = iid
-                    entry.name = name
-                first = False
-            else:
-                packet.sequence_flags = _NEEDS_STATE
-            return packet
-
-        cols = [stream[c].to_numpy() for c in ("pos", "ts", "type", "track_uuid", "iid")]
-        for pos, ts, kind, uuid, iid in zip(*(c.tolist() for c in cols)):
-            packet = event_packet(ts)
-            te = packet.track_event
-            te.type = kind
-            te.track_uuid = uuid
-            if kind != _END:
-                te.name_iid = iid
-                if pos in flow_out:
-                    te.flow_ids.extend(flow_out[pos])
-                if pos in flow_in:
-                    te.terminating_flow_ids.extend(flow_in[pos])
-                if pos in annotations:
-                    for key, value in annotations[pos]:
-                        ann = te.debug_annotations.add()
-                        ann.name = key
-                        ann.int_value = int(value)
-                if pos in incomplete_pos:
-                    ann = te.debug_annotations.add()
-                    ann.name = "incomplete"
-                    ann.bool_value = True
-            emit(packet)
-
+        # Every event packet in one table: slices first (in their nesting order), then counters.
+        rows = stream.select("ts", "type", "track_uuid", iid=pl.when(pl.col("type") != _END).then("iid"),
+                             value=pl.lit(None, pl.Float64))
         if counter_rows:
             samples = pl.concat(counter_rows).sort("track_uuid", "ts")
-            for ts, value, uuid in samples.iter_rows():
-                packet = event_packet(ts)
-                te = packet.track_event
-                te.type = _COUNTER
-                te.track_uuid = uuid
-                te.double_counter_value = value
-                emit(packet)
+            rows = pl.concat([rows, samples.select("ts", type=pl.lit(_COUNTER).cast(rows["type"].dtype), track_uuid="track_uuid",
+                                                   iid=pl.lit(None, pl.Int64), value="value")])
+        extras = {pos: (flow_out.get(pos), flow_in.get(pos), annotations.get(pos), pos in incomplete_pos)
+                  for pos in {*flow_out, *flow_in, *annotations, *incomplete_pos}}
         out.write(b"".join(chunk))
+        chunk.clear()
+        packets += _write_events(out, rows, seq, iid_of, extras)
 
     return {
         "group": group,
