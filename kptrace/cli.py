@@ -66,18 +66,40 @@ def analyze(
     out: Annotated[Path, typer.Option("-o", "--out", help="output directory")] = Path("kptrace-out"),
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
-    """Ingest a trace and summarise the interrupt activity per CPU."""
-    from kptrace.summary import interrupt_summary, render_summary
+    """Attribute interrupt costs per CPU and source; write Parquet tables and summary.json."""
+    from kptrace.analysis import analyze as run_analysis
+    from kptrace.export.parquet import write_tables
+    from kptrace.summary import build_summary, render_summary
 
     try:
-        meta = _ingest(trace, out)
+        analysis = run_analysis(trace)
     except TraceError as error:
         _fail(error)
-    _warn(meta)
-    from kptrace.api import load
+    _warn(analysis.meta)
+    summary = build_summary(analysis)
+    write_tables(out, analysis.tables(), analysis.meta)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    typer.echo(json.dumps(summary, indent=2, default=str) if as_json else render_summary(summary))
+    if not as_json:
+        typer.echo(f"\ntables: {out}/*.parquet, summary: {out}/summary.json")
 
-    summary = interrupt_summary(load(out).events, meta)
-    typer.echo(json.dumps(summary, indent=2) if as_json else render_summary(summary))
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option("-o", "--out", help="directory for trace.txt and truth.json")],
+    fmt: Annotated[str, typer.Option("--format", help="tracefs | trace-cmd | perf")] = "tracefs",
+    duration: Annotated[float, typer.Option("--duration", help="seconds of simulated time")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed")] = 1,
+) -> None:
+    """Write a synthetic epoll-server trace with known interrupt costs (truth.json) for tests and demos."""
+    from kptrace.export.text import FORMATTERS
+    from kptrace.simulate import Scenario, write_simulation
+
+    if fmt not in FORMATTERS:
+        typer.echo(f"kptrace: error: --format must be one of {', '.join(FORMATTERS)}", err=True)
+        raise typer.Exit(2)
+    path = write_simulation(out, Scenario(duration_s=duration, seed=seed), fmt)
+    typer.echo(f"wrote {path} ({fmt}) and {out / 'truth.json'} (modelled ground truth)")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -1,65 +1,100 @@
-"""The terminal summary of `kptrace analyze`: which interrupt sources hit which CPU, and how hard."""
+"""The summary `kptrace analyze` prints: per CPU and interrupt source what it costs, and how
+requests fare clean versus disrupted. Every figure carries its unit and provenance."""
 
 from __future__ import annotations
 
 import polars as pl
 
-from kptrace.intervals import irq_intervals
+from kptrace.analysis import Analysis
+
+HARDWARE_COUNTERS = {"cycles", "instructions", "cpu-cycles"}
 
 
-def interrupt_sources(events: pl.LazyFrame, duration_s: float) -> pl.DataFrame:
-    """Per CPU and source: count, rate (per s) and handler time (ns), all measured from the trace."""
+def counter_source(analysis: Analysis) -> str:
+    """Which counters the trace carries: hardware PMU, software only, or none."""
+    names = set(analysis.events.filter(pl.col("subsystem") == "counter")["event"].cast(pl.String).unique())
+    recorded = ((analysis.meta.get("bundle") or {}).get("counters") or {}).get("source")
+    if names & HARDWARE_COUNTERS:
+        return "hardware-pmu (cycles/instructions)"
+    if names or recorded == "software-only":
+        return "software-only (" + ", ".join(sorted(names)) + "): no IPC; indirect costs measured in time"
+    return "none: indirect costs measured in time"
+
+
+def request_overview(requests: pl.DataFrame | None) -> list[dict]:
+    """Service time of clean and disrupted requests (µs, measured)."""
+    if requests is None:
+        return []
     return (
-        irq_intervals(events)
-        .group_by("cpu", "kind", "name")
+        requests.group_by("disrupted")
         .agg(
-            count=pl.len(),
-            incomplete=(~pl.col("complete")).sum(),
-            total_ns=pl.col("dur").sum(),
-            mean_ns=pl.col("dur").mean(),
-            p99_ns=pl.col("dur").quantile(0.99),
+            requests=pl.len(),
+            median_us=pl.col("dur").median() / 1e3,
+            p99_us=pl.col("dur").quantile(0.99) / 1e3,
+            own_median_us=pl.col("own_ns").median() / 1e3,
         )
-        .with_columns(rate_per_s=pl.col("count") / duration_s,
-                      cpu_share=pl.col("total_ns") / (duration_s * 1e9))
-        .sort("cpu", "total_ns", descending=[False, True])
-        .collect()
+        .sort("disrupted")
+        .to_dicts()
     )
 
 
-def interrupt_summary(events: pl.LazyFrame, meta: dict) -> dict:
-    """A JSON-ready summary; every figure names its unit and provenance."""
-    sources = interrupt_sources(events, meta["duration_s"])
+def build_summary(analysis: Analysis) -> dict:
+    """A JSON-ready summary of one analysis."""
+    meta = analysis.meta
     return {
-        "input": {"format": meta["source_format"], "events": meta["event_count"],
-                  "duration_s": meta["duration_s"], "clock": meta["clock"],
-                  "lost_events": sum(c["lost_events"] or 0 for c in meta["per_cpu"]),
-                  "counters": (meta.get("bundle") or {}).get("counters")},
-        "interrupt_sources": {
-            "provenance": "measured: entry/exit tracepoint pairs; time resolution "
-                          f"{meta['ts_resolution_ns']} ns",
-            "units": {"rate_per_s": "1/s", "total_ns": "ns", "mean_ns": "ns", "p99_ns": "ns",
-                      "cpu_share": "fraction of the CPU's wall time"},
-            "rows": sources.to_dicts(),
+        "input": {
+            "format": meta["source_format"], "events": meta["event_count"], "duration_s": meta["duration_s"],
+            "clock": meta["clock"], "ts_resolution_ns": meta["ts_resolution_ns"],
+            "lost_events": sum(c["lost_events"] or 0 for c in meta["per_cpu"]),
+            "counters": counter_source(analysis),
         },
+        "notes": analysis.notes,
         "warnings": meta["warnings"],
+        "attribution": {
+            "units": {"rate_per_s": "interrupts/s", "*_ns": "ns per interrupt", "*_ci_ns": "95% interval half-width, ns",
+                      "share_of_cpu": "fraction of that CPU's time"},
+            "provenance": {"count, rate_per_s": "measured", "direct_*": "measured", "indirect_*": "estimated",
+                           "share_of_cpu": "estimated (rate x (direct + indirect))"},
+            "rows": analysis.attribution.drop("direct_provenance", "indirect_provenance").to_dicts(),
+        },
+        "requests": {"provenance": "measured from syscall events; service time in µs", "by_disrupted": request_overview(analysis.requests)},
     }
 
 
-def render_summary(summary: dict) -> str:
-    """Fixed-width table for the terminal."""
+def _pm(value, ci, scale=1e3, digits=1) -> str:
+    if value is None:
+        return "-"
+    text = f"{value / scale:.{digits}f}"
+    return text + (f"±{ci / scale:.{digits}f}" if ci is not None else "")
+
+
+def render_summary(summary: dict, top: int = 6) -> str:
+    """Fixed-width text for the terminal: the costliest sources of each CPU first."""
     info = summary["input"]
     lines = [
-        f"input: {info['format']}, {info['events']} events over {info['duration_s']:.3f} s "
-        f"(clock {info['clock']}), lost events: {info['lost_events']}",
-        f"interrupt sources per CPU ({summary['interrupt_sources']['provenance']}):",
-        f"{'cpu':>3} {'kind':<8} {'source':<24} {'count':>8} {'rate/s':>10} {'mean us':>9} "
-        f"{'p99 us':>9} {'CPU %':>7}",
+        f"input: {info['format']}, {info['events']} events over {info['duration_s']:.3f} s, clock {info['clock']}, "
+        f"lost events {info['lost_events']}",
+        f"counters: {info['counters']}",
+        *[f"note: {note}" for note in summary["notes"]],
+        "",
+        "interrupt cost per CPU and source (rate measured; direct µs measured; indirect µs estimated; ±: 95% interval)",
+        f"{'cpu':>3} {'source':<22} {'count':>7} {'rate/s':>9} {'direct µs':>13} {'indirect µs':>14} {'CPU %':>12}",
     ]
-    for row in summary["interrupt_sources"]["rows"]:
-        mean = "-" if row["mean_ns"] is None else f"{row['mean_ns'] / 1e3:.2f}"
-        p99 = "-" if row["p99_ns"] is None else f"{row['p99_ns'] / 1e3:.2f}"
-        lines.append(
-            f"{row['cpu']:>3} {row['kind']:<8} {str(row['name'])[:24]:<24} {row['count']:>8} "
-            f"{row['rate_per_s']:>10.1f} {mean:>9} {p99:>9} {100 * (row['cpu_share'] or 0):>7.3f}"
-        )
+    rows = summary["attribution"]["rows"]
+    for cpu in sorted({r["cpu"] for r in rows}):
+        for row in [r for r in rows if r["cpu"] == cpu][:top]:
+            share = _pm(row["share_of_cpu"], row["share_of_cpu_ci"], scale=0.01, digits=2)
+            lines.append(
+                f"{cpu:>3} {row['source'][:22]:<22} {row['count']:>7} {row['rate_per_s']:>9.1f} "
+                f"{_pm(row['direct_per_irq_ns'], row['direct_ci_ns']):>13} "
+                f"{_pm(row['indirect_per_irq_ns'], row['indirect_ci_ns']):>14} {share:>12}"
+            )
+    overview = summary["requests"]["by_disrupted"]
+    if overview:
+        lines += ["", "requests (measured): service time in µs",
+                  f"{'':<11} {'requests':>9} {'median':>8} {'p99':>8} {'own median':>11}"]
+        for row in overview:
+            label = "disrupted" if row["disrupted"] else "clean"
+            lines.append(f"{label:<11} {row['requests']:>9} {row['median_us']:>8.1f} {row['p99_us']:>8.1f} "
+                         f"{row['own_median_us']:>11.1f}")
     return "\n".join(lines)

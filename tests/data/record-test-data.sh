@@ -43,7 +43,7 @@ for e in $events; do echo 1 > "$inst/events/${e%%:*}/${e#*:}/enable"; done
 # perf may not enable irq_vectors:irq_work_exit ("No permission" on this VM): leave irq_work to tracefs.
 perf_events=$(echo $events | tr ' ' '\n' | grep -v irq_work | paste -sd,)
 echo 1 > "$inst/tracing_on"
-perf record -q -a -o "$work/perf.data" -e "$perf_events" -- \
+perf record -q -a -m 8192 -o "$work/perf.data" -e "$perf_events" -- \
   memcaslap -s "127.0.0.1:$port" -x "$requests" -c 1 -T 1 >/dev/null 2>&1
 echo 0 > "$inst/tracing_on"
 perf record -q -a -o "$work/counters.data" \

@@ -1,0 +1,73 @@
+"""The stages in order, from an input path to every table `kptrace analyze` reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from kptrace.attribute import attribute
+from kptrace.intervals import build_intervals
+from kptrace.normalize import normalize
+from kptrace.read import read_any
+from kptrace.requests import EPOLL, RECEIVES, SENDS, build_requests, disruptions
+
+#: Syscall exits a request view needs, one of each family, and how to get them.
+REQUEST_FAMILIES = {"epoll_wait": EPOLL, "a receive": RECEIVES, "a send": SENDS}
+REQUEST_HINT = "record syscall events (kptrace record does by default; with --events, add syscalls)"
+#: Events without which interrupt costs are undercounted.
+INTERRUPT_EVENTS = {"irq_handler_entry", "irq_handler_exit", "softirq_entry", "softirq_exit", "local_timer_entry"}
+INTERRUPT_HINT = "record irq:* and irq_vectors:* (kptrace record does by default)"
+
+
+@dataclass
+class Analysis:
+    """Every table of one analysis; `requests` and `hits` are None when the trace cannot give them."""
+
+    meta: dict
+    events: pl.DataFrame
+    intervals: pl.DataFrame
+    disruptions: pl.DataFrame
+    requests: pl.DataFrame | None
+    hits: pl.DataFrame | None
+    attribution: pl.DataFrame
+    notes: list[str]
+
+    def tables(self) -> dict[str, pl.DataFrame]:
+        tables = {"events": self.events, "intervals": self.intervals, "disruptions": self.disruptions,
+                  "attribution": self.attribution}
+        if self.requests is not None:
+            tables |= {"requests": self.requests, "request_hits": self.hits}
+        return tables
+
+
+def _missing_request_families(event_counts: dict) -> list[str]:
+    return [family for family, calls in REQUEST_FAMILIES.items()
+            if not any(f"sys_exit_{call}" in event_counts for call in calls)]
+
+
+def analyze(path: str | Path) -> Analysis:
+    """Read, normalize, rebuild intervals, requests and disruptions, and attribute costs."""
+    normalized = normalize(read_any(path))
+    meta, events = normalized.meta, normalized.events
+    notes = []
+    intervals = build_intervals(events.lazy()).collect()
+    chains = disruptions(intervals.lazy()).collect()
+    requests = hits = None
+    if missing := _missing_request_families(meta["event_counts"]):
+        notes.append(f"no per-request view: this trace has no syscall events for {' or '.join(missing)}; "
+                     + REQUEST_HINT)
+    else:
+        requests_lazy, hits_lazy = build_requests(intervals.lazy())
+        requests, hits = requests_lazy.collect(), hits_lazy.collect()
+        if requests.height == 0:
+            notes.append("no requests found: no thread read data and answered on the same fd between "
+                         "epoll_wait calls (kptrace's request model is an epoll server)")
+            requests = hits = None
+    if missing_irq := INTERRUPT_EVENTS - set(meta["event_counts"]):
+        notes.append(f"interrupt costs may be undercounted: no {', '.join(sorted(missing_irq))} events; "
+                     + INTERRUPT_HINT)
+    attribution = attribute(chains.lazy(), None if requests is None else requests.lazy(), meta["duration_s"])
+    return Analysis(meta=meta, events=events, intervals=intervals, disruptions=chains, requests=requests,
+                    hits=hits, attribution=attribution, notes=notes)
