@@ -69,7 +69,8 @@ def analyze(
     """Attribute interrupt costs per CPU and source; write Parquet tables and summary.json."""
     from kptrace.analysis import analyze as run_analysis
     from kptrace.export.parquet import write_tables
-    from kptrace.summary import build_summary, render_summary
+    from kptrace.export.perfetto import write_timeline
+    from kptrace.summary import build_summary, counter_samples, render_summary
 
     try:
         analysis = run_analysis(trace)
@@ -79,9 +80,12 @@ def analyze(
     summary = build_summary(analysis)
     write_tables(out, analysis.tables(), analysis.meta)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    timeline = write_timeline(out / "timeline.perfetto-trace.gz", analysis.events, analysis.intervals,
+                              analysis.requests, counter_samples(analysis.events))
     typer.echo(json.dumps(summary, indent=2, default=str) if as_json else render_summary(summary))
     if not as_json:
-        typer.echo(f"\ntables: {out}/*.parquet, summary: {out}/summary.json")
+        typer.echo(f"\ntables: {out}/*.parquet, summary: {out}/summary.json, "
+                   f"timeline (open in ui.perfetto.dev): {timeline['path']}")
 
 
 @app.command()

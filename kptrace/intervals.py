@@ -16,7 +16,8 @@ Output columns (INTERVAL_SCHEMA): ts (ns), dur (ns, null when incomplete), cpu, 
 (hardirq | softirq | napi | syscall | running), name (IRQ handler name such as
 `virtio1-req.0`, APIC vector handler such as `local_timer`, softirq such as `NET_RX`, NAPI
 device, syscall name, task comm), depth (nesting layer: running 0, syscall 1, softirq and napi 2,
-hardirq 3), complete, and for syscalls fd (from the enter event) and ret (from the exit).
+hardirq 3), complete, and for syscalls fd (from the enter event) and ret (from the exit);
+build_intervals also numbers them (`id`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ INTERVAL_SCHEMA = {
     "ts": pl.Int64, "dur": pl.Int64, "cpu": pl.Int16, "tid": pl.Int32, "kind": pl.String,
     "name": pl.String, "depth": pl.Int8, "complete": pl.Boolean, "fd": pl.Int64, "ret": pl.Int64,
 }
+#: build_intervals adds `id` (UInt32, the row position), which requests and the timeline cite.
 DEPTH = {"running": 0, "syscall": 1, "softirq": 2, "napi": 2, "hardirq": 3}
 
 _EVENT = pl.col("event").cast(pl.String)
@@ -169,7 +171,7 @@ def build_intervals(events: pl.LazyFrame) -> pl.LazyFrame:
     """All interval kinds, sorted by (ts, depth)."""
     events = events.with_row_index("seq")
     every = pl.concat([hard_and_soft_irqs(events), napi_polls(events), syscalls(events), running(events)])
-    return _mark_lost_gaps(every, events).sort("ts", "depth", maintain_order=True)
+    return _mark_lost_gaps(every, events).sort("ts", "depth", maintain_order=True).with_row_index("id")
 
 
 def irq_intervals(events: pl.LazyFrame) -> pl.LazyFrame:

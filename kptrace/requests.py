@@ -28,7 +28,7 @@ REQUEST_SCHEMA = {
     "fd": pl.Int64, "bytes_in": pl.Int64, "bytes_out": pl.Int64, "kind": pl.String,
     "syscall_ns": pl.Int64, "hardirq_ns": pl.Int64, "softirq_ns": pl.Int64, "n_irq": pl.UInt32,
     "disruption_ns": pl.Int64, "own_ns": pl.Int64, "offcpu_ns": pl.Int64,
-    "sources": pl.List(pl.String), "disrupted": pl.Boolean,
+    "sources": pl.List(pl.String), "disrupted": pl.Boolean, "irq_interval_ids": pl.List(pl.UInt32),
 }
 
 
@@ -137,6 +137,7 @@ def build_requests(intervals: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]
     )
     irq_time = _inside(intervals.filter(pl.col("kind").is_in(["hardirq", "softirq"]) & complete), window, "cpu")
     irq_time = irq_time.group_by("request_id").agg(
+        irq_interval_ids=pl.col("id").filter(pl.col("kind") == "hardirq"),
         hardirq_ns=pl.col("dur").filter(pl.col("kind") == "hardirq").sum(),
         softirq_ns=pl.col("dur").filter(pl.col("kind") == "softirq").sum(),
         n_irq=(pl.col("kind") == "hardirq").sum(),
@@ -163,6 +164,7 @@ def build_requests(intervals: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]
             pl.col("hardirq_ns", "softirq_ns", "syscall_ns", "disruption_ns", "offcpu_ns").fill_null(0),
             n_irq=pl.col("n_irq").fill_null(0),
             sources=pl.col("sources").fill_null(pl.lit([], pl.List(pl.String))),
+            irq_interval_ids=pl.col("irq_interval_ids").fill_null(pl.lit([], pl.List(pl.UInt32))),
         )
         .with_columns(
             own_ns=pl.col("dur") - pl.col("disruption_ns") - pl.col("offcpu_ns"),

@@ -21,6 +21,13 @@ def counter_source(analysis: Analysis) -> str:
     return "none: indirect costs measured in time"
 
 
+def counter_samples(events: pl.DataFrame) -> pl.DataFrame:
+    """Counter values read by perf at tracepoints (ts, cpu, name, value), for counter tracks."""
+    return events.filter(pl.col("subsystem") == "counter").select(
+        "ts", "cpu", name=pl.col("event").cast(pl.String), value=pl.col("value").cast(pl.Float64)
+    )
+
+
 def request_overview(requests: pl.DataFrame | None) -> list[dict]:
     """Service time of clean and disrupted requests (µs, measured)."""
     if requests is None:

@@ -102,19 +102,34 @@ def test_ingest_meta_counts_agree_across_the_three_formats(tmp_path):
 
 
 def test_perf_script_gives_the_same_rows_as_tracefs_where_both_recorded(tracefs_events):
+    """perf and the tracefs instance recorded the same tracepoints at once, on one clock. Each
+    tracer reads the clock itself, so their stamps of one event differ by up to a microsecond
+    or so: each row is matched to the nearest perf row of its (cpu, task, event) within 10 µs."""
+    # perf switches its events on and off one by one: compare strictly inside its span, and
+    # leave out irq_vectors:irq_work_exit, which perf could not enable on the recording VM.
+    margin = 1_000_000
     perf = events("perf.txt.zst")
-    start, end = perf["ts"].min(), perf["ts"].max()
-    # perf could not enable irq_vectors:irq_work_exit on the recording VM; compare the rest.
+    assert (perf["ts"] % 1000 != 0).any()  # recorded with --ns
+    start, end = perf["ts"].min() + margin, perf["ts"].max() - margin
+    perf = perf.filter(pl.col("ts").is_between(start, end))
     window = tracefs_events.filter(pl.col("ts").is_between(start, end), ~pl.col("event").str.starts_with("irq_work"))
     counts = window.group_by("event").len().sort("event")
     assert counts.equals(perf.group_by("event").len().sort("event"))
-    key = ["ts", "cpu", "tid", "event"]
-    nth = pl.int_range(pl.len()).over(key).alias("nth")
-    joined = window.with_columns(nth).join(perf.with_columns(nth), on=[*key, "nth"], how="inner", suffix="_perf")
-    assert joined.height == window.height
-    typed = [c for c in SHARED if c not in (*key, "comm", "subsystem")]
+    key = ["cpu", "tid", "event"]
+    joined = window.sort("ts").join_asof(
+        perf.sort("ts").with_columns(ts_perf=pl.col("ts"), perf_row=pl.int_range(pl.len())),
+        on="ts", by=key, strategy="nearest", tolerance=10_000, suffix="_perf", check_sortedness=False,
+    )
+    # Stamps of one event can differ by a few µs (perf's probe runs after ftrace's); edges may
+    # cut one side. Nearly every row must match, and all but perf's own syscalls field by field
+    # (perf's writes of its buffer come in bursts of like calls a µs apart, easily paired wrongly).
+    matched = joined.filter(pl.col("perf_row").is_not_null())
+    assert matched.height >= 0.999 * window.height
+    assert matched["perf_row"].n_unique() >= 0.999 * matched.height
+    typed = [c for c in SHARED if c not in ("ts", *key, "comm", "subsystem")]
+    matched = matched.filter(pl.col("comm") != "perf")
     for column in typed:
-        mismatched = joined.filter(pl.col(column).ne_missing(pl.col(f"{column}_perf")))
+        mismatched = matched.filter(pl.col(column).ne_missing(pl.col(f"{column}_perf")))
         assert mismatched.height == 0, (column, mismatched.head(3))
 
 
@@ -124,8 +139,11 @@ def test_perf_counter_samples_become_counter_rows():
     assert set(counters["event"].unique()) == {"task-clock", "msr/tsc/", "context-switches"}
     assert counters["value"].null_count() == 0 and (counters["value"] >= 0).all()
     anchors = frame.filter(pl.col("event") == "sys_exit_epoll_wait").select("ts", "cpu", "tid")
-    per_anchor = counters.group_by("ts", "cpu", "tid").len()
-    assert per_anchor.height == anchors.unique().height and (per_anchor["len"] == 3).all()
+    # perf prints no line for a member whose delta is 0 (context-switches often is).
+    per_anchor = counters.group_by("ts", "cpu", "tid").agg(pl.col("event").sort())
+    assert per_anchor.height == anchors.unique().height
+    assert per_anchor["event"].list.set_intersection(["msr/tsc/", "task-clock"]).list.len().min() == 2
+    assert per_anchor["event"].list.len().max() == 3
 
 
 @pytest.fixture(scope="module")
@@ -156,8 +174,9 @@ def test_tracefs_without_header_flags_or_tgid_gives_the_same_events(tmp_path, sa
     assert stripped.select(SHARED).equals(full.select(SHARED))
 
 
-def test_comms_with_spaces_dashes_and_unknown_names(tmp_path, sample_text):
-    lines = [line for line in sample_text.splitlines(keepends=True) if "mc-worker-" in line][:3]
+def test_comms_with_spaces_dashes_and_unknown_names(tmp_path):
+    text = zstandard.ZstdDecompressor().stream_reader(open(DATA / "tracefs.txt.zst", "rb")).read(64 << 20).decode()
+    lines = [line for line in text.splitlines(keepends=True) if "mc-worker-" in line][:3]
     renamed = [lines[0].replace("mc-worker-", "Web Content-", 1),
                lines[1].replace("mc-worker-", "my-odd-name-", 1),
                lines[2].replace("mc-worker-", "<...>-", 1)]
