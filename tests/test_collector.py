@@ -70,9 +70,34 @@ def require_root_tracefs() -> None:
         _unavailable(f"tracefs cannot be mounted: {r.stderr.strip()}")
 
 
+LOCK = "/run/kptrace-record.lock"
+
+
+def wait_lock_free(timeout: float = 120.0) -> None:
+    """Another recording on this machine (someone else's) holds the collector's lock: wait."""
+    import fcntl
+    deadline = time.time() + timeout
+    while True:
+        try:
+            fd = os.open(LOCK, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return
+        except BlockingIOError:
+            if time.time() > deadline:
+                raise AssertionError(f"{LOCK} stayed locked for {timeout} s")
+            time.sleep(0.2)
+        finally:
+            os.close(fd)
+
+
 @pytest.fixture(autouse=True)
 def _root():
     require_root_tracefs()
+    wait_lock_free()
 
 
 def _read(path: str) -> str | None:
@@ -182,6 +207,7 @@ def decompress(path: Path) -> str:
 def short_bundle(tmp_path_factory):
     """One real recording (with perf when present) while loopback traffic runs."""
     require_root_tracefs()
+    wait_lock_free()
     before = tracefs_state()
     out = tmp_path_factory.mktemp("short") / "bundle"
     r = record(out, "--buffer-kb", "8192", "--", sys.executable, "-c", LOOPBACK_TRAFFIC, "1")
