@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,13 +48,16 @@ def _missing_request_families(event_counts: dict) -> list[str]:
             if not any(f"sys_exit_{call}" in event_counts for call in calls)]
 
 
-def analyze(path: str | Path) -> Analysis:
-    """Read, normalize, rebuild intervals, requests and disruptions, and attribute costs."""
+def analyze(path: str | Path, progress: Callable[[str], None] = lambda stage: None) -> Analysis:
+    """Read, normalize, rebuild intervals, requests and disruptions, and attribute costs;
+    `progress` hears one line as each stage ends."""
     normalized = normalize(read_any(path))
     meta, events = normalized.meta, normalized.events
+    progress(f"read {meta['event_count']:,} events ({meta['source_format']})")
     notes = []
     intervals = build_intervals(events.lazy()).collect()
     chains = disruptions(intervals.lazy()).collect()
+    progress(f"rebuilt {intervals.height:,} intervals and {chains.height:,} interrupt chains")
     requests = hits = None
     if missing := _missing_request_families(meta["event_counts"]):
         notes.append(f"no per-request view: this trace has no syscall events for {' or '.join(missing)}; "
@@ -65,6 +69,7 @@ def analyze(path: str | Path) -> Analysis:
             notes.append("no requests found: no thread read data and answered on the same fd between "
                          "epoll_wait calls (kptrace's request model is an epoll server)")
             requests = hits = None
+    progress(f"found {0 if requests is None else requests.height:,} requests")
     if missing_irq := INTERRUPT_EVENTS - set(meta["event_counts"]):
         notes.append(f"interrupt costs may be undercounted: no {', '.join(sorted(missing_irq))} events; "
                      + INTERRUPT_HINT)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -60,32 +61,71 @@ def ingest(
     )
 
 
-@app.command()
-def analyze(
-    trace: Annotated[Path, typer.Argument(help="bundle directory or trace text file")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="output directory")] = Path("kptrace-out"),
-    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
-) -> None:
-    """Attribute interrupt costs per CPU and source; write Parquet tables and summary.json."""
+def _analyze_one(trace: Path, out: Path, quiet: bool) -> dict:
+    """Analyze one input into `out`; return its summary. Stage progress goes to stderr."""
     from kptrace.analysis import analyze as run_analysis
     from kptrace.export.parquet import write_tables
     from kptrace.export.perfetto import write_timeline
-    from kptrace.summary import build_summary, counter_samples, render_summary
+    from kptrace.summary import build_summary, counter_samples
 
-    try:
-        analysis = run_analysis(trace)
-    except TraceError as error:
-        _fail(error)
+    started = time.monotonic()
+
+    def progress(stage: str) -> None:
+        if not quiet:
+            typer.echo(f"kptrace: [{time.monotonic() - started:5.1f} s] {trace.name}: {stage}", err=True)
+
+    analysis = run_analysis(trace, progress)
     _warn(analysis.meta)
     summary = build_summary(analysis)
     write_tables(out, analysis.tables(), analysis.meta)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     timeline = write_timeline(out / "timeline.perfetto-trace.gz", analysis.events, analysis.intervals,
                               analysis.requests, counter_samples(analysis.events))
-    typer.echo(json.dumps(summary, indent=2, default=str) if as_json else render_summary(summary))
-    if not as_json:
-        typer.echo(f"\ntables: {out}/*.parquet, summary: {out}/summary.json, "
-                   f"timeline (open in ui.perfetto.dev): {timeline['path']}")
+    progress(f"wrote tables and timeline ({sum(timeline['slices'].values()):,} slices)")
+    summary["outputs"] = {"directory": str(out), "summary": str(out / "summary.json"),
+                          "timeline": str(timeline["path"]), "tables": sorted(analysis.tables())}
+    return summary
+
+
+def _inputs(trace: Path) -> list[Path]:
+    """A bundle or a file is one input; a directory of them is each of its entries."""
+    if trace.is_dir() and not (trace / "manifest.json").exists():
+        return sorted(p for p in trace.iterdir() if not p.name.startswith("."))
+    return [trace]
+
+
+@app.command()
+def analyze(
+    trace: Annotated[Path, typer.Argument(help="bundle, trace text file, or a directory of them")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="output directory")] = Path("kptrace-out"),
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress lines on stderr")] = False,
+) -> None:
+    """Attribute interrupt costs per CPU and source; write Parquet tables, summary.json and a
+    Perfetto timeline. Exit 0 on success, 1 when an input cannot be used, 2 on bad usage."""
+    from kptrace.summary import render_summary
+
+    inputs = _inputs(trace)
+    if not inputs:
+        _fail(TraceError(trace, "empty directory: no bundle or trace file in it"))
+    summaries = {}
+    for item in inputs:
+        target = out if len(inputs) == 1 else out / item.name.split(".")[0]
+        try:
+            summaries[str(item)] = _analyze_one(item, target, quiet or as_json)
+        except TraceError as error:
+            _fail(error)
+    if as_json:
+        only = next(iter(summaries.values())) if len(summaries) == 1 else summaries
+        typer.echo(json.dumps(only, indent=2, default=str))
+        return
+    for item, summary in summaries.items():
+        if len(summaries) > 1:
+            typer.echo(f"\n=== {item}")
+        typer.echo(render_summary(summary))
+        outputs = summary["outputs"]
+        typer.echo(f"\ntables: {outputs['directory']}/*.parquet, summary: {outputs['summary']}, "
+                   f"timeline (open in ui.perfetto.dev): {outputs['timeline']}")
 
 
 @app.command()

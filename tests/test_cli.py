@@ -1,0 +1,64 @@
+"""`kptrace analyze` as a user runs it: outputs, --json, directories of inputs, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import polars as pl
+
+from kptrace.simulate import Scenario, write_simulation
+
+KPTRACE = [sys.executable, "-m", "kptrace.cli"]
+
+
+def run(*args):
+    return subprocess.run([*KPTRACE, *map(str, args)], capture_output=True, text=True)
+
+
+def test_analyze_writes_every_table_the_summary_and_a_timeline(tmp_path):
+    trace = write_simulation(tmp_path / "sim", Scenario(duration_s=0.2, seed=4))
+    result = run("analyze", trace, "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    for table in ("events", "intervals", "disruptions", "requests", "request_hits", "attribution"):
+        assert pl.read_parquet(tmp_path / "out" / f"{table}.parquet").height > 0, table
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert {r["source"] for r in summary["attribution"]["rows"]} == {"sim-disk", "local_timer"}
+    assert (tmp_path / "out" / "timeline.perfetto-trace.gz").stat().st_size > 1000
+    assert "sim-disk" in result.stdout and "indirect µs estimated" in result.stdout
+    assert "read" in result.stderr and "requests" in result.stderr  # progress lines
+
+
+def test_json_summary_carries_units_and_provenance(tmp_path):
+    trace = write_simulation(tmp_path / "sim", Scenario(duration_s=0.2, seed=4))
+    result = run("analyze", trace, "-o", tmp_path / "out", "--json")
+    summary = json.loads(result.stdout)
+    assert summary["attribution"]["provenance"]["indirect_*"] == "estimated"
+    assert summary["attribution"]["units"]["rate_per_s"] == "interrupts/s"
+    assert summary["requests"]["by_disrupted"][0]["requests"] > 0
+    assert result.stderr == ""  # no progress lines mixed into machine output
+
+
+def test_a_directory_of_inputs_is_analyzed_entry_by_entry(tmp_path):
+    inputs = tmp_path / "inputs"
+    for seed in (1, 2):
+        write_simulation(tmp_path / f"s{seed}", Scenario(duration_s=0.1, seed=seed))
+        inputs.mkdir(exist_ok=True)
+        (tmp_path / f"s{seed}" / "trace.txt").rename(inputs / f"run{seed}.txt")
+    result = run("analyze", inputs, "-o", tmp_path / "out", "--json")
+    assert result.returncode == 0, result.stderr
+    assert set(json.loads(result.stdout)) == {str(inputs / "run1.txt"), str(inputs / "run2.txt")}
+    assert (tmp_path / "out" / "run1" / "attribution.parquet").exists()
+
+
+def test_unusable_input_exits_1_with_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run("analyze", tmp_path / "empty", "-o", tmp_path / "out")
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "empty directory" in result.stderr
+
+
+def test_bad_usage_exits_2(tmp_path):
+    assert run("analyze").returncode == 2
+    assert run("simulate", "-o", tmp_path, "--format", "pcap").returncode == 2
