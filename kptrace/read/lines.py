@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import polars as pl
 
 _TIME = r"(?P<sec>\d+)\.(?P<frac>\d{1,9}):\s+"
-_FLAGS = r"(?:(?P<flags>[.dDbX][.a-zA-Z][.hHsSzZ][.0-9a-f][.0-9a-f]?)\s+)?"
+_FLAG_CHARS = r"[.dDbX][.a-zA-Z][.hHsSzZ][.0-9a-f][.0-9a-f]?"
+_FLAGS = r"(?:(?P<flags>" + _FLAG_CHARS + r")\s+)?"
 
 #: tracefs `trace`/`trace_pipe`: `comm-tid (tgid) [cpu] flags ts: rest`; tgid and flags optional.
 TRACEFS_LINE = (
@@ -59,14 +60,15 @@ class SplitLines:
 
 
 def lines_frame(text: str) -> pl.LazyFrame:
-    """One row per line, numbered from 1, split in Rust rather than in Python."""
-    return (
-        pl.LazyFrame({"line": [text]})
-        .select(pl.col("line").str.split("\n"))
-        .explode("line")
+    """One row per line, numbered from 1, split in Rust rather than in Python.
+
+    Stripping carriage returns rewrites every string, so it is done only when the text has one.
+    """
+    lines = (
+        pl.LazyFrame({"line": pl.Series([text]).str.split("\n").explode()})
         .with_row_index("line_no", offset=1)
-        .with_columns(pl.col("line").str.strip_suffix("\r"))
     )
+    return lines.with_columns(pl.col("line").str.strip_suffix("\r")) if "\r" in text else lines
 
 
 def detect_format(text: str, sample_lines: int = 2000) -> str | None:
@@ -124,27 +126,22 @@ def _event_and_payload(frame: pl.LazyFrame) -> pl.LazyFrame:
         subsystem=pl.when(is_counter).then(pl.lit("counter")).otherwise(pl.col("subsystem")),
         payload=pl.when(is_counter).then(pl.lit(None, pl.String))
         .otherwise(pl.coalesce("args", "retval", "payload")),
-        value=pl.col("value").cast(pl.Int64),
     )
 
 
-def split_lines(text: str, fmt: str) -> SplitLines:
-    """Parse every line's prefix; keep lost-event markers as rows, count what is unreadable."""
-    lines = lines_frame(text)
-    prefix = pl.col("line").str.extract_groups(FORMAT_LINES[fmt])
-    marker = pl.col("line").str.extract_groups(_MARKER)
-    parsed = (
-        lines.with_columns(prefix=prefix, marker=marker)
-        .with_columns(
-            is_event=pl.col("prefix").struct.field("sec").is_not_null(),
-            is_marker=pl.col("marker").struct.field("lost_cpu").is_not_null()
-            | pl.col("marker").struct.field("started_cpu").is_not_null(),
-        )
-        .collect()
-    )
-    ignorable = parsed["line"].str.contains(_IGNORABLE)
-    unparsed = parsed.filter(~pl.col("is_event") & ~pl.col("is_marker") & ~ignorable)
+#: What the regex parser hands on: the prefix and event as text, typed by `_typed`.
+_TEXT_COLUMNS = ("line_no", "comm", "tid", "tgid", "cpu", "flags", "sec", "frac", "value",
+                 "subsystem", "event", "payload")
 
+
+def _by_regex(lines: pl.DataFrame, fmt: str) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.DataFrame]:
+    """The reference parser: the full line regex, then the marker regex on what it rejects.
+
+    Returns event rows (as `_TEXT_COLUMNS`), marker rows, and the lines that are neither.
+    """
+    parsed = lines.with_columns(prefix=pl.col("line").str.extract_groups(FORMAT_LINES[fmt])).with_columns(
+        is_event=pl.col("prefix").struct.field("sec").is_not_null()
+    )
     absent = {"tgid", "flags", "value"} - set(re.compile(FORMAT_LINES[fmt]).groupindex)
     events = (
         parsed.lazy()
@@ -152,19 +149,14 @@ def split_lines(text: str, fmt: str) -> SplitLines:
         .select("line_no", pl.col("prefix").struct.unnest())
         .with_columns([pl.lit(None, pl.String).alias(name) for name in sorted(absent)])
     )
-    events = _flags(_time_ns(events))
-    events = _event_and_payload(events).with_columns(
-        tid=pl.col("tid").cast(pl.Int32),
-        cpu=pl.col("cpu").cast(pl.Int16),
-        tgid=pl.col("tgid").cast(pl.Int32, strict=False),
-        comm=pl.col("comm").str.strip_chars(),
+    events = _event_and_payload(events).select(_TEXT_COLUMNS)
+    others = parsed.filter(~pl.col("is_event")).select(
+        "line_no", "line", marker=pl.col("line").str.extract_groups(_MARKER)
+    ).with_columns(
+        is_marker=pl.col("marker").struct.field("lost_cpu").is_not_null()
+        | pl.col("marker").struct.field("started_cpu").is_not_null(),
     )
-    events = events.select(
-        "line_no", "ts", "ts_resolution_ns", "cpu", "tid", "tgid", "comm", "subsystem", "event",
-        "payload", "value", "irqs_off", "bh_off", "need_resched", "in_hardirq", "in_softirq",
-        "in_nmi", "preempt_depth",
-    )
-    markers = parsed.lazy().filter("is_marker").select(
+    markers = others.lazy().filter("is_marker").select(
         "line_no", pl.col("marker").struct.unnest()
     ).select(
         "line_no",
@@ -174,16 +166,191 @@ def split_lines(text: str, fmt: str) -> SplitLines:
         .otherwise(pl.lit("lost_events")),
         value=pl.coalesce("lost", "dropped").cast(pl.Int64),
     )
-    rows = _date_markers(pl.concat([events, markers], how="diagonal_relaxed")).collect()
+    unparsed = others.filter(~pl.col("is_marker") & ~pl.col("line").str.contains(_IGNORABLE))
+    return events, markers, unparsed.select("line_no", "line")
+
+
+def _find(text: pl.Expr, pattern: str) -> pl.Expr:
+    """Byte offset of the first literal match, signed so that offset arithmetic cannot wrap."""
+    return text.str.find(pattern, literal=True).cast(pl.Int64)
+
+
+def _span(text: pl.Expr, start: pl.Expr | int, length: pl.Expr) -> pl.Expr:
+    """`text[start:start+length]`; a negative length (a row the checks will reject) gives ''."""
+    return text.str.slice(start, length.clip(lower_bound=0))
+
+
+def _full(text: pl.Expr, pattern: str) -> pl.Expr:
+    """Whole-string match of a short regex (anchored, so it stops at the first wrong byte)."""
+    return text.str.contains(f"^(?:{pattern})$")
+
+
+def _padded(chars: str, width: int, align: str) -> str:
+    """Regex for a `%-Nd` (align left) or `%Nd` (align right) field: no spaces inside."""
+    fills = [(chars + "{%d}" % (width - k), " " * k) for k in range(width)]
+    return "(?:" + "|".join(text + pad if align == "left" else pad + text for text, pad in fills) + ")"
+
+
+@dataclass(frozen=True)
+class TracefsLayout:
+    """The fixed-width prefix the kernel prints (trace_output.c): `%16s-%-7d `, with
+    `record-tgid` then `(%7d) `, `[%03d] `, with `irq-info` the flags, then `%5lu.%06lu: `.
+
+    Everything up to the timestamp sits at known columns, so the fast path reads it with
+    constant slices once one anchored regex has checked the columns.
+    """
+
+    tgid: bool
+    flags: int  # width of the irq-info column: 0 (off), 4 (older kernels) or 5
+
+    @property
+    def stamp_start(self) -> int:
+        return 25 + 10 * self.tgid + 6 + (self.flags + 1 if self.flags else 0)
+
+    def regex(self) -> str:
+        """The columns up to the `sec.usec: ` timestamp. The comm may hold neither `(` nor `[`,
+        so that the reference regex cannot split comm and tid anywhere else."""
+        comm = r"[\x20-\x27\x29-\x5a\x5c-\x7e]{16}"
+        tgid = r"\(" + _padded(r"[\d-]", 7, "right") + r"\) " if self.tgid else ""
+        flags = _FLAG_CHARS[: _FLAG_CHARS.rindex("[")] if self.flags == 4 else _FLAG_CHARS.removesuffix("?")
+        return ("^" + comm + "-" + _padded(r"\d", 7, "left") + " " + tgid + r"\[\d{3}\] "
+                + (flags + " " if self.flags else "") + r" *\d+\.\d{6}: ")
+
+
+TRACEFS_LAYOUTS = tuple(TracefsLayout(tgid, flags) for tgid in (True, False) for flags in (5, 4, 0))
+
+
+def tracefs_layout(sample: pl.Series) -> TracefsLayout | None:
+    """The layout most sample lines follow, or None when none does (then only the regex reads)."""
+    hits = {layout: int(sample.str.contains(layout.regex()).sum()) for layout in TRACEFS_LAYOUTS}
+    best = max(hits, key=hits.get)
+    return best if hits[best] else None
+
+
+def _fast_prefix(frame: pl.LazyFrame, layout: TracefsLayout) -> pl.LazyFrame:
+    """Typed prefix columns by constant slices, for the lines that follow `layout` exactly.
+
+    A line qualifies when its columns match `layout.regex()` and its comm holds no `: `; it
+    then gets exactly what the reference regex gives it. The others are dropped here and read
+    by the regex.
+    """
+    line, c = pl.col("line"), pl.col
+    start = layout.stamp_start
+    cpu = 25 + 10 * layout.tgid
+    # A comm holding `: ` would hide the timestamp's `: ` from `_find`.
+    frame = frame.filter(line.str.contains(layout.regex()) & ~line.str.slice(0, 16).str.contains(": ", literal=True))
+    frame = frame.with_columns(colon=_find(line, ": "))
+    return frame.select(
+        "line_no",
+        comm=line.str.slice(0, 16).str.strip_chars(),
+        tid=line.str.slice(17, 7).str.strip_chars_end().cast(pl.Int32),
+        tgid=line.str.slice(26, 7).str.strip_chars_start().cast(pl.Int32, strict=False) if layout.tgid
+        else pl.lit(None, pl.Int32),
+        cpu=line.str.slice(cpu + 1, 3).cast(pl.Int16),
+        flags=line.str.slice(cpu + 6, layout.flags) if layout.flags else pl.lit(None, pl.String),
+        ts=_span(line, start, c("colon") - start - 7).str.strip_chars_start().cast(pl.Int64) * 1_000_000_000
+        + _span(line, c("colon") - 6, pl.lit(6)).cast(pl.Int64) * 1000,
+        ts_resolution_ns=pl.lit(1000, pl.Int64),
+        rest=line.str.slice(c("colon") + 2).str.strip_chars_start(),
+    )
+
+
+def _fast_event(frame: pl.LazyFrame) -> pl.LazyFrame:
+    r"""`event: payload`, `sys:event: payload`, `sys_read(args)`, `sys_read -> ret`, by slices.
+
+    Accepts only the unambiguous shapes: an ASCII `\w+` or `\w+:\w+` name ending at the first
+    `: `, or ftrace's syscall forms with such a name. The syscall checks look only at rows
+    without a name (null elsewhere), so they cost little.
+    """
+    c = pl.col
+    word = "[0-9A-Za-z_]+"
+    frame = frame.with_columns(colon=_find(c("rest"), ": ")).with_columns(name=c("rest").str.slice(0, c("colon")))
+    frame = frame.with_columns(named=_full(c("name"), f"{word}(?::{word})?").fill_null(False))
+    frame = frame.with_columns(
+        qualifier=_find(c("name"), ":"),
+        call=pl.when(~c("named") & c("rest").str.starts_with("sys_")).then(c("rest")),
+    )
+    call = c("call")
+    frame = frame.with_columns(paren=_find(call, "("), space=_find(call, " "))
+    frame = frame.with_columns(
+        enter=_span(call, 4, c("paren") - 4), exit=_span(call, 4, c("space") - 4), retval=call.str.slice(c("space") + 4)
+    ).with_columns(
+        is_enter=(call.str.ends_with(")") & _full(c("enter"), word)).fill_null(False),
+        is_exit=(_full(c("exit"), word) & (call.str.slice(c("space"), 4) == " -> ") & _full(c("retval"), r"\S+"))
+        .fill_null(False),
+    )
+    return frame.with_columns(
+        ok=c("named") | c("is_enter") | c("is_exit"),
+        subsystem=pl.when(c("named") & c("qualifier").is_not_null()).then(c("name").str.slice(0, c("qualifier"))),
+        event=pl.when("named").then(c("name").str.slice(c("qualifier").fill_null(-1) + 1))
+        .when("is_enter").then(pl.lit("sys_enter_") + c("enter"))
+        .otherwise(pl.lit("sys_exit_") + c("exit")),
+        payload=pl.when("named").then(c("rest").str.slice(c("colon") + 2).str.strip_chars_start())
+        .when("is_enter").then(_span(call, c("paren") + 1, call.str.len_chars() - c("paren") - 2))
+        .otherwise(c("retval")),
+    )
+
+
+def _fast_rows(lines: pl.DataFrame, layout: TracefsLayout | None) -> pl.DataFrame:
+    """Event rows the fast path reads completely, typed as `_typed` types the regex's rows."""
+    if layout is None:
+        return pl.DataFrame({"line_no": []}, schema={"line_no": pl.UInt32})
+    rows = _fast_event(_fast_prefix(lines.lazy(), layout)).filter("ok")
+    return rows.select(*_TYPED_COLUMNS[:-1], value=pl.lit(None, pl.Int64)).collect()
+
+
+def _typed(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Type the regex parser's text columns."""
+    return _time_ns(events).with_columns(
+        tid=pl.col("tid").cast(pl.Int32),
+        cpu=pl.col("cpu").cast(pl.Int16),
+        tgid=pl.col("tgid").cast(pl.Int32, strict=False),
+        comm=pl.col("comm").str.strip_chars(),
+        value=pl.col("value").cast(pl.Int64),
+    ).select(_TYPED_COLUMNS)
+
+
+_TYPED_COLUMNS = ("line_no", "ts", "ts_resolution_ns", "cpu", "tid", "tgid", "comm", "subsystem", "event",
+                  "payload", "flags", "value")
+
+
+def split_lines(text: str, fmt: str) -> SplitLines:
+    """Parse every line's prefix; keep lost-event markers as rows, count what is unreadable.
+
+    In tracefs text, most lines take the fast path (`TracefsLayout`, `_fast_event`); the
+    reference regex parser reads every line the fast path does not take, so what a line
+    yields never depends on the fast path.
+    """
+    lines = lines_frame(text).collect()
+    layout = tracefs_layout(lines["line"].head(2000)) if fmt == "tracefs" else None
+    fast = _fast_rows(lines, layout)
+    rest = lines.join(fast.select("line_no"), on="line_no", how="anti", maintain_order="left") if fast.height else lines
+    slow, markers, unparsed = _by_regex(rest, fmt)
+    slow = _typed(slow).collect()
+    events = _flags(pl.concat([fast.lazy(), slow.lazy()]) if fast.height else slow.lazy()).select(
+        "line_no", "ts", "ts_resolution_ns", "cpu", "tid", "tgid", "comm", "subsystem", "event",
+        "payload", "value", "irqs_off", "bh_off", "need_resched", "in_hardirq", "in_softirq",
+        "in_nmi", "preempt_depth",
+    )
+    markers = markers.collect()
+    rows = pl.concat([events, markers.lazy()], how="diagonal_relaxed")
+    if markers.height:
+        rows = _date_markers(rows)
+    elif fast.height and slow.height:
+        rows = rows.sort("line_no")
+    rows = rows.collect()
     return SplitLines(
         rows=rows,
         unparsed_count=unparsed.height,
-        unparsed_examples=[f"line {n}: {line[:160]}" for n, line in unparsed.head(3).select("line_no", "line").iter_rows()],
+        unparsed_examples=[f"line {n}: {line[:160]}" for n, line in unparsed.head(3).iter_rows()],
     )
 
 
 def _date_markers(rows: pl.LazyFrame) -> pl.LazyFrame:
-    """A marker stands before the first event its CPU recorded after the gap: take that time."""
+    """A marker stands before the first event its CPU recorded after the gap: take that time.
+
+    Events always have a time, so without markers this would only sort; callers skip it then.
+    """
     return (
         rows.sort("line_no")
         .with_columns(ts=pl.col("ts").backward_fill().over("cpu"))
