@@ -265,7 +265,7 @@ def _fast_event(frame: pl.LazyFrame) -> pl.LazyFrame:
     c = pl.col
     word = "[0-9A-Za-z_]+"
     frame = frame.with_columns(colon=_find(c("rest"), ": ")).with_columns(name=c("rest").str.slice(0, c("colon")))
-    frame = frame.with_columns(named=_full(c("name"), f"{word}(?::{word})?").fill_null(False))
+    frame = frame.with_columns(named=(c("colon").is_not_null() & _full(c("name"), f"{word}(?::{word})?")).fill_null(False))
     frame = frame.with_columns(
         qualifier=_find(c("name"), ":"),
         call=pl.when(~c("named") & c("rest").str.starts_with("sys_")).then(c("rest")),
@@ -275,9 +275,11 @@ def _fast_event(frame: pl.LazyFrame) -> pl.LazyFrame:
     frame = frame.with_columns(
         enter=_span(call, 4, c("paren") - 4), exit=_span(call, 4, c("space") - 4), retval=call.str.slice(c("space") + 4)
     ).with_columns(
-        is_enter=(call.str.ends_with(")") & _full(c("enter"), word)).fill_null(False),
-        is_exit=(_full(c("exit"), word) & (call.str.slice(c("space"), 4) == " -> ") & _full(c("retval"), r"\S+"))
-        .fill_null(False),
+        is_enter=(c("paren").is_not_null() & call.str.ends_with(")") & _full(c("enter"), word)).fill_null(False),
+        is_exit=(
+            c("space").is_not_null() & _full(c("exit"), word) & (call.str.slice(c("space"), 4) == " -> ")
+            & _full(c("retval"), r"\S+")
+        ).fill_null(False),
     )
     return frame.with_columns(
         ok=c("named") | c("is_enter") | c("is_exit"),
