@@ -1,0 +1,606 @@
+"""report.html: one self-contained page with the charts and tables of one analysis.
+
+The page works offline (a server room cannot reach a CDN): the Vega, Vega-Lite and vega-embed
+JavaScript comes from the `vl-convert-python` package (`vl_convert.javascript_bundle`) and is
+inlined once; each chart is a Vega-Lite spec in a `<script type="application/json">` block
+that a small inline script hands to vegaEmbed (SVG renderer, no action links). Chart data is
+aggregated in Polars first, so the page stays small whatever the trace size.
+
+Every chart and table says where its figures come from: measured (read off the trace),
+estimated (a statistic over measured figures, with a 95% interval) or modelled.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import altair as alt
+import polars as pl
+
+from kptrace.analysis import Analysis
+from kptrace.attribute import Z95
+
+#: Chart (a) draws at most this many time bins, and bins are never shorter than 10 ms.
+MAX_BINS = 200
+MIN_BIN_NS = 10_000_000
+#: Sources drawn by name in the rate chart; the rest are summed as "other".
+TOP_SOURCES = 8
+#: CPUs drawn in the rate chart (the busiest by interrupt count).
+TOP_CPUS = 8
+#: Points per CDF curve.
+CDF_POINTS = 200
+#: Rows of the cost chart (by CPU share); the table below it has them all.
+MAX_COST_ROWS = 20
+#: Request kinds in the slowdown chart (the most frequent).
+TOP_KINDS = 6
+
+WIDTH = 900
+COMPONENT_COLOURS = {"direct (measured)": "#4c78a8", "indirect (estimated)": "#f58518"}
+
+
+# --------------------------------------------------------------------------- chart data
+
+
+def input_name(meta: dict) -> str:
+    """What the reader calls the input: the bundle directory, or the trace file."""
+    files = [Path(f) for f in meta.get("files") or []]
+    if not files:
+        return "trace"
+    if meta.get("bundle") is not None or len({f.parent for f in files}) == 1 and len(files) > 1:
+        return files[0].parent.name or str(files[0].parent)
+    return files[0].name
+
+
+def _bin_ns(duration_ns: int) -> int:
+    """Bin width: at least 10 ms, at most MAX_BINS bins, rounded up to 1, 2 or 5 x 10^k ns."""
+    raw = max(MIN_BIN_NS, duration_ns / MAX_BINS)
+    decade = 10 ** math.floor(math.log10(raw))
+    return next(int(m * decade) for m in (1, 2, 5, 10) if m * decade >= raw)
+
+
+def irq_rate_frame(analysis: Analysis) -> tuple[pl.DataFrame, int, int, list[int]]:
+    """Hard IRQs per second per (cpu, source, time bin); zero bins are left out (the chart
+    imputes them). Returns (frame, bin_ns, n_bins, cpus drawn)."""
+    start, end = analysis.meta["start_ns"], analysis.meta["end_ns"]
+    bin_ns = _bin_ns(max(end - start, 1))
+    n_bins = max(1, math.ceil((end - start) / bin_ns))
+    irqs = analysis.intervals.filter(pl.col("kind") == "hardirq").select("cpu", "name", "ts")
+    top = irqs.group_by("name").len().sort("len", "name", descending=[True, False]).head(TOP_SOURCES)["name"]
+    cpus = irqs.group_by("cpu").len().sort("len", "cpu", descending=[True, False]).head(TOP_CPUS)["cpu"].sort()
+    frame = (
+        irqs.filter(pl.col("cpu").is_in(cpus.implode()))
+        .with_columns(
+            source=pl.when(pl.col("name").is_in(top.implode())).then(pl.col("name")).otherwise(pl.lit("other")),
+            bin=((pl.col("ts") - start) // bin_ns).clip(0, n_bins - 1),
+        )
+        .group_by("cpu", "source", "bin")
+        # the last bin ends with the trace, so it may be shorter than the others
+        .agg(rate=pl.len() / ((pl.min_horizontal(pl.lit(end), start + (pl.col("bin").first() + 1) * bin_ns)
+                               - (start + pl.col("bin").first() * bin_ns)).clip(1) / 1e9))
+        .select(cpu=pl.format("CPU {}", "cpu"), source="source", t_ms=pl.col("bin") * (bin_ns // 1_000_000),
+                rate=pl.col("rate").round(1))
+        .sort("cpu", "source", "t_ms")
+    )
+    return frame, bin_ns, n_bins, cpus.to_list()
+
+
+def service_cdf_frame(requests: pl.DataFrame) -> pl.DataFrame:
+    """Empirical CDF of service time (µs) for clean and disrupted requests, thinned to about
+    CDF_POINTS quantiles per group."""
+    parts = []
+    for disrupted in (False, True):
+        durations = requests.filter((pl.col("disrupted") == disrupted) & (pl.col("dur") > 0))["dur"].sort()
+        n = durations.len()
+        if n == 0:
+            continue
+        index = sorted({round(k * (n - 1) / CDF_POINTS) for k in range(CDF_POINTS + 1)})
+        label = f"{'disrupted' if disrupted else 'clean'} (n = {n:,})"
+        parts.append(pl.DataFrame({
+            "group": [label] * len(index),
+            "service_us": (durations.gather(index) / 1e3).to_list(),
+            "fraction": [(i + 1) / n for i in index],
+        }))
+    return pl.concat(parts) if parts else pl.DataFrame(schema={"group": pl.String, "service_us": pl.Float64,
+                                                               "fraction": pl.Float64})
+
+
+def cost_frame(attribution: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(per-interrupt costs in µs, long by component, with 95% bounds; CPU share in %), the
+    MAX_COST_ROWS rows with the largest share of CPU, labelled `CPU n · source`."""
+    top = (
+        attribution.sort("share_of_cpu", descending=True, nulls_last=True).head(MAX_COST_ROWS)
+        .with_columns(label=pl.format("CPU {} · {}", "cpu", "source"), order=pl.int_range(pl.len()))
+    )
+    parts = []
+    for component, value, ci in (("direct (measured)", "direct_per_irq_ns", "direct_ci_ns"),
+                                 ("indirect (estimated)", "indirect_per_irq_ns", "indirect_ci_ns")):
+        parts.append(top.filter(pl.col(value).is_not_null()).select(
+            "label", "order", "count",
+            component=pl.lit(component),
+            us=(pl.col(value) / 1e3).round(3),
+            lo=((pl.col(value) - pl.col(ci).fill_null(0)) / 1e3).round(3),
+            hi=((pl.col(value) + pl.col(ci).fill_null(0)) / 1e3).round(3),
+        ))
+    share = top.select(
+        "label", "order", "rate_per_s",
+        pct=(pl.col("share_of_cpu") * 100).round(4),
+        lo=((pl.col("share_of_cpu") - pl.col("share_of_cpu_ci").fill_null(0)) * 100).round(4),
+        hi=((pl.col("share_of_cpu") + pl.col("share_of_cpu_ci").fill_null(0)) * 100).round(4),
+    )
+    return pl.concat(parts), share
+
+
+def slowdown_frame(requests: pl.DataFrame) -> pl.DataFrame:
+    """Own time (µs) of requests per kind: clean, and hit once by each source (mean, 95%
+    interval, n). Preempted requests and requests hit more than once are left out, as in the
+    indirect-cost estimate."""
+    usable = requests.filter(pl.col("offcpu_ns") == 0)
+    kinds = usable.group_by("kind").len().sort("len", "kind", descending=[True, False]).head(TOP_KINDS)["kind"]
+    grouped = (
+        usable.filter(pl.col("kind").is_in(kinds.implode()) & (pl.col("sources").list.len() <= 1))
+        .with_columns(group=pl.when(pl.col("disrupted")).then(pl.lit("hit once by ") + pl.col("sources").list.first())
+                      .otherwise(pl.lit("clean")))
+        .group_by("kind", "group")
+        .agg(n=pl.len(), mean=pl.col("own_ns").mean() / 1e3, sd=pl.col("own_ns").std() / 1e3)
+        .filter(pl.col("n") >= 2)
+    )
+    return (
+        grouped.with_columns(ci=Z95 * pl.col("sd") / pl.col("n").sqrt())
+        .select("kind", "group", "n", mean=pl.col("mean").round(3), lo=(pl.col("mean") - pl.col("ci")).round(3),
+                hi=(pl.col("mean") + pl.col("ci")).round(3))
+        .with_columns(kind_order=pl.col("kind").replace_strict(kinds.to_list(), list(range(kinds.len()))),
+                      clean_first=pl.col("group") != "clean")
+        .sort("kind_order", "clean_first", "n", descending=[False, False, True])
+        .drop("kind_order", "clean_first")
+    )
+
+
+# --------------------------------------------------------------------------- charts
+
+
+def _title(text: str, subtitle: str | list[str]) -> alt.TitleParams:
+    return alt.TitleParams(text, subtitle=subtitle, anchor="start", fontSize=15, subtitleFontSize=12,
+                           subtitleColor="#555", offset=10)
+
+
+def irq_rate_chart(analysis: Analysis) -> alt.Chart:
+    frame, bin_ns, n_bins, cpus = irq_rate_frame(analysis)
+    bin_ms = bin_ns // 1_000_000
+    sources = frame.group_by("source").agg(pl.col("rate").sum()).sort("rate", descending=True)["source"].to_list()
+    shown = "" if len(cpus) >= analysis.intervals.filter(pl.col("kind") == "hardirq")["cpu"].n_unique() \
+        else f"; the {len(cpus)} CPUs with most interrupts"
+    height = 150 if len(cpus) <= 2 else 90
+    return (
+        alt.Chart(alt.Data(values=frame.to_dicts()))
+        .transform_impute(impute="rate", key="t_ms", value=0, groupby=["cpu", "source"],
+                          keyvals=alt.ImputeSequence(start=0, stop=n_bins * bin_ms, step=bin_ms))
+        .transform_calculate(t_s="datum.t_ms / 1000")
+        .mark_line(interpolate="step-after", strokeWidth=1.4)
+        .encode(
+            x=alt.X("t_s:Q", title="time since trace start (s)", scale=alt.Scale(nice=False)),
+            y=alt.Y("rate:Q", title="hard IRQs / s"),
+            color=alt.Color("source:N", title="source", sort=sources, scale=alt.Scale(scheme="tableau10")),
+            tooltip=["cpu:N", "source:N", alt.Tooltip("t_s:Q", title="bin start (s)", format=".3f"),
+                     alt.Tooltip("rate:Q", title="IRQs/s", format=",.0f")],
+        )
+        .properties(width=WIDTH - 60, height=height)
+        .facet(row=alt.Row("cpu:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left",
+                                                                   labelFontWeight="bold")))
+        .properties(title=_title("Hard interrupts per second, per CPU",
+                                 f"{bin_ms} ms bins; colour = IRQ handler or APIC vector{shown}; "
+                                 f"sources beyond the {TOP_SOURCES} most frequent summed as 'other'"))
+    )
+
+
+def service_cdf_chart(requests: pl.DataFrame) -> alt.Chart:
+    frame = service_cdf_frame(requests)
+    return (
+        alt.Chart(alt.Data(values=frame.to_dicts()))
+        .mark_line(interpolate="step-after", strokeWidth=2)
+        .encode(
+            x=alt.X("service_us:Q", title="service time (µs, log scale)", scale=alt.Scale(type="log")),
+            y=alt.Y("fraction:Q", title="fraction of requests ≤ x", axis=alt.Axis(format="%"),
+                    scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color("group:N", title=None, scale=alt.Scale(range=["#54a24b", "#e45756"]),
+                            legend=alt.Legend(orient="bottom-right", fillColor="white", padding=6)),
+            tooltip=["group:N", alt.Tooltip("service_us:Q", title="µs", format=",.1f"),
+                     alt.Tooltip("fraction:Q", format=".1%")],
+        )
+        .properties(width=WIDTH, height=280, title=_title(
+            "Request service time, clean vs disrupted",
+            "cumulative distribution; disrupted = a hard IRQ (and the softirqs after it) started inside the request"))
+    )
+
+
+def cost_chart(attribution: pl.DataFrame) -> alt.HConcatChart:
+    costs, share = cost_frame(attribution)
+    labels = share.sort("order")["label"].to_list()
+    y = alt.Y("label:N", title=None, sort=labels, axis=alt.Axis(labelLimit=280, labelFontSize=11.5))
+    step = 30 * max(1, len(labels))  # one fixed height for both panels, so their rows line up
+    colour = alt.Color("component:N", title=None, scale=alt.Scale(domain=list(COMPONENT_COLOURS),
+                                                                  range=list(COMPONENT_COLOURS.values())),
+                       legend=alt.Legend(orient="top", labelFontSize=12))
+    per_irq = alt.Chart(alt.Data(values=costs.to_dicts()))
+    x_us = alt.X("us:Q", title="µs per interrupt (bars: mean; whiskers: 95% interval)")
+    bars = per_irq.mark_bar(height=alt.RelativeBandSize(0.42)).encode(
+        x=x_us, y=y, yOffset=alt.YOffset("component:N", sort=list(COMPONENT_COLOURS)), color=colour,
+        tooltip=["label:N", "component:N", alt.Tooltip("us:Q", title="µs", format=",.2f"),
+                 alt.Tooltip("lo:Q", title="95% low", format=",.2f"), alt.Tooltip("hi:Q", title="95% high", format=",.2f"),
+                 alt.Tooltip("count:Q", title="interrupts", format=",")],
+    )
+    whiskers = per_irq.mark_rule(color="#222", strokeWidth=1.2).encode(
+        x="lo:Q", x2="hi:Q", y=y, yOffset=alt.YOffset("component:N", sort=list(COMPONENT_COLOURS)))
+    left = alt.layer(bars, whiskers).properties(width=400, height=step)
+    share_chart = alt.Chart(alt.Data(values=share.to_dicts()))
+    y_share = alt.Y("label:N", sort=labels, axis=None)
+    share_bars = share_chart.mark_bar(color="#72b7b2", height=alt.RelativeBandSize(0.6)).encode(
+        x=alt.X("pct:Q", title="% of that CPU's time (±95%)"), y=y_share,
+        tooltip=["label:N", alt.Tooltip("pct:Q", title="% of CPU", format=".3f"),
+                 alt.Tooltip("lo:Q", title="95% low", format=".3f"), alt.Tooltip("hi:Q", title="95% high", format=".3f"),
+                 alt.Tooltip("rate_per_s:Q", title="IRQs/s", format=",.1f")],
+    )
+    share_whiskers = share_chart.mark_rule(color="#222", strokeWidth=1.2).encode(x="lo:Q", x2="hi:Q", y=y_share)
+    share_text = share_chart.mark_text(align="left", dx=4, fontSize=10.5, color="#444").encode(
+        x="hi:Q", y=y_share, text=alt.Text("pct:Q", format=".2f"))
+    right = alt.layer(share_bars, share_whiskers, share_text).properties(width=250, height=step)
+    more = f"; the {MAX_COST_ROWS} costliest of {attribution.height} rows (all in the table below)" \
+        if attribution.height > MAX_COST_ROWS else ""
+    return alt.hconcat(left, right, spacing=30).resolve_scale(y="shared").properties(title=_title(
+        "Cost per interrupt source (left: per interrupt; right: share of CPU)",
+        [f"direct = the handler and the softirqs it ran; indirect = extra own time of the requests it hit{more}",
+         "share of CPU = rate × (direct + indirect); no orange bar: no request was hit once by that source"]))
+
+
+def counter_kind(counters: str) -> str:
+    """`hardware-pmu`, `software-only` or `none`: the head of summary["input"]["counters"]."""
+    return re.split(r" \(|:", counters, maxsplit=1)[0]
+
+
+def counters_subtitle(counters: str) -> str:
+    if counters.startswith("hardware"):
+        return ("this trace has hardware counters (cycles/instructions): the slowdown also shows as lower IPC; "
+                "this chart shows it in time")
+    return f"this trace has no hardware counters (counters: {counter_kind(counters)}), so no IPC: the slowdown is shown in time"
+
+
+def slowdown_chart(requests: pl.DataFrame, counters: str) -> alt.VConcatChart:
+    frame = slowdown_frame(requests).with_columns(is_clean=pl.col("group") == "clean")
+    y = alt.Y("group:N", title=None, sort=None, axis=alt.Axis(labelLimit=280, labelFontSize=11.5, minExtent=200))
+    colour = alt.Color("is_clean:N", legend=None, scale=alt.Scale(domain=[True, False], range=["#54a24b", "#e45756"]))
+    x_title = "own time per request (µs; bars: mean, whiskers: 95% interval; label: requests)"
+    panels = []
+    kinds = frame["kind"].unique(maintain_order=True).to_list()
+    for position, kind in enumerate(kinds):
+        base = alt.Chart(alt.Data(values=frame.filter(pl.col("kind") == kind).to_dicts()))
+        last = position == len(kinds) - 1
+        bars = base.mark_bar(height=alt.RelativeBandSize(0.6)).encode(
+            x=alt.X("mean:Q", title=x_title if last else None, axis=alt.Axis(labels=last)),
+            y=y, color=colour,
+            tooltip=["kind:N", "group:N", alt.Tooltip("mean:Q", title="mean µs", format=",.2f"),
+                     alt.Tooltip("lo:Q", title="95% low", format=",.2f"),
+                     alt.Tooltip("hi:Q", title="95% high", format=",.2f"), alt.Tooltip("n:Q", title="requests", format=",")],
+        )
+        whiskers = base.mark_rule(color="#222", strokeWidth=1.2).encode(x="lo:Q", x2="hi:Q", y=y)
+        counts = base.mark_text(align="left", dx=4, fontSize=10.5, color="#444").encode(
+            x="hi:Q", y=y, text=alt.Text("n:Q", format=","))
+        panels.append(alt.layer(bars, whiskers, counts).properties(
+            width=WIDTH - 320, height=alt.Step(24),
+            title=alt.TitleParams(f"requests of kind {kind} (power-of-two classes of bytes in / out)", anchor="start", fontSize=12, fontWeight="bold")))
+    return alt.vconcat(*panels, spacing=12).resolve_scale(x="shared").properties(title=_title(
+        "Slowdown around interrupts: own time of requests, clean vs hit once",
+        ["own time = service time minus the disruptions and off-CPU time inside it; requests preempted or "
+         "hit more than once are left out", counters_subtitle(counters)]))
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+CSS = """
+:root { color-scheme: light; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #222;
+       margin: 0; background: #f4f5f7; }
+header { background: #1f2d3d; color: #fff; padding: 18px 32px; }
+header h1 { margin: 0 0 4px; font-size: 22px; font-weight: 600; }
+header p { margin: 0; color: #c9d3de; }
+main { max-width: 1180px; margin: 0 auto; padding: 12px 24px 40px; }
+section { background: #fff; border: 1px solid #dde1e6; border-radius: 6px; padding: 16px 20px; margin: 16px 0; }
+h2 { font-size: 17px; margin: 0 0 10px; }
+h3 { font-size: 14px; margin: 16px 0 4px; }
+.headline { border-left: 4px solid #1f2d3d; }
+.headline ul { font-size: 14.5px; }
+.headline li { margin: 3px 0; }
+.provenance { font-size: 12.5px; color: #444; background: #f7f8fa; border-left: 3px solid #9aa5b1;
+              padding: 6px 10px; margin: 10px 0 0; }
+.provenance b { color: #222; }
+.chart { overflow-x: auto; }
+.missing { color: #8a5300; background: #fff7e6; border-left: 3px solid #e0a030; padding: 8px 12px; }
+table { border-collapse: collapse; font-size: 13px; margin-top: 6px; }
+th, td { padding: 4px 10px; border-bottom: 1px solid #e6e8eb; text-align: left; vertical-align: top; }
+th { background: #f0f2f5; font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+th.num { text-align: right; }
+.unit { font-weight: normal; color: #666; font-size: 11.5px; display: block; }
+ul { margin: 4px 0; padding-left: 20px; }
+.facts td:first-child { color: #555; white-space: nowrap; }
+code { font-size: 12px; }
+.grid { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
+@media (max-width: 900px) { .grid { grid-template-columns: 1fr; } }
+"""
+
+EMBED_SCRIPT = """
+(function () {
+  const ids = %s;
+  const options = {renderer: "svg", actions: false};
+  Promise.all(ids.map(function (id) {
+    const spec = JSON.parse(document.getElementById("spec-" + id).textContent);
+    return vegaEmbed("#" + id, spec, options);
+  })).then(function () {
+    document.body.setAttribute("data-charts", "rendered");
+  }).catch(function (error) {
+    document.body.setAttribute("data-charts", "failed");
+    console.error("kptrace report: chart failed:", error);
+  });
+})();
+"""
+
+
+def _esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _json_in_script(value) -> str:
+    """JSON that cannot end the <script> element it sits in (`<\\/` is a valid JSON escape of `</`)."""
+    return json.dumps(value, separators=(",", ":")).replace("</", "<\\/")
+
+
+def _js_in_script(code: str) -> str:
+    """JavaScript that cannot end its <script> element (`<\\/script` means the same in strings and regexes)."""
+    return re.sub(r"</(script)", r"<\\/\1", code, flags=re.I)
+
+
+def _vega_bundle() -> str:
+    import vl_convert
+
+    version = ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
+    try:
+        return vl_convert.javascript_bundle(vl_version=version)
+    except (ValueError, RuntimeError):  # a vl-convert without this Vega-Lite: its own (newest) one
+        return vl_convert.javascript_bundle()
+
+
+def _num(value, digits: int = 1, scale: float = 1.0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value / scale:,.{digits}f}"
+
+
+def _pm(value, ci, digits: int = 2, scale: float = 1.0) -> str:
+    if value is None:
+        return "–"
+    return _num(value, digits, scale) + ("" if ci is None else f" ± {_num(ci, digits, scale)}")
+
+
+def _table(header: list[tuple[str, str, bool]], rows: list[list[str]], cls: str = "") -> str:
+    """header: (name, unit, numeric) per column; cells are already escaped."""
+    head = "".join(f'<th class="{"num" if numeric else ""}">{_esc(name)}'
+                   + (f'<span class="unit">{_esc(unit)}</span>' if unit else "") + "</th>"
+                   for name, unit, numeric in header)
+    body = "".join("<tr>" + "".join(f'<td class="{"num" if numeric else ""}">{cell}</td>'
+                                    for cell, (_, _, numeric) in zip(row, header)) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _provenance(kind: str, text: str) -> str:
+    return f'<p class="provenance"><b>{_esc(kind)}</b> — {text}</p>'
+
+
+def attribution_table(analysis: Analysis) -> str:
+    header = [("CPU", "", True), ("source", "", False), ("interrupts", "count, measured", True),
+              ("rate", "per s, measured", True), ("direct", "µs/IRQ ±95%, measured", True),
+              ("indirect", "µs/IRQ ±95%, estimated", True), ("requests hit / clean", "compared", True),
+              ("share of CPU", "% ±95%, estimated", True)]
+    rows = [[_esc(r["cpu"]), f"<code>{_esc(r['source'])}</code>", _num(r["count"], 0), _num(r["rate_per_s"], 1),
+             _pm(r["direct_per_irq_ns"], r["direct_ci_ns"], 2, 1e3), _pm(r["indirect_per_irq_ns"], r["indirect_ci_ns"], 2, 1e3),
+             "–" if r["n_hit_requests"] is None else f"{r['n_hit_requests']:,} / {r['n_clean_requests']:,}",
+             _pm(r["share_of_cpu"], r["share_of_cpu_ci"], 3, 0.01)]
+            for r in analysis.attribution.iter_rows(named=True)]
+    provenance = sorted(set(analysis.attribution["direct_provenance"].to_list())
+                        | set(analysis.attribution["indirect_provenance"].to_list()))
+    return (_table(header, rows) + _provenance(
+        "measured / estimated",
+        "count and rate are counted in the trace; direct cost is measured per interrupt and averaged; "
+        "indirect cost is estimated by comparing requests; CPU share is estimated as rate × (direct + indirect). "
+        "All intervals are 95% normal-approximation intervals (1.96 standard errors). Provenance as kptrace "
+        "records it: " + "; ".join(f"“{_esc(p)}”" for p in provenance) + "."))
+
+
+def requests_tables(analysis: Analysis, summary: dict) -> str:
+    overview = summary["requests"]["by_disrupted"]
+    header = [("requests", "", False), ("count", "measured", True), ("median", "µs, measured", True),
+              ("p99", "µs, measured", True), ("own time median", "µs, measured", True)]
+    rows = [["disrupted" if r["disrupted"] else "clean", _num(r["requests"], 0), _num(r["median_us"]),
+             _num(r["p99_us"]), _num(r["own_median_us"])] for r in overview]
+    kinds = (
+        analysis.requests.group_by("kind")
+        .agg(n=pl.len(), disrupted=pl.col("disrupted").mean(), median=pl.col("dur").median() / 1e3,
+             p99=pl.col("dur").quantile(0.99) / 1e3, bytes_in=pl.col("bytes_in").median(),
+             bytes_out=pl.col("bytes_out").median())
+        .sort("n", descending=True)
+    )
+    kind_header = [("kind", "bytes in / out class", False), ("count", "measured", True),
+                   ("disrupted", "% of requests", True), ("median", "µs, measured", True),
+                   ("p99", "µs, measured", True), ("median bytes in / out", "measured", True)]
+    kind_rows = [[f"<code>{_esc(k['kind'])}</code>", _num(k["n"], 0), _num(k["disrupted"], 1, 0.01),
+                  _num(k["median"]), _num(k["p99"]), f"{_num(k['bytes_in'], 0)} / {_num(k['bytes_out'], 0)}"]
+                 for k in kinds.iter_rows(named=True)]
+    return (_table(header, rows) + "<h3>By request kind</h3>" + _table(kind_header, kind_rows)
+            + _provenance("measured", _esc(summary["requests"]["provenance"])
+                          + "; a request runs from a read that returned data to the last send answering it on "
+                            "the same fd (an epoll server)."))
+
+
+def facts_table(analysis: Analysis, summary: dict) -> str:
+    meta, info = analysis.meta, summary["input"]
+    facts = [
+        ("input", ", ".join(f"<code>{_esc(f)}</code>" for f in meta.get("files") or [])),
+        ("format", _esc(info["format"])),
+        ("events", f"{info['events']:,}"),
+        ("duration", f"{info['duration_s']:.3f} s"),
+        ("trace clock", f"{_esc(info['clock'])}, resolution {info['ts_resolution_ns']:,} ns"),
+        ("CPUs", ", ".join(f"CPU {c['cpu']}: {c['events']:,} events"
+                           + (f", {c['lost_events']:,} lost" if c.get("lost_events") else "")
+                           + (", buffer wrapped" if c.get("buffer_wrapped") else "") for c in meta["per_cpu"])),
+        ("lost events", f"{info['lost_events']:,}"),
+        ("counters", _esc(info["counters"])),
+        ("unparsed lines", f"{meta.get('unparsed_lines', 0):,}"),
+    ]
+    if meta.get("unknown_events"):
+        facts.append(("events without typed columns", _esc(", ".join(map(str, meta["unknown_events"])))))
+    bundle = meta.get("bundle") or {}
+    if bundle:
+        facts += [("recorded", _esc(f"{bundle.get('created_utc', '?')} on {bundle.get('hostname', '?')}")),
+                  ("recorder command", f"<code>{_esc(' '.join(bundle.get('command') or []))}</code>")]
+        server = (bundle.get("workload") or {}).get("server")
+        if server:
+            facts.append(("server", _esc(f"{server.get('program')} on CPU {server.get('cpu')}, "
+                                         f"{server.get('threads')} thread(s)")))
+    facts.append(("kptrace", _esc(meta.get("kptrace_version", "?"))))
+    rows = [[_esc(name), value] for name, value in facts]
+    return _table([("fact", "", False), ("value", "", False)], rows, "facts") + _provenance(
+        "measured", "read from the trace and the bundle's manifest.")
+
+
+def notes_section(summary: dict) -> str:
+    warnings, notes = summary["warnings"], summary["notes"]
+
+    def listing(items):
+        return "<ul>" + "".join(f"<li>{_esc(i)}</li>" for i in items) + "</ul>" if items else "<p>none</p>"
+
+    return f'<div class="grid"><div><h3>Warnings</h3>{listing(warnings)}</div><div><h3>Notes</h3>{listing(notes)}</div></div>'
+
+
+
+def _figure(charts: dict, chart_id: str, provenance: str, missing: str) -> str:
+    if chart_id not in charts:
+        return f'<p class="missing">{_esc(missing)}</p>'
+    return f'<div class="chart" id="{chart_id}"></div>{provenance}'
+
+
+def build_charts(analysis: Analysis, summary: dict) -> dict[str, alt.TopLevelMixin]:
+    """The charts the page holds, by element id; a chart without data is left out."""
+    charts = {}
+    if analysis.intervals.filter(pl.col("kind") == "hardirq").height:
+        charts["irq-rate"] = irq_rate_chart(analysis)
+    requests = analysis.requests
+    if requests is not None and requests.filter(pl.col("dur") > 0).height:
+        charts["service-cdf"] = service_cdf_chart(requests)
+    if analysis.attribution.height:
+        charts["cost"] = cost_chart(analysis.attribution)
+    if requests is not None and slowdown_frame(requests).height:
+        charts["slowdown"] = slowdown_chart(requests, summary["input"]["counters"])
+    return charts
+
+
+def headline(analysis: Analysis, summary: dict) -> str:
+    """The few figures a reader wants first: the costliest sources, and clean vs disrupted requests."""
+    items = []
+    for row in analysis.attribution.sort("share_of_cpu", descending=True, nulls_last=True).head(3).iter_rows(named=True):
+        indirect = ("" if row["indirect_per_irq_ns"] is None else
+                    f" + {_pm(row['indirect_per_irq_ns'], row['indirect_ci_ns'], 2, 1e3)} µs indirect (estimated)")
+        items.append(
+            f"<li><code>{_esc(row['source'])}</code> on CPU {row['cpu']}: <b>{_pm(row['share_of_cpu'], row['share_of_cpu_ci'], 2, 0.01)}"
+            f" % of that CPU</b> (estimated) — {row['rate_per_s']:,.0f} interrupts/s (measured), "
+            f"{_pm(row['direct_per_irq_ns'], row['direct_ci_ns'], 2, 1e3)} µs direct (measured){indirect} each</li>")
+    overview = {r["disrupted"]: r for r in summary["requests"]["by_disrupted"]}
+    if True in overview and False in overview:
+        clean, hit = overview[False], overview[True]
+        share = hit["requests"] / (hit["requests"] + clean["requests"])
+        items.append(
+            f"<li>{share:.1%} of {clean['requests'] + hit['requests']:,} requests were disrupted (measured): median "
+            f"<b>{hit['median_us']:.1f} µs</b> vs {clean['median_us']:.1f} µs clean, p99 <b>{hit['p99_us']:.1f} µs</b> vs "
+            f"{clean['p99_us']:.1f} µs (measured)</li>")
+    if not items:
+        return ""
+    return ("<section class=\"headline\"><h2>At a glance</h2><ul>" + "".join(items) + "</ul>"
+            + _provenance("measured / estimated", "± is a 95% interval; details and method in the sections below.")
+            + "</section>")
+
+
+def render_report(analysis: Analysis, summary: dict) -> str:
+    """The whole page as one HTML string."""
+    name = input_name(analysis.meta)
+    charts = build_charts(analysis, summary)
+    if analysis.requests is None:
+        no_requests = "No per-request view for this trace: " + (
+            "; ".join(n for n in summary["notes"] if "request" in n) or "no requests found")
+    else:
+        no_requests = "Too few requests for this chart."
+    sections = [
+        ("Interrupt activity", _figure(charts, "irq-rate", _provenance(
+            "measured", "hard IRQ handler entries counted per CPU and source in each time bin, divided by the bin "
+                        "length; unit: interrupts per second."), "No hard interrupts in this trace.")),
+        ("Request service time", _figure(charts, "service-cdf", _provenance(
+            "measured", "service time of each request from the syscall events (first receive to last answering "
+                        "send); unit: µs. Curves are drawn through quantiles of all requests."), no_requests)),
+        ("Cost per interrupt source", _figure(charts, "cost", _provenance(
+            "measured / estimated", "direct µs per interrupt is <b>measured</b> (hard IRQ entry to the end of the "
+            "softirqs it ran, averaged); indirect µs per interrupt is <b>estimated</b> (own time of requests hit "
+            "once by the source minus clean requests of the same kind, CPU and thread); share of CPU is "
+            "<b>estimated</b> (rate × (direct + indirect)). Whiskers: 95% intervals. Units: µs per interrupt; "
+            "% of that CPU's time."), "No complete interrupt in this trace.")
+         + "<h3>All sources</h3>" + attribution_table(analysis)),
+        ("Slowdown around interrupts", _figure(charts, "slowdown", _provenance(
+            "measured / estimated", "own time per request is <b>measured</b> (service time minus disruptions and "
+            "off-CPU time inside it; unit: µs); the mean and 95% interval of each group are <b>estimated</b>. The "
+            "gap between a source's bar and the clean bar is that source's indirect cost for the kind."),
+            no_requests)),
+    ]
+    if analysis.requests is not None:
+        sections.append(("Requests overview", requests_tables(analysis, summary)))
+    sections.append(("Warnings and notes", notes_section(summary)))
+    sections.append(("Input", facts_table(analysis, summary)))
+
+    body = headline(analysis, summary) + "\n".join(
+        f'<section><h2>{_esc(title)}</h2>{content}</section>' for title, content in sections)
+    specs = "\n".join(
+        f'<script type="application/json" id="spec-{chart_id}">{_json_in_script(chart.to_dict())}</script>'
+        for chart_id, chart in charts.items())
+    info = summary["input"]
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="kptrace-charts" content="{len(charts)}">
+<title>kptrace report — {_esc(name)}</title>
+<style>{CSS}</style>
+<script>{_js_in_script(_vega_bundle())}</script>
+</head>
+<body>
+<header>
+<h1>kptrace report — {_esc(name)}</h1>
+<p>{_esc(info['format'])} · {info['events']:,} events over {info['duration_s']:.3f} s · {len(analysis.meta['per_cpu'])} CPUs
+· counters: {_esc(counter_kind(info['counters']))} · generated {generated} by kptrace {_esc(analysis.meta.get('kptrace_version', ''))}</p>
+</header>
+<main>
+{body}
+</main>
+{specs}
+<script>{EMBED_SCRIPT % json.dumps(list(charts))}</script>
+</body>
+</html>
+"""
+
+
+def write_report(path: str | Path, analysis: Analysis, summary: dict) -> Path:
+    """Write report.html (one file, works offline) and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_report(analysis, summary), encoding="utf-8")
+    return path
