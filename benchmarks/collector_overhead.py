@@ -6,7 +6,8 @@ other CPU) for --seconds per run. Runs alternate without/with the collector, --p
 each "with" run wraps memcaslap in `kptrace-record --pid <memcached> -- memcaslap ...` (the
 default event set, perf counters included unless --no-perf), writing its bundle to a temporary
 directory that is deleted afterwards. Prints every run, then the with/without ratio of each
-pair as min / median / max.
+pair as min / median / max, for throughput and for memcached's CPU time per request
+(utime+stime from /proc, less sensitive to other load on a shared machine than throughput).
 
     sudo python3 benchmarks/collector_overhead.py [--pairs 5] [--seconds 5] [--no-perf]
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import signal
@@ -41,10 +43,30 @@ def wait_port(port: int) -> None:
 
 
 def tps(out: str) -> int:
-    m = re.search(r"Run time: [\d.]+s Ops: \d+ TPS: (\d+)", out)
+    return ops_tps(out)[1]
+
+
+def ops_tps(out: str) -> tuple[int, int]:
+    m = re.search(r"Run time: [\d.]+s Ops: (\d+) TPS: (\d+)", out)
     if not m:
         sys.exit(f"collector_overhead: no TPS line in memcaslap output:\n{out[-500:]}")
-    return int(m.group(1))
+    return int(m.group(1)), int(m.group(2))
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process (all threads), seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pid: int, run) -> tuple[int, float, subprocess.CompletedProcess]:
+    """Run the load; return (ops/s, server CPU us per request, process)."""
+    c0 = cpu_s(pid)
+    r = run()
+    c1 = cpu_s(pid)
+    ops, t = ops_tps(r.stdout)
+    return t, (c1 - c0) * 1e6 / ops, r
 
 
 def main() -> int:
@@ -82,37 +104,45 @@ def main() -> int:
         print(f"memcached -t 1 on CPU{a.server_cpu}, memcaslap -c {a.concurrency} -T 1 on CPU{load_cpu}, "
               f"{a.seconds} s per run, {a.pairs} pairs, collector: kptrace-record --pid {mc.pid} "
               f"--buffer-kb {a.buffer_kb}{' --no-perf' if a.no_perf else ''} {a.collector_args}".rstrip())
-        print(f"{'pair':>4} {'without ops/s':>14} {'with ops/s':>12} {'ratio':>7} {'lost events':>12}")
+        print(f"{'pair':>4} {'without ops/s':>14} {'with ops/s':>12} {'ratio':>7} "
+              f"{'without us/req':>15} {'with us/req':>12} {'ratio':>7} {'lost events':>12}")
         for i in range(a.pairs):
-            r0 = subprocess.run(load, capture_output=True, text=True, check=True, timeout=a.seconds + 60)
-            t0 = tps(r0.stdout)
+            t0, u0, _ = measured(mc.pid, lambda: subprocess.run(load, capture_output=True, text=True, check=True,
+                                                                 timeout=a.seconds + 60))
             bundle = tmp / f"b{i}"
             cmd = [str(RECORDER), "-q", "-o", str(bundle), "--pid", str(mc.pid), "--buffer-kb", str(a.buffer_kb)]
             if a.no_perf:
                 cmd.append("--no-perf")
             cmd += a.collector_args.split()
             if a.control:
-                r1 = subprocess.run(load, capture_output=True, text=True, check=True, timeout=a.seconds + 60)
-                t1, lost = tps(r1.stdout), 0
+                t1, u1, _ = measured(mc.pid, lambda: subprocess.run(load, capture_output=True, text=True,
+                                                                     check=True, timeout=a.seconds + 60))
+                lost = 0
             else:
-                r1 = subprocess.run(cmd + ["--"] + load, capture_output=True, text=True, timeout=a.seconds + 300)
+                t1, u1, r1 = measured(mc.pid, lambda: subprocess.run(cmd + ["--"] + load, capture_output=True,
+                                                                      text=True, timeout=a.seconds + 300))
                 if r1.returncode != 0:
                     sys.exit(f"collector_overhead: kptrace-record failed ({r1.returncode}): {r1.stderr.strip()}")
-                t1 = tps(r1.stdout)
                 lost = json.loads((bundle / "manifest.json").read_text())["lost_events_total"]
                 shutil.rmtree(bundle)
-            rows.append((t0, t1, lost))
-            print(f"{i + 1:>4} {t0:>14} {t1:>12} {t1 / t0:>7.3f} {lost:>12}", flush=True)
+            rows.append((t0, t1, lost, u0, u1))
+            print(f"{i + 1:>4} {t0:>14} {t1:>12} {t1 / t0:>7.3f} {u0:>15.2f} {u1:>12.2f} {u0 / u1:>7.3f} "
+                  f"{lost:>12}", flush=True)
     finally:
         mc.send_signal(signal.SIGTERM)
         mc.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    ratios = [w / wo for wo, w, _ in rows]
-    print(f"without: median {statistics.median(r[0] for r in rows):.0f} ops/s; "
-          f"with: median {statistics.median(r[1] for r in rows):.0f} ops/s")
-    print(f"ratio with/without: min {min(ratios):.3f}  median {statistics.median(ratios):.3f}  "
+    ratios = [r[1] / r[0] for r in rows]
+    cost = [r[3] / r[4] for r in rows]
+    print(f"without: median {statistics.median(r[0] for r in rows):.0f} ops/s, "
+          f"{statistics.median(r[3] for r in rows):.2f} server-CPU us/request; "
+          f"with: median {statistics.median(r[1] for r in rows):.0f} ops/s, "
+          f"{statistics.median(r[4] for r in rows):.2f} us/request")
+    print(f"throughput ratio with/without: min {min(ratios):.3f}  median {statistics.median(ratios):.3f}  "
           f"max {max(ratios):.3f}  (target >= 0.95)")
+    print(f"server CPU per request, without/with (capacity ratio): min {min(cost):.3f}  "
+          f"median {statistics.median(cost):.3f}  max {max(cost):.3f}")
     return 0
 
 
