@@ -12,6 +12,7 @@ estimated (a statistic over measured figures, with a 95% interval) or modelled.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import math
@@ -221,7 +222,7 @@ def cost_chart(attribution: pl.DataFrame) -> alt.HConcatChart:
     costs, share = cost_frame(attribution)
     labels = share.sort("order")["label"].to_list()
     y = alt.Y("label:N", title=None, sort=labels, axis=alt.Axis(labelLimit=280, labelFontSize=11.5))
-    step = 30 * max(1, len(labels))  # one fixed height for both panels, so their rows line up
+    step = 30 * max(3, len(labels))  # one fixed height for both panels, so their rows line up
     colour = alt.Color("component:N", title=None, scale=alt.Scale(domain=list(COMPONENT_COLOURS),
                                                                   range=list(COMPONENT_COLOURS.values())),
                        legend=alt.Legend(orient="top", labelFontSize=12))
@@ -363,6 +364,7 @@ def _js_in_script(code: str) -> str:
     return re.sub(r"</(script)", r"<\\/\1", code, flags=re.I)
 
 
+@functools.cache
 def _vega_bundle() -> str:
     import vl_convert
 
@@ -536,8 +538,8 @@ def render_report(analysis: Analysis, summary: dict) -> str:
     name = input_name(analysis.meta)
     charts = build_charts(analysis, summary)
     if analysis.requests is None:
-        no_requests = "No per-request view for this trace: " + (
-            "; ".join(n for n in summary["notes"] if "request" in n) or "no requests found")
+        reason = "; ".join(n for n in summary["notes"] if "request" in n) or "no per-request view: no requests found"
+        no_requests = reason[:1].upper() + reason[1:] + "."
     else:
         no_requests = "Too few requests for this chart."
     sections = [

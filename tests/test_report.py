@@ -1,0 +1,274 @@
+"""report.html: built for a real capture bundle and for a trace without requests, then opened in
+headless Chromium over the DevTools protocol (pipe transport, no extra packages): the page must
+load with no console errors or warnings, draw every chart it declares, and make no request that
+leaves file://. A screenshot of the sample report is kept in docs/report-screenshot.png."""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from conftest import unavailable
+from kptrace.analysis import analyze
+from kptrace.export import report
+from kptrace.export.report import write_report
+from kptrace.simulate import Scenario, write_simulation
+from kptrace.summary import build_summary
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sample_traces" / "memcached-diskirq-same-core"
+SCREENSHOT = ROOT / "docs" / "report-screenshot.png"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-quic", "--remote-debugging-pipe"]
+LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
+
+
+class DevTools:
+    """Chromium driven over --remote-debugging-pipe: commands go to its fd 3, replies and events
+    come from its fd 4, each a JSON message ending in NUL."""
+
+    def __init__(self, binary: str, profile: Path, log: Path):
+        to_chrome_r, self._to_chrome = os.pipe()
+        self._from_chrome, from_chrome_w = os.pipe()
+
+        def plumb() -> None:  # in the child: put the pipe ends on fds 3 and 4, whatever their numbers
+            high_r = fcntl.fcntl(to_chrome_r, fcntl.F_DUPFD, 10)
+            high_w = fcntl.fcntl(from_chrome_w, fcntl.F_DUPFD, 10)
+            os.dup2(high_r, 3)
+            os.dup2(high_w, 4)
+
+        with log.open("wb") as stderr:
+            self.proc = subprocess.Popen([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                                         stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+                                         pass_fds=(3, 4), preexec_fn=plumb)
+        os.close(to_chrome_r)
+        os.close(from_chrome_w)
+        self._buffer = b""
+        self._next_id = 0
+        self.events: list[dict] = []
+        self.session: str | None = None
+
+    def _read(self, deadline: float) -> dict:
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._from_chrome], [], [], left)[0]:
+                raise TimeoutError("no message from Chromium")
+            chunk = os.read(self._from_chrome, 1 << 20)
+            if not chunk:
+                raise EOFError("Chromium closed the DevTools pipe")
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def send(self, method: str, timeout: float = 30, session: bool = True, **params) -> dict:
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params}
+        if session and self.session:
+            message["sessionId"] = self.session
+        os.write(self._to_chrome, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._read(deadline)
+            if reply.get("id") == self._next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            if "method" in reply:
+                self.events.append(reply)
+
+    def wait_for(self, method: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        for event in self.events:
+            if event["method"] == method:
+                return event
+        while True:
+            event = self._read(deadline)
+            if "method" in event:
+                self.events.append(event)
+                if event["method"] == method:
+                    return event
+
+    def evaluate(self, expression: str):
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def open_page(self, url: str, width: int = 1280, height: int = 900) -> None:
+        target = self.send("Target.createTarget", session=False, url="about:blank")["targetId"]
+        self.session = self.send("Target.attachToTarget", session=False, targetId=target, flatten=True)["sessionId"]
+        for domain in ("Runtime", "Log", "Network", "Page"):
+            self.send(f"{domain}.enable")
+        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        self.send("Page.navigate", url=url)
+        self.wait_for("Page.loadEventFired")
+
+    def screenshot(self, path: Path, width: int = 1280) -> None:
+        height = int(self.evaluate("document.documentElement.scrollHeight"))
+        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        time.sleep(0.3)
+        shot = self.send("Page.captureScreenshot", timeout=60, format="png", captureBeyondViewport=True)
+        path.write_bytes(base64.b64decode(shot["data"]))
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close", session=False, timeout=10)
+        except (OSError, RuntimeError, TimeoutError, EOFError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._to_chrome)
+        os.close(self._from_chrome)
+
+
+def problems(events: list[dict]) -> dict[str, list[str]]:
+    """Console errors and warnings, uncaught exceptions, and requests that leave file://."""
+    found = {"console": [], "exceptions": [], "network": []}
+    for event in events:
+        method, params = event["method"], event.get("params", {})
+        if method == "Runtime.consoleAPICalled" and params["type"] in ("error", "warning", "assert"):
+            found["console"].append(" ".join(str(a.get("value", a.get("description", ""))) for a in params["args"]))
+        elif method == "Log.entryAdded" and params["entry"]["level"] in ("error", "warning"):
+            found["console"].append(f"{params['entry']['source']}: {params['entry']['text']} {params['entry'].get('url', '')}")
+        elif method == "Runtime.exceptionThrown":
+            found["exceptions"].append(json.dumps(params["exceptionDetails"])[:500])
+        elif method == "Network.requestWillBeSent" and not params["request"]["url"].startswith(LOCAL_SCHEMES):
+            found["network"].append(params["request"]["url"])
+    return found
+
+
+CHECK_CHARTS = """JSON.stringify(Array.from(document.querySelectorAll("div.chart")).map(function (div) {
+  var svg = div.querySelector("svg"), canvas = div.querySelector("canvas");
+  return {id: div.id, embedded: div.classList.contains("vega-embed"),
+          svg_elements: svg ? svg.querySelectorAll("*").length : 0,
+          marks: svg ? svg.querySelectorAll("path, rect, line, text").length : 0,
+          canvas: canvas ? canvas.width * canvas.height : 0};
+}))"""
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    binary = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if binary is None:
+        unavailable("needs Chromium (Debian package chromium) to open report.html")
+    return binary
+
+
+def render(chromium: str, report: Path, tmp: Path, screenshot: Path) -> tuple[list[dict], dict, str]:
+    browser = DevTools(chromium, tmp / "profile", tmp / "chromium.log")
+    try:
+        browser.open_page(report.resolve().as_uri())
+        deadline = time.monotonic() + 90
+        while (state := browser.evaluate("document.body.getAttribute('data-charts')")) is None:
+            if time.monotonic() > deadline or any(e["method"] == "Runtime.exceptionThrown" for e in browser.events):
+                break
+            time.sleep(0.2)
+        charts = json.loads(browser.evaluate(CHECK_CHARTS))
+        browser.screenshot(screenshot)
+        found = problems(browser.events)
+    finally:
+        browser.close()
+    return charts, found, state
+
+
+def check_page(charts: list[dict], found: dict, state: str, expected: list[str]) -> None:
+    assert found == {"console": [], "exceptions": [], "network": []}
+    assert state == "rendered", "the charts did not finish rendering"
+    assert [c["id"] for c in charts] == expected
+    for chart in charts:
+        assert chart["embedded"], chart
+        assert chart["svg_elements"] > 20 and chart["marks"] > 10 or chart["canvas"] > 0, chart
+
+
+def check_html(text: str, charts: int) -> None:
+    """Self-contained: no external scripts, styles or fonts; declared chart count; small data."""
+    markup = re.sub(r"(<script[^>]*>).*?</script>", r"\1</script>", text, flags=re.S | re.I)
+    assert not re.search(r"<(script|link|img|iframe|object|embed|source)\b[^>]*\b(src|href|data)\s*=", markup, re.I)
+    assert "@import" not in markup and "url(" not in markup
+    assert f'<meta name="kptrace-charts" content="{charts}">' in text
+    specs = re.findall(r'<script type="application/json" id="spec-[^"]+">(.*?)</script>', text, re.S)
+    assert len(specs) == charts
+    assert sum(len(s) for s in specs) < 500_000
+
+
+@pytest.fixture(scope="module")
+def sample_analysis():
+    return analyze(SAMPLE)
+
+
+@pytest.fixture(scope="module")
+def sample_report(sample_analysis, tmp_path_factory) -> Path:
+    return write_report(tmp_path_factory.mktemp("report") / "report.html", sample_analysis,
+                        build_summary(sample_analysis))
+
+
+def test_chart_data_agrees_with_the_tables(sample_analysis):
+    """What the charts draw is the analysis' own figures, aggregated, not new ones."""
+    irqs = sample_analysis.intervals.filter(pl.col("kind") == "hardirq")
+    rates, bin_ns, n_bins, cpus = report.irq_rate_frame(sample_analysis)
+    start, end = sample_analysis.meta["start_ns"], sample_analysis.meta["end_ns"]
+    seconds = pl.min_horizontal(pl.lit(end - start), pl.col("t_ms") * 1_000_000 + bin_ns) - pl.col("t_ms") * 1_000_000
+    assert bin_ns == 10_000_000 and n_bins == 132 and cpus == [0, 1]
+    assert round(rates.select((pl.col("rate") * seconds / 1e9).sum()).item()) == irqs.height
+
+    cdf = report.service_cdf_frame(sample_analysis.requests)
+    for group in cdf.partition_by("group"):
+        assert group["fraction"].is_sorted() and group["service_us"].is_sorted() and group["fraction"][-1] == 1.0
+        assert group.height <= report.CDF_POINTS + 1
+    assert sorted(cdf["group"].unique()) == ["clean (n = 44,494)", "disrupted (n = 5,506)"]
+
+    costs, share = report.cost_frame(sample_analysis.attribution)
+    top = sample_analysis.attribution.sort("share_of_cpu", descending=True).row(0, named=True)
+    direct = costs.filter(pl.col("order") == 0, pl.col("component") == "direct (measured)").row(0, named=True)
+    assert direct["us"] == pytest.approx(top["direct_per_irq_ns"] / 1e3, abs=1e-3)
+    assert direct["hi"] - direct["us"] == pytest.approx(top["direct_ci_ns"] / 1e3, abs=2e-3)
+    assert share["pct"][0] == pytest.approx(top["share_of_cpu"] * 100, abs=1e-4)
+
+    slowdown = report.slowdown_frame(sample_analysis.requests)
+    clean = sample_analysis.requests.filter(~pl.col("disrupted") & (pl.col("offcpu_ns") == 0))
+    expected = dict(clean.group_by("kind").len().iter_rows())
+    assert dict(slowdown.filter(pl.col("group") == "clean").select("kind", "n").iter_rows()) == expected
+    assert report.counters_subtitle(build_summary(sample_analysis)["input"]["counters"]).startswith(
+        "this trace has no hardware counters (counters: software-only)")
+
+
+def test_sample_report_renders_offline(sample_report: Path, chromium: str, tmp_path: Path):
+    text = sample_report.read_text()
+    assert "<title>kptrace report — memcached-diskirq-same-core</title>" in text
+    check_html(text, 4)
+    assert "no hardware counters" in text  # the slowdown chart says the trace has no IPC
+    shot = tmp_path / "report.png"
+    charts, found, state = render(chromium, sample_report, tmp_path, shot)
+    check_page(charts, found, state, ["irq-rate", "service-cdf", "cost", "slowdown"])
+    assert shot.stat().st_size > 50_000
+    shutil.copyfile(shot, SCREENSHOT)
+
+
+def test_report_without_requests(chromium: str, tmp_path: Path):
+    trace = write_simulation(tmp_path / "sim", Scenario(duration_s=0.3, seed=3))
+    lines = trace.read_text().splitlines(keepends=True)
+    stripped = tmp_path / "no-syscalls.txt"
+    stripped.write_text("".join(line for line in lines if "sys_" not in line))
+    analysis = analyze(stripped)
+    assert analysis.requests is None
+    report = write_report(tmp_path / "out" / "report.html", analysis, build_summary(analysis))
+    text = report.read_text()
+    assert "<title>kptrace report — no-syscalls.txt</title>" in text
+    check_html(text, 2)
+    assert "No per-request view: this trace has no syscall events" in text
+    charts, found, state = render(chromium, report, tmp_path, tmp_path / "report.png")
+    check_page(charts, found, state, ["irq-rate", "cost"])
