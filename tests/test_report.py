@@ -272,3 +272,16 @@ def test_report_without_requests(chromium: str, tmp_path: Path):
     assert "No per-request view: this trace has no syscall events" in text
     charts, found, state = render(chromium, report, tmp_path, tmp_path / "report.png")
     check_page(charts, found, state, ["irq-rate", "cost"])
+
+
+def test_the_browser_check_sees_network_and_console_problems(chromium: str, tmp_path: Path):
+    """The checks above would fail on a page that fetches over http or logs an error."""
+    page = tmp_path / "bad.html"
+    page.write_text('<!DOCTYPE html><html><body><div class="chart" id="x"></div>'
+                    '<img src="http://127.0.0.1:9/nothing.png">'
+                    '<script>console.error("boom"); document.body.setAttribute("data-charts", "rendered");</script>'
+                    '</body></html>')
+    charts, found, state = render(chromium, page, tmp_path, tmp_path / "bad.png")
+    assert found["network"] == ["http://127.0.0.1:9/nothing.png"]
+    assert "boom" in found["console"]
+    assert charts == [{"id": "x", "embedded": False, "svg_elements": 0, "marks": 0, "canvas": 0}]
