@@ -28,6 +28,10 @@ class SourceText:
     warnings: list[str] = field(default_factory=list)
 
 
+#: Bytes text may hold; the rest (controls other than tab, newlines, form feed) mark binary data.
+_TEXT_BYTES = bytes(range(9, 14)) + bytes(range(32, 256))
+
+
 def _compression_of(head: bytes) -> str | None:
     return next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)
 
@@ -87,10 +91,11 @@ def read_source(path: str | Path) -> SourceText:
         raw = _decompress(path, compression, warnings) if compression else path.read_bytes()
     except OSError as exc:
         raise TraceError(path, f"cannot read: {exc.strerror or exc}") from None
-    if not raw.strip():
+    # isspace() stops at the first other byte, where strip() would copy the whole file.
+    if not raw or raw.isspace():
         raise TraceError(path, "contains no trace lines")
     sample = raw[: 1 << 16]
-    if b"\x00" in sample or sum(b < 9 or 13 < b < 32 for b in sample) > len(sample) // 100:
+    if b"\x00" in sample or len(sample.translate(None, _TEXT_BYTES)) > len(sample) // 100:
         raise TraceError(path, "binary data, not trace text (a trace.dat needs `trace-cmd report` first; "
                                "a perf.data needs `perf script`)")
     text = raw.decode("utf-8", errors="replace")
