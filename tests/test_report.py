@@ -6,6 +6,7 @@ leaves file://. A screenshot of the sample report is kept in docs/report-screens
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -207,7 +208,8 @@ def check_html(text: str, charts: int) -> None:
 
 @pytest.fixture(scope="module")
 def sample_analysis():
-    return analyze(SAMPLE)
+    with contextlib.chdir(ROOT):  # relative input paths, as `kptrace analyze sample_traces/...` prints them
+        return analyze(SAMPLE.relative_to(ROOT))
 
 
 @pytest.fixture(scope="module")

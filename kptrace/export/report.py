@@ -183,7 +183,8 @@ def irq_rate_chart(analysis: Analysis) -> alt.Chart:
         .transform_calculate(t_s="datum.t_ms / 1000")
         .mark_line(interpolate="step-after", strokeWidth=1.4)
         .encode(
-            x=alt.X("t_s:Q", title="time since trace start (s)", scale=alt.Scale(nice=False)),
+            x=alt.X("t_s:Q", title="time since trace start (s)", scale=alt.Scale(nice=False),
+                    axis=alt.Axis(labelFlush=False, tickCount=14)),
             y=alt.Y("rate:Q", title="hard IRQs / s"),
             color=alt.Color("source:N", title="source", sort=sources, scale=alt.Scale(scheme="tableau10")),
             tooltip=["cpu:N", "source:N", alt.Tooltip("t_s:Q", title="bin start (s)", format=".3f"),
