@@ -66,6 +66,7 @@ def _analyze_one(trace: Path, out: Path, quiet: bool) -> dict:
     from kptrace.analysis import analyze as run_analysis
     from kptrace.export.parquet import write_tables
     from kptrace.export.perfetto import write_timeline
+    from kptrace.export.report import write_report
     from kptrace.summary import build_summary, counter_samples
 
     started = time.monotonic()
@@ -81,8 +82,9 @@ def _analyze_one(trace: Path, out: Path, quiet: bool) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     timeline = write_timeline(out / "timeline.perfetto-trace.gz", analysis.events, analysis.intervals,
                               analysis.requests, counter_samples(analysis.events))
-    progress(f"wrote tables and timeline ({sum(timeline['slices'].values()):,} slices)")
-    summary["outputs"] = {"directory": str(out), "summary": str(out / "summary.json"),
+    report = write_report(out / "report.html", analysis, summary)
+    progress(f"wrote tables, report and timeline ({sum(timeline['slices'].values()):,} slices)")
+    summary["outputs"] = {"directory": str(out), "summary": str(out / "summary.json"), "report": str(report),
                           "timeline": str(timeline["path"]), "tables": sorted(analysis.tables())}
     return summary
 
@@ -125,7 +127,7 @@ def analyze(
         typer.echo(render_summary(summary))
         outputs = summary["outputs"]
         typer.echo(f"\ntables: {outputs['directory']}/*.parquet, summary: {outputs['summary']}, "
-                   f"timeline (open in ui.perfetto.dev): {outputs['timeline']}")
+                   f"report: {outputs['report']}, timeline (open in ui.perfetto.dev): {outputs['timeline']}")
 
 
 @app.command()

@@ -26,6 +26,8 @@ def test_analyze_writes_every_table_the_summary_and_a_timeline(tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert {r["source"] for r in summary["attribution"]["rows"]} == {"sim-disk", "local_timer"}
     assert (tmp_path / "out" / "timeline.perfetto-trace.gz").stat().st_size > 1000
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "kptrace report" in report and "sim-disk" in report
     assert "sim-disk" in result.stdout and "indirect µs estimated" in result.stdout
     assert "read" in result.stderr and "requests" in result.stderr  # progress lines
 
