@@ -65,6 +65,9 @@ def measured(pid: int, run) -> tuple[int, float, subprocess.CompletedProcess]:
     c0 = cpu_s(pid)
     r = run()
     c1 = cpu_s(pid)
+    if "TPS:" not in r.stdout:
+        sys.exit(f"collector_overhead: no TPS line from memcaslap (exit {r.returncode}); is memcached "
+                 f"{pid} still alive: {os.path.exists(f'/proc/{pid}')}; stderr: {r.stderr.strip()[-400:]}")
     ops, t = ops_tps(r.stdout)
     return t, (c1 - c0) * 1e6 / ops, r
 
