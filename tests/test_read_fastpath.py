@@ -170,3 +170,24 @@ def test_other_formats_never_take_the_tracefs_fast_path(name):
     fmt = lines.detect_format(text)
     assert fmt != "tracefs"
     assert_same_as_regex(text, fmt)
+
+
+@pytest.mark.parametrize("text", [
+    "a\n\nb\n  c  \n\"quoted\"\n'\n,;\t x\n# header\n\n\n",
+    "caf\u00e9 \u2014 \ufffd\n\n",
+    "one line\n",
+    "crlf\r\nlines\r\n\r\n",
+    "a NUL \x00 inside\nb\n",
+])
+def test_lines_are_read_verbatim_and_numbered_like_a_split(text):
+    """The CSV reader (or the split it falls back to) gives every line as `str.split` does;
+    only the empty string after the final newline is not a row."""
+    frame = lines.lines_frame(text).collect()
+    reference = lines._split_lines(text).collect()
+    assert frame.equals(reference.head(frame.height))
+    assert reference.height - frame.height in (0, 1) and reference["line"][-1] == ""
+
+
+def test_real_recording_lines_are_read_verbatim(real_lines):
+    text = joined(real_lines)
+    assert lines.lines_frame(text).collect()["line"].to_list() == real_lines
