@@ -8,11 +8,18 @@ events/s for each, the ratio, and peak memory. Usage (root):
     python benchmarks/ingest.py [--events 1000000] [--repeats 3] [--keep DIR]
 
 or, with an existing pair: python benchmarks/ingest.py --text trace.txt --dat trace.dat
+
+--baseline DIR also times `kptrace ingest` from another kptrace source tree (e.g. `git archive`
+of an older commit unpacked in DIR) in the same alternation, so before and after are measured
+side by side under the same load. --stages adds, for each tree, the in-process time of each
+ingest stage (read, split_lines, type_fields, normalize, write; median of --repeats runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -74,11 +81,53 @@ def _stats_lines(field: str) -> list[str]:
     return lines
 
 
-def timed(command: list[str]) -> float:
-    """Wall seconds of one run, output discarded."""
+def timed(command: list[str], tree: Path | None = None) -> float:
+    """Wall seconds of one run (kptrace from `tree` if given), output discarded."""
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **in_tree(tree))
     return time.perf_counter() - start
+
+
+#: One ingest, stage by stage, in a fresh interpreter; prints {stage: seconds} as JSON.
+STAGES = """
+import json, sys, time
+import polars as pl
+from kptrace.export.parquet import write_tables
+from kptrace.normalize import normalize
+from kptrace.read import RawTrace
+from kptrace.read.fields import type_fields
+from kptrace.read.lines import detect_format, split_lines
+from kptrace.read.source import read_source
+seconds, last = {}, time.perf_counter()
+def done(stage):
+    global last
+    now = time.perf_counter()
+    seconds[stage] = now - last
+    last = now
+source = read_source(sys.argv[1]); done("read")
+fmt = detect_format(source.text)
+split = split_lines(source.text, fmt); done("split_lines")
+rows = type_fields(split.rows); done("type_fields")
+events = normalize(RawTrace(rows=rows, source_format=fmt, files=[])); done("normalize")
+write_tables(sys.argv[2], {"events": events.events}, events.meta); done("write")
+print(json.dumps(seconds))
+"""
+
+
+def in_tree(tree: Path | None) -> dict:
+    """subprocess.run arguments that make `python` import kptrace from `tree` (None: as installed).
+
+    `python -m` and `-c` put the working directory first on sys.path, so both are set.
+    """
+    if tree is None:
+        return {}
+    return {"cwd": tree, "env": {**os.environ, "PYTHONPATH": str(tree.resolve())}}
+
+
+def stage_seconds(text: Path, out: Path, tree: Path | None) -> dict[str, float]:
+    result = subprocess.run([sys.executable, "-c", STAGES, str(text.resolve()), str(out)], check=True,
+                            capture_output=True, text=True, **in_tree(tree))
+    return json.loads(result.stdout)
 
 
 def main() -> None:
@@ -88,24 +137,31 @@ def main() -> None:
     parser.add_argument("--text", type=Path)
     parser.add_argument("--dat", type=Path)
     parser.add_argument("--keep", type=Path, help="keep the recorded trace.txt and trace.dat here")
+    parser.add_argument("--baseline", type=Path, help="another kptrace source tree to time side by side")
+    parser.add_argument("--stages", action="store_true", help="also time each ingest stage in-process")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kptrace-bench-"))
     try:
         text, dat = (args.text, args.dat) if args.text else record(args.keep or work, args.events)
         out = work / "ingested"
-        kptrace_cmd = [sys.executable, "-m", "kptrace.cli", "ingest", str(text), "-o", str(out)]
-        report_cmd = ["trace-cmd", "report", "-i", str(dat)]
+        kptrace_cmd = [sys.executable, "-m", "kptrace.cli", "ingest", str(text.resolve()), "-o", str(out)]
         subprocess.run(kptrace_cmd, check=True, capture_output=True)
         import kptrace
 
         events = kptrace.load(out).meta["event_count"]
-        runs: dict[str, list[float]] = {"kptrace ingest (tracefs text)": [], "trace-cmd report (trace.dat)": []}
-        peaks: dict[str, int] = {}
+        contenders = {"kptrace ingest (tracefs text)": (kptrace_cmd, None)}
+        if args.baseline:
+            contenders["baseline kptrace ingest"] = (kptrace_cmd, args.baseline)
+        contenders["trace-cmd report (trace.dat)"] = (["trace-cmd", "report", "-i", str(dat)], None)
+        runs: dict[str, list[float]] = {name: [] for name in contenders}
+        stages: dict[str, list[dict[str, float]]] = {name: [] for name in contenders
+                                                     if args.stages and "kptrace" in name}
         for _ in range(args.repeats):
-            for name, command in zip(runs, (kptrace_cmd, report_cmd)):
-                runs[name].append(timed(command))
-        for name, command in zip(runs, (kptrace_cmd, report_cmd)):
-            peaks[name] = _peak_rss(command)
+            for name, (command, tree) in contenders.items():
+                runs[name].append(timed(command, tree))
+                if name in stages:
+                    stages[name].append(stage_seconds(text, work / "stages", tree))
+        peaks = {name: _peak_rss(command, tree) for name, (command, tree) in contenders.items()}
         print(f"trace: {events} events, {text.stat().st_size / 1e6:.1f} MB text, {dat.stat().st_size / 1e6:.1f} MB trace.dat; "
               f"{args.repeats} alternating runs each, wall time")
         rates = {}
@@ -113,17 +169,22 @@ def main() -> None:
             rates[name] = events / statistics.median(times)
             print(f"  {name:<32} median {statistics.median(times):6.2f} s  (min {min(times):.2f}, max {max(times):.2f})"
                   f"  {rates[name] / 1e6:5.2f} M events/s  peak RSS {peaks[name] / 1024:6.0f} MiB")
-        kp, tc = rates.values()
+        for name, samples in stages.items():
+            print(f"  stages of {name} (median s): " + ", ".join(
+                f"{stage} {statistics.median(s[stage] for s in samples):.2f}" for stage in samples[0]))
+        kp, tc = rates["kptrace ingest (tracefs text)"], rates["trace-cmd report (trace.dat)"]
         print(f"ratio kptrace/trace-cmd events/s: {kp / tc:.2f}x (target >= 4x)")
+        if args.baseline:
+            print(f"speed-up over baseline: {kp / rates['baseline kptrace ingest']:.2f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _peak_rss(command: list[str]) -> int:
+def _peak_rss(command: list[str], tree: Path | None = None) -> int:
     """Peak RSS (KiB) of one more run, measured by GNU time (Debian package `time`)."""
     if not Path("/usr/bin/time").exists():
         return 0
-    result = subprocess.run(["/usr/bin/time", "-f", "%M", *command], capture_output=True, text=True)
+    result = subprocess.run(["/usr/bin/time", "-f", "%M", *command], capture_output=True, text=True, **in_tree(tree))
     return int(result.stderr.strip().splitlines()[-1])
 
 
