@@ -1,7 +1,10 @@
 """Split trace text into event rows: the line prefix (task, CPU, flags, time) of each format.
 
 The three text formats differ only in the prefix and in how a few payloads are printed; the
-payloads themselves are typed in :mod:`kptrace.read.fields`, shared by all three.
+payloads themselves are typed in :mod:`kptrace.read.fields`, shared by all three. The format
+regexes below are the reference parser; tracefs text, whose prefix the kernel prints at fixed
+columns, is mostly read by a faster path of constant slices that hands every line it does not
+take to the regexes (`split_lines`).
 """
 
 from __future__ import annotations
@@ -305,12 +308,17 @@ def _fast_event(frame: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+#: Event rows as both parsers hand them on (flags still as text, decoded once for all).
+_TYPED_COLUMNS = ("line_no", "ts", "ts_resolution_ns", "cpu", "tid", "tgid", "comm", "subsystem", "event",
+                  "payload", "flags", "value")
+
+
 def _fast_rows(lines: pl.DataFrame, layout: TracefsLayout | None) -> pl.DataFrame:
-    """Event rows the fast path reads completely, typed as `_typed` types the regex's rows."""
+    """Event rows the fast path reads completely, as `_TYPED_COLUMNS` (no line when no layout)."""
     if layout is None:
         return pl.DataFrame({"line_no": []}, schema={"line_no": pl.UInt32})
     rows = _fast_event(_fast_prefix(lines.lazy(), layout)).filter("ok")
-    return rows.select(*_TYPED_COLUMNS[:-1], value=pl.lit(None, pl.Int64)).collect()
+    return rows.with_columns(value=pl.lit(None, pl.Int64)).select(_TYPED_COLUMNS).collect()
 
 
 def _typed(events: pl.LazyFrame) -> pl.LazyFrame:
@@ -322,10 +330,6 @@ def _typed(events: pl.LazyFrame) -> pl.LazyFrame:
         comm=pl.col("comm").str.strip_chars(),
         value=pl.col("value").cast(pl.Int64),
     ).select(_TYPED_COLUMNS)
-
-
-_TYPED_COLUMNS = ("line_no", "ts", "ts_resolution_ns", "cpu", "tid", "tgid", "comm", "subsystem", "event",
-                  "payload", "flags", "value")
 
 
 def split_lines(text: str, fmt: str) -> SplitLines:
