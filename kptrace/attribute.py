@@ -24,6 +24,7 @@ ATTRIBUTION_SCHEMA = {
     "indirect_per_irq_ns": pl.Float64, "indirect_ci_ns": pl.Float64,
     "n_hit_requests": pl.UInt32, "n_clean_requests": pl.UInt32,
     "cost_per_irq_ns": pl.Float64, "share_of_cpu": pl.Float64, "share_of_cpu_ci": pl.Float64,
+    "busy_share": pl.Float64, "capacity_loss": pl.Float64, "capacity_loss_ci": pl.Float64,
     "direct_provenance": pl.String, "indirect_provenance": pl.String,
 }
 
@@ -75,9 +76,15 @@ def indirect_costs(requests: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def attribute(chains: pl.LazyFrame, requests: pl.LazyFrame | None, duration_s: float) -> pl.DataFrame:
-    """One row per (cpu, interrupt source), ATTRIBUTION_SCHEMA; costs in ns, shares as fractions."""
-    direct = direct_costs(chains, duration_s)
+def attribute(chains: pl.LazyFrame, requests: pl.LazyFrame | None, busy: pl.LazyFrame,
+              duration_s: float) -> pl.DataFrame:
+    """One row per (cpu, interrupt source), ATTRIBUTION_SCHEMA; costs in ns, shares as fractions.
+
+    `busy` (cpu, busy_share) gives each CPU's non-idle fraction: `capacity_loss` is the share of
+    that busy time the source takes, i.e. the throughput a saturated CPU would lose to it
+    (modelled: it assumes the freed time would go to the same work).
+    """
+    direct = direct_costs(chains, duration_s).join(busy, on="cpu", how="left")
     if requests is not None:
         direct = direct.join(indirect_costs(requests), on=["cpu", "source"], how="left")
     else:
@@ -92,6 +99,8 @@ def attribute(chains: pl.LazyFrame, requests: pl.LazyFrame | None, duration_s: f
             cost_per_irq_ns=cost,
             share_of_cpu=pl.col("rate_per_s") * cost / 1e9,
             share_of_cpu_ci=pl.col("rate_per_s") * cost_ci / 1e9,
+            capacity_loss=pl.col("rate_per_s") * cost / 1e9 / pl.col("busy_share"),
+            capacity_loss_ci=pl.col("rate_per_s") * cost_ci / 1e9 / pl.col("busy_share"),
             direct_provenance=pl.lit(DIRECT_PROVENANCE),
             indirect_provenance=pl.when(pl.col("indirect_per_irq_ns").is_not_null()).then(pl.lit(INDIRECT_PROVENANCE))
             .otherwise(pl.lit("not estimated: no request of a traced epoll server was hit once by this source, "

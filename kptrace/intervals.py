@@ -177,3 +177,13 @@ def build_intervals(events: pl.LazyFrame) -> pl.LazyFrame:
 def irq_intervals(events: pl.LazyFrame) -> pl.LazyFrame:
     """Only the hard IRQ and softirq intervals."""
     return hard_and_soft_irqs(events.with_row_index("seq")).sort("ts")
+
+
+def busy_shares(intervals: pl.LazyFrame, duration_s: float) -> pl.LazyFrame:
+    """Per CPU: the fraction of the trace it was not running the idle task (tid 0)."""
+    idle = (
+        intervals.filter((pl.col("kind") == "running") & pl.col("complete"))
+        .group_by("cpu")
+        .agg(idle_ns=pl.col("dur").filter(pl.col("tid") == 0).sum())
+    )
+    return idle.select("cpu", busy_share=(1 - pl.col("idle_ns") / (duration_s * 1e9)).clip(0, 1))

@@ -59,9 +59,11 @@ def build_summary(analysis: Analysis) -> dict:
         "warnings": meta["warnings"],
         "attribution": {
             "units": {"rate_per_s": "interrupts/s", "*_ns": "ns per interrupt", "*_ci_ns": "95% interval half-width, ns",
-                      "share_of_cpu": "fraction of that CPU's time"},
+                      "share_of_cpu": "fraction of that CPU's time",
+                      "capacity_loss": "fraction of that CPU's busy time: throughput lost if it were saturated"},
             "provenance": {"count, rate_per_s": "measured", "direct_*": "measured", "indirect_*": "estimated",
-                           "share_of_cpu": "estimated (rate x (direct + indirect))"},
+                           "share_of_cpu": "estimated (rate x (direct + indirect))",
+                           "capacity_loss": "modelled (share_of_cpu / busy share; assumes freed time serves requests)"},
             "rows": analysis.attribution.drop("direct_provenance", "indirect_provenance").to_dicts(),
         },
         "requests": {"provenance": "measured from syscall events; service time in µs", "by_disrupted": request_overview(analysis.requests)},
