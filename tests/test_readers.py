@@ -11,6 +11,7 @@ import lzma
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -226,3 +227,14 @@ def test_live_tracefs_and_trace_cmd_extract_of_one_buffer_agree(tracefs, tmp_pat
     extracted = kptrace.load(tmp_path / "report.txt").events.filter(pl.col("subsystem") != "kptrace").collect()
     assert direct.height > 1000
     assert direct.select(SHARED).equals(extracted.select(SHARED))
+
+
+def test_perf_period_before_a_tracepoint_is_not_a_counter():
+    """The collector runs `perf script -F comm,tid,cpu,time,period,event,trace`: every line,
+    tracepoints included, then starts with a period (sample_traces/*/perf-counters.txt.zst)."""
+    bundle = Path(__file__).parent.parent / "sample_traces" / "memcached-diskirq-same-core"
+    frame = kptrace.load(bundle / "perf-counters.txt.zst").events.collect()
+    kinds = dict(frame.group_by(pl.col("event").cast(pl.String)).agg(pl.col("subsystem").first().cast(pl.String)).iter_rows())
+    assert kinds == {"sys_exit_epoll_wait": "syscalls", "task-clock": "counter", "msr/tsc/": "counter"}
+    assert frame.filter(pl.col("subsystem") == "syscalls")["value"].null_count() == frame.filter(
+        pl.col("subsystem") == "syscalls").height

@@ -132,8 +132,11 @@ def _event_and_payload(frame: pl.LazyFrame) -> pl.LazyFrame:
     """Name every row's event as tracefs names it, whichever format printed it."""
     parts = pl.col("rest").str.extract_groups(_REST)
     frame = frame.with_columns(parts=parts).unnest("parts")
-    is_counter = pl.col("value").is_not_null()
+    # `perf script -F ...,period,...` prints a period before tracepoints too (`1 sys:event:`):
+    # only a value before a name that is not `system:event` is a counter reading.
+    is_counter = pl.col("value").is_not_null() & pl.col("qualified").is_null()
     return frame.with_columns(
+        value=pl.when(is_counter).then(pl.col("value")),
         event=pl.when(is_counter).then(pl.col("rest").str.extract(r"^(\S+?):(?:\s|$)"))
         .when(pl.col("enter").is_not_null()).then(pl.lit("sys_enter_") + pl.col("enter"))
         .when(pl.col("exit").is_not_null()).then(pl.lit("sys_exit_") + pl.col("exit"))
