@@ -16,6 +16,7 @@ import functools
 import html
 import json
 import math
+import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -367,13 +368,27 @@ def _js_in_script(code: str) -> str:
 
 @functools.cache
 def _vega_bundle() -> str:
+    """Vega, Vega-Lite and vega-embed as one script. Building it takes vl-convert about a second,
+    so it is kept in the user's cache directory, keyed by both versions."""
     import vl_convert
 
     version = ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kptrace"
+    cached = cache / f"vega-bundle-vlconvert{vl_convert.__version__}-vl{version}.js"
+    if cached.exists():
+        return cached.read_text()
     try:
-        return vl_convert.javascript_bundle(vl_version=version)
+        bundle = vl_convert.javascript_bundle(vl_version=version)
     except (ValueError, RuntimeError):  # a vl-convert without this Vega-Lite: its own (newest) one
-        return vl_convert.javascript_bundle()
+        bundle = vl_convert.javascript_bundle()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(bundle)
+        partial.replace(cached)
+    except OSError:
+        pass  # no writable cache: build it again next time
+    return bundle
 
 
 def _num(value, digits: int = 1, scale: float = 1.0) -> str:
