@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 
 from kptrace.attribute import attribute
-from kptrace.intervals import build_intervals, busy_shares
+from kptrace.intervals import build_intervals, serving_load
 from kptrace.normalize import normalize
 from kptrace.read import read_any
 from kptrace.requests import EPOLL, RECEIVES, SENDS, build_requests, disruptions
@@ -73,7 +73,7 @@ def analyze(path: str | Path, progress: Callable[[str], None] = lambda stage: No
     if missing_irq := INTERRUPT_EVENTS - set(meta["event_counts"]):
         notes.append(f"interrupt costs may be undercounted: no {', '.join(sorted(missing_irq))} events; "
                      + INTERRUPT_HINT)
-    busy = busy_shares(intervals.lazy(), meta["duration_s"])
-    attribution = attribute(chains.lazy(), None if requests is None else requests.lazy(), busy, meta["duration_s"])
+    load = None if requests is None else serving_load(intervals.lazy(), chains.lazy(), requests.lazy())
+    attribution = attribute(chains.lazy(), None if requests is None else requests.lazy(), load, meta["duration_s"])
     return Analysis(meta=meta, events=events, intervals=intervals, disruptions=chains, requests=requests,
                     hits=hits, attribution=attribution, notes=notes)

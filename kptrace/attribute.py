@@ -76,21 +76,26 @@ def indirect_costs(requests: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def attribute(chains: pl.LazyFrame, requests: pl.LazyFrame | None, busy: pl.LazyFrame,
+def attribute(chains: pl.LazyFrame, requests: pl.LazyFrame | None, load: pl.LazyFrame | None,
               duration_s: float) -> pl.DataFrame:
     """One row per (cpu, interrupt source), ATTRIBUTION_SCHEMA; costs in ns, shares as fractions.
 
-    `busy` (cpu, busy_share) gives each CPU's non-idle fraction: `capacity_loss` is the share of
-    that busy time the source takes, i.e. the throughput a saturated CPU would lose to it
-    (modelled: it assumes the freed time would go to the same work).
+    `load` (kptrace.intervals.serving_load) gives, for CPUs that served requests, the source's
+    disruptions and the CPU's busy time while serving: `capacity_loss` is the part of that busy
+    time the source took, directly and through the slowdown it caused, i.e. the throughput the
+    server lost to it when its CPU was the bottleneck (modelled).
     """
-    direct = direct_costs(chains, duration_s).join(busy, on="cpu", how="left")
-    if requests is not None:
-        direct = direct.join(indirect_costs(requests), on=["cpu", "source"], how="left")
+    direct = direct_costs(chains, duration_s)
+    if requests is not None and load is not None:
+        direct = (direct.join(indirect_costs(requests), on=["cpu", "source"], how="left")
+                  .join(load, on=["cpu", "source"], how="left"))
     else:
         direct = direct.with_columns(
-            [pl.lit(None, ATTRIBUTION_SCHEMA[c]).alias(c)
-             for c in ("indirect_per_irq_ns", "indirect_ci_ns", "n_hit_requests", "n_clean_requests")]
+            [pl.lit(None, dtype).alias(c) for c, dtype in
+             {**{c: ATTRIBUTION_SCHEMA[c] for c in ("indirect_per_irq_ns", "indirect_ci_ns", "n_hit_requests",
+                                                    "n_clean_requests")},
+              "window_count": pl.UInt32, "window_span_ns": pl.Int64, "busy_ns": pl.Int64,
+              "window_ns": pl.Int64}.items()]
         )
     cost = pl.col("direct_per_irq_ns") + pl.col("indirect_per_irq_ns").fill_null(0)
     cost_ci = (pl.col("direct_ci_ns").fill_null(0).pow(2) + pl.col("indirect_ci_ns").fill_null(0).pow(2)).sqrt()
@@ -99,8 +104,11 @@ def attribute(chains: pl.LazyFrame, requests: pl.LazyFrame | None, busy: pl.Lazy
             cost_per_irq_ns=cost,
             share_of_cpu=pl.col("rate_per_s") * cost / 1e9,
             share_of_cpu_ci=pl.col("rate_per_s") * cost_ci / 1e9,
-            capacity_loss=pl.col("rate_per_s") * cost / 1e9 / pl.col("busy_share"),
-            capacity_loss_ci=pl.col("rate_per_s") * cost_ci / 1e9 / pl.col("busy_share"),
+            busy_share=pl.col("busy_ns") / pl.col("window_ns"),
+            capacity_loss=(pl.col("window_span_ns") + pl.col("window_count") * pl.col("indirect_per_irq_ns").fill_null(0))
+            / pl.col("busy_ns"),
+            # The window's direct time is a measured sum; only the indirect part is uncertain.
+            capacity_loss_ci=pl.col("window_count") * pl.col("indirect_ci_ns") / pl.col("busy_ns"),
             direct_provenance=pl.lit(DIRECT_PROVENANCE),
             indirect_provenance=pl.when(pl.col("indirect_per_irq_ns").is_not_null()).then(pl.lit(INDIRECT_PROVENANCE))
             .otherwise(pl.lit("not estimated: no request of a traced epoll server was hit once by this source, "

@@ -179,11 +179,29 @@ def irq_intervals(events: pl.LazyFrame) -> pl.LazyFrame:
     return hard_and_soft_irqs(events.with_row_index("seq")).sort("ts")
 
 
-def busy_shares(intervals: pl.LazyFrame, duration_s: float) -> pl.LazyFrame:
-    """Per CPU: the fraction of the trace it was not running the idle task (tid 0)."""
-    idle = (
-        intervals.filter((pl.col("kind") == "running") & pl.col("complete"))
-        .group_by("cpu")
-        .agg(idle_ns=pl.col("dur").filter(pl.col("tid") == 0).sum())
+
+def serving_load(intervals: pl.LazyFrame, chains: pl.LazyFrame, requests: pl.LazyFrame) -> pl.LazyFrame:
+    """Per (cpu, source), over the window in which that CPU served requests (first request
+    start to last request end, `window_ns`): `window_count` disruptions of the source, their
+    `window_span_ns`, and the CPU's `busy_ns` — the window less idle time, counting interrupts
+    taken while idle as busy."""
+    window = requests.group_by("cpu").agg(w_lo=pl.col("ts").min(), w_hi=(pl.col("ts") + pl.col("dur")).max())
+    clipped = (pl.min_horizontal(pl.col("ts") + pl.col("dur"), "w_hi") - pl.max_horizontal("ts", "w_lo")).clip(0)
+    complete = intervals.filter(pl.col("complete") & (pl.col("tid") == 0)).join(window, on="cpu")
+    idle = complete.filter(pl.col("kind") == "running").group_by("cpu").agg(idle_ns=clipped.sum())
+    irq_while_idle = complete.filter(pl.col("kind").is_in(["hardirq", "softirq"])).group_by("cpu").agg(
+        idle_irq_ns=clipped.sum()
     )
-    return idle.select("cpu", busy_share=(1 - pl.col("idle_ns") / (duration_s * 1e9)).clip(0, 1))
+    busy = (
+        window.join(idle, on="cpu", how="left").join(irq_while_idle, on="cpu", how="left")
+        .select("cpu", window_ns=pl.col("w_hi") - pl.col("w_lo"),
+                busy_ns=pl.col("w_hi") - pl.col("w_lo") - pl.col("idle_ns").fill_null(0)
+                + pl.col("idle_irq_ns").fill_null(0))
+    )
+    in_window = (
+        chains.filter("disruptive").join(window, on="cpu")
+        .filter(pl.col("ts").is_between("w_lo", "w_hi"))
+        .group_by("cpu", "source")
+        .agg(window_count=pl.len(), window_span_ns=pl.col("span_ns").sum())
+    )
+    return in_window.join(busy, on="cpu")

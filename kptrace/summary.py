@@ -60,10 +60,13 @@ def build_summary(analysis: Analysis) -> dict:
         "attribution": {
             "units": {"rate_per_s": "interrupts/s", "*_ns": "ns per interrupt", "*_ci_ns": "95% interval half-width, ns",
                       "share_of_cpu": "fraction of that CPU's time",
-                      "capacity_loss": "fraction of that CPU's busy time: throughput lost if it were saturated"},
+                      "busy_share": "fraction of the window in which the CPU served requests that it was busy",
+                      "capacity_loss": "fraction of that busy time the source took: throughput lost while the CPU "
+                                       "was the bottleneck"},
             "provenance": {"count, rate_per_s": "measured", "direct_*": "measured", "indirect_*": "estimated",
                            "share_of_cpu": "estimated (rate x (direct + indirect))",
-                           "capacity_loss": "modelled (share_of_cpu / busy share; assumes freed time serves requests)"},
+                           "busy_share": "measured",
+                           "capacity_loss": "modelled ((direct + indirect) time in the serving window / busy time)"},
             "rows": analysis.attribution.drop("direct_provenance", "indirect_provenance").to_dicts(),
         },
         "requests": {"provenance": "measured from syscall events; service time in µs", "by_disrupted": request_overview(analysis.requests)},
@@ -87,7 +90,10 @@ def render_summary(summary: dict, top: int = 6) -> str:
         *[f"note: {note}" for note in summary["notes"]],
         "",
         "interrupt cost per CPU and source (rate measured; direct µs measured; indirect µs estimated; ±: 95% interval)",
-        f"{'cpu':>3} {'source':<22} {'count':>7} {'rate/s':>9} {'direct µs':>13} {'indirect µs':>14} {'CPU %':>12}",
+        "(CPU %: share of the CPU's time, estimated; lost %: share of its busy time while serving "
+        "requests, the throughput lost when that CPU is the bottleneck, modelled)",
+        f"{'cpu':>3} {'source':<22} {'count':>7} {'rate/s':>9} {'direct µs':>13} {'indirect µs':>14} {'CPU %':>12} "
+        f"{'lost %':>12}",
     ]
     rows = summary["attribution"]["rows"]
     for cpu in sorted({r["cpu"] for r in rows}):
@@ -96,7 +102,8 @@ def render_summary(summary: dict, top: int = 6) -> str:
             lines.append(
                 f"{cpu:>3} {row['source'][:22]:<22} {row['count']:>7} {row['rate_per_s']:>9.1f} "
                 f"{_pm(row['direct_per_irq_ns'], row['direct_ci_ns']):>13} "
-                f"{_pm(row['indirect_per_irq_ns'], row['indirect_ci_ns']):>14} {share:>12}"
+                f"{_pm(row['indirect_per_irq_ns'], row['indirect_ci_ns']):>14} {share:>12} "
+                f"{_pm(row['capacity_loss'], row['capacity_loss_ci'], scale=0.01, digits=2):>12}"
             )
     overview = summary["requests"]["by_disrupted"]
     if overview:
