@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
-from kptrace.attribute import attribute
+from kptrace.attribute import HARDWARE_COUNTERS, attribute, counter_iterations, ipc_decomposition
 from kptrace.intervals import build_intervals, serving_load
 from kptrace.normalize import normalize
 from kptrace.read import read_any
@@ -34,12 +34,15 @@ class Analysis:
     hits: pl.DataFrame | None
     attribution: pl.DataFrame
     notes: list[str]
+    ipc: pl.DataFrame | None = None
 
     def tables(self) -> dict[str, pl.DataFrame]:
         tables = {"events": self.events, "intervals": self.intervals, "disruptions": self.disruptions,
                   "attribution": self.attribution}
         if self.requests is not None:
             tables |= {"requests": self.requests, "request_hits": self.hits}
+        if self.ipc is not None:
+            tables |= {"ipc": self.ipc}
         return tables
 
 
@@ -70,10 +73,18 @@ def analyze(path: str | Path, progress: Callable[[str], None] = lambda stage: No
                          "epoll_wait calls (kptrace's request model is an epoll server)")
             requests = hits = None
     progress(f"found {0 if requests is None else requests.height:,} requests")
-    if missing_irq := INTERRUPT_EVENTS - set(meta["event_counts"]):
+    # An event the recorder enabled that never fired is not missing.
+    enabled = {name.split(":")[-1] for name in ((meta.get("bundle") or {}).get("events") or {}).get("enabled", [])}
+    if missing_irq := INTERRUPT_EVENTS - set(meta["event_counts"]) - enabled:
         notes.append(f"interrupt costs may be undercounted: no {', '.join(sorted(missing_irq))} events; "
                      + INTERRUPT_HINT)
     load = None if requests is None else serving_load(intervals.lazy(), chains.lazy(), requests.lazy())
     attribution = attribute(chains.lazy(), None if requests is None else requests.lazy(), load, meta["duration_s"])
+    ipc = None
+    if requests is not None and all(name in meta["event_counts"] for name in HARDWARE_COUNTERS):
+        ipc = ipc_decomposition(counter_iterations(events.lazy(), requests.lazy()).collect())
+    elif requests is not None:
+        notes.append("no IPC/IPQ decomposition: it needs cycles and instructions read at each epoll_wait return "
+                     "(kptrace record does so where the CPU exposes a PMU; this trace has none)")
     return Analysis(meta=meta, events=events, intervals=intervals, disruptions=chains, requests=requests,
-                    hits=hits, attribution=attribution, notes=notes)
+                    hits=hits, attribution=attribution, notes=notes, ipc=ipc)

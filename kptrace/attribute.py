@@ -118,3 +118,55 @@ def attribute(chains: pl.LazyFrame, requests: pl.LazyFrame | None, load: pl.Lazy
         .sort("cpu", "share_of_cpu", descending=[False, True])
         .collect()
     )
+
+
+HARDWARE_COUNTERS = ("cycles", "instructions")
+
+
+def counter_iterations(events: pl.LazyFrame, requests: pl.LazyFrame) -> pl.LazyFrame:
+    """Epoll loop iterations between two counter reads on one CPU (perf reads them at each
+    epoll_wait return): their cycles and instructions, the requests that ended in them, and
+    whether any of those was disrupted. Empty when the trace has no hardware counters."""
+    reads = (
+        events.filter((pl.col("subsystem") == "counter") & pl.col("event").cast(pl.String).is_in(HARDWARE_COUNTERS))
+        .group_by("cpu", "ts")
+        .agg([pl.col("value").filter(pl.col("event") == name).sum().alias(name) for name in HARDWARE_COUNTERS])
+        .sort("cpu", "ts")
+        .with_columns(start=pl.col("ts").shift(1).over("cpu"))
+        .filter(pl.col("start").is_not_null())
+    )
+    ended = (
+        requests.select("cpu", "disrupted", end=pl.col("ts") + pl.col("dur")).sort("end")
+        .join_asof(reads.select("cpu", "ts").sort("ts"), left_on="end", right_on="ts", by="cpu",
+                   strategy="forward", check_sortedness=False)
+        .group_by("cpu", "ts")
+        .agg(requests=pl.len(), disrupted=pl.col("disrupted").any())
+    )
+    return reads.join(ended, on=["cpu", "ts"], how="left").with_columns(
+        requests=pl.col("requests").fill_null(0), disrupted=pl.col("disrupted").fill_null(False)
+    )
+
+
+def ipc_decomposition(iterations: pl.DataFrame) -> pl.DataFrame:
+    """The paper's model, QPS = cores x clock x IPC / IPQ, per CPU for clean iterations,
+    disrupted ones and all: IPC = instructions/cycles and IPQ = instructions/request (measured),
+    and `gain_at_clean_ipc` — the throughput gained if every iteration ran at the clean IPC
+    with the same IPQ (modelled)."""
+    served = iterations.filter(pl.col("requests") > 0)
+    groups = pl.concat([
+        served.with_columns(group=pl.when("disrupted").then(pl.lit("disrupted")).otherwise(pl.lit("clean"))),
+        served.with_columns(group=pl.lit("all")),
+    ])
+    table = (
+        groups.group_by("cpu", "group")
+        .agg(iterations=pl.len(), requests=pl.col("requests").sum(),
+             instructions=pl.col("instructions").sum(), cycles=pl.col("cycles").sum())
+        .with_columns(ipc=pl.col("instructions") / pl.col("cycles"), ipq=pl.col("instructions") / pl.col("requests"))
+    )
+    clean = table.filter(pl.col("group") == "clean").select("cpu", clean_ipc="ipc")
+    return (
+        table.join(clean, on="cpu", how="left")
+        .with_columns(gain_at_clean_ipc=pl.when(pl.col("group") == "all").then(pl.col("clean_ipc") / pl.col("ipc") - 1))
+        .drop("clean_ipc")
+        .sort("cpu", "group")
+    )

@@ -90,5 +90,5 @@ def normalize(raw: RawTrace) -> Events:
     }
     if raw.manifest is not None:
         meta["bundle"] = {k: manifest.get(k) for k in ("created_utc", "hostname", "command", "counters",
-                                                       "not_recorded", "workload", "per_cpu")}
+                                                       "not_recorded", "workload", "per_cpu", "events")}
     return Events(events=events, meta=meta)

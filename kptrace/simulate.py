@@ -6,8 +6,10 @@ kind's service demand), and answers with sendmsg (3 µs syscall). Interrupt sour
 Poisson processes. An interrupt takes the CPU for its handler time plus the softirq it raises
 (its direct cost) and, when it lands inside a request, makes the rest of that request slower by
 its indirect cost — the stand-in for the cache and pipeline damage the paper measures.
-Counters (perf format only): cycles run at `clock_ghz`; the work retires a fixed number of
-instructions per request, so the indirect slowdown shows up as lower IPC, as on real hardware.
+Counters (perf format only, read at each epoll_wait return): the thread's own work runs at
+`clock_ghz` and retires `ipc_clean` instructions per cycle; an indirect slowdown adds cycles
+but no instructions, so it shows up as lower IPC, as on real hardware. Handler time is not
+counted (the counters follow the thread).
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class _Timeline:
         """Advance by `work_ns` of the thread's own work; interrupts stretch it."""
         finish = self.now + work_ns
         self.cycles += int(work_ns * self.scenario.clock_ghz)
+        self.instructions += int(work_ns * self.scenario.clock_ghz * self.scenario.ipc_clean)
         while self.next < len(self.arrivals) and self.arrivals[self.next][0] < finish:
             at, source = self.arrivals[self.next]
             self.next += 1
@@ -137,8 +140,6 @@ def simulate_rows(scenario: Scenario, start_ns: int = 100_000_000_000) -> list[t
     """The event rows (ts ns, event, fields) of one scenario, in time order."""
     line = _Timeline(scenario, start_ns)
     weights = [k.share for k in scenario.kinds]
-    instructions_per_request = {k.name: int(k.demand_ns * scenario.clock_ghz * scenario.ipc_clean)
-                                for k in scenario.kinds}
     while line.now < line.end:
         line.emit(line.now, "sys_enter_epoll_wait", fd=EPFD, count=32)
         line.run(int(line.rng.expovariate(1 / scenario.idle_mean_ns)), in_request=False)
@@ -148,7 +149,6 @@ def simulate_rows(scenario: Scenario, start_ns: int = 100_000_000_000) -> list[t
         line.syscall("read", READ_NS, kind.bytes_in, True, fd=CONN_FD, count=16_384)
         line.run(kind.demand_ns, in_request=True)
         line.syscall("sendmsg", SEND_NS, kind.bytes_out, True, fd=CONN_FD)
-        line.instructions += instructions_per_request[kind.name]
     return sorted(line.rows, key=lambda row: row[0])
 
 

@@ -70,6 +70,12 @@ def build_summary(analysis: Analysis) -> dict:
             "rows": analysis.attribution.drop("direct_provenance", "indirect_provenance").to_dicts(),
         },
         "requests": {"provenance": "measured from syscall events; service time in µs", "by_disrupted": request_overview(analysis.requests)},
+        "ipc": None if analysis.ipc is None else {
+            "provenance": {"ipc, ipq": "measured: hardware counters read at each epoll_wait return",
+                           "gain_at_clean_ipc": "modelled: QPS = cores x clock x IPC / IPQ, IPC of clean iterations"},
+            "units": {"ipc": "instructions/cycle", "ipq": "instructions/request", "gain_at_clean_ipc": "fraction"},
+            "rows": analysis.ipc.to_dicts(),
+        },
     }
 
 
@@ -105,6 +111,13 @@ def render_summary(summary: dict, top: int = 6) -> str:
                 f"{_pm(row['indirect_per_irq_ns'], row['indirect_ci_ns']):>14} {share:>12} "
                 f"{_pm(row['capacity_loss'], row['capacity_loss_ci'], scale=0.01, digits=2):>12}"
             )
+    if summary.get("ipc"):
+        lines += ["", "IPC and IPQ per epoll loop iteration (measured, hardware counters); gain modelled "
+                      "(QPS = cores x clock x IPC / IPQ at the clean IPC)"]
+        for row in summary["ipc"]["rows"]:
+            gain = "" if row["gain_at_clean_ipc"] is None else f"  gain at clean IPC {100 * row['gain_at_clean_ipc']:+.1f}%"
+            lines.append(f"cpu {row['cpu']} {row['group']:<9} iterations {row['iterations']:>7}  IPC {row['ipc']:.3f}  "
+                         f"IPQ {row['ipq']:,.0f}{gain}")
     overview = summary["requests"]["by_disrupted"]
     if overview:
         lines += ["", "requests (measured): service time in µs",

@@ -143,3 +143,24 @@ def test_implied_throughput_loss_agrees_with_the_measured_one(same_core):
     print(f"throughput loss to disk IRQs: implied {implied:.3f}, measured {measured:.3f}")
     assert measured > 0.05
     assert implied == pytest.approx(measured, rel=0.25)
+
+
+def test_ipc_decomposition_recovers_the_simulated_ipc_and_the_gain(tmp_path):
+    """Hardware-counter path (perf format, cycles and instructions at each epoll_wait return):
+    clean iterations run at the simulated IPC; the modelled gain is the cycles the indirect
+    slowdowns added, which the simulation's truth gives per source."""
+    scenario = Scenario(duration_s=2.0, seed=3)
+    analysis = analyze(write_simulation(tmp_path, scenario, "perf"))
+    rows = {r["group"]: r for r in analysis.ipc.to_dicts()}
+    assert rows["clean"]["ipc"] == pytest.approx(scenario.ipc_clean, rel=0.01)
+    assert rows["disrupted"]["ipc"] < rows["clean"]["ipc"]
+    assert rows["clean"]["ipq"] == pytest.approx(rows["disrupted"]["ipq"], rel=0.05)  # same work per query
+    indirect = {s.name: s.indirect_ns for s in scenario.sources}
+    extra_cycles = sum(indirect[name] * scenario.clock_ghz for name in analysis.hits["source"])
+    expected_gain = extra_cycles / (rows["all"]["cycles"] - extra_cycles)
+    assert rows["all"]["gain_at_clean_ipc"] == pytest.approx(expected_gain, rel=0.10)
+
+
+def test_without_hardware_counters_the_ipc_view_says_why(same_core):
+    assert same_core.ipc is None
+    assert any("no IPC/IPQ decomposition" in note for note in same_core.notes)

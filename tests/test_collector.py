@@ -12,12 +12,10 @@ import os
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 

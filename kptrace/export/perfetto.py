@@ -64,7 +64,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import (
-    CounterDescriptor,
     TracePacket,
     TrackDescriptor,
     TrackEvent,
