@@ -64,3 +64,13 @@ def test_unusable_input_exits_1_with_one_line(tmp_path):
 def test_bad_usage_exits_2(tmp_path):
     assert run("analyze").returncode == 2
     assert run("simulate", "-o", tmp_path, "--format", "pcap").returncode == 2
+
+
+def test_a_trace_with_neither_interrupts_nor_requests_still_analyzes(tmp_path):
+    """perf-counters.txt.zst holds only sys_exit_epoll_wait samples and counter readings."""
+    from conftest import DATA
+
+    result = run("analyze", DATA / "perf-counters.txt.zst", "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "no per-request view" in result.stdout and "interrupt costs may be undercounted" in result.stdout
+    assert (tmp_path / "out" / "timeline.perfetto-trace.gz").exists() and (tmp_path / "out" / "report.html").exists()

@@ -587,12 +587,14 @@ def write_timeline(
             emit(packet)
 
         # Every event packet in one table: slices first (in their nesting order), then counters.
+        # Typed explicitly: a trace with no slices leaves `stream` empty and its columns untyped.
+        row_schema = {"ts": pl.Int64, "type": pl.Int64, "track_uuid": pl.UInt64, "iid": pl.Int64, "value": pl.Float64}
         rows = stream.select("ts", "type", "track_uuid", iid=pl.when(pl.col("type") != _END).then("iid"),
-                             value=pl.lit(None, pl.Float64))
+                             value=pl.lit(None, pl.Float64)).cast(row_schema)
         if counter_rows:
             samples = pl.concat(counter_rows).sort("track_uuid", "ts")
-            rows = pl.concat([rows, samples.select("ts", type=pl.lit(_COUNTER).cast(rows["type"].dtype), track_uuid="track_uuid",
-                                                   iid=pl.lit(None, pl.Int64), value="value")])
+            rows = pl.concat([rows, samples.select("ts", type=pl.lit(_COUNTER), track_uuid="track_uuid",
+                                                   iid=pl.lit(None, pl.Int64), value="value").cast(row_schema)])
         extras = {pos: (flow_out.get(pos), flow_in.get(pos), annotations.get(pos), pos in incomplete_pos)
                   for pos in {*flow_out, *flow_in, *annotations, *incomplete_pos}}
         out.write(b"".join(chunk))
