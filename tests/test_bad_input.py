@@ -158,3 +158,14 @@ def test_schema_doc_matches_the_code():
     from kptrace.schema import schema_markdown
 
     assert (DATA.parent.parent / "docs" / "schema.md").read_text().endswith(schema_markdown())
+
+
+def test_a_line_cut_after_its_timestamp_is_skipped_not_an_unnamed_event(tmp_path, real_lines):
+    cut = real_lines[:]
+    body = [i for i, line in enumerate(cut) if not line.startswith("#")]
+    for i in body[10:13]:
+        cut[i] = cut[i][: cut[i].index(": ") + 2] + "sys_epo\n"
+    code, stderr, meta = ingest(write(tmp_path, "cut-names.txt", "".join(cut)), tmp_path)
+    assert code == 0 and meta["unparsed_lines"] == 3
+    events = __import__("polars").read_parquet(tmp_path / "out" / "events.parquet")
+    assert events["event"].null_count() == 0

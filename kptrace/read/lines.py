@@ -348,6 +348,12 @@ def split_lines(text: str, fmt: str) -> SplitLines:
     rest = lines.join(fast.select("line_no"), on="line_no", how="anti", maintain_order="left") if fast.height else lines
     slow, markers, unparsed = _by_regex(rest, fmt)
     slow = _typed(slow).collect()
+    # A prefix followed by no readable event name (a line cut after its timestamp) is not an event.
+    nameless = slow.filter(pl.col("event").is_null())
+    if nameless.height:
+        slow = slow.filter(pl.col("event").is_not_null())
+        unparsed = pl.concat([unparsed, rest.join(nameless.select("line_no"), on="line_no").select(unparsed.columns)]
+                             ).sort("line_no")
     events = _flags(pl.concat([fast.lazy(), slow.lazy()]) if fast.height else slow.lazy()).select(
         "line_no", "ts", "ts_resolution_ns", "cpu", "tid", "tgid", "comm", "subsystem", "event",
         "payload", "value", "irqs_off", "bh_off", "need_resched", "in_hardirq", "in_softirq",
