@@ -61,6 +61,9 @@ def analyze(path: str | Path, progress: Callable[[str], None] = lambda stage: No
     intervals = build_intervals(events.lazy()).collect()
     chains = disruptions(intervals.lazy()).collect()
     progress(f"rebuilt {intervals.height:,} intervals and {chains.height:,} interrupt chains")
+    if incomplete := intervals.filter(~pl.col("complete")).height:
+        notes.append(f"{incomplete:,} of {intervals.height:,} intervals lack their entry or exit (trace edges, "
+                     "lost events or a damaged trace): kept as incomplete, without a duration")
     requests = hits = None
     if missing := _missing_request_families(meta["event_counts"]):
         notes.append(f"no per-request view: this trace has no syscall events for {' or '.join(missing)}; "

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import polars as pl
+import pytest
 
 from kptrace.simulate import Scenario, write_simulation
 
@@ -74,3 +76,30 @@ def test_a_trace_with_neither_interrupts_nor_requests_still_analyzes(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "no per-request view" in result.stdout and "interrupt costs may be undercounted" in result.stdout
     assert (tmp_path / "out" / "timeline.perfetto-trace.gz").exists() and (tmp_path / "out" / "report.html").exists()
+
+
+DAMAGE = {
+    "cut": lambda lines, rng: lines[: len(lines) * 2 // 3] + [lines[len(lines) * 2 // 3][:20]],
+    "garbled": lambda lines, rng: [("@@ %d\n" % rng.random()) if rng.random() < 0.01 else line for line in lines],
+    "dropped": lambda lines, rng: [line for line in lines if rng.random() > 0.02],
+    "shuffled": lambda lines, rng: rng.sample(lines, len(lines)),
+    "lost": lambda lines, rng: [x for line in lines for x in ([line, "CPU:1 [LOST 7 EVENTS]\n"]
+                                                             if rng.random() < 0.005 else [line])],
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_analyze_of_a_damaged_trace_warns_and_finishes(tmp_path, damage):
+    """Every kind of damage ends in results plus a warning (or a one-line error), never a traceback."""
+    import random
+
+    lines = write_simulation(tmp_path / "sim", Scenario(duration_s=0.1, seed=6)).read_text().splitlines(keepends=True)
+    damaged = DAMAGE[damage](lines[6:], random.Random(damage))
+    (tmp_path / "damaged.txt").write_text("".join(damaged))
+    result = run("analyze", tmp_path / "damaged.txt", "-o", tmp_path / "out", "-q")
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.returncode == 0, result.stderr
+    warned = any(line.startswith("kptrace: warning:") for line in result.stderr.splitlines())
+    noted = re.search(r"note: [\d,]+ of [\d,]+ intervals lack their entry or exit", result.stdout)
+    assert warned or (damage == "dropped" and noted)  # dropped lines show only as unpaired intervals
+    assert "sim-disk" in result.stdout
