@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -438,3 +439,32 @@ def test_bad_output_dir(tmp_path):
     assert "not empty" in r.stderr
     r = record(Path("/proc/kptrace-nope/b"), "--duration", "1")
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_kptrace_record_traces_a_memcached_run_in_one_command(tmp_path):
+    """`kptrace record -- LOAD` records a bundle while the load runs; `kptrace ingest` reads it."""
+    for tool in ("memcached", "memcaslap"):
+        if shutil.which(tool) is None:
+            _unavailable(f"needs {tool}")
+    before = tracefs_state()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(["memcached", "-u", "root", "-l", "127.0.0.1", "-p", str(port), "-t", "1", "-U", "0"])
+    try:
+        time.sleep(0.3)
+        kptrace = [sys.executable, "-m", "kptrace.cli"]
+        recorded = subprocess.run([*kptrace, "record", "-q", "-o", str(tmp_path / "b"), "--pid", str(server.pid),
+                                   "--buffer-kb", "16384", "--", "memcaslap", "-s", f"127.0.0.1:{port}",
+                                   "-x", "2000", "-c", "2", "-T", "1"], capture_output=True, text=True, timeout=120)
+        assert recorded.returncode == 0, recorded.stderr
+    finally:
+        server.terminate()
+        server.wait()
+    assert_state_unchanged(before)
+    ingested = subprocess.run([*kptrace, "ingest", str(tmp_path / "b"), "-o", str(tmp_path / "out")],
+                              capture_output=True, text=True)
+    assert ingested.returncode == 0, ingested.stderr
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["source_format"].startswith("kptrace-bundle")
+    assert meta["event_counts"]["sys_exit_sendmsg"] >= 2000  # every answer memcached sent
