@@ -27,7 +27,8 @@ REQUEST_SCHEMA = {
     "request_id": pl.UInt32, "tid": pl.Int32, "cpu": pl.Int16, "ts": pl.Int64, "dur": pl.Int64,
     "fd": pl.Int64, "bytes_in": pl.Int64, "bytes_out": pl.Int64, "kind": pl.String,
     "syscall_ns": pl.Int64, "hardirq_ns": pl.Int64, "softirq_ns": pl.Int64, "n_irq": pl.UInt32,
-    "disruption_ns": pl.Int64, "own_ns": pl.Int64, "offcpu_ns": pl.Int64,
+    "disruption_ns": pl.Int64, "own_ns": pl.Int64, "offcpu_ns": pl.Int64, "n_offcpu": pl.UInt32,
+    "migrated": pl.Boolean,
     "sources": pl.List(pl.String), "disrupted": pl.Boolean, "irq_interval_ids": pl.List(pl.UInt32),
 }
 
@@ -148,11 +149,16 @@ def build_requests(intervals: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]
     gaps = (
         intervals.filter((pl.col("kind") == "running") & complete)
         .sort("tid", "ts")
-        .select("tid", ts=pl.col("ts") + pl.col("dur"), next_ts=pl.col("ts").shift(-1).over("tid"))
+        .select("tid", ts=pl.col("ts") + pl.col("dur"), next_ts=pl.col("ts").shift(-1).over("tid"),
+                next_cpu=pl.col("cpu").shift(-1).over("tid"))
         .filter(pl.col("next_ts").is_not_null())
     )
-    off_cpu = _inside(gaps, window, "tid").group_by("request_id").agg(
-        offcpu_ns=(pl.min_horizontal("next_ts", "w_end") - pl.col("ts")).sum()
+    off_cpu = (
+        _inside(gaps, window, "tid").join(window.select("request_id", w_cpu="cpu"), on="request_id")
+    ).group_by("request_id").agg(
+        offcpu_ns=(pl.min_horizontal("next_ts", "w_end") - pl.col("ts")).sum(),
+        n_offcpu=pl.len(),
+        migrated=(pl.col("next_cpu") != pl.col("w_cpu")).any(),
     )
     per_hit = hits.group_by("request_id").agg(disruption_ns=pl.col("span_ns").sum(), sources=pl.col("source").sort())
     requests = (
@@ -163,6 +169,8 @@ def build_requests(intervals: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]
         .with_columns(
             pl.col("hardirq_ns", "softirq_ns", "syscall_ns", "disruption_ns", "offcpu_ns").fill_null(0),
             n_irq=pl.col("n_irq").fill_null(0),
+            n_offcpu=pl.col("n_offcpu").fill_null(0),
+            migrated=pl.col("migrated").fill_null(False),
             sources=pl.col("sources").fill_null(pl.lit([], pl.List(pl.String))),
             irq_interval_ids=pl.col("irq_interval_ids").fill_null(pl.lit([], pl.List(pl.UInt32))),
         )

@@ -164,3 +164,12 @@ def test_ipc_decomposition_recovers_the_simulated_ipc_and_the_gain(tmp_path):
 def test_without_hardware_counters_the_ipc_view_says_why(same_core):
     assert same_core.ipc is None
     assert any("no IPC/IPQ decomposition" in note for note in same_core.notes)
+
+
+def test_requests_count_their_preemptions_and_migrations(same_core):
+    """The server thread is pinned (taskset): it is sometimes switched out, never migrated."""
+    requests = same_core.requests
+    switched = requests.filter(pl.col("n_offcpu") > 0)
+    assert switched.height > 0
+    assert (switched["offcpu_ns"] > 0).all() and (requests.filter(pl.col("n_offcpu") == 0)["offcpu_ns"] == 0).all()
+    assert not requests["migrated"].any()
