@@ -12,7 +12,7 @@ from kptrace.attribute import HARDWARE_COUNTERS, attribute, counter_iterations, 
 from kptrace.intervals import build_intervals, serving_load
 from kptrace.normalize import normalize
 from kptrace.read import read_any
-from kptrace.requests import EPOLL, RECEIVES, SENDS, build_requests, disruptions
+from kptrace.requests import EPOLL, RECEIVES, SENDS, build_requests, disruptions, request_counters
 
 #: Syscall exits a request view needs, one of each family, and how to get them.
 REQUEST_FAMILIES = {"epoll_wait": EPOLL, "a receive": RECEIVES, "a send": SENDS}
@@ -35,12 +35,15 @@ class Analysis:
     attribution: pl.DataFrame
     notes: list[str]
     ipc: pl.DataFrame | None = None
+    request_counters: pl.DataFrame | None = None
 
     def tables(self) -> dict[str, pl.DataFrame]:
         tables = {"events": self.events, "intervals": self.intervals, "disruptions": self.disruptions,
                   "attribution": self.attribution}
         if self.requests is not None:
             tables |= {"requests": self.requests, "request_hits": self.hits}
+        if self.request_counters is not None:
+            tables |= {"request_counters": self.request_counters}
         if self.ipc is not None:
             tables |= {"ipc": self.ipc}
         return tables
@@ -83,11 +86,13 @@ def analyze(path: str | Path, progress: Callable[[str], None] = lambda stage: No
                      + INTERRUPT_HINT)
     load = None if requests is None else serving_load(intervals.lazy(), chains.lazy(), requests.lazy())
     attribution = attribute(chains.lazy(), None if requests is None else requests.lazy(), load, meta["duration_s"])
-    ipc = None
-    if requests is not None and all(name in meta["event_counts"] for name in HARDWARE_COUNTERS):
-        ipc = ipc_decomposition(counter_iterations(events.lazy(), requests.lazy()).collect())
+    ipc = counters = None
+    if requests is not None and (events["subsystem"] == "counter").any():
+        counters = request_counters(events.lazy(), requests.lazy()).collect()
+    if counters is not None and all(name in meta["event_counts"] for name in HARDWARE_COUNTERS):
+        ipc = ipc_decomposition(counter_iterations(counters.lazy(), requests.lazy()).collect())
     elif requests is not None:
         notes.append("no IPC/IPQ decomposition: it needs cycles and instructions read at each epoll_wait return "
                      "(kptrace record does so where the CPU exposes a PMU; this trace has none)")
     return Analysis(meta=meta, events=events, intervals=intervals, disruptions=chains, requests=requests,
-                    hits=hits, attribution=attribution, notes=notes, ipc=ipc)
+                    hits=hits, attribution=attribution, notes=notes, ipc=ipc, request_counters=counters)

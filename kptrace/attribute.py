@@ -123,27 +123,19 @@ def attribute(chains: pl.LazyFrame, requests: pl.LazyFrame | None, load: pl.Lazy
 HARDWARE_COUNTERS = ("cycles", "instructions")
 
 
-def counter_iterations(events: pl.LazyFrame, requests: pl.LazyFrame) -> pl.LazyFrame:
-    """Epoll loop iterations between two counter reads on one CPU (perf reads them at each
-    epoll_wait return): their cycles and instructions, the requests that ended in them, and
-    whether any of those was disrupted. Empty when the trace has no hardware counters."""
-    reads = (
-        events.filter((pl.col("subsystem") == "counter") & pl.col("event").cast(pl.String).is_in(HARDWARE_COUNTERS))
-        .group_by("cpu", "ts")
-        .agg([pl.col("value").filter(pl.col("event") == name).sum().alias(name) for name in HARDWARE_COUNTERS])
-        .sort("cpu", "ts")
-        .with_columns(start=pl.col("ts").shift(1).over("cpu"))
-        .filter(pl.col("start").is_not_null())
-    )
-    ended = (
-        requests.select("cpu", "disrupted", end=pl.col("ts") + pl.col("dur")).sort("end")
-        .join_asof(reads.select("cpu", "ts").sort("ts"), left_on="end", right_on="ts", by="cpu",
-                   strategy="forward", check_sortedness=False)
-        .group_by("cpu", "ts")
-        .agg(requests=pl.len(), disrupted=pl.col("disrupted").any())
-    )
-    return reads.join(ended, on=["cpu", "ts"], how="left").with_columns(
-        requests=pl.col("requests").fill_null(0), disrupted=pl.col("disrupted").fill_null(False)
+def counter_iterations(per_request: pl.LazyFrame, requests: pl.LazyFrame) -> pl.LazyFrame:
+    """Epoll loop iterations that served requests (kptrace.requests.request_counters): their
+    cycles and instructions, how many requests they served, and whether any was disrupted."""
+    return (
+        per_request.filter(pl.col("counter").is_in(HARDWARE_COUNTERS))
+        .join(requests.select("request_id", "disrupted"), on="request_id")
+        .group_by("cpu", "iteration_ts")
+        .agg(
+            *[pl.col("iteration_delta").filter(pl.col("counter") == name).first().alias(name)
+              for name in HARDWARE_COUNTERS],
+            requests=pl.col("iteration_requests").first(),
+            disrupted=pl.col("disrupted").any(),
+        )
     )
 
 

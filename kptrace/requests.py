@@ -181,3 +181,25 @@ def build_requests(intervals: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]
         .select([pl.col(c).cast(t) for c, t in REQUEST_SCHEMA.items()])
     )
     return requests, hits
+
+
+def request_counters(events: pl.LazyFrame, requests: pl.LazyFrame) -> pl.LazyFrame:
+    """Counter deltas for each request, where perf read counters at epoll_wait returns: the
+    delta of the loop iteration the request ended in (request_id, cpu, iteration_ts — the read
+    that closed the iteration —, counter, iteration_delta, iteration_requests). Iterations that
+    served several requests share one delta among them."""
+    reads = (
+        events.filter(pl.col("subsystem") == "counter")
+        .select("cpu", "ts", counter=pl.col("event").cast(pl.String), iteration_delta="value")
+    )
+    closes = reads.select("cpu", "ts").unique().sort("ts")
+    ended = (
+        requests.select("request_id", "cpu", end=pl.col("ts") + pl.col("dur")).sort("end")
+        .join_asof(closes, left_on="end", right_on="ts", by="cpu", strategy="forward", check_sortedness=False)
+        .drop_nulls("ts")
+        .with_columns(iteration_requests=pl.len().over("cpu", "ts"))
+    )
+    return ended.join(reads, on=["cpu", "ts"]).select(
+        "request_id", "cpu", iteration_ts="ts", counter="counter", iteration_delta="iteration_delta",
+        iteration_requests=pl.col("iteration_requests").cast(pl.UInt32),
+    ).sort("request_id", "counter")

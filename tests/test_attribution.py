@@ -173,3 +173,14 @@ def test_requests_count_their_preemptions_and_migrations(same_core):
     assert switched.height > 0
     assert (switched["offcpu_ns"] > 0).all() and (requests.filter(pl.col("n_offcpu") == 0)["offcpu_ns"] == 0).all()
     assert not requests["migrated"].any()
+
+
+def test_each_request_carries_the_counter_deltas_of_its_loop_iteration(same_core):
+    counters = same_core.request_counters
+    assert set(counters["counter"].unique()) == {"task-clock", "msr/tsc/"}
+    per_request = counters.group_by("request_id").len()
+    assert per_request.height >= 0.99 * same_core.requests.height and (per_request["len"] == 2).all()
+    assert (counters["iteration_delta"] > 0).all()
+    shared = counters.group_by("cpu", "iteration_ts", "counter").agg(
+        n=pl.len(), deltas=pl.col("iteration_delta").n_unique(), told=pl.col("iteration_requests").first())
+    assert (shared["deltas"] == 1).all() and (shared["n"] == shared["told"]).all()
