@@ -45,7 +45,7 @@ def _finish(frame: pl.LazyFrame, kind: str) -> pl.LazyFrame:
     )
 
 
-def _pair_next(stream: pl.LazyFrame, by: str, name_match: bool = True) -> pl.LazyFrame:
+def _pair_next(stream: pl.LazyFrame, by: str) -> pl.LazyFrame:
     """Each entry (edge +1) with the next edge in its stream; complete when that is its exit."""
     stream = stream.with_columns(
         next_edge=pl.col("edge").shift(-1).over(by),
@@ -53,7 +53,7 @@ def _pair_next(stream: pl.LazyFrame, by: str, name_match: bool = True) -> pl.Laz
         next_ts=pl.col("ts").shift(-1).over(by),
         next_ret=pl.col("ret").shift(-1).over(by),
     )
-    complete = (pl.col("next_edge") == -1) & ((pl.col("next_name") == pl.col("name")) if name_match else True)
+    complete = (pl.col("next_edge") == -1) & (pl.col("next_name") == pl.col("name"))
     return stream.filter(pl.col("edge") == 1).with_columns(
         complete=complete.fill_null(False),
         dur=pl.when(complete).then(pl.col("next_ts") - pl.col("ts")),
