@@ -77,17 +77,6 @@ SOFTIRQ_NAMES: tuple[str, ...] = (
     "HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED", "HRTIMER", "RCU",
 )
 
-#: Every syscall whose enter/exit events kptrace types (fd, count, ret).
-TRACKED_SYSCALLS: tuple[str, ...] = (
-    "epoll_wait", "epoll_pwait", "epoll_pwait2", "read", "recvfrom", "recvmsg",
-    "sendmsg", "sendto", "write", "writev", "accept4",
-)
-
-
-def empty_events() -> pl.DataFrame:
-    """An event table with no rows but every column typed."""
-    return pl.DataFrame(schema=EVENT_SCHEMA)
-
 
 def conform(frame: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     """Add missing columns as nulls, cast every column to its schema type, order as the schema."""

@@ -6,15 +6,14 @@ from __future__ import annotations
 import polars as pl
 
 from kptrace.analysis import Analysis
-
-HARDWARE_COUNTERS = {"cycles", "instructions", "cpu-cycles"}
+from kptrace.attribute import HARDWARE_COUNTERS
 
 
 def counter_source(analysis: Analysis) -> str:
     """Which counters the trace carries: hardware PMU, software only, or none."""
     names = set(analysis.events.filter(pl.col("subsystem") == "counter")["event"].cast(pl.String).unique())
     recorded = ((analysis.meta.get("bundle") or {}).get("counters") or {}).get("source")
-    if names & HARDWARE_COUNTERS:
+    if names & set(HARDWARE_COUNTERS):
         return "hardware-pmu (cycles/instructions)"
     if names or recorded == "software-only":
         return "software-only (" + ", ".join(sorted(names)) + "): no IPC; indirect costs measured in time"
