@@ -1,4 +1,5 @@
-"""The stages in order, from an input path to every table `kptrace analyze` reports."""
+"""The stages in order, to every table `kptrace analyze` reports: from an input path (analyze), an
+event table (analyze_events) or an interval table (analyze_intervals)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ INTERRUPT_HINT = "record irq:* and irq_vectors:* (kptrace record does by default
 
 @dataclass
 class Analysis:
-    """Every table of one analysis; `requests` and `hits` are None when the trace cannot give them."""
+    """Every table of one analysis; `requests` and `hits` are None when the trace cannot give them,
+    `events` when the analysis started from intervals."""
 
     meta: dict
-    events: pl.DataFrame
+    events: pl.DataFrame | None
     intervals: pl.DataFrame
     disruptions: pl.DataFrame
     requests: pl.DataFrame | None
@@ -38,8 +40,9 @@ class Analysis:
     request_counters: pl.DataFrame | None = None
 
     def tables(self) -> dict[str, pl.DataFrame]:
-        tables = {"events": self.events, "intervals": self.intervals, "disruptions": self.disruptions,
-                  "attribution": self.attribution}
+        tables = {"intervals": self.intervals, "disruptions": self.disruptions, "attribution": self.attribution}
+        if self.events is not None:
+            tables = {"events": self.events} | tables
         if self.requests is not None:
             tables |= {"requests": self.requests, "request_hits": self.hits}
         if self.request_counters is not None:
@@ -49,26 +52,59 @@ class Analysis:
         return tables
 
 
-def _missing_request_families(event_counts: dict) -> list[str]:
-    return [family for family, calls in REQUEST_FAMILIES.items()
-            if not any(f"sys_exit_{call}" in event_counts for call in calls)]
+def _missing_request_families(intervals: pl.DataFrame) -> list[str]:
+    calls = set(intervals.filter(pl.col("kind") == "syscall")["name"].unique().to_list())
+    return [family for family, names in REQUEST_FAMILIES.items() if not calls & set(names)]
+
+
+def frame_meta(table: pl.DataFrame, **known) -> dict:
+    """The meta an analysis needs, for an event or interval table handed in by a library caller
+    rather than read from a file (`known` overrides any key, e.g. duration_s)."""
+    end = pl.col("ts") + pl.col("dur").fill_null(0) if "dur" in table.columns else pl.col("ts")
+    start_ns, end_ns = (table.select(pl.col("ts").min(), end.max()).row(0) if table.height else (0, 0))
+    is_events = "event" in table.columns
+    counts = (dict(sorted(table.group_by(pl.col("event").cast(pl.String)).len().iter_rows()))
+              if is_events else {})
+    return {
+        "source_format": "event table" if is_events else "interval table", "files": [],
+        "clock": "unknown (handed in as a table)", "ts_resolution_ns": None,
+        "start_ns": start_ns, "end_ns": end_ns, "duration_s": (end_ns - start_ns) / 1e9,
+        "event_count": table.height if is_events else 0, "event_counts": counts,
+        "per_cpu": [{"cpu": cpu, "lost_events": None} for cpu in sorted(table["cpu"].drop_nulls().unique())],
+        "warnings": [], **known,
+    }
 
 
 def analyze(path: str | Path, progress: Callable[[str], None] = lambda stage: None) -> Analysis:
-    """Read, normalize, rebuild intervals, requests and disruptions, and attribute costs;
+    """Read and normalize a trace file or bundle, then analyze its events (analyze_events);
     `progress` hears one line as each stage ends."""
     normalized = normalize(read_any(path))
-    meta, events = normalized.meta, normalized.events
-    progress(f"read {meta['event_count']:,} events ({meta['source_format']})")
+    progress(f"read {normalized.meta['event_count']:,} events ({normalized.meta['source_format']})")
+    return analyze_events(normalized.events, normalized.meta, progress)
+
+
+def analyze_events(events: pl.DataFrame, meta: dict | None = None,
+                   progress: Callable[[str], None] = lambda stage: None) -> Analysis:
+    """Analyze a typed event table (kptrace.schema): rebuild its intervals, then analyze_intervals.
+    `meta` describes the input (normalize's meta.json); without it, it is derived from the table."""
+    meta = meta if meta is not None else frame_meta(events)
+    return analyze_intervals(build_intervals(events.lazy()).collect(), meta, events, progress)
+
+
+def analyze_intervals(intervals: pl.DataFrame, meta: dict | None = None, events: pl.DataFrame | None = None,
+                      progress: Callable[[str], None] = lambda stage: None) -> Analysis:
+    """Disruptions, requests and attribution from an interval table (kptrace.intervals). Events
+    are optional: without them the analysis cannot check which interrupt events were recorded
+    nor read counters, and says so."""
+    meta = meta if meta is not None else frame_meta(intervals)
     notes = []
-    intervals = build_intervals(events.lazy()).collect()
     chains = disruptions(intervals.lazy()).collect()
     progress(f"rebuilt {intervals.height:,} intervals and {chains.height:,} interrupt chains")
     if incomplete := intervals.filter(~pl.col("complete")).height:
         notes.append(f"{incomplete:,} of {intervals.height:,} intervals lack their entry or exit (trace edges, "
                      "lost events or a damaged trace): kept as incomplete, without a duration")
     requests = hits = None
-    if missing := _missing_request_families(meta["event_counts"]):
+    if missing := _missing_request_families(intervals):
         notes.append(f"no per-request view: this trace has no syscall events for {' or '.join(missing)}; "
                      + REQUEST_HINT)
     else:
@@ -79,20 +115,29 @@ def analyze(path: str | Path, progress: Callable[[str], None] = lambda stage: No
                          "epoll_wait calls (kptrace's request model is an epoll server)")
             requests = hits = None
     progress(f"found {0 if requests is None else requests.height:,} requests")
-    # An event the recorder enabled that never fired is not missing.
-    enabled = {name.split(":")[-1] for name in ((meta.get("bundle") or {}).get("events") or {}).get("enabled", [])}
-    if missing_irq := INTERRUPT_EVENTS - set(meta["event_counts"]) - enabled:
-        notes.append(f"interrupt costs may be undercounted: no {', '.join(sorted(missing_irq))} events; "
-                     + INTERRUPT_HINT)
+    if events is None:
+        notes.append("analysed from an interval table without events: which interrupt events were recorded "
+                     "is not checked, and counters (IPC) are not read")
+    else:
+        notes += _event_coverage_notes(meta)
     load = None if requests is None else serving_load(intervals.lazy(), chains.lazy(), requests.lazy())
     attribution = attribute(chains.lazy(), None if requests is None else requests.lazy(), load, meta["duration_s"])
     ipc = counters = None
-    if requests is not None and (events["subsystem"] == "counter").any():
+    if events is not None and requests is not None and (events["subsystem"] == "counter").any():
         counters = request_counters(events.lazy(), requests.lazy()).collect()
     if counters is not None and all(name in meta["event_counts"] for name in HARDWARE_COUNTERS):
         ipc = ipc_decomposition(counter_iterations(counters.lazy(), requests.lazy()).collect())
-    elif requests is not None:
+    elif events is not None and requests is not None:
         notes.append("no IPC/IPQ decomposition: it needs cycles and instructions read at each epoll_wait return "
                      "(kptrace record does so where the CPU exposes a PMU; this trace has none)")
     return Analysis(meta=meta, events=events, intervals=intervals, disruptions=chains, requests=requests,
                     hits=hits, attribution=attribution, notes=notes, ipc=ipc, request_counters=counters)
+
+
+def _event_coverage_notes(meta: dict) -> list[str]:
+    """Interrupt events missing from the trace (an event the recorder enabled that never fired is
+    not missing)."""
+    enabled = {name.split(":")[-1] for name in ((meta.get("bundle") or {}).get("events") or {}).get("enabled", [])}
+    if missing := INTERRUPT_EVENTS - set(meta["event_counts"]) - enabled:
+        return [f"interrupt costs may be undercounted: no {', '.join(sorted(missing))} events; " + INTERRUPT_HINT]
+    return []

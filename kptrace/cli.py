@@ -64,10 +64,7 @@ def ingest(
 def _analyze_one(trace: Path, out: Path, quiet: bool) -> dict:
     """Analyze one input into `out`; return its summary. Stage progress goes to stderr."""
     from kptrace.analysis import analyze as run_analysis
-    from kptrace.export.parquet import write_tables
-    from kptrace.export.perfetto import write_timeline
-    from kptrace.export.report import write_report
-    from kptrace.summary import build_summary, counter_samples
+    from kptrace.export import write_all
 
     started = time.monotonic()
 
@@ -77,16 +74,12 @@ def _analyze_one(trace: Path, out: Path, quiet: bool) -> dict:
 
     analysis = run_analysis(trace, progress)
     _warn(analysis.meta)
-    summary = build_summary(analysis)
-    write_tables(out, analysis.tables(), analysis.meta)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    timeline = write_timeline(out / "timeline.perfetto-trace.gz", analysis.events, analysis.intervals,
-                              analysis.requests, counter_samples(analysis.events))
-    report = write_report(out / "report.html", analysis, summary)
-    progress(f"wrote tables, report and timeline ({sum(timeline['slices'].values()):,} slices)")
-    summary["outputs"] = {"directory": str(out), "summary": str(out / "summary.json"), "report": str(report),
-                          "timeline": str(timeline["path"]), "tables": sorted(analysis.tables())}
+    summary = write_all(analysis, out)
+    progress(f"wrote tables, report and timeline ({summary['outputs']['timeline_slices']:,} slices)")
     return summary
+
+
+COMPRESSED = (".gz", ".zst", ".xz")
 
 
 def _inputs(trace: Path) -> list[Path]:
@@ -94,6 +87,23 @@ def _inputs(trace: Path) -> list[Path]:
     if trace.is_dir() and not (trace / "manifest.json").exists():
         return sorted(p for p in trace.iterdir() if not p.name.startswith("."))
     return [trace]
+
+
+def _short_name(item: Path) -> str:
+    if item.is_dir():
+        return item.name
+    return Path(item.name.removesuffix(item.suffix) if item.suffix in COMPRESSED else item.name).stem
+
+
+def _output_dirs(inputs: list[Path], out: Path) -> dict[Path, Path]:
+    """Each input's own output folder: a file's name without its compression and format suffixes
+    (`a.1.txt.zst` -> `a.1`), a bundle's name, or the full name where that would collide (`a.txt`
+    beside `a.txt.zst`); a single input writes to `out` itself."""
+    if len(inputs) == 1:
+        return {inputs[0]: out}
+    short = {item: _short_name(item) for item in inputs}
+    taken = list(short.values())
+    return {item: out / (name if taken.count(name) == 1 else item.name) for item, name in short.items()}
 
 
 @app.command()
@@ -104,30 +114,37 @@ def analyze(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress lines on stderr")] = False,
 ) -> None:
     """Attribute interrupt costs per CPU and source; write Parquet tables, summary.json and a
-    Perfetto timeline. Exit 0 on success, 1 when an input cannot be used, 2 on bad usage."""
+    Perfetto timeline. A directory of inputs is analyzed entry by entry, each into its own folder
+    of OUT; when some fail, the others are still analyzed and the exit code is 1. Exit 0 on
+    success, 1 when an input cannot be used, 2 on bad usage."""
     from kptrace.summary import render_summary
 
     inputs = _inputs(trace)
     if not inputs:
         _fail(TraceError(trace, "empty directory: no bundle or trace file in it"))
-    summaries = {}
-    for item in inputs:
-        target = out if len(inputs) == 1 else out / item.name.split(".")[0]
+    summaries, failed = {}, []
+    for item, target in _output_dirs(inputs, out).items():
         try:
             summaries[str(item)] = _analyze_one(item, target, quiet or as_json)
         except TraceError as error:
-            _fail(error)
-    if as_json:
-        only = next(iter(summaries.values())) if len(summaries) == 1 else summaries
+            typer.echo(f"kptrace: error: {error}", err=True)
+            failed.append(item)
+    if as_json and summaries:
+        only = next(iter(summaries.values())) if len(inputs) == 1 else summaries
         typer.echo(json.dumps(only, indent=2, default=str))
-        return
-    for item, summary in summaries.items():
-        if len(summaries) > 1:
-            typer.echo(f"\n=== {item}")
-        typer.echo(render_summary(summary))
-        outputs = summary["outputs"]
-        typer.echo(f"\ntables: {outputs['directory']}/*.parquet, summary: {outputs['summary']}, "
-                   f"report: {outputs['report']}, timeline (open in ui.perfetto.dev): {outputs['timeline']}")
+    elif summaries:
+        for item, summary in summaries.items():
+            if len(inputs) > 1:
+                typer.echo(f"\n=== {item}")
+            typer.echo(render_summary(summary))
+            outputs = summary["outputs"]
+            typer.echo(f"\ntables: {outputs['directory']}/*.parquet, summary: {outputs['summary']}, "
+                       f"report: {outputs['report']}, timeline (open in ui.perfetto.dev): {outputs['timeline']}")
+    if failed:
+        if len(inputs) > 1:
+            typer.echo(f"kptrace: error: {len(failed)} of {len(inputs)} inputs could not be analyzed: "
+                       + ", ".join(item.name for item in failed), err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

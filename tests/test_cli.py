@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -13,25 +14,68 @@ import pytest
 from kptrace.simulate import Scenario, write_simulation
 
 KPTRACE = [sys.executable, "-m", "kptrace.cli"]
+SAMPLES = Path(__file__).parent.parent / "sample_traces"
 
 
 def run(*args):
     return subprocess.run([*KPTRACE, *map(str, args)], capture_output=True, text=True)
 
 
-def test_analyze_writes_every_table_the_summary_and_a_timeline(tmp_path):
+def _truth_sources(sim_dir) -> set[str]:
+    return set(json.loads((sim_dir / "truth.json").read_text())["sources"])
+
+
+def test_analyze_writes_every_table_as_the_library_computes_it(tmp_path):
+    """The Parquet tables read back equal the in-memory analysis; summary.json is its summary."""
+    from polars.testing import assert_frame_equal
+
+    from kptrace.analysis import analyze
+    from kptrace.summary import build_summary
+
     trace = write_simulation(tmp_path / "sim", Scenario(duration_s=0.2, seed=4))
     result = run("analyze", trace, "-o", tmp_path / "out")
     assert result.returncode == 0, result.stderr
-    for table in ("events", "intervals", "disruptions", "requests", "request_hits", "attribution"):
-        assert pl.read_parquet(tmp_path / "out" / f"{table}.parquet").height > 0, table
+    expected = analyze(trace)
+    for name, table in expected.tables().items():
+        assert_frame_equal(pl.read_parquet(tmp_path / "out" / f"{name}.parquet"), table, check_exact=True)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert {r["source"] for r in summary["attribution"]["rows"]} == {"sim-disk", "local_timer"}
+    assert summary == json.loads(json.dumps(build_summary(expected), default=str))
+    assert {r["source"] for r in summary["attribution"]["rows"]} == _truth_sources(tmp_path / "sim")
     assert (tmp_path / "out" / "timeline.perfetto-trace.gz").stat().st_size > 1000
     report = (tmp_path / "out" / "report.html").read_text()
-    assert "kptrace report" in report and "sim-disk" in report
-    assert "sim-disk" in result.stdout and "indirect µs estimated" in result.stdout
+    assert all(source in report for source in _truth_sources(tmp_path / "sim"))
+    assert all(source in result.stdout for source in _truth_sources(tmp_path / "sim"))
+    assert "indirect µs estimated" in result.stdout
     assert "read" in result.stderr and "requests" in result.stderr  # progress lines
+
+
+def test_library_callers_analyze_frames_and_write_the_same_outputs(tmp_path):
+    """analyze_events on the event table gives analyze()'s tables; analyze_intervals without
+    events gives the same attribution and says what it could not check; write_all writes what
+    the CLI writes."""
+    from polars.testing import assert_frame_equal
+
+    from kptrace.analysis import analyze, analyze_events, analyze_intervals
+    from kptrace.export import write_all
+
+    trace = write_simulation(tmp_path / "sim", Scenario(duration_s=0.2, seed=4))
+    from_path = analyze(trace)
+    from_events = analyze_events(from_path.events, from_path.meta)
+    for name, table in from_path.tables().items():
+        assert_frame_equal(from_events.tables()[name], table, check_exact=True)
+    from_intervals = analyze_intervals(from_path.intervals)
+    assert from_intervals.events is None and "events" not in from_intervals.tables()
+    assert any("without events" in note for note in from_intervals.notes)
+    assert_frame_equal(from_intervals.requests, from_path.requests, check_exact=True)
+    own = from_intervals.attribution.select("cpu", "source", "count", "direct_per_irq_ns", "indirect_per_irq_ns")
+    assert_frame_equal(own, from_path.attribution.select(own.columns), check_exact=True)
+    summary = write_all(from_events, tmp_path / "lib")
+    assert sorted(summary["outputs"]["tables"]) == sorted(from_path.tables())
+    assert_frame_equal(pl.read_parquet(tmp_path / "lib" / "requests.parquet"), from_path.requests)
+    assert (tmp_path / "lib" / "report.html").exists() and (tmp_path / "lib" / "timeline.perfetto-trace.gz").exists()
+    write_all(from_intervals, tmp_path / "intervals-only")
+    assert not (tmp_path / "intervals-only" / "events.parquet").exists()
+    assert (tmp_path / "intervals-only" / "attribution.parquet").exists()
 
 
 def test_json_summary_carries_units_and_provenance(tmp_path):
@@ -44,16 +88,81 @@ def test_json_summary_carries_units_and_provenance(tmp_path):
     assert result.stderr == ""  # no progress lines mixed into machine output
 
 
-def test_a_directory_of_inputs_is_analyzed_entry_by_entry(tmp_path):
+def test_a_directory_of_inputs_is_analyzed_each_into_its_own_folder(tmp_path):
+    """Names that shorten alike (`a.txt` and `a.txt.zst`) keep their full names; every folder
+    holds the analysis of its own input."""
+    import zstandard
+    from polars.testing import assert_frame_equal
+
+    from kptrace.analysis import analyze
+
     inputs = tmp_path / "inputs"
-    for seed in (1, 2):
-        write_simulation(tmp_path / f"s{seed}", Scenario(duration_s=0.1, seed=seed))
-        inputs.mkdir(exist_ok=True)
-        (tmp_path / f"s{seed}" / "trace.txt").rename(inputs / f"run{seed}.txt")
+    inputs.mkdir()
+    names = {1: "a.1.txt", 2: "a.2.txt", 3: "a.txt", 4: "a.txt.zst"}
+    for seed, name in names.items():
+        text = write_simulation(tmp_path / f"s{seed}", Scenario(duration_s=0.05, seed=seed)).read_bytes()
+        (inputs / name).write_bytes(zstandard.compress(text) if name.endswith(".zst") else text)
     result = run("analyze", inputs, "-o", tmp_path / "out", "--json")
     assert result.returncode == 0, result.stderr
-    assert set(json.loads(result.stdout)) == {str(inputs / "run1.txt"), str(inputs / "run2.txt")}
-    assert (tmp_path / "out" / "run1" / "attribution.parquet").exists()
+    summaries = json.loads(result.stdout)
+    assert set(summaries) == {str(inputs / name) for name in names.values()}
+    folders = {"a.1.txt": "a.1", "a.2.txt": "a.2", "a.txt": "a.txt", "a.txt.zst": "a.txt.zst"}
+    for seed, name in names.items():
+        out = tmp_path / "out" / folders[name]
+        assert summaries[str(inputs / name)]["outputs"]["directory"] == str(out)
+        expected = analyze(tmp_path / f"s{seed}" / "trace.txt").requests
+        assert_frame_equal(pl.read_parquet(out / "requests.parquet"), expected, check_exact=True)
+
+
+def test_a_failing_entry_does_not_stop_the_others(tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_simulation(tmp_path / "sim", Scenario(duration_s=0.05, seed=1)).rename(inputs / "good.txt")
+    (inputs / "broken.txt").write_text("")
+    result = run("analyze", inputs, "-o", tmp_path / "out", "-q")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("kptrace: error:")]
+    assert len(errors) == 2 and "broken.txt" in errors[0] and "1 of 2 inputs" in errors[1]
+    assert "good.txt" in result.stdout and (tmp_path / "out" / "good" / "attribution.parquet").exists()
+    assert not (tmp_path / "out" / "broken").exists()
+
+
+def test_simulate_from_the_command_line_writes_a_trace_analyze_reads(tmp_path):
+    for fmt in ("tracefs", "trace-cmd", "perf"):
+        result = run("simulate", "-o", tmp_path / fmt, "--format", fmt, "--duration", "0.05", "--seed", "2")
+        assert result.returncode == 0, result.stderr
+        truth = json.loads((tmp_path / fmt / "truth.json").read_text())
+        analyzed = json.loads(run("analyze", tmp_path / fmt / "trace.txt", "-o", tmp_path / f"{fmt}-out",
+                                  "--json").stdout)
+        assert {r["source"] for r in analyzed["attribution"]["rows"]} == set(truth["sources"]), fmt
+    texts = {fmt: (tmp_path / fmt / "trace.txt").read_text() for fmt in ("tracefs", "trace-cmd", "perf")}
+    assert texts["trace-cmd"].startswith("cpus=") and "# tracer: nop" in texts["tracefs"]
+    assert " cycles: " in texts["perf"]
+
+
+def test_perf_input_gives_the_ipc_tables(tmp_path):
+    run("simulate", "-o", tmp_path / "sim", "--format", "perf", "--duration", "0.2", "--seed", "3")
+    result = run("analyze", tmp_path / "sim" / "trace.txt", "-o", tmp_path / "out", "-q")
+    assert result.returncode == 0, result.stderr
+    ipc = pl.read_parquet(tmp_path / "out" / "ipc.parquet")
+    assert set(ipc["group"]) == {"clean", "disrupted", "all"}
+    scenario = json.loads((tmp_path / "sim" / "truth.json").read_text())["scenario"]
+    clean = ipc.filter(pl.col("group") == "clean").row(0, named=True)
+    assert clean["ipc"] == pytest.approx(scenario["ipc_clean"], rel=0.01)
+    counters = pl.read_parquet(tmp_path / "out" / "request_counters.parquet")
+    assert set(counters["counter"]) == {"cycles", "instructions"}
+    assert "IPC" in result.stdout
+
+
+def test_analyze_of_a_bundle_reads_its_manifest_and_counters(tmp_path):
+    result = run("analyze", SAMPLES / "memcached-baseline", "-o", tmp_path / "out", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["input"]["format"].startswith("kptrace-bundle")
+    assert summary["input"]["counters"].startswith("software-only")
+    rows = pl.read_parquet(tmp_path / "out" / "attribution.parquet")
+    assert rows.height == len(summary["attribution"]["rows"])
+    assert set(pl.read_parquet(tmp_path / "out" / "request_counters.parquet")["counter"]) == {"task-clock", "msr/tsc/"}
 
 
 def test_unusable_input_exits_1_with_one_line(tmp_path):
