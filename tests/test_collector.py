@@ -149,12 +149,13 @@ def wait_for_instance(timeout: float = 10.0) -> str:
     while time.time() < deadline:
         if tracefs_mounted():
             inst = [i for i in os.listdir(f"{TRACEFS}/instances") if i.startswith("kptrace-")]
-            if inst:
-                # wait until tracing is on (setup finished)
-                if _read(f"{TRACEFS}/instances/{inst[0]}/tracing_on") == "1\n":
-                    return inst[0]
+            # A new instance starts with tracing on; the collector turns it off, enables its events,
+            # and turns it on again only once it is recording: wait for both.
+            if inst and (_read(f"{TRACEFS}/instances/{inst[0]}/events/sched/sched_switch/enable") == "1\n"
+                         and _read(f"{TRACEFS}/instances/{inst[0]}/tracing_on") == "1\n"):
+                return inst[0]
         time.sleep(0.05)
-    raise AssertionError("recorder instance never appeared")
+    raise AssertionError("the recorder never started recording")
 
 
 def record(out: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -302,9 +303,10 @@ def test_live_recording_counts_task_clock_on_every_cpu(short_bundle):
     assert "task-clock" in man["counters"]["perf_stat_events"]
     per_cpu = task_clock_msec_per_cpu((short_bundle / man["files"]["perf_stat"]).read_text())
     assert sorted(per_cpu) == [f"CPU{cpu}" for cpu in range(os.cpu_count())]
-    # 100 ms intervals over a recording of about a second: several per CPU, never above the interval.
-    assert all(len(values) >= 3 for values in per_cpu.values()), per_cpu
-    assert all(0 < value <= 150 for values in per_cpu.values() for value in values), per_cpu
+    # perf stat counts each CPU from before the recording starts until after it stops, in 100 ms
+    # intervals (longer ones when the machine is loaded): together they cover the whole recording.
+    assert all(value > 0 for values in per_cpu.values() for value in values), per_cpu
+    assert all(sum(values) >= 0.9 * 1000 * man["duration_s"] for values in per_cpu.values()), (man["duration_s"], per_cpu)
 
 
 def test_pid_filter_only_on_syscalls(tmp_path):
