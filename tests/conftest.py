@@ -1,4 +1,8 @@
-"""Shared fixtures. Tests that need root and tracefs skip on a laptop but fail in CI (CI set)."""
+"""Shared fixtures. Tests that need root, tracefs or tools skip on a laptop but fail in CI (CI set).
+
+In CI no test may skip at all: a plain `pytest.skip` that bypasses `unavailable` is turned into
+a failure too, so that a run cannot pass by leaving tests out.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,28 @@ def unavailable(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"CI must run this test, but: {reason}")
     pytest.skip(reason)
+
+
+def _fail_skips_in_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Turn a skip (not an expected failure) into a failure when CI is set."""
+    if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"CI runs every test, but this one skipped: {reason}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    _fail_skips_in_ci(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    report = yield
+    _fail_skips_in_ci(report)
+    return report
 
 
 def require_tools(*tools: str) -> None:

@@ -19,5 +19,15 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "tests/run.sh: not installing ${need[*]} (needs root and apt-get); tests that use them will skip" >&2
   fi
 fi
-python3 -m pip install -q -e '.[test]' 2>&1 | grep -v -e '^WARNING: Running pip as' -e 'is ignored: it is neither' || true
+# pip's status decides, not grep's: grep exits 1 when it filters out every line, so the two are
+# kept apart. Only pip's harmless notes (running as root; a stray folder on sys.path) are hidden.
+show_pip_log() {
+  [ -z "$1" ] || printf '%s\n' "$1" | grep -Ev '^WARNING: Running pip as|is ignored: it is neither' >&2 || true
+}
+if ! install_log=$(python3 -m pip install -q -e '.[test]' 2>&1); then
+  show_pip_log "$install_log"
+  echo "tests/run.sh: pip install -e '.[test]' failed; not running the tests" >&2
+  exit 1
+fi
+show_pip_log "$install_log"
 exec python3 -m pytest -q -rs "$@"

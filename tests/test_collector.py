@@ -22,6 +22,9 @@ from pathlib import Path
 
 import pytest
 
+import kptrace
+from conftest import unavailable
+
 REPO = Path(__file__).resolve().parents[1]
 RECORD = REPO / "collectors" / "kptrace-record"
 TRACEFS = "/sys/kernel/tracing"
@@ -42,12 +45,6 @@ GLOBAL_FILES = ["tracing_on", "set_event", "current_tracer", "buffer_size_kb", "
 
 
 # ----------------------------------------------------------------- helpers
-def _unavailable(why: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run the collector tests, but: {why}")
-    pytest.skip(why)
-
-
 def tracefs_mounted(mounts: str = "/proc/self/mounts") -> bool:
     with open(mounts) as f:
         return any(line.split()[1:3] == [TRACEFS, "tracefs"] for line in f if len(line.split()) > 2)
@@ -55,19 +52,19 @@ def tracefs_mounted(mounts: str = "/proc/self/mounts") -> bool:
 
 def require_root_tracefs() -> None:
     if os.geteuid() != 0:
-        _unavailable("needs root")
+        unavailable("needs root")
     if not RECORD.exists():
-        _unavailable(f"{RECORD} missing")
+        unavailable(f"{RECORD} missing")
     if tracefs_mounted():
         return
     with open("/proc/filesystems") as f:
         if "tracefs" not in f.read():
-            _unavailable("kernel has no tracefs")
+            unavailable("kernel has no tracefs")
     # mountable? try it in a private mount namespace so nothing global changes
     r = subprocess.run(["unshare", "-m", "--propagation", "private", "mount", "-t", "tracefs",
                         "nodev", TRACEFS], capture_output=True, text=True)
     if r.returncode != 0:
-        _unavailable(f"tracefs cannot be mounted: {r.stderr.strip()}")
+        unavailable(f"tracefs cannot be mounted: {r.stderr.strip()}")
 
 
 LOCK = "/run/kptrace-record.lock"
@@ -152,12 +149,13 @@ def wait_for_instance(timeout: float = 10.0) -> str:
     while time.time() < deadline:
         if tracefs_mounted():
             inst = [i for i in os.listdir(f"{TRACEFS}/instances") if i.startswith("kptrace-")]
-            if inst:
-                # wait until tracing is on (setup finished)
-                if _read(f"{TRACEFS}/instances/{inst[0]}/tracing_on") == "1\n":
-                    return inst[0]
+            # A new instance starts with tracing on; the collector turns it off, enables its events,
+            # and turns it on again only once it is recording: wait for both.
+            if inst and (_read(f"{TRACEFS}/instances/{inst[0]}/events/sched/sched_switch/enable") == "1\n"
+                         and _read(f"{TRACEFS}/instances/{inst[0]}/tracing_on") == "1\n"):
+                return inst[0]
         time.sleep(0.05)
-    raise AssertionError("recorder instance never appeared")
+    raise AssertionError("the recorder never started recording")
 
 
 def record(out: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -263,20 +261,52 @@ def test_short_recording_bundle(short_bundle):
     assert not our_processes(str(out))
 
 
-def test_bundle_readable_by_kptrace(short_bundle):
-    """Only this check depends on the analysis package; it skips when that is absent."""
-    try:
-        import kptrace
-    except Exception as e:  # package not there (yet)
-        pytest.skip(f"kptrace not importable: {e}")
-    load = getattr(kptrace, "load", None)
-    if load is None:
-        pytest.skip("kptrace.load not implemented yet")
-    data = load(short_bundle)
-    events = getattr(data, "events", data)
-    if hasattr(events, "collect"):
-        events = events.collect()
-    assert len(events) > 0
+def test_bundle_loads_with_one_row_per_recorded_event_line(short_bundle):
+    """kptrace.load reads every event line of a live bundle's trace (counted here by name in the text)."""
+    man = json.loads((short_bundle / "manifest.json").read_text())
+    text = decompress(short_bundle / man["files"]["trace"])
+    events = kptrace.load(short_bundle).events.collect()
+    for name in ("sched_switch", "softirq_entry", "local_timer_entry"):
+        in_text = sum(1 for line in text.splitlines() if not line.startswith("#") and f" {name}:" in line)
+        assert in_text > 0, name
+        assert events.filter(events["event"].cast(str) == name).height == in_text, name
+
+
+def perf_counts(event: str) -> bool:
+    """Whether perf counts `event` on this machine: the collector's own probe, `perf stat -e EVENT true`."""
+    if shutil.which("perf") is None:
+        return False
+    probe = subprocess.run(["perf", "stat", "-x,", "-e", event, "true"], capture_output=True, text=True)
+    return probe.returncode == 0 and "<not supported>" not in probe.stderr and "<not counted>" not in probe.stderr
+
+
+def require_perf_task_clock() -> None:
+    if not perf_counts("task-clock"):
+        unavailable("perf cannot count task-clock here (`perf stat -e task-clock true` fails)")
+
+
+def task_clock_msec_per_cpu(perf_stat_csv: str) -> dict[str, list[float]]:
+    """task-clock values of `perf stat -A -I 100 -x,` (time,CPU,value,unit,event,...), per CPU."""
+    per_cpu: dict[str, list[float]] = {}
+    for line in perf_stat_csv.splitlines():
+        fields = line.strip().split(",")
+        if len(fields) > 4 and fields[4] == "task-clock":
+            per_cpu.setdefault(fields[1], []).append(float(fields[2]))
+    return per_cpu
+
+
+def test_live_recording_counts_task_clock_on_every_cpu(short_bundle):
+    """Where perf counts task-clock, a live bundle must carry perf-stat.csv with it for each CPU."""
+    require_perf_task_clock()
+    man = json.loads((short_bundle / "manifest.json").read_text())
+    assert man["files"]["perf_stat"], man["not_recorded"]
+    assert "task-clock" in man["counters"]["perf_stat_events"]
+    per_cpu = task_clock_msec_per_cpu((short_bundle / man["files"]["perf_stat"]).read_text())
+    assert sorted(per_cpu) == [f"CPU{cpu}" for cpu in range(os.cpu_count())]
+    # perf stat counts each CPU from before the recording starts until after it stops, in 100 ms
+    # intervals (longer ones when the machine is loaded): together they cover the whole recording.
+    assert all(value > 0 for values in per_cpu.values() for value in values), per_cpu
+    assert all(sum(values) >= 0.9 * 1000 * man["duration_s"] for values in per_cpu.values()), (man["duration_s"], per_cpu)
 
 
 def test_pid_filter_only_on_syscalls(tmp_path):
@@ -400,7 +430,7 @@ def test_not_root_one_line_error(tmp_path):
     elif shutil.which("su"):
         cmd = None
     else:
-        pytest.skip("neither setpriv nor su")
+        unavailable("needs setpriv or su to run the collector as nobody")
     out = "/tmp/kptrace-nobody-bundle-should-not-exist"
     if cmd:
         r = subprocess.run(cmd + [str(RECORD), "-o", out, "--duration", "1"],
@@ -445,7 +475,7 @@ def test_kptrace_record_traces_a_memcached_run_in_one_command(tmp_path):
     """`kptrace record -- LOAD` records a bundle while the load runs; `kptrace ingest` reads it."""
     for tool in ("memcached", "memcaslap"):
         if shutil.which(tool) is None:
-            _unavailable(f"needs {tool}")
+            unavailable(f"needs {tool}")
     before = tracefs_state()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -468,3 +498,19 @@ def test_kptrace_record_traces_a_memcached_run_in_one_command(tmp_path):
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert meta["source_format"].startswith("kptrace-bundle")
     assert meta["event_counts"]["sys_exit_sendmsg"] >= 2000  # every answer memcached sent
+    if perf_counts("task-clock"):
+        assert_epoll_exits_carry_counter_samples(tmp_path / "b", meta)
+
+
+def assert_epoll_exits_carry_counter_samples(bundle: Path, meta: dict) -> None:
+    """perf-counters holds, for every sampled epoll_wait exit, a line of its group's first counter
+    (task-clock without a PMU, cycles with one), and ingest turns them into counter rows."""
+    man = json.loads((bundle / "manifest.json").read_text())
+    assert man["files"]["perf_counters"], man["not_recorded"]
+    first_member = man["counters"]["sample_groups"][0].strip("{}:S").split(",")[1]
+    assert first_member in ("task-clock", "cycles")
+    text = decompress(bundle / man["files"]["perf_counters"])
+    exits = len(re.findall(r" syscalls:sys_exit_epoll_p?wait:", text))
+    samples = len(re.findall(rf" {re.escape(first_member)}:\s*$", text, flags=re.MULTILINE))
+    assert exits >= 100 and samples == exits, (exits, samples)
+    assert meta["event_counts"][first_member] == samples

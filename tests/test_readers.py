@@ -69,6 +69,35 @@ def test_tracefs_typed_fields_are_filled(tracefs_events):
     assert by_event["napi_poll"]["in_softirq"].all()
 
 
+@pytest.fixture(scope="module")
+def tracefs_text() -> str:
+    return zstandard.ZstdDecompressor().stream_reader(open(DATA / "tracefs.txt.zst", "rb")).read(64 << 20).decode()
+
+
+def printed(text: str, payload: str, convert) -> list[tuple]:
+    """(ts ns, cpu, *fields) of the lines whose payload matches `payload`, read with `re` alone."""
+    line = re.compile(r"\[(\d+)\] \S+\s+(\d+)\.(\d{6}): " + payload + "$", re.MULTILINE)
+    return sorted((int(sec) * 1_000_000_000 + int(usec) * 1000, int(cpu), *convert(fields))
+                  for cpu, sec, usec, *fields in line.findall(text))
+
+
+@pytest.mark.parametrize("event,payload,convert", [
+    ("irq_handler_entry", r"irq_handler_entry: irq=(\d+) name=(\S+)", lambda f: (int(f[0]), f[1])),
+    # ftrace prints a syscall argument below 10 in decimal, others in hex: `fd: 4`, `fd: 0x26`.
+    ("sys_enter_read", r"sys_read\(fd: (\w+), buf: \w+, count: (\w+)\)", lambda f: (int(f[0], 0), int(f[1], 0))),
+    ("sched_switch", r"sched_switch: prev_comm=.* prev_pid=(\d+) prev_prio=\d+ prev_state=(\S+) ==> "
+                     r"next_comm=(.*) next_pid=(\d+) next_prio=\d+", lambda f: (int(f[0]), f[1], f[2], int(f[3]))),
+])
+def test_typed_fields_hold_the_values_printed_in_the_text(tracefs_events, tracefs_text, event, payload, convert):
+    """Each typed value against the same line parsed independently (Python's `re`, not kptrace)."""
+    columns = {"irq_handler_entry": ["irq", "irq_name"], "sys_enter_read": ["fd", "count"],
+               "sched_switch": ["prev_pid", "prev_state", "next_comm", "next_pid"]}[event]
+    expected = printed(tracefs_text, payload, convert)
+    rows = tracefs_events.filter(pl.col("event") == event).select("ts", "cpu", *columns)
+    assert len(expected) >= 20  # the recording has 24 hard IRQs, thousands of the others
+    assert sorted(rows.iter_rows()) == expected
+
+
 def test_trace_cmd_report_of_the_same_buffer_gives_identical_rows(tracefs_events):
     report = events("tracecmd.txt.zst")
     diff = differences(tracefs_events, report, SHARED)
@@ -90,7 +119,7 @@ def test_trace_cmd_nanosecond_report_rounds_to_the_tracefs_microseconds(tracefs_
     assert set(differences(tracefs_events, rounded, SHARED)) <= {"prev_state"}
 
 
-def test_ingest_meta_counts_agree_across_the_three_formats(tmp_path):
+def test_ingest_meta_counts_agree_across_the_three_formats(tmp_path, tracefs_events):
     metas = {}
     for name in ("tracefs.txt.zst", "tracecmd.txt.zst", "perf.txt.zst"):
         out = tmp_path / name
@@ -98,6 +127,8 @@ def test_ingest_meta_counts_agree_across_the_three_formats(tmp_path):
                        capture_output=True)
         metas[name] = kptrace.load(out).meta
     assert metas["tracefs.txt.zst"]["event_counts"] == metas["tracecmd.txt.zst"]["event_counts"]
+    # ...and they are the counts of the rows themselves, not merely equal to each other.
+    assert metas["tracefs.txt.zst"]["event_counts"] == dict(tracefs_events.group_by("event").len().iter_rows())
     assert metas["tracefs.txt.zst"]["ts_resolution_ns"] == 1000
     assert metas["perf.txt.zst"]["source_format"] == "perf"
 
@@ -138,7 +169,11 @@ def test_perf_counter_samples_become_counter_rows():
     frame = events("perf-counters.txt.zst")
     counters = frame.filter(pl.col("subsystem") == "counter")
     assert set(counters["event"].unique()) == {"task-clock", "msr/tsc/", "context-switches"}
-    assert counters["value"].null_count() == 0 and (counters["value"] >= 0).all()
+    # Each value is the one perf printed before the counter's name (read here with `re` alone).
+    text = zstandard.ZstdDecompressor().stream_reader(open(DATA / "perf-counters.txt.zst", "rb")).read(64 << 20).decode()
+    for name in ("task-clock", "msr/tsc/", "context-switches"):
+        printed = sorted(int(v) for v in re.findall(rf"^.*?: +(\d+) +{re.escape(name)}:", text, re.MULTILINE))
+        assert sorted(counters.filter(pl.col("event") == name)["value"].to_list()) == printed, name
     anchors = frame.filter(pl.col("event") == "sys_exit_epoll_wait").select("ts", "cpu", "tid")
     # perf prints no line for a member whose delta is 0 (context-switches often is).
     per_anchor = counters.group_by("ts", "cpu", "tid").agg(pl.col("event").sort())
@@ -160,7 +195,9 @@ def test_compressed_inputs_read_as_the_plain_text(tmp_path, sample_text, suffix,
     plain.write_text(sample_text)
     packed = tmp_path / f"trace{suffix}"
     packed.write_bytes(pack(sample_text.encode()))
-    assert kptrace.load(packed).events.collect().equals(kptrace.load(plain).events.collect())
+    read_plain = kptrace.load(plain).events.collect()
+    assert read_plain.height == sum(1 for line in sample_text.splitlines() if not line.startswith("#"))
+    assert kptrace.load(packed).events.collect().equals(read_plain)
 
 
 def test_tracefs_without_header_flags_or_tgid_gives_the_same_events(tmp_path, sample_text):
@@ -171,6 +208,7 @@ def test_tracefs_without_header_flags_or_tgid_gives_the_same_events(tmp_path, sa
     (tmp_path / "bare.txt").write_text(bare)
     full = kptrace.load(_write(tmp_path / "full.txt", sample_text)).events.collect()
     stripped = kptrace.load(tmp_path / "bare.txt").events.collect()
+    assert full.height == bare.count("\n") > 4000
     assert stripped["tgid"].null_count() == stripped.height and stripped["irqs_off"].null_count() == stripped.height
     assert stripped.select(SHARED).equals(full.select(SHARED))
 
