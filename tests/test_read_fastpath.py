@@ -211,12 +211,10 @@ def test_any_text_is_split_into_lines_like_str_split(text):
     assert_lines_as_str_split(text)
 
 
-@pytest.mark.xfail(strict=True, reason="the CSV reader drops a leading byte-order mark; "
-                                       "the str.split fallback (text with CR or NUL) keeps it")
 def test_a_leading_byte_order_mark_is_read_alike_by_both_ways_of_splitting():
     csv_read = lines.lines_frame("\ufeffa\nb\n").collect()["line"][0]
     split_read = lines.lines_frame("\ufeffa\r\nb\n").collect()["line"][0]
-    assert csv_read == split_read
+    assert csv_read == split_read == "a"
 
 
 def test_real_recording_lines_are_read_verbatim(real_lines):

@@ -68,8 +68,10 @@ def lines_frame(text: str) -> pl.LazyFrame:
     Polars' CSV reader, told that a line is one unquoted field (the separator is NUL), hands
     lines back verbatim; it splits several times faster than `str.split`, with a third of the
     memory. Text holding a NUL or a carriage return is split by `str.split` instead: the CSV
-    reader would take a NUL for a separator and drop a carriage return before a newline.
+    reader would take a NUL for a separator and drop a carriage return before a newline. A
+    leading byte-order mark is not part of the first line (the CSV reader drops it; so do we).
     """
+    text = text.removeprefix("\ufeff")
     if not text or "\x00" in text or "\r" in text:
         return _split_lines(text)
     lines = pl.read_csv(text.encode(), has_header=False, separator="\x00", quote_char=None,
