@@ -127,3 +127,54 @@ def _written_cases() -> list:
 def test_written_columns_and_types_equal_the_declaration(written, source, table):
     schema = pl.read_parquet_schema(written[source] / f"{table}.parquet")
     assert list(schema.items()) == list(tables.polars_schema(table).items())
+
+
+@pytest.fixture(scope="module")
+def simulated_summary(tmp_path_factory) -> dict:
+    from kptrace.summary import build_summary
+
+    trace = write_simulation(tmp_path_factory.mktemp("summary"), Scenario(duration_s=0.2, seed=4), fmt="perf")
+    return build_summary(analyze(trace))
+
+
+def test_summary_json_units_and_provenance_are_the_declarations_of_the_columns_it_holds(simulated_summary):
+    for name in ("attribution", "ipc"):
+        section = simulated_summary[name]
+        present = list(section["rows"][0])
+        assert list(section["provenance"]) == present
+        assert section["provenance"] == {c: tables.column(name, c).provenance for c in present}
+        assert section["units"] == {c: tables.column(name, c).unit for c in present if tables.column(name, c).unit}
+    assert simulated_summary["attribution"]["provenance"]["capacity_loss"] == "modelled"
+    assert simulated_summary["attribution"]["units"]["direct_ci_ns"] == "ns/interrupt"
+
+
+def test_the_printed_legend_follows_the_declarations(simulated_summary, monkeypatch):
+    from dataclasses import replace
+
+    from kptrace.summary import render_summary
+
+    assert "lost % modelled" in render_summary(simulated_summary)
+    attribution = tables.TABLES["attribution"]
+    columns = tuple(replace(c, provenance="estimated") if c.name == "capacity_loss" else c
+                    for c in attribution.columns)
+    monkeypatch.setitem(tables.TABLES, "attribution", replace(attribution, columns=columns))
+    text = render_summary(simulated_summary)
+    assert "lost % estimated" in text and "lost % modelled" not in text
+
+
+def test_the_counter_source_is_a_structured_value(simulated_summary):
+    assert simulated_summary["input"]["counters"] == {"kind": "hardware-pmu", "names": ["cycles", "instructions"]}
+    from kptrace.summary import counters_text
+
+    assert counters_text(simulated_summary["input"]["counters"]) == "hardware-pmu (cycles, instructions): IPC measured"
+    assert counters_text({"kind": "none", "names": []}) == "none: no IPC; indirect costs measured in time"
+
+
+def test_plus_minus_is_the_one_figure_with_interval_format():
+    from kptrace.summary import plus_minus
+
+    assert plus_minus(10_540.0, 130.0, scale=1e3, digits=1) == "10.5±0.1"
+    assert plus_minus(0.2078, 0.0015, scale=0.01, digits=2) == "20.78±0.15"
+    assert plus_minus(1_234_567, None, digits=0) == "1,234,567"
+    assert plus_minus(5.0, float("nan")) == "5.0"
+    assert plus_minus(None, 1.0) == plus_minus(float("nan"), 1.0) == "–"
