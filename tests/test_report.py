@@ -26,7 +26,7 @@ from kptrace.analysis import analyze
 from kptrace.export import report
 from kptrace.export.report import write_report
 from kptrace.simulate import Scenario, write_simulation
-from kptrace.summary import build_summary
+from kptrace.summary import build_summary, plus_minus
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_traces" / "memcached-diskirq-same-core"
@@ -302,6 +302,11 @@ def test_units_and_provenance_in_the_report_come_from_the_table_declarations(sam
     summary = build_summary(sample_analysis)
     before = report.attribution_table(sample_analysis)
     assert "µs/IRQ ±95%, estimated" in before and "modelled" not in before
+    for row in sample_analysis.attribution.iter_rows(named=True):  # every row's figures, with their intervals
+        cells = [plus_minus(row["direct_per_irq_ns"], row["direct_ci_ns"], 1e3, 2),
+                 plus_minus(row["indirect_per_irq_ns"], row["indirect_ci_ns"], 1e3, 2),
+                 plus_minus(row["share_of_cpu"], row["share_of_cpu_ci"], 0.01, 3)]
+        assert "".join(f'<td class="num">{c}</td>' for c in cells) in before, row["source"]
     attribution = tables.TABLES["attribution"]
     columns = tuple(replace(c, provenance="modelled", meaning="a changed meaning") if c.name == "indirect_per_irq_ns"
                     else c for c in attribution.columns)
