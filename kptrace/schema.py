@@ -12,12 +12,26 @@ from dataclasses import dataclass
 import polars as pl
 
 
+#: Where a figure comes from: read off the trace, a statistic over measured rows (with its 95%
+#: interval), or a figure that assumes a model (named in its meaning).
+PROVENANCES = ("measured", "estimated", "modelled")
+
+
 @dataclass(frozen=True)
 class Column:
+    """One declared column: the contract readers of a table rely on (docs are generated from it).
+    `ci` names the column holding this one's 95% interval half-width, when it has one."""
+
     name: str
     dtype: pl.DataType
     unit: str
     meaning: str
+    provenance: str = "measured"
+    ci: str = ""
+
+    def __post_init__(self):
+        if self.provenance not in PROVENANCES:
+            raise ValueError(f"column {self.name}: provenance {self.provenance!r} is not one of {PROVENANCES}")
 
 
 EVENT_COLUMNS: tuple[Column, ...] = (

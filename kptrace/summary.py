@@ -3,21 +3,57 @@ requests fare clean versus disrupted. Every figure carries its unit and provenan
 
 from __future__ import annotations
 
+import math
+
 import polars as pl
 
+from kptrace import tables
 from kptrace.analysis import Analysis
 from kptrace.attribute import HARDWARE_COUNTERS
 
 
-def counter_source(analysis: Analysis) -> str:
-    """Which counters the trace carries: hardware PMU, software only, or none."""
-    names = set(analysis.events.filter(pl.col("subsystem") == "counter")["event"].cast(pl.String).unique())
+def counter_source(analysis: Analysis) -> dict:
+    """Which counters the trace carries, as {"kind": "hardware-pmu" | "software-only" | "none",
+    "names": [perf event names]}: the kind decides whether IPC can be measured."""
+    names = sorted(set(analysis.events.filter(pl.col("subsystem") == "counter")["event"].cast(pl.String).unique()))
     recorded = ((analysis.meta.get("bundle") or {}).get("counters") or {}).get("source")
-    if names & set(HARDWARE_COUNTERS):
-        return "hardware-pmu (cycles/instructions)"
-    if names or recorded == "software-only":
-        return "software-only (" + ", ".join(sorted(names)) + "): no IPC; indirect costs measured in time"
-    return "none: indirect costs measured in time"
+    if set(names) & set(HARDWARE_COUNTERS):
+        kind = "hardware-pmu"
+    elif names or recorded == "software-only":
+        kind = "software-only"
+    else:
+        kind = "none"
+    return {"kind": kind, "names": names}
+
+
+def counters_text(counters: dict) -> str:
+    """The counter source in words, for the terminal and the report."""
+    names = f" ({', '.join(counters['names'])})" if counters["names"] else ""
+    if counters["kind"] == "hardware-pmu":
+        return f"hardware-pmu{names}: IPC measured"
+    return f"{counters['kind']}{names}: no IPC; indirect costs measured in time"
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def plus_minus(value, ci, scale: float = 1.0, digits: int = 1) -> str:
+    """`value±ci`, both divided by `scale`: the one way kptrace prints a figure with its 95%
+    interval; `–` when there is no figure, the figure alone when it has no interval."""
+    if _missing(value):
+        return "–"
+    text = f"{value / scale:,.{digits}f}"
+    return text if _missing(ci) else f"{text}±{ci / scale:,.{digits}f}"
+
+
+def declared(table: str, rows: pl.DataFrame) -> dict:
+    """The rows of a table with the units and provenance (measured|estimated|modelled) of their
+    columns, taken from the table's declaration (kptrace.tables), for summary.json."""
+    cols = [c for c in tables.columns(table) if c.name in rows.columns]
+    return {"units": {c.name: c.unit for c in cols if c.unit},
+            "provenance": {c.name: c.provenance for c in cols},
+            "rows": rows.to_dicts()}
 
 
 def counter_samples(events: pl.DataFrame) -> pl.DataFrame:
@@ -56,33 +92,40 @@ def build_summary(analysis: Analysis) -> dict:
         },
         "notes": analysis.notes,
         "warnings": meta["warnings"],
-        "attribution": {
-            "units": {"rate_per_s": "interrupts/s", "*_ns": "ns per interrupt", "*_ci_ns": "95% interval half-width, ns",
-                      "share_of_cpu": "fraction of that CPU's time",
-                      "busy_share": "fraction of the window in which the CPU served requests that it was busy",
-                      "capacity_loss": "fraction of that busy time the source took: throughput lost while the CPU "
-                                       "was the bottleneck"},
-            "provenance": {"count, rate_per_s": "measured", "direct_*": "measured", "indirect_*": "estimated",
-                           "share_of_cpu": "estimated (rate x (direct + indirect))",
-                           "busy_share": "measured",
-                           "capacity_loss": "modelled ((direct + indirect) time in the serving window / busy time)"},
-            "rows": analysis.attribution.drop("direct_provenance", "indirect_provenance").to_dicts(),
-        },
-        "requests": {"provenance": "measured from syscall events; service time in µs", "by_disrupted": request_overview(analysis.requests)},
-        "ipc": None if analysis.ipc is None else {
-            "provenance": {"ipc, ipq": "measured: hardware counters read at each epoll_wait return",
-                           "gain_at_clean_ipc": "modelled: QPS = cores x clock x IPC / IPQ, IPC of clean iterations"},
-            "units": {"ipc": "instructions/cycle", "ipq": "instructions/request", "gain_at_clean_ipc": "fraction"},
-            "rows": analysis.ipc.to_dicts(),
-        },
+        "attribution": declared("attribution", analysis.attribution.drop("direct_provenance", "indirect_provenance")),
+        "requests": {"provenance": f"{tables.column('requests', 'dur').provenance} from syscall events; "
+                                   "service time in µs", "by_disrupted": request_overview(analysis.requests)},
+        "ipc": None if analysis.ipc is None else declared("ipc", analysis.ipc),
     }
 
 
-def _pm(value, ci, scale=1e3, digits=1) -> str:
-    if value is None:
-        return "-"
-    text = f"{value / scale:.{digits}f}"
-    return text + (f"±{ci / scale:.{digits}f}" if ci is not None else "")
+#: What the terminal shows of each attribution row: (header, column, scale, digits, width); each
+#: figure is printed with the interval its declaration names (kptrace.tables).
+COST_VIEW = (
+    ("count", "count", 1, 0, 7),
+    ("rate/s", "rate_per_s", 1, 1, 9),
+    ("direct µs", "direct_per_irq_ns", 1e3, 1, 13),
+    ("indirect µs", "indirect_per_irq_ns", 1e3, 1, 14),
+    ("CPU %", "share_of_cpu", 0.01, 2, 12),
+    ("lost %", "capacity_loss", 0.01, 2, 12),
+)
+
+
+def _cost_legend() -> list[str]:
+    """The provenance of every column shown, and what the two shares mean, from the declarations."""
+    shown = "; ".join(f"{header} {tables.column('attribution', name).provenance}"
+                      for header, name, *_ in COST_VIEW[1:])
+    share, loss = tables.column("attribution", "share_of_cpu"), tables.column("attribution", "capacity_loss")
+    return [f"interrupt cost per CPU and source ({shown}; ±: 95% interval)",
+            f"(CPU %: {share.meaning}; lost %: {loss.meaning})"]
+
+
+def _cost_cells(row: dict) -> str:
+    cells = []
+    for _, name, scale, digits, width in COST_VIEW:
+        ci = tables.column("attribution", name).ci
+        cells.append(f"{plus_minus(row[name], row[ci] if ci else None, scale, digits):>{width}}")
+    return " ".join(cells)
 
 
 def render_summary(summary: dict, top: int = 6) -> str:
@@ -91,35 +134,27 @@ def render_summary(summary: dict, top: int = 6) -> str:
     lines = [
         f"input: {info['format']}, {info['events']} events over {info['duration_s']:.3f} s, clock {info['clock']}, "
         f"lost events {info['lost_events']}",
-        f"counters: {info['counters']}",
+        f"counters: {counters_text(info['counters'])}",
         *[f"note: {note}" for note in summary["notes"]],
         "",
-        "interrupt cost per CPU and source (rate measured; direct µs measured; indirect µs estimated; ±: 95% interval)",
-        "(CPU %: share of the CPU's time, estimated; lost %: share of its busy time while serving "
-        "requests, the throughput lost when that CPU is the bottleneck, modelled)",
-        f"{'cpu':>3} {'source':<22} {'count':>7} {'rate/s':>9} {'direct µs':>13} {'indirect µs':>14} {'CPU %':>12} "
-        f"{'lost %':>12}",
+        *_cost_legend(),
+        f"{'cpu':>3} {'source':<22} " + " ".join(f"{header:>{width}}" for header, _, _, _, width in COST_VIEW),
     ]
     rows = summary["attribution"]["rows"]
     for cpu in sorted({r["cpu"] for r in rows}):
         for row in [r for r in rows if r["cpu"] == cpu][:top]:
-            share = _pm(row["share_of_cpu"], row["share_of_cpu_ci"], scale=0.01, digits=2)
-            lines.append(
-                f"{cpu:>3} {row['source'][:22]:<22} {row['count']:>7} {row['rate_per_s']:>9.1f} "
-                f"{_pm(row['direct_per_irq_ns'], row['direct_ci_ns']):>13} "
-                f"{_pm(row['indirect_per_irq_ns'], row['indirect_ci_ns']):>14} {share:>12} "
-                f"{_pm(row['capacity_loss'], row['capacity_loss_ci'], scale=0.01, digits=2):>12}"
-            )
+            lines.append(f"{cpu:>3} {row['source'][:22]:<22} {_cost_cells(row)}")
     if summary.get("ipc"):
-        lines += ["", "IPC and IPQ per epoll loop iteration (measured, hardware counters); gain modelled "
-                      "(QPS = cores x clock x IPC / IPQ at the clean IPC)"]
+        ipc, gain = tables.column("ipc", "ipc"), tables.column("ipc", "gain_at_clean_ipc")
+        lines += ["", f"IPC and IPQ per epoll loop iteration ({ipc.provenance}, hardware counters); gain at clean "
+                      f"IPC {gain.provenance}: {gain.meaning}"]
         for row in summary["ipc"]["rows"]:
             gain = "" if row["gain_at_clean_ipc"] is None else f"  gain at clean IPC {100 * row['gain_at_clean_ipc']:+.1f}%"
             lines.append(f"cpu {row['cpu']} {row['group']:<9} iterations {row['iterations']:>7}  IPC {row['ipc']:.3f}  "
                          f"IPQ {row['ipq']:,.0f}{gain}")
     overview = summary["requests"]["by_disrupted"]
     if overview:
-        lines += ["", "requests (measured): service time in µs",
+        lines += ["", f"requests: {summary['requests']['provenance']}",
                   f"{'':<11} {'requests':>9} {'median':>8} {'p99':>8} {'own median':>11}"]
         for row in overview:
             label = "disrupted" if row["disrupted"] else "clean"

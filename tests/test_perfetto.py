@@ -17,12 +17,15 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from conftest import unavailable
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import kptrace
-from kptrace.export.perfetto import KIND_TITLES, sequence_id, track_uuid, write_timeline
+from kptrace.export.perfetto import KIND_TITLES, irq_rate_bins, sequence_id, track_uuid, write_timeline
 from kptrace.intervals import irq_intervals
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,7 +161,10 @@ def test_timeline_loads_in_perfetto(tables, trace_processor, tmp_path):
     assert written["incomplete"]["hardirq"] + written["incomplete"]["softirq"] == iv.filter(~pl.col("complete")).height
     n_flows = rq["irq_interval_ids"].list.len().sum()
     assert n_flows > 10 and written["flows"] == n_flows
-    n_bins = (tables["t1"] - 1) // 10_000_000 - tables["t0"] // 10_000_000 + 1
+    # The rate counter's bins run from the first timestamp to the last end the timeline holds.
+    start = min(tables["events"]["ts"].min(), iv["ts"].min())
+    end = max(tables["events"]["ts"].max(), (iv["ts"] + iv["dur"].fill_null(0)).max())
+    n_bins = -(-(end - start) // 10_000_000)
     assert written["counter_samples"] == {"hard IRQ rate": 2 * n_bins,
                                           "irq time per 10 ms (ns)": tables["counters"].height}
 
@@ -190,11 +196,18 @@ def test_timeline_loads_in_perfetto(tables, trace_processor, tmp_path):
             pairs_expected[(row["ts"], irq["ts"], irq["name"])] += 1
     assert Counter((f["out_ts"], f["in_ts"], f["in_name"]) for f in rows["flows"]) == pairs_expected
 
-    # Counters: the hard IRQ rate per CPU and per 10 ms bin, and the given counter, sample by sample.
+    # Counters: the hard IRQ rate per CPU and per 10 ms bin from the start (the last bin, cut by
+    # the trace's end, divides by its own length), zero where no IRQ came, and the given counter.
     samples = Counter((c["track"], c["parent"], c["ts"], c["value"]) for c in rows["counters"])
-    rate = (iv.filter(pl.col("kind") == "hardirq").group_by("cpu", b=pl.col("ts") // 10_000_000).len())
-    for cpu, b, n in rate.iter_rows():
-        assert samples[("hard IRQ rate", f"CPU {cpu}", b * 10_000_000, n * 100.0)] == 1
+    counts = Counter((cpu, (ts - start) // 10_000_000) for cpu, ts in
+                     iv.filter(pl.col("kind") == "hardirq").select("cpu", "ts").iter_rows())
+    rates = {}
+    for cpu in (0, 1):
+        for b in range(n_bins):
+            seconds = (min(end, start + (b + 1) * 10_000_000) - (start + b * 10_000_000)) / 1e9
+            rates[(f"CPU {cpu}", start + b * 10_000_000)] = counts[(cpu, b)] / seconds
+    seen_rates = {(parent, ts): value for (track, parent, ts, value), n in samples.items() if track == "hard IRQ rate"}
+    assert seen_rates == pytest.approx(rates, rel=1e-12)
     assert sum(n for (track, *_), n in samples.items() if track == "hard IRQ rate") == 2 * n_bins
     for row in tables["counters"].iter_rows(named=True):
         assert samples[(row["name"], f"CPU {row['cpu']}", row["ts"], row["value"])] == 1
@@ -271,3 +284,24 @@ def test_vectorised_packets_equal_protobuf_packets(tables, tmp_path, monkeypatch
     slow = write_timeline(tmp_path / "slow.pftrace", *args)
     assert fast == {**slow, "path": fast["path"]}
     assert (tmp_path / "fast.pftrace").read_bytes() == (tmp_path / "slow.pftrace").read_bytes()
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=st.integers(0, 10**12), length=st.integers(0, 10**9), bin_ns=st.integers(1, 10**8),
+       offsets=st.lists(st.integers(0, 10**9), max_size=200), cpus=st.lists(st.integers(0, 3), max_size=200))
+def test_irq_rate_bins_count_every_interrupt_once_at_its_bins_true_length(start, length, bin_ns, offsets, cpus):
+    """rate x the bin's own length (the last one cut by the trace's end) gives back each bin's
+    count; interrupts at the very end count in the last bin, and empty bins are left out."""
+    end = start + length
+    ts = np.minimum(start + np.array(offsets, dtype=np.int64), end)
+    cpu = (cpus + [0] * len(offsets))[:len(offsets)]
+    irqs = pl.DataFrame({"cpu": pl.Series(cpu, dtype=pl.Int64), "ts": pl.Series(ts, dtype=pl.Int64)})
+    rates = irq_rate_bins(irqs, start, end, bin_ns, ["cpu"])
+    n_bins = max(1, -(-length // bin_ns))
+    expected = Counter((c, min((t - start) // bin_ns, n_bins - 1)) for c, t in zip(cpu, ts.tolist()))
+    got = {}
+    for row in rates.iter_rows(named=True):
+        assert row["ts"] == start + row["bin"] * bin_ns
+        seconds = max(1, min(end, row["ts"] + bin_ns) - row["ts"]) / 1e9
+        got[(row["cpu"], row["bin"])] = row["rate"] * seconds
+    assert got == pytest.approx(dict(expected), rel=1e-9)

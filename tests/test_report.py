@@ -26,7 +26,7 @@ from kptrace.analysis import analyze
 from kptrace.export import report
 from kptrace.export.report import write_report
 from kptrace.simulate import Scenario, write_simulation
-from kptrace.summary import build_summary
+from kptrace.summary import build_summary, plus_minus
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_traces" / "memcached-diskirq-same-core"
@@ -244,8 +244,8 @@ def test_chart_data_agrees_with_the_tables(sample_analysis):
 
     slowdown = report.slowdown_frame(sample_analysis.requests)
     clean = sample_analysis.requests.filter(~pl.col("disrupted") & (pl.col("offcpu_ns") == 0))
-    expected = dict(clean.group_by("kind").len().iter_rows())
-    assert dict(slowdown.filter(pl.col("group") == "clean").select("kind", "n").iter_rows()) == expected
+    expected = dict(clean.group_by(report.SIZE_CLASS).len().iter_rows())
+    assert dict(slowdown.filter(pl.col("group") == "clean").select("size_class", "n").iter_rows()) == expected
     assert report.counters_subtitle(build_summary(sample_analysis)["input"]["counters"]).startswith(
         "this trace has no hardware counters (counters: software-only)")
 
@@ -290,3 +290,42 @@ def test_the_browser_check_sees_network_and_console_problems(chromium: str, tmp_
     assert found["network"] == ["http://127.0.0.1:9/nothing.png"]
     assert "boom" in found["console"]
     assert charts == [{"id": "x", "embedded": False, "svg_elements": 0, "marks": 0, "canvas": 0}]
+
+
+def test_units_and_provenance_in_the_report_come_from_the_table_declarations(sample_analysis, monkeypatch):
+    """Change a declaration and the report follows: the attribution table's header, the cost
+    chart's legend and line, and the headline say what kptrace.tables says, not prose of their own."""
+    from dataclasses import replace
+
+    from kptrace import tables
+
+    summary = build_summary(sample_analysis)
+    before = report.attribution_table(sample_analysis)
+    assert "µs/IRQ ±95%, estimated" in before and "modelled" not in before
+    for row in sample_analysis.attribution.iter_rows(named=True):  # every row's figures, with their intervals
+        cells = [plus_minus(row["direct_per_irq_ns"], row["direct_ci_ns"], 1e3, 2),
+                 plus_minus(row["indirect_per_irq_ns"], row["indirect_ci_ns"], 1e3, 2),
+                 plus_minus(row["share_of_cpu"], row["share_of_cpu_ci"], 0.01, 3)]
+        assert "".join(f'<td class="num">{c}</td>' for c in cells) in before, row["source"]
+    attribution = tables.TABLES["attribution"]
+    columns = tuple(replace(c, provenance="modelled", meaning="a changed meaning") if c.name == "indirect_per_irq_ns"
+                    else c for c in attribution.columns)
+    monkeypatch.setitem(tables.TABLES, "attribution", replace(attribution, columns=columns))
+    after = report.attribution_table(sample_analysis)
+    assert "µs/IRQ ±95%, modelled" in after and "indirect is <b>modelled</b>: a changed meaning" in after
+    assert "µs indirect (modelled)" in report.headline(sample_analysis, summary)
+    kinds, text = report._cost_text()
+    assert kinds == "measured / estimated / modelled" and "a changed meaning" in text
+
+
+def test_the_report_shows_the_counter_source_it_is_given(sample_analysis):
+    """The counter source is a structured value (summary.counter_source), rendered, not parsed."""
+    summary = build_summary(sample_analysis)
+    assert summary["input"]["counters"] == {"kind": "software-only",
+                                            "names": ["msr/tsc/", "task-clock"]}
+    facts = report.facts_table(sample_analysis, summary)
+    assert "software-only (msr/tsc/, task-clock): no IPC" in facts
+    pmu = {"kind": "hardware-pmu", "names": ["cycles", "instructions"]}
+    assert report.counters_subtitle(pmu).startswith("this trace has hardware counters")
+    assert report.counters_subtitle({"kind": "none", "names": []}).startswith(
+        "this trace has no hardware counters (counters: none)")

@@ -8,7 +8,7 @@ the group name, so groups never collide. Layout (docs/timeline.md):
     <group>                         top-level track, e.g. "measured"
       CPU <n>                       one per CPU seen in events or intervals
         hard IRQ | softirq | NAPI | syscall | running     slices, one child track per kind
-        hard IRQ rate               counter: hard IRQ entries per second, 10 ms bins
+        hard IRQ rate               counter: hard IRQ entries per second, 10 ms bins from the start
         <counter name>              counter, from the `counters` frame (IPC, slowdown, ...)
       requests
         tid <tid> (<comm>)          request slices of one thread
@@ -83,6 +83,29 @@ _CLEARED = TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
 _NEEDS_STATE = TracePacket.SEQ_NEEDS_INCREMENTAL_STATE
 _BEGIN, _END, _INSTANT, _COUNTER = (TrackEvent.TYPE_SLICE_BEGIN, TrackEvent.TYPE_SLICE_END,
                                     TrackEvent.TYPE_INSTANT, TrackEvent.TYPE_COUNTER)
+
+
+def bin_count(start_ns: int, end_ns: int, bin_ns: int) -> int:
+    """Bins of `bin_ns` from `start_ns` needed to reach `end_ns` (at least one)."""
+    return max(1, -(-(end_ns - start_ns) // bin_ns))
+
+
+def irq_rate_bins(irqs: pl.DataFrame, start_ns: int, end_ns: int, bin_ns: int, by: list[str]) -> pl.DataFrame:
+    """Interrupts per second per `by` group in bins of `bin_ns` counted from `start_ns`: `bin`
+    (0-based), `ts` (its start, ns) and `rate`, for the bins that hold at least one row of `irqs`
+    (rows with a `ts`). The one definition the timeline's counter and the report's chart share:
+    the last bin ends with the trace at `end_ns`, so its rate divides by its own, shorter length
+    (a full-width divisor would understate it), and anything at or after `end_ns` counts in it."""
+    n_bins = bin_count(start_ns, end_ns, bin_ns)
+    bin_start = start_ns + pl.col("bin") * bin_ns
+    length_s = (pl.min_horizontal(pl.lit(end_ns), bin_start + bin_ns) - bin_start).clip(1) / 1e9
+    return (
+        irqs.group_by(*by, bin=((pl.col("ts") - start_ns) // bin_ns).clip(0, n_bins - 1))
+        .agg(n=pl.len())
+        .with_columns(ts=bin_start, rate=pl.col("n") / length_s)
+        .drop("n")
+        .sort(*by, "bin")
+    )
 
 
 def _hash64(text: str) -> int:
@@ -519,16 +542,14 @@ def write_timeline(
     counter_rows: list[pl.DataFrame] = []
     counts_counters: dict[str, int] = {}
     if span and cpus:
-        lo, hi = min(span) // irq_rate_bin_ns, max(span) // irq_rate_bin_ns
-        bins = pl.DataFrame({"bin": np.arange(lo, hi + 1, dtype=np.int64)})
-        per_cpu = (
-            iv.filter(pl.col("kind").is_in(RATE_KINDS) & pl.col("cpu").is_not_null())
-            .group_by(cpu=pl.col("cpu").cast(pl.Int64), bin=pl.col("ts") // irq_rate_bin_ns).agg(n=pl.len())
-        )
+        start, end = min(span), max(span)
+        bins = pl.DataFrame({"bin": np.arange(bin_count(start, end, irq_rate_bin_ns), dtype=np.int64)})
+        per_cpu = irq_rate_bins(iv.filter(pl.col("kind").is_in(RATE_KINDS) & pl.col("cpu").is_not_null())
+                                .with_columns(pl.col("cpu").cast(pl.Int64)), start, end, irq_rate_bin_ns, ["cpu"])
         grid = pl.DataFrame({"cpu": sorted(int(c) for c in cpus)}, schema={"cpu": pl.Int64}).join(bins, how="cross")
-        rate = grid.join(per_cpu, on=["cpu", "bin"], how="left").with_columns(
-            ts=pl.col("bin") * irq_rate_bin_ns,
-            value=pl.col("n").fill_null(0).cast(pl.Float64) * (1e9 / irq_rate_bin_ns),
+        rate = grid.join(per_cpu.drop("ts"), on=["cpu", "bin"], how="left").with_columns(
+            ts=start + pl.col("bin") * irq_rate_bin_ns,
+            value=pl.col("rate").fill_null(0.0),
         )
         title = "hard IRQ rate"
         uuids = {}

@@ -24,8 +24,12 @@ from pathlib import Path
 import altair as alt
 import polars as pl
 
+from kptrace import tables
+from kptrace.schema import PROVENANCES
 from kptrace.analysis import Analysis
 from kptrace.attribute import Z95
+from kptrace.export.perfetto import bin_count, irq_rate_bins
+from kptrace.summary import counters_text, plus_minus
 
 #: Chart (a) draws at most this many time bins, and bins are never shorter than 10 ms.
 MAX_BINS = 200
@@ -38,11 +42,17 @@ TOP_CPUS = 8
 CDF_POINTS = 200
 #: Rows of the cost chart (by CPU share); the table below it has them all.
 MAX_COST_ROWS = 20
-#: Request kinds in the slowdown chart (the most frequent).
+#: Request size classes in the slowdown chart (the most frequent).
 TOP_KINDS = 6
+#: The requests column holding the size class (tables.REQUESTS declares it `size_class`; requests.py
+#: still writes `kind` until the rename lands).
+SIZE_CLASS = "kind"
 
 WIDTH = 900
-COMPONENT_COLOURS = {"direct (measured)": "#4c78a8", "indirect (estimated)": "#f58518"}
+#: Cost components drawn, labelled with the provenance their columns declare.
+COMPONENTS = {f"{label} ({tables.column('attribution', column).provenance})": column
+              for label, column in (("direct", "direct_per_irq_ns"), ("indirect", "indirect_per_irq_ns"))}
+COMPONENT_COLOURS = dict(zip(COMPONENTS, ("#4c78a8", "#f58518")))
 
 
 # --------------------------------------------------------------------------- chart data
@@ -70,20 +80,14 @@ def irq_rate_frame(analysis: Analysis) -> tuple[pl.DataFrame, int, int, list[int
     imputes them). Returns (frame, bin_ns, n_bins, cpus drawn)."""
     start, end = analysis.meta["start_ns"], analysis.meta["end_ns"]
     bin_ns = _bin_ns(max(end - start, 1))
-    n_bins = max(1, math.ceil((end - start) / bin_ns))
+    n_bins = bin_count(start, end, bin_ns)
     irqs = analysis.intervals.filter(pl.col("kind") == "hardirq").select("cpu", "name", "ts")
     top = irqs.group_by("name").len().sort("len", "name", descending=[True, False]).head(TOP_SOURCES)["name"]
     cpus = irqs.group_by("cpu").len().sort("len", "cpu", descending=[True, False]).head(TOP_CPUS)["cpu"].sort()
+    shown = irqs.filter(pl.col("cpu").is_in(cpus.implode())).with_columns(
+        source=pl.when(pl.col("name").is_in(top.implode())).then(pl.col("name")).otherwise(pl.lit("other")))
     frame = (
-        irqs.filter(pl.col("cpu").is_in(cpus.implode()))
-        .with_columns(
-            source=pl.when(pl.col("name").is_in(top.implode())).then(pl.col("name")).otherwise(pl.lit("other")),
-            bin=((pl.col("ts") - start) // bin_ns).clip(0, n_bins - 1),
-        )
-        .group_by("cpu", "source", "bin")
-        # the last bin ends with the trace, so it may be shorter than the others
-        .agg(rate=pl.len() / ((pl.min_horizontal(pl.lit(end), start + (pl.col("bin").first() + 1) * bin_ns)
-                               - (start + pl.col("bin").first() * bin_ns)).clip(1) / 1e9))
+        irq_rate_bins(shown, start, end, bin_ns, ["cpu", "source"])
         .select(cpu=pl.format("CPU {}", "cpu"), source="source", t_ms=pl.col("bin") * (bin_ns // 1_000_000),
                 rate=pl.col("rate").round(1))
         .sort("cpu", "source", "t_ms")
@@ -119,8 +123,8 @@ def cost_frame(attribution: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         .with_columns(label=pl.format("CPU {} · {}", "cpu", "source"), order=pl.int_range(pl.len()))
     )
     parts = []
-    for component, value, ci in (("direct (measured)", "direct_per_irq_ns", "direct_ci_ns"),
-                                 ("indirect (estimated)", "indirect_per_irq_ns", "indirect_ci_ns")):
+    for component, value in COMPONENTS.items():
+        ci = tables.column("attribution", value).ci
         parts.append(top.filter(pl.col(value).is_not_null()).select(
             "label", "order", "count",
             component=pl.lit(component),
@@ -138,27 +142,28 @@ def cost_frame(attribution: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def slowdown_frame(requests: pl.DataFrame) -> pl.DataFrame:
-    """Own time (µs) of requests per kind: clean, and hit once by each source (mean, 95%
+    """Own time (µs) of requests per size class: clean, and hit once by each source (mean, 95%
     interval, n). Preempted requests and requests hit more than once are left out, as in the
     indirect-cost estimate."""
-    usable = requests.filter(pl.col("offcpu_ns") == 0)
-    kinds = usable.group_by("kind").len().sort("len", "kind", descending=[True, False]).head(TOP_KINDS)["kind"]
+    usable = requests.filter(pl.col("offcpu_ns") == 0).rename({SIZE_CLASS: "size_class"})
+    classes = (usable.group_by("size_class").len().sort("len", "size_class", descending=[True, False])
+               .head(TOP_KINDS)["size_class"])
     grouped = (
-        usable.filter(pl.col("kind").is_in(kinds.implode()) & (pl.col("sources").list.len() <= 1))
+        usable.filter(pl.col("size_class").is_in(classes.implode()) & (pl.col("sources").list.len() <= 1))
         .with_columns(group=pl.when(pl.col("disrupted")).then(pl.lit("hit once by ") + pl.col("sources").list.first())
                       .otherwise(pl.lit("clean")))
-        .group_by("kind", "group")
+        .group_by("size_class", "group")
         .agg(n=pl.len(), mean=pl.col("own_ns").mean() / 1e3, sd=pl.col("own_ns").std() / 1e3)
         .filter(pl.col("n") >= 2)
     )
     return (
         grouped.with_columns(ci=Z95 * pl.col("sd") / pl.col("n").sqrt())
-        .select("kind", "group", "n", mean=pl.col("mean").round(3), lo=(pl.col("mean") - pl.col("ci")).round(3),
-                hi=(pl.col("mean") + pl.col("ci")).round(3))
-        .with_columns(kind_order=pl.col("kind").replace_strict(kinds.to_list(), list(range(kinds.len()))),
+        .select("size_class", "group", "n", mean=pl.col("mean").round(3),
+                lo=(pl.col("mean") - pl.col("ci")).round(3), hi=(pl.col("mean") + pl.col("ci")).round(3))
+        .with_columns(class_order=pl.col("size_class").replace_strict(classes.to_list(), list(range(classes.len()))),
                       clean_first=pl.col("group") != "clean")
-        .sort("kind_order", "clean_first", "n", descending=[False, False, True])
-        .drop("kind_order", "clean_first")
+        .sort("class_order", "clean_first", "n", descending=[False, False, True])
+        .drop("class_order", "clean_first")
     )
 
 
@@ -259,32 +264,28 @@ def cost_chart(attribution: pl.DataFrame) -> alt.HConcatChart:
          "share of CPU = rate × (direct + indirect); no orange bar: no request was hit once by that source"]))
 
 
-def counter_kind(counters: str) -> str:
-    """`hardware-pmu`, `software-only` or `none`: the head of summary["input"]["counters"]."""
-    return re.split(r" \(|:", counters, maxsplit=1)[0]
-
-
-def counters_subtitle(counters: str) -> str:
-    if counters.startswith("hardware"):
+def counters_subtitle(counters: dict) -> str:
+    """What the slowdown chart can show, given the counter source (summary.counter_source)."""
+    if counters["kind"] == "hardware-pmu":
         return ("this trace has hardware counters (cycles/instructions): the slowdown also shows as lower IPC; "
                 "this chart shows it in time")
-    return f"this trace has no hardware counters (counters: {counter_kind(counters)}), so no IPC: the slowdown is shown in time"
+    return f"this trace has no hardware counters (counters: {counters['kind']}), so no IPC: the slowdown is shown in time"
 
 
-def slowdown_chart(requests: pl.DataFrame, counters: str) -> alt.VConcatChart:
+def slowdown_chart(requests: pl.DataFrame, counters: dict) -> alt.VConcatChart:
     frame = slowdown_frame(requests).with_columns(is_clean=pl.col("group") == "clean")
     y = alt.Y("group:N", title=None, sort=None, axis=alt.Axis(labelLimit=280, labelFontSize=11.5, minExtent=200))
     colour = alt.Color("is_clean:N", legend=None, scale=alt.Scale(domain=[True, False], range=["#54a24b", "#e45756"]))
     x_title = "own time per request (µs; bars: mean, whiskers: 95% interval; label: requests)"
     panels = []
-    kinds = frame["kind"].unique(maintain_order=True).to_list()
-    for position, kind in enumerate(kinds):
-        base = alt.Chart(alt.Data(values=frame.filter(pl.col("kind") == kind).to_dicts()))
-        last = position == len(kinds) - 1
+    classes = frame["size_class"].unique(maintain_order=True).to_list()
+    for position, size_class in enumerate(classes):
+        base = alt.Chart(alt.Data(values=frame.filter(pl.col("size_class") == size_class).to_dicts()))
+        last = position == len(classes) - 1
         bars = base.mark_bar(height=alt.RelativeBandSize(0.6)).encode(
             x=alt.X("mean:Q", title=x_title if last else None, axis=alt.Axis(labels=last)),
             y=y, color=colour,
-            tooltip=["kind:N", "group:N", alt.Tooltip("mean:Q", title="mean µs", format=",.2f"),
+            tooltip=["size_class:N", "group:N", alt.Tooltip("mean:Q", title="mean µs", format=",.2f"),
                      alt.Tooltip("lo:Q", title="95% low", format=",.2f"),
                      alt.Tooltip("hi:Q", title="95% high", format=",.2f"), alt.Tooltip("n:Q", title="requests", format=",")],
         )
@@ -293,7 +294,7 @@ def slowdown_chart(requests: pl.DataFrame, counters: str) -> alt.VConcatChart:
             x="hi:Q", y=y, text=alt.Text("n:Q", format=","))
         panels.append(alt.layer(bars, whiskers, counts).properties(
             width=WIDTH - 320, height=alt.Step(24),
-            title=alt.TitleParams(f"requests of kind {kind} (power-of-two classes of bytes in / out)", anchor="start", fontSize=12, fontWeight="bold")))
+            title=alt.TitleParams(f"requests of size class {size_class} (power-of-two classes of bytes in / out)", anchor="start", fontSize=12, fontWeight="bold")))
     return alt.vconcat(*panels, spacing=12).resolve_scale(x="shared").properties(title=_title(
         "Slowdown around interrupts: own time of requests, clean vs hit once",
         ["own time = service time minus the disruptions and off-CPU time inside it; requests preempted or "
@@ -397,12 +398,6 @@ def _num(value, digits: int = 1, scale: float = 1.0) -> str:
     return f"{value / scale:,.{digits}f}"
 
 
-def _pm(value, ci, digits: int = 2, scale: float = 1.0) -> str:
-    if value is None:
-        return "–"
-    return _num(value, digits, scale) + ("" if ci is None else f" ± {_num(ci, digits, scale)}")
-
-
 def _table(header: list[tuple[str, str, bool]], rows: list[list[str]], cls: str = "") -> str:
     """header: (name, unit, numeric) per column; cells are already escaped."""
     head = "".join(f'<th class="{"num" if numeric else ""}">{_esc(name)}'
@@ -417,46 +412,75 @@ def _provenance(kind: str, text: str) -> str:
     return f'<p class="provenance"><b>{_esc(kind)}</b> — {text}</p>'
 
 
+def _prov(table: str, column: str) -> str:
+    """measured | estimated | modelled, as the table declares the column (kptrace.tables)."""
+    return tables.column(table, column).provenance
+
+
+def _declared_text(table: str, shown: list[tuple[str, str]]) -> tuple[str, str]:
+    """(the provenance words used, one sentence per shown column) for (label, column) pairs, from
+    the declarations: what each figure means and where it comes from."""
+    declared = [(label, tables.column(table, column)) for label, column in shown]
+    kinds = " / ".join(p for p in PROVENANCES if any(c.provenance == p for _, c in declared))
+    sentences = "; ".join(f"{_esc(label)} is <b>{c.provenance}</b>: "
+                          + re.sub(r"`([^`]*)`", r"<code>\1</code>", _esc(c.meaning)) for label, c in declared)
+    return kinds, sentences + "."
+
+
+#: The attribution table: (header, column, display unit, scale, digits); each figure is shown with
+#: the interval its declaration names.
+ATTRIBUTION_VIEW = (
+    ("interrupts", "count", "count", 1, 0),
+    ("rate", "rate_per_s", "per s", 1, 1),
+    ("direct", "direct_per_irq_ns", "µs/IRQ", 1e3, 2),
+    ("indirect", "indirect_per_irq_ns", "µs/IRQ", 1e3, 2),
+    ("share of CPU", "share_of_cpu", "%", 0.01, 3),
+)
+
+
 def attribution_table(analysis: Analysis) -> str:
-    header = [("CPU", "", True), ("source", "", False), ("interrupts", "count, measured", True),
-              ("rate", "per s, measured", True), ("direct", "µs/IRQ ±95%, measured", True),
-              ("indirect", "µs/IRQ ±95%, estimated", True), ("requests hit / clean", "compared", True),
-              ("share of CPU", "% ±95%, estimated", True)]
-    rows = [[_esc(r["cpu"]), f"<code>{_esc(r['source'])}</code>", _num(r["count"], 0), _num(r["rate_per_s"], 1),
-             _pm(r["direct_per_irq_ns"], r["direct_ci_ns"], 2, 1e3), _pm(r["indirect_per_irq_ns"], r["indirect_ci_ns"], 2, 1e3),
-             "–" if r["n_hit_requests"] is None else f"{r['n_hit_requests']:,} / {r['n_clean_requests']:,}",
-             _pm(r["share_of_cpu"], r["share_of_cpu_ci"], 3, 0.01)]
-            for r in analysis.attribution.iter_rows(named=True)]
+    header = [("CPU", "", True), ("source", "", False)]
+    for label, column, unit, *_ in ATTRIBUTION_VIEW:
+        declared = tables.column("attribution", column)
+        header.append((label, f"{unit}{' ±95%' if declared.ci else ''}, {declared.provenance}", True))
+    header.append(("requests hit / clean", f"compared, {_prov('attribution', 'n_hit_requests')}", True))
+    rows = []
+    for r in analysis.attribution.iter_rows(named=True):
+        cells = [_esc(r["cpu"]), f"<code>{_esc(r['source'])}</code>"]
+        for _, column, _, scale, digits in ATTRIBUTION_VIEW:
+            ci = tables.column("attribution", column).ci
+            cells.append(plus_minus(r[column], r[ci] if ci else None, scale, digits))
+        cells.append("–" if r["n_hit_requests"] is None else f"{r['n_hit_requests']:,} / {r['n_clean_requests']:,}")
+        rows.append(cells)
     provenance = sorted(set(analysis.attribution["direct_provenance"].to_list())
                         | set(analysis.attribution["indirect_provenance"].to_list()))
+    kinds, text = _declared_text("attribution", [(label, column) for label, column, *_ in ATTRIBUTION_VIEW])
     return (_table(header, rows) + _provenance(
-        "measured / estimated",
-        "count and rate are counted in the trace; direct cost is measured per interrupt and averaged; "
-        "indirect cost is estimated by comparing requests; CPU share is estimated as rate × (direct + indirect). "
-        "All intervals are 95% normal-approximation intervals (1.96 standard errors). Provenance as kptrace "
-        "records it: " + "; ".join(f"“{_esc(p)}”" for p in provenance) + "."))
+        kinds, text + " ± is a 95% interval. Provenance as kptrace records it per row: "
+        + "; ".join(f"“{_esc(p)}”" for p in provenance) + "."))
 
 
 def requests_tables(analysis: Analysis, summary: dict) -> str:
     overview = summary["requests"]["by_disrupted"]
-    header = [("requests", "", False), ("count", "measured", True), ("median", "µs, measured", True),
-              ("p99", "µs, measured", True), ("own time median", "µs, measured", True)]
+    dur, own = _prov("requests", "dur"), _prov("requests", "own_ns")
+    header = [("requests", "", False), ("count", dur, True), ("median", f"µs, {dur}", True),
+              ("p99", f"µs, {dur}", True), ("own time median", f"µs, {own}", True)]
     rows = [["disrupted" if r["disrupted"] else "clean", _num(r["requests"], 0), _num(r["median_us"]),
              _num(r["p99_us"]), _num(r["own_median_us"])] for r in overview]
-    kinds = (
-        analysis.requests.group_by("kind")
+    classes = (
+        analysis.requests.group_by(size_class=SIZE_CLASS)
         .agg(n=pl.len(), disrupted=pl.col("disrupted").mean(), median=pl.col("dur").median() / 1e3,
              p99=pl.col("dur").quantile(0.99) / 1e3, bytes_in=pl.col("bytes_in").median(),
              bytes_out=pl.col("bytes_out").median())
         .sort("n", descending=True)
     )
-    kind_header = [("kind", "bytes in / out class", False), ("count", "measured", True),
-                   ("disrupted", "% of requests", True), ("median", "µs, measured", True),
-                   ("p99", "µs, measured", True), ("median bytes in / out", "measured", True)]
-    kind_rows = [[f"<code>{_esc(k['kind'])}</code>", _num(k["n"], 0), _num(k["disrupted"], 1, 0.01),
-                  _num(k["median"]), _num(k["p99"]), f"{_num(k['bytes_in'], 0)} / {_num(k['bytes_out'], 0)}"]
-                 for k in kinds.iter_rows(named=True)]
-    return (_table(header, rows) + "<h3>By request kind</h3>" + _table(kind_header, kind_rows)
+    class_header = [("size class", "bytes in / out class", False), ("count", dur, True),
+                    ("disrupted", "% of requests", True), ("median", f"µs, {dur}", True),
+                    ("p99", f"µs, {dur}", True), ("median bytes in / out", _prov("requests", "bytes_in"), True)]
+    class_rows = [[f"<code>{_esc(k['size_class'])}</code>", _num(k["n"], 0), _num(k["disrupted"], 1, 0.01),
+                   _num(k["median"]), _num(k["p99"]), f"{_num(k['bytes_in'], 0)} / {_num(k['bytes_out'], 0)}"]
+                  for k in classes.iter_rows(named=True)]
+    return (_table(header, rows) + "<h3>By request size class</h3>" + _table(class_header, class_rows)
             + _provenance("measured", _esc(summary["requests"]["provenance"])
                           + "; a request runs from a read that returned data to the last send answering it on "
                             "the same fd (an epoll server)."))
@@ -474,7 +498,7 @@ def facts_table(analysis: Analysis, summary: dict) -> str:
                            + (f", {c['lost_events']:,} lost" if c.get("lost_events") else "")
                            + (", buffer wrapped" if c.get("buffer_wrapped") else "") for c in meta["per_cpu"])),
         ("lost events", f"{info['lost_events']:,}"),
-        ("counters", _esc(info["counters"])),
+        ("counters", _esc(counters_text(info["counters"]))),
         ("unparsed lines", f"{meta.get('unparsed_lines', 0):,}"),
     ]
     if meta.get("unknown_events"):
@@ -527,13 +551,15 @@ def build_charts(analysis: Analysis, summary: dict) -> dict[str, alt.TopLevelMix
 def headline(analysis: Analysis, summary: dict) -> str:
     """The few figures a reader wants first: the costliest sources, and clean vs disrupted requests."""
     items = []
+    share, rate, direct, indirect = (_prov("attribution", c) for c in
+                                     ("share_of_cpu", "rate_per_s", "direct_per_irq_ns", "indirect_per_irq_ns"))
     for row in analysis.attribution.sort("share_of_cpu", descending=True, nulls_last=True).head(3).iter_rows(named=True):
-        indirect = ("" if row["indirect_per_irq_ns"] is None else
-                    f" + {_pm(row['indirect_per_irq_ns'], row['indirect_ci_ns'], 2, 1e3)} µs indirect (estimated)")
+        extra = ("" if row["indirect_per_irq_ns"] is None else
+                 f" + {plus_minus(row['indirect_per_irq_ns'], row['indirect_ci_ns'], 1e3, 2)} µs indirect ({indirect})")
         items.append(
-            f"<li><code>{_esc(row['source'])}</code> on CPU {row['cpu']}: <b>{_pm(row['share_of_cpu'], row['share_of_cpu_ci'], 2, 0.01)}"
-            f" % of that CPU</b> (estimated) — {row['rate_per_s']:,.0f} interrupts/s (measured), "
-            f"{_pm(row['direct_per_irq_ns'], row['direct_ci_ns'], 2, 1e3)} µs direct (measured){indirect} each</li>")
+            f"<li><code>{_esc(row['source'])}</code> on CPU {row['cpu']}: <b>{plus_minus(row['share_of_cpu'], row['share_of_cpu_ci'], 0.01, 2)}"
+            f" % of that CPU</b> ({share}) — {row['rate_per_s']:,.0f} interrupts/s ({rate}), "
+            f"{plus_minus(row['direct_per_irq_ns'], row['direct_ci_ns'], 1e3, 2)} µs direct ({direct}){extra} each</li>")
     overview = {r["disrupted"]: r for r in summary["requests"]["by_disrupted"]}
     if True in overview and False in overview:
         clean, hit = overview[False], overview[True]
@@ -547,6 +573,14 @@ def headline(analysis: Analysis, summary: dict) -> str:
     return ("<section class=\"headline\"><h2>At a glance</h2><ul>" + "".join(items) + "</ul>"
             + _provenance("measured / estimated", "± is a 95% interval; details and method in the sections below.")
             + "</section>")
+
+
+def _cost_text() -> tuple[str, str]:
+    """The cost chart's provenance line, from the declarations of the columns it draws."""
+    kinds, text = _declared_text("attribution", [("direct µs per interrupt", "direct_per_irq_ns"),
+                                                 ("indirect µs per interrupt", "indirect_per_irq_ns"),
+                                                 ("share of CPU", "share_of_cpu")])
+    return kinds, text + " Whiskers: 95% intervals. Units: µs per interrupt; % of that CPU's time."
 
 
 def render_report(analysis: Analysis, summary: dict) -> str:
@@ -566,16 +600,13 @@ def render_report(analysis: Analysis, summary: dict) -> str:
             "measured", "service time of each request from the syscall events (first receive to last answering "
                         "send); unit: µs. Curves are drawn through quantiles of all requests."), no_requests)),
         ("Cost per interrupt source", _figure(charts, "cost", _provenance(
-            "measured / estimated", "direct µs per interrupt is <b>measured</b> (hard IRQ entry to the end of the "
-            "softirqs it ran, averaged); indirect µs per interrupt is <b>estimated</b> (own time of requests hit "
-            "once by the source minus clean requests of the same kind, CPU and thread); share of CPU is "
-            "<b>estimated</b> (rate × (direct + indirect)). Whiskers: 95% intervals. Units: µs per interrupt; "
-            "% of that CPU's time."), "No complete interrupt in this trace.")
+            *_cost_text()), "No complete interrupt in this trace.")
          + "<h3>All sources</h3>" + attribution_table(analysis)),
         ("Slowdown around interrupts", _figure(charts, "slowdown", _provenance(
-            "measured / estimated", "own time per request is <b>measured</b> (service time minus disruptions and "
-            "off-CPU time inside it; unit: µs); the mean and 95% interval of each group are <b>estimated</b>. The "
-            "gap between a source's bar and the clean bar is that source's indirect cost for the kind."),
+            f"{_prov('requests', 'own_ns')} / estimated", f"own time per request is <b>{_prov('requests', 'own_ns')}</b> "
+            "(service time minus disruptions and off-CPU time inside it; unit: µs); the mean and 95% interval of each "
+            "group are <b>estimated</b>. The gap between a source's bar and the clean bar is that source's indirect "
+            "cost for the size class."),
             no_requests)),
     ]
     if analysis.requests is not None:
@@ -604,7 +635,7 @@ def render_report(analysis: Analysis, summary: dict) -> str:
 <header>
 <h1>kptrace report — {_esc(name)}</h1>
 <p>{_esc(info['format'])} · {info['events']:,} events over {info['duration_s']:.3f} s · {len(analysis.meta['per_cpu'])} CPUs
-· counters: {_esc(counter_kind(info['counters']))} · generated {generated} by kptrace {_esc(analysis.meta.get('kptrace_version', ''))}</p>
+· counters: {_esc(info['counters']['kind'])} · generated {generated} by kptrace {_esc(analysis.meta.get('kptrace_version', ''))}</p>
 </header>
 <main>
 {body}
