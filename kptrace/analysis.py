@@ -61,7 +61,7 @@ def frame_meta(table: pl.DataFrame, **known) -> dict:
     """The meta an analysis needs, for an event or interval table handed in by a library caller
     rather than read from a file (`known` overrides any key, e.g. duration_s)."""
     end = pl.col("ts") + pl.col("dur").fill_null(0) if "dur" in table.columns else pl.col("ts")
-    start_ns, end_ns = (table.select(pl.col("ts").min(), end.max()).row(0) if table.height else (0, 0))
+    start_ns, end_ns = (table.select(pl.col("ts").min(), end.max().alias("end")).row(0) if table.height else (0, 0))
     is_events = "event" in table.columns
     counts = (dict(sorted(table.group_by(pl.col("event").cast(pl.String)).len().iter_rows()))
               if is_events else {})

@@ -15,7 +15,9 @@ from kptrace.attribute import HARDWARE_COUNTERS
 def counter_source(analysis: Analysis) -> dict:
     """Which counters the trace carries, as {"kind": "hardware-pmu" | "software-only" | "none",
     "names": [perf event names]}: the kind decides whether IPC can be measured."""
-    names = sorted(set(analysis.events.filter(pl.col("subsystem") == "counter")["event"].cast(pl.String).unique()))
+    events = analysis.events
+    names = [] if events is None else sorted(
+        set(events.filter(pl.col("subsystem") == "counter")["event"].cast(pl.String).unique()))
     recorded = ((analysis.meta.get("bundle") or {}).get("counters") or {}).get("source")
     if set(names) & set(HARDWARE_COUNTERS):
         kind = "hardware-pmu"
