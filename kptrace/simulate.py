@@ -28,19 +28,21 @@ truth.json holds the exact figures (ns, counts, per second) computed from what w
 - `format`, `resolution_ns` (1000 in tracefs and trace-cmd text, 1 in perf --ns), `start_ns`,
   `end_ns` (first and last event), `duration_s`, `scenario` (the parameters), `seed`.
 - `per_source`, one row per (cpu, source): `count` interrupts taken, `rate_per_s` (count /
-  duration_s); `direct_ns` (total) and `direct_mean_ns`: hard IRQ entry to the end of its OWN
-  softirqs, excluding foreign softirqs that ran in its chain; `chain_ns`: the whole chain,
-  foreign softirqs included; `foreign_softirqs` (NET_RX runs raised by a request's send that ran
-  in its chains) and `foreign_ns` (their time and the gap before each); `hit_any` (requests hit
-  at least once by it) and `hit_once` (requests whose only interrupt was one of it);
+  duration_s); `handler_ns` (total hard IRQ time); `direct_ns` (total) and `direct_mean_ns`:
+  hard IRQ entry to the end of its OWN softirqs, excluding foreign softirqs that ran in its
+  chain; `chain_ns`: the whole chain, foreign softirqs included; `foreign_softirqs` (NET_RX runs
+  raised by a request's send that ran in its chains) and `foreign_ns` (their time and the gap
+  before each); `hit_any` (requests whose own execution it interrupted at least once) and
+  `hit_once` (requests whose only interrupt was one of it);
   `indirect_mean_ns` (the configured population mean per hit, what the estimator targets) and
   `indirect_ns` (realised total slowdown added); over the CPU's serving window: `window_count`,
   `window_direct_ns`, `window_indirect_ns` and `capacity_loss` = (window_direct_ns +
   window_indirect_ns) / busy_ns of that CPU.
 - `per_cpu`: `requests` started there, `window_ns` (first request start to last request end
   there), `idle_ns` (time the idle task ran, within the window), `idle_irq_ns` (interrupts taken
-  while idle, within the window), `busy_ns` = window_ns - idle_ns + idle_irq_ns, `busy_share` =
-  busy_ns / window_ns, as kptrace.intervals.serving_load defines them.
+  while idle, within the window: their whole span, irq_exit gaps included), `busy_ns` =
+  window_ns - idle_ns + idle_irq_ns and `busy_share` = busy_ns / window_ns, as
+  kptrace.intervals.serving_load defines them.
 - `kinds`: per request kind its `size_class` (kptrace's requests.kind), `requests`,
   `demand_mean_ns` (population mean of its own user work) and `own_mean_ns` (realised mean own
   time: receive, user work and sends with the NET_RX they ran inline; no interrupt, indirect
@@ -56,6 +58,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 import random
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
@@ -64,12 +67,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from kptrace.requests import EPOLL, RECEIVES, SENDS
 from kptrace.schema import SOFTIRQ_NAMES
 from kptrace.walker import Arrival, CoreWalker
 
-EPOLL = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
-RECEIVES = ("read", "recvfrom", "recvmsg")
-SENDS = ("sendmsg", "sendto", "write", "writev")
 NET_RX = SOFTIRQ_NAMES.index("NET_RX")
 EAGAIN = -11
 
@@ -122,7 +123,15 @@ class Kind:
 
 @dataclass
 class Scenario:
-    """Everything the generator needs; written into truth.json."""
+    """Everything the generator needs; written into truth.json.
+
+    A thread blocked in epoll waits WAKE_MIN_NS plus an exponential time of mean `wait_mean_ns`;
+    its epoll call returns at once with probability `ready_share`. Shares are probabilities per
+    request (`preempt_share`, `eagain_share`), per preemption (`migrate_share`: the thread
+    resumes on another CPU), per block (`wake_migrate_share`) and per send (`netrx_defer`: its
+    NET_RX waits for the next hard IRQ). `indirect_scale` multiplies every source's indirect
+    cost (0: interrupts slow nothing down, for length-bias checks).
+    """
 
     duration_s: float = 1.0
     seed: int = 1
@@ -194,8 +203,8 @@ def arrivals(scenario: Scenario, start: int, end: int) -> dict[int, list[Arrival
             n = times.size
             handler = _gamma(rng, source.handler_ns, source.handler_cv, n)
             indirect = _gamma(rng, source.indirect_ns * scenario.indirect_scale, source.indirect_cv, n)
-            runs = [(SOFTIRQ_NAMES.index(s.name), rng.random(n) < s.probability, rng.integers(*SOFTIRQ_GAP_NS, n),
-                     _gamma(rng, s.mean_ns, s.cv, n)) for s in sorted(source.softirqs, key=lambda s: SOFTIRQ_NAMES.index(s.name))]
+            runs = [(vec, rng.random(n) < s.probability, rng.integers(*SOFTIRQ_GAP_NS, n), _gamma(rng, s.mean_ns, s.cv, n))
+                    for vec, s in sorted((SOFTIRQ_NAMES.index(s.name), s) for s in source.softirqs)]
             for i in range(n):
                 own = tuple((vec, int(gap[i]), int(run[i])) for vec, raised, gap, run in runs if raised[i])
                 per_cpu[cpu].append(Arrival(int(times[i]), source.name, int(handler[i]),
@@ -278,8 +287,8 @@ class _Cpu:
             request.hits.append((self.cpu, source.name))
             indirect = arrival.indirect_ns
             self.cycles += indirect * self.sim.scenario.clock_ghz
-        self.sim.interrupts.append((self.cpu, source.name, at, span, span - foreign_ns, int(foreign_ns > 0), foreign_ns,
-                                    indirect, self.task[1] == 0))
+        self.sim.interrupts.append((self.cpu, source.name, at, arrival.handler_ns, span, span - foreign_ns,
+                                    int(foreign_ns > 0), foreign_ns, indirect, self.task[1] == 0))
         return span
 
     def read_counters(self) -> None:
@@ -383,7 +392,7 @@ class _Thread:
 
     def _syscall(self, name: str, fd: int, count: int, cost: str, ret: int) -> None:
         cpu = self.cpu
-        self.sim.syscalls[name] = self.sim.syscalls.get(name, 0) + 1
+        self.sim.syscalls[name] += 1
         cpu.emit(f"sys_enter_{name}", (fd, count))
         cpu.work(self._cost(cost))
         cpu.emit(f"sys_exit_{name}", (ret,))
@@ -391,7 +400,7 @@ class _Thread:
     def _loop(self):
         sim, rng, sc = self.sim, self.sim.rng, self.sim.scenario
         while self.cpu.walker.now < sim.end:
-            self.sim.syscalls[self.epoll] = self.sim.syscalls.get(self.epoll, 0) + 1
+            self.sim.syscalls[self.epoll] += 1
             self.cpu.emit(f"sys_enter_{self.epoll}", (self.epfd, MAXEVENTS))
             self.cpu.work(self._cost("epoll_enter"))
             if rng.random() >= sc.ready_share:
@@ -431,7 +440,7 @@ class _Thread:
     def _send(self, fd: int, nbytes: int, request: _Request) -> None:
         """A send raises NET_RX (loopback) and usually runs it before returning."""
         cpu, name = self.cpu, self.send[fd]
-        self.sim.syscalls[name] = self.sim.syscalls.get(name, 0) + 1
+        self.sim.syscalls[name] += 1
         cpu.emit(f"sys_enter_{name}", (fd, 2 if name == "writev" else nbytes))
         cpu.work(self._cost("send_before"))
         cpu.emit("softirq_raise", (NET_RX,), "bh")
@@ -458,7 +467,7 @@ class _Simulation:
         self.interrupts: list[tuple] = []
         self.idle: list[tuple[int, int, int]] = []
         self.foreign: list[tuple[int, str, int, int]] = []  # (cpu, source of the chain, raising request, ns)
-        self.syscalls: dict[str, int] = {}
+        self.syscalls: Counter[str] = Counter()
         self._cost_rng = np.random.default_rng([scenario.seed, len(scenario.sources)])
         self._units: list[float] = []
         self._unit_at = 0
@@ -525,7 +534,8 @@ def truth(sim: _Simulation, fmt: str) -> dict:
     first, last = min(row[0] for row in sim.rows), max(row[0] for row in sim.rows)
     duration_s = (last - first) / 1e9
     interrupts = pl.DataFrame(sim.interrupts, orient="row", schema={
-        "cpu": pl.Int64, "source": pl.String, "ts": pl.Int64, "chain_ns": pl.Int64, "direct_ns": pl.Int64,
+        "cpu": pl.Int64, "source": pl.String, "ts": pl.Int64, "handler_ns": pl.Int64, "chain_ns": pl.Int64,
+        "direct_ns": pl.Int64,
         "foreign_softirqs": pl.Int64, "foreign_ns": pl.Int64, "indirect_ns": pl.Int64, "idle": pl.Boolean})
     requests = pl.DataFrame(
         [(r.cpu, r.tid, r.fd, r.kind.name, r.ts, r.end, r.own_ns, r.offcpu_ns, r.n_offcpu, r.migrated,
@@ -536,7 +546,8 @@ def truth(sim: _Simulation, fmt: str) -> dict:
     idle = pl.DataFrame(sim.idle, orient="row", schema={"cpu": pl.Int64, "ts": pl.Int64, "end": pl.Int64})
     window = requests.group_by("cpu").agg(w_lo=pl.col("ts").min(), w_hi=pl.col("end").max(), requests=pl.len())
     in_window = pl.col("ts").is_between("w_lo", "w_hi")
-    means = {(cpu, s.name): s.indirect_ns * sc.indirect_scale for s in sc.sources for cpu in s.cpus}
+    means = pl.DataFrame([(cpu, s.name, float(s.indirect_ns * sc.indirect_scale))
+                          for s in sc.sources for cpu in s.cpus], schema={"cpu": pl.Int64, "source": pl.String, "indirect_mean_ns": pl.Float64}, orient="row")
 
     per_cpu = (
         window.join(idle.join(window, on="cpu").group_by("cpu").agg(idle_ns=_clipped("ts", "end").sum()),
@@ -552,19 +563,19 @@ def truth(sim: _Simulation, fmt: str) -> dict:
     per_source = (
         interrupts.join(window, on="cpu", how="left")
         .group_by("cpu", "source")
-        .agg(count=pl.len(), direct_ns=pl.col("direct_ns").sum(), chain_ns=pl.col("chain_ns").sum(),
+        .agg(count=pl.len(), handler_ns=pl.col("handler_ns").sum(), direct_ns=pl.col("direct_ns").sum(),
+             chain_ns=pl.col("chain_ns").sum(),
              foreign_softirqs=pl.col("foreign_softirqs").sum(), foreign_ns=pl.col("foreign_ns").sum(),
              indirect_ns=pl.col("indirect_ns").sum(), window_count=in_window.sum(),
              window_direct_ns=pl.col("direct_ns").filter(in_window).sum(),
              window_indirect_ns=pl.col("indirect_ns").filter(in_window).sum())
         .join(_hit_counts(sim.requests), on=["cpu", "source"], how="left")
         .join(per_cpu.select("cpu", "busy_ns"), on="cpu", how="left")
+        .join(means, on=["cpu", "source"], how="left")
         .with_columns(
             pl.col("hit_any", "hit_once").fill_null(0),
             rate_per_s=pl.col("count") / duration_s,
             direct_mean_ns=pl.col("direct_ns") / pl.col("count"),
-            indirect_mean_ns=pl.struct("cpu", "source").map_elements(lambda key: means[(key["cpu"], key["source"])],
-                                                                    return_dtype=pl.Float64),
             capacity_loss=(pl.col("window_direct_ns") + pl.col("window_indirect_ns")) / pl.col("busy_ns"),
         )
         .drop("busy_ns")

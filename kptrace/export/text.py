@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import lru_cache
 
+from kptrace.attribute import HARDWARE_COUNTERS
 from kptrace.read.fields import VECTOR_HANDLERS
 from kptrace.schema import SOFTIRQ_NAMES
 
@@ -135,9 +136,10 @@ def perf_text(rows: list[Row], cpus: int) -> str:
     width = max(map(len, names | {"instructions"}))
     lines = []
     for ts, cpu, (comm, tid, _), event, fields, _ in rows:
-        stamp = f"{'swapper' if tid == 0 else comm:>16} {tid:>6} [{cpu:03d}] {ts // 1_000_000_000:>5}.{ts % 1_000_000_000:09d}:"
+        sec, ns = divmod(ts, 1_000_000_000)
+        stamp = f"{'swapper' if tid == 0 else comm:>16} {tid:>5} [{cpu:03d}] {sec:>5}.{ns:09d}:"
         if event == "counters":
-            lines += [f"{stamp} {value:>10} {name:>{width}}: " for name, value in zip(("cycles", "instructions"), fields)]
+            lines += [f"{stamp} {value:>10} {name:>{width}}: " for name, value in zip(HARDWARE_COUNTERS, fields)]
             continue
         lines.append(f"{stamp} {_subsystem(event) + ':' + event:>{width}}: {_payload('format', event, fields)}")
     return "\n".join(lines) + "\n"
