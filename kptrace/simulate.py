@@ -50,7 +50,9 @@ truth.json holds the exact figures (ns, counts, per second) computed from what w
 - `requests`: `total`, `two_sends`, `offcpu` (requests switched out mid-request), `offcpu_ns`,
   `switch_outs`, `migrated` (came back on another CPU), `hit` (hit by any interrupt).
 - `offcpu_requests`: tid, fd, cpu, ts (ns), offcpu_ns, n_offcpu and migrated of each of them.
-- `foreign_softirqs`: NET_RX runs (and their ns) that ran in hard IRQ chains, all sources.
+- `foreign_softirqs`: NET_RX runs that ran in hard IRQ chains (`in_irq_chains`, `ns`), and each
+  of them (`runs`): its cpu, the chain's source and start `chain_ts`, the request whose send
+  raised it (`raised_by_tid`, `raised_by_request_ts`: that request's start) and its `ns`.
 - `syscalls`: how many of each syscall were made.
 """
 
@@ -267,16 +269,15 @@ class _Cpu:
         end = at + arrival.handler_ns
         self.emit(f"{source.name}_exit" if source.vector is not None else "irq_handler_exit",
                   (source.vector if source.vector is not None else source.irq,), "hardirq", end)
-        runs = [(vec, gap, run, False) for vec, gap, run in own]
-        foreign_ns = 0
-        if self.pending_netrx is not None:
+        runs, foreign_ns = own, 0
+        if self.pending_netrx is not None:  # __do_softirq runs the pending vectors in number order
             raiser, run = self.pending_netrx
             gap = self.sim.rng.randrange(*SOFTIRQ_GAP_NS)
-            runs = sorted(runs + [(NET_RX, gap, run, True)])
+            runs = sorted(own + ((NET_RX, gap, run),))
             foreign_ns = gap + run
-            self.sim.foreign.append((self.cpu, source.name, raiser.id, foreign_ns))
+            self.sim.foreign.append((self.cpu, source.name, at, raiser.tid, raiser.ts, foreign_ns))
             self.pending_netrx = None
-        for vec, gap, run, _ in runs:
+        for vec, gap, run in runs:
             self.emit("softirq_entry", (vec,), "softirq", end + gap)
             end += gap + run
             self.emit("softirq_exit", (vec,), "softirq", end)
@@ -466,7 +467,8 @@ class _Simulation:
         self.requests: list[_Request] = []
         self.interrupts: list[tuple] = []
         self.idle: list[tuple[int, int, int]] = []
-        self.foreign: list[tuple[int, str, int, int]] = []  # (cpu, source of the chain, raising request, ns)
+        #: NET_RX run in an IRQ chain: (cpu, source, chain ts, raising request's tid and ts, ns)
+        self.foreign: list[tuple[int, str, int, int, int, int]] = []
         self.syscalls: Counter[str] = Counter()
         self._cost_rng = np.random.default_rng([scenario.seed, len(scenario.sources)])
         self._units: list[float] = []
@@ -609,8 +611,11 @@ def truth(sim: _Simulation, fmt: str) -> dict:
             "migrated": int(requests["migrated"].sum()), "hit": int(requests["hit"].sum()),
         },
         "offcpu_requests": offcpu.select("tid", "fd", "cpu", "ts", "offcpu_ns", "n_offcpu", "migrated").to_dicts(),
-        "foreign_softirqs": {"in_irq_chains": int(interrupts["foreign_softirqs"].sum()),
-                             "ns": int(interrupts["foreign_ns"].sum())},
+        "foreign_softirqs": {
+            "in_irq_chains": len(sim.foreign), "ns": sum(run[-1] for run in sim.foreign),
+            "runs": [dict(zip(("cpu", "source", "chain_ts", "raised_by_tid", "raised_by_request_ts", "ns"), run))
+                     for run in sim.foreign],
+        },
         "syscalls": dict(sorted(sim.syscalls.items())),
         "scenario": asdict(sc),
     }
