@@ -147,6 +147,58 @@ def analyze(
         raise typer.Exit(1)
 
 
+def _policy_params(policy: str, source: str | None, to_cpu: int | None, knobs: dict) -> dict:
+    """The parameters a policy takes, from the command line (named like the kernel's knobs)."""
+    sources = [name for name in (source or "").split(",") if name]
+    if policy in ("move-irqs", "remove"):
+        return {"source": sources} | ({"to_cpu": to_cpu} if policy == "move-irqs" else {})
+    return {k: v for k, v in knobs.items() if v is not None}
+
+
+@app.command()
+def whatif(
+    trace: Annotated[Path, typer.Argument(help="bundle or trace file of the unmodified system")],
+    policy: Annotated[str, typer.Option("--policy", help="vanilla | move-irqs | remove | coalesce | busy-poll | "
+                                        "irq-suspend | kernel-polling | all")] = "all",
+    source: Annotated[str | None, typer.Option("--source", help="interrupt source(s), NAME[,NAME] (move-irqs, remove)")] = None,
+    to_cpu: Annotated[int | None, typer.Option("--to-cpu", help="move-irqs: the CPU that takes them")] = None,
+    defer: Annotated[int | None, typer.Option("--defer", help="napi_defer_hard_irqs")] = None,
+    gro_flush_timeout: Annotated[int | None, typer.Option("--gro-flush-timeout", help="ns")] = None,
+    usecs: Annotated[int | None, typer.Option("--usecs", help="busy_poll_usecs")] = None,
+    budget: Annotated[int | None, typer.Option("--budget", help="busy_poll_budget")] = None,
+    prefer: Annotated[bool | None, typer.Option("--prefer", help="prefer_busy_poll")] = None,
+    timeout: Annotated[int | None, typer.Option("--timeout", help="irq-suspend-timeout, ns")] = None,
+    server: Annotated[str | None, typer.Option("--server", help="thread or process name, tid or pid (default: every epoll server)")] = None,
+    replicates: Annotated[int, typer.Option("--replicates", help="bootstrap replicates for the 95% intervals")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="print the prediction as JSON (docs/whatif.md)")] = False,
+) -> None:
+    """Predict what an interrupt policy would win, from a trace of the unmodified system (modelled)."""
+    from kptrace.analysis import analyze as run_analysis
+    from kptrace.whatif import POLICIES, Policy, PolicyError, whatif as predict
+    from kptrace.whatif.render import render_whatif
+
+    if policy != "all" and policy not in POLICIES:
+        typer.echo(f"kptrace: error: --policy must be one of {', '.join(POLICIES)}, all", err=True)
+        raise typer.Exit(2)
+    knobs = {"defer": defer, "gro_flush_timeout": gro_flush_timeout, "usecs": usecs, "budget": budget,
+             "prefer": prefer, "timeout": timeout}
+    asked = None if policy == "all" else ([] if policy == "vanilla" else [Policy("vanilla")]) + [
+        Policy(policy, _policy_params(policy, source, to_cpu, knobs))]
+    try:
+        analysis = run_analysis(trace)
+        _warn(analysis.meta)
+        results = predict(analysis, asked, server=server, replicates=replicates)
+    except TraceError as error:
+        _fail(error)
+    except PolicyError as error:
+        typer.echo(f"kptrace: error: {error}", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(results[0] if len(results) == 1 else results, indent=2, default=str))
+    else:
+        typer.echo("\n\n".join(render_whatif(result) for result in results))
+
+
 @app.command()
 def simulate(
     out: Annotated[Path, typer.Option("-o", "--out", help="directory for trace.txt and truth.json")],

@@ -1,0 +1,100 @@
+"""What-if: predict, from a trace of the unmodified system, what an interrupt policy would win.
+
+`whatif(analysis, ...)` gives, per epoll server of the trace, its calibration (the vanilla replay
+against the measured trace) and per policy the predicted figures with 95% intervals and their
+ratio to vanilla (kptrace.whatif.predict). Inputs: kptrace.whatif.inputs; the replay:
+kptrace.whatif.replay; policies: kptrace.whatif.policies. Model and limits: docs/whatif.md.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from kptrace.analysis import Analysis
+from kptrace.read.fields import VECTOR_HANDLERS
+from kptrace.whatif.policies import NETWORK_POLICIES, POLICIES, Policy, PolicyError
+from kptrace.whatif.predict import predict
+
+__all__ = ["POLICIES", "Policy", "PolicyError", "servers", "whatif"]
+
+#: A vanilla replay further than this from the measured trace is reported as not calibrated.
+CALIBRATION_TOLERANCE = 0.05
+
+
+def servers(analysis: Analysis) -> list[dict]:
+    """The epoll servers of a trace: {comm, pids, tids, cpus}, one per process (by thread-group
+    id where the trace records it, else by thread name), busiest first."""
+    requests = analysis.requests
+    names = analysis.intervals.filter(pl.col("kind") == "running").group_by("tid").agg(comm=pl.col("name").last())
+    threads = requests.group_by("tid").agg(n=pl.len(), cpus=pl.col("cpu").unique()).join(names, on="tid", how="left")
+    if analysis.events is not None and analysis.events["tgid"].is_not_null().any():
+        tgids = analysis.events.filter(pl.col("tgid").is_not_null()).group_by("tid").agg(pid=pl.col("tgid").first())
+        threads = threads.join(tgids, on="tid", how="left")
+    else:
+        threads = threads.with_columns(pid=pl.lit(None, pl.Int32))
+    threads = threads.with_columns(comm=pl.col("comm").fill_null(pl.format("tid {}", "tid")))
+    key = pl.when(pl.col("pid").is_not_null()).then(pl.format("pid {}", "pid")).otherwise(pl.col("comm"))
+    grouped = (
+        threads.with_columns(key=key).group_by("key")
+        .agg(comm=pl.col("comm").sort_by("n", descending=True).first(), pids=pl.col("pid").drop_nulls().unique().sort(),
+             tids=pl.col("tid").sort(), cpus=pl.col("cpus").explode().unique().sort(), n=pl.col("n").sum())
+        .sort("n", "key", descending=[True, False])
+    )
+    return grouped.drop("key", "n").to_dicts()
+
+
+def select_server(found: list[dict], wanted: str) -> dict:
+    """The server named by `--server`: a thread or process name, or a tid or pid."""
+    for server in found:
+        if wanted == server["comm"] or (wanted.isdigit() and int(wanted) in server["tids"] + server["pids"]):
+            return server
+    raise PolicyError(f"--server {wanted}: no epoll server of that name, tid or pid in this trace (found: "
+                      + ", ".join(f"{s['comm']} (tids {', '.join(map(str, s['tids']))})" for s in found) + ")")
+
+
+def nic_sources(analysis: Analysis) -> set[str]:
+    """Hard IRQs whose chain polls a real network device (napi_poll of a device, not loopback)."""
+    polls = analysis.intervals.filter((pl.col("kind") == "napi") & (pl.col("name") != "(no_device)") & pl.col("complete"))
+    if polls.height == 0:
+        return set()
+    chains = analysis.disruptions.filter("disruptive").select("cpu", "source", c_ts="ts", c_end="end").sort("c_ts")
+    inside = polls.sort("ts").join_asof(chains, left_on="ts", right_on="c_ts", by="cpu", strategy="backward",
+                                        check_sortedness=False).filter(pl.col("ts") < pl.col("c_end"))
+    return set(inside["source"].drop_nulls().unique().to_list())
+
+
+def costliest_device_irq(analysis: Analysis, cpus: list[int]) -> str | None:
+    """The device IRQ source (not an APIC vector) that costs the serving cores most."""
+    rows = analysis.attribution.filter(pl.col("cpu").is_in(cpus) & ~pl.col("source").is_in(list(VECTOR_HANDLERS)))
+    rows = rows.group_by("source").agg(cost=pl.col("share_of_cpu").sum()).sort("cost", "source", descending=[True, False])
+    return rows["source"][0] if rows.height else None
+
+
+def default_policies(analysis: Analysis, cpus: list[int]) -> list[Policy]:
+    """`--policy all`: every policy with its default parameters; move-irqs and remove act on the
+    device IRQ that costs the serving cores most (left out when there is none)."""
+    policies = [Policy("vanilla")]
+    if device := costliest_device_irq(analysis, cpus):
+        policies += [Policy("move-irqs", {"source": [device], "to_cpu": None}), Policy("remove", {"source": [device]})]
+    return policies + [Policy(name) for name in NETWORK_POLICIES]
+
+
+def whatif(analysis: Analysis, policies: list[Policy] | None = None, server: str | None = None,
+           replicates: int = 20, seed: int = 0) -> list[dict]:
+    """One result per server (the JSON contract of `kptrace whatif`, docs/whatif.md)."""
+    if analysis.requests is None:
+        raise PolicyError("no requests in this trace, so nothing to replay: " + next(
+            (n for n in analysis.notes if "per-request" in n or "no requests" in n), "record syscall events"))
+    found = servers(analysis)
+    chosen = [select_server(found, server)] if server else found
+    nic = nic_sources(analysis)
+    results = []
+    for entry in chosen:
+        asked = policies or default_policies(analysis, entry["cpus"])
+        prediction = predict(analysis, entry["tids"], asked, nic, replicates=replicates, seed=seed)
+        calibration = prediction["calibration"]
+        calibration["within_tolerance"] = all(
+            abs(calibration[key]) <= CALIBRATION_TOLERANCE for key in ("capacity_error", "p50_error", "p99_error"))
+        results.append({"input": analysis.meta.get("files") or analysis.meta.get("source_format"),
+                        "server": {k: entry[k] for k in ("comm", "pids", "tids", "cpus")}, **prediction})
+    return results

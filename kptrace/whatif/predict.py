@@ -1,0 +1,182 @@
+"""Figures per policy for one server: replays of its cores, with bootstrap intervals, against the
+vanilla replay (ratios) and the measured trace (calibration).
+
+Intervals: each bootstrap replicate resamples, per core, the requests' demands (in blocks of
+consecutive requests) and each source's measured interrupt costs (with replacement), and draws each indirect cost from its estimate's
+interval; vanilla and every policy replay the same replicate, so ratios carry only the
+uncertainty of the difference. 95% intervals are the replicates' 2.5 and 97.5 percentiles (see
+_interval).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import polars as pl
+
+from kptrace.analysis import Analysis
+from kptrace.intervals import serving_load
+from kptrace.walker import Arrival
+from kptrace.whatif.inputs import arrivals, request_stream
+from kptrace.whatif.policies import Policy, apply
+from kptrace.whatif.replay import CoreInput, CoreRun, replay_core
+
+FIGURES = ("capacity_rps", "throughput_rps", "p50_us", "p99_us", "cpu_util", "irq_per_s")
+PROVENANCE = ("modelled: a per-core replay of the measured request demands, loop work, idle periods and "
+              "interrupt arrivals with their measured direct and estimated indirect costs")
+
+
+def core_inputs(analysis: Analysis, tids: list[int]) -> list[CoreInput]:
+    """The replay input of each core on which the given threads served requests."""
+    requests = analysis.requests.filter(pl.col("tid").is_in(tids))
+    stream = request_stream(replace(analysis, requests=requests))
+    cpus = sorted(stream["cpu"].unique().to_list())
+    chains = arrivals(analysis, cpus)
+    cores = []
+    for cpu in cpus:
+        mine = stream.filter(pl.col("cpu") == cpu)
+        start = int(mine["ts"].min())
+        end = int((mine["ts"] + mine["dur"]).max())
+        cores.append(CoreInput(
+            cpu=cpu, start_ns=start, period_ns=max(end - start, 1),
+            ready_ts=mine["ready_ts"].fill_null(-1).to_numpy(), pre_ns=mine["pre_ns"].to_numpy(),
+            wake_ns=mine["wake_ns"].to_numpy(),
+            post_ns=mine["post_ns"].to_numpy(), demand_ns=mine["demand_ns"].to_numpy(),
+            arrivals=tuple(Arrival(*row) for row in chains.filter((pl.col("cpu") == cpu) & (pl.col("ts") >= start))
+                           .select("ts", "source", "handler_ns", "softirq_ns", "indirect_ns").iter_rows()),
+        ))
+    return cores
+
+
+def _figures(recorded: list[CoreRun], saturated: list[CoreRun]) -> dict:
+    """The figures of one replay of every core of a server."""
+    n = sum(len(run.starts) for run in recorded)
+    durations = np.concatenate([run.ends - run.starts for run in recorded])
+    window = sum(run.window_ns for run in recorded)
+    return {
+        "capacity_rps": n / (sum(run.busy_ns for run in recorded) / 1e9),
+        "throughput_rps": sum(len(run.starts) / (run.window_ns / 1e9) for run in saturated),
+        "recorded_rps": sum(len(run.starts) / (run.window_ns / 1e9) for run in recorded),
+        "p50_us": float(np.percentile(durations, 50)) / 1e3,
+        "p99_us": float(np.percentile(durations, 99)) / 1e3,
+        "cpu_util": sum(run.busy_ns for run in recorded) / window,
+        "irq_per_s": sum(run.interrupts for run in recorded) / (window / len(recorded) / 1e9),
+    }
+
+
+def replay(cores: list[CoreInput]) -> dict:
+    return _figures([replay_core(core, False) for core in cores], [replay_core(core, True) for core in cores])
+
+
+def measured(analysis: Analysis, tids: list[int]) -> dict:
+    """The same figures read off the trace, for calibration (measured)."""
+    requests = analysis.requests.filter(pl.col("tid").is_in(tids))
+    busy = serving_load(analysis.intervals.lazy(), analysis.disruptions.lazy(), requests.lazy()).collect()
+    busy = busy.group_by("cpu").agg(pl.col("busy_ns").first())
+    window = requests.group_by("cpu").agg(n=pl.len(), w=(pl.col("ts") + pl.col("dur")).max() - pl.col("ts").min())
+    return {
+        "capacity_rps": requests.height / (busy["busy_ns"].sum() / 1e9),
+        "recorded_rps": (window["n"] / (window["w"] / 1e9)).sum(),
+        "p50_us": float(requests["dur"].quantile(0.5, "linear")) / 1e3,
+        "p99_us": float(requests["dur"].quantile(0.99, "linear")) / 1e3,
+        "cpu_util": busy["busy_ns"].sum() / window["w"].sum(),
+    }
+
+
+#: Requests are resampled in blocks of this many consecutive ones: neighbours share cache state
+#: and load (a request after an idle period runs colder), which an i.i.d. resample would break.
+BLOCK = 256
+
+
+def _block_resample(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A moving-block bootstrap resample of `values`, as long as it."""
+    n = len(values)
+    if n <= BLOCK:
+        return rng.choice(values, size=n, replace=True)
+    starts = rng.integers(0, n - BLOCK + 1, -(-n // BLOCK))
+    return np.concatenate([values[s:s + BLOCK] for s in starts])[:n]
+
+
+def _resampled(cores: list[CoreInput], rng: np.random.Generator, indirect_ci: dict) -> list[CoreInput]:
+    """One bootstrap replicate of the inputs (module docstring)."""
+    out = []
+    for core in cores:
+        demand = _block_resample(core.demand_ns, rng)
+        by_source: dict[str, list[Arrival]] = {}
+        for a in core.arrivals:
+            by_source.setdefault(a.source, []).append(a)
+        costs = {s: [(a.handler_ns, a.softirq_ns) for a in items] for s, items in by_source.items()}
+        shift = {s: rng.normal(0, indirect_ci.get((core.cpu, s), 0) / 1.96) for s in by_source}
+        picks = {s: rng.integers(0, len(items), len(items)) for s, items in by_source.items()}
+        position = {s: 0 for s in by_source}
+        arrivals_b = []
+        for a in core.arrivals:
+            handler, softirq = costs[a.source][picks[a.source][position[a.source]]]
+            position[a.source] += 1
+            arrivals_b.append(Arrival(a.ts, a.source, handler, softirq, max(0, round(a.indirect_ns + shift[a.source]))
+                                      if a.indirect_ns else 0, a.tag))
+        out.append(replace(core, demand_ns=demand, arrivals=tuple(arrivals_b)))
+    return out
+
+
+def _replay_each(cores: list[CoreInput], policies: list[Policy], nic_sources: set[str]) -> dict:
+    """Figures of vanilla and of each distinct policy input (by Applied.key), each replayed once."""
+    figures = {frozenset(): replay(cores)}
+    for policy in policies:
+        applied = apply(policy, cores, nic_sources)
+        if applied.key not in figures:
+            figures[applied.key] = replay(applied.cores)
+    return figures
+
+
+def _interval(point: float, replicates: list[float]) -> list[float]:
+    """The replicates' 2.5-97.5 percentile interval, widened to hold the replay of the measured
+    inputs itself: quantiles in a sparse region of the request-time distribution (p99 between
+    the clean tail and the requests an interrupt hit) move with the replay's exact timing, which
+    a resample perturbs."""
+    lo, hi = np.percentile(replicates, [2.5, 97.5]) if replicates else (point, point)
+    return [float(min(lo, point)), float(max(hi, point))]
+
+
+def predict(analysis: Analysis, tids: list[int], policies: list[Policy], nic_sources: set[str],
+            replicates: int = 20, seed: int = 0) -> dict:
+    """Per policy: predicted figures with 95% intervals and ratios against vanilla; and the
+    calibration of vanilla against the measured trace."""
+    cores = core_inputs(analysis, tids)
+    applied = {p.name: apply(p, cores, nic_sources) for p in policies}
+    point = _replay_each(cores, policies, nic_sources)
+    base = point[frozenset()]
+    ci = {(row["cpu"], row["source"]): row["indirect_ci_ns"] or 0.0 for row in analysis.attribution.iter_rows(named=True)}
+    rng = np.random.default_rng(seed)
+    drawn = [_replay_each(_resampled(cores, rng, ci), policies, nic_sources) for _ in range(replicates)]
+    samples = {p.name: [d[applied[p.name].key] for d in drawn] for p in policies}
+    base_samples = [d[frozenset()] for d in drawn]
+    observed = measured(analysis, tids)
+    results = []
+    for policy in policies:
+        figures = point[applied[policy.name].key]
+        entry = {"policy": policy.name, "params": policy.params, "predicted": {}, "notes": applied[policy.name].notes}
+        for key in FIGURES:
+            entry["predicted"][key] = figures[key]
+            entry["predicted"][f"{key}_ci"] = _interval(figures[key], [s[key] for s in samples[policy.name]])
+        entry["capacity_ratio"] = figures["capacity_rps"] / base["capacity_rps"]
+        entry["capacity_ratio_ci"] = _interval(entry["capacity_ratio"], [
+            s["capacity_rps"] / b["capacity_rps"] for s, b in zip(samples[policy.name], base_samples)])
+        entry["throughput_ratio"] = figures["throughput_rps"] / base["throughput_rps"]
+        entry["p99_ratio"] = figures["p99_us"] / base["p99_us"]
+        if moved := applied[policy.name].moved_ns:
+            seconds = sum(core.period_ns for core in cores) / len(cores) / 1e9
+            entry["moved_load"] = {str(cpu): ns / 1e9 / seconds for cpu, ns in moved.items()}
+        results.append(entry)
+    return {
+        "calibration": {
+            "measured": observed, "replayed": {k: base[k] for k in observed},
+            "capacity_error": base["capacity_rps"] / observed["capacity_rps"] - 1,
+            "throughput_error": base["recorded_rps"] / observed["recorded_rps"] - 1,
+            "p50_error": base["p50_us"] / observed["p50_us"] - 1,
+            "p99_error": base["p99_us"] / observed["p99_us"] - 1,
+        },
+        "policies": results,
+        "provenance": PROVENANCE,
+    }

@@ -1,0 +1,31 @@
+"""The what-if table for the terminal (kptrace whatif, kptrace analyze)."""
+
+from __future__ import annotations
+
+
+def _with_interval(value: float, interval: list[float], fmt: str) -> str:
+    return f"{value:{fmt}} [{interval[0]:{fmt}}, {interval[1]:{fmt}}]"
+
+
+def render_whatif(result: dict) -> str:
+    """One server's predictions: a line per policy, figures with their 95% intervals."""
+    server = result["server"]
+    calibration = result["calibration"]
+    status = "within 5%" if calibration["within_tolerance"] else "NOT within 5%: treat the predictions with care"
+    lines = [
+        f"what-if for {server['comm']} (tids {', '.join(map(str, server['tids']))}; CPUs "
+        f"{', '.join(map(str, server['cpus']))}): modelled, [95% interval]",
+        f"calibration (vanilla replay vs measured): capacity {100 * calibration['capacity_error']:+.1f}%, "
+        f"p50 {100 * calibration['p50_error']:+.1f}%, p99 {100 * calibration['p99_error']:+.1f}% ({status})",
+        f"{'policy':<15} {'capacity req/s':>27} {'x vanilla':>21} {'saturated req/s':>10} {'p99 µs':>22} "
+        f"{'CPU %':>6} {'IRQ/s':>8}",
+    ]
+    for entry in result["policies"]:
+        p = entry["predicted"]
+        lines.append(
+            f"{entry['policy']:<15} {_with_interval(p['capacity_rps'], p['capacity_rps_ci'], ',.0f'):>27} "
+            f"{_with_interval(entry['capacity_ratio'], entry['capacity_ratio_ci'], '.3f'):>21} "
+            f"{p['throughput_rps']:>15,.0f} {_with_interval(p['p99_us'], p['p99_us_ci'], '.1f'):>22} "
+            f"{100 * p['cpu_util']:>6.1f} {p['irq_per_s']:>8,.0f}")
+    notes = {f"{e['policy']}: {note}" for e in result["policies"] for note in e["notes"] if e["policy"] != "vanilla"}
+    return "\n".join(lines + [f"note: {note}" for note in sorted(notes)])
