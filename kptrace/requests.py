@@ -44,7 +44,7 @@ CHAIN_GAP_NS = 2_000
 
 REQUEST_SCHEMA = {
     "request_id": pl.UInt32, "tid": pl.Int32, "cpu": pl.Int16, "ts": pl.Int64, "dur": pl.Int64,
-    "fd": pl.Int64, "bytes_in": pl.Int64, "bytes_out": pl.Int64, "kind": pl.String,
+    "fd": pl.Int64, "bytes_in": pl.Int64, "bytes_out": pl.Int64, "size_class": pl.String,
     "syscall_ns": pl.Int64, "hardirq_ns": pl.Int64, "softirq_ns": pl.Int64, "n_irq": pl.UInt32,
     "disruption_ns": pl.Int64, "own_ns": pl.Int64, "offcpu_ns": pl.Int64, "n_offcpu": pl.UInt32,
     "migrated": pl.Boolean,
@@ -181,12 +181,13 @@ def _request_spans(intervals: pl.LazyFrame) -> pl.LazyFrame:
         .with_columns(dur=pl.col("end") - pl.col("ts"))
         .sort("ts", "first_id")
         .with_row_index("request_id")
-        .with_columns(kind=_size_class("bytes_in") + pl.lit("/") + _size_class("bytes_out"))
+        .with_columns(size_class=_size_class("bytes_in") + pl.lit("/") + _size_class("bytes_out"))
     )
 
 
 def _size_class(column: str) -> pl.Expr:
-    """Requests of one kind have similar sizes in and out: power-of-two byte classes."""
+    """Power-of-two byte classes: requests of one class (`size_class`, in/out) do similar work,
+    so they are compared with each other."""
     return pl.lit("2^") + pl.col(column).clip(1).log(2).floor().cast(pl.Int32).cast(pl.String)
 
 
