@@ -12,12 +12,29 @@ Pairing rules, and why they hold:
 Anything else — an exit without entry at the trace start, an entry cut off by a lost-event gap
 or the trace end — is kept with `complete = false` and a null `dur`: never an invented duration.
 
-Output columns (INTERVAL_SCHEMA): ts (ns), dur (ns, null when incomplete), cpu, tid, kind
-(hardirq | softirq | napi | syscall | running), name (IRQ handler name such as
-`virtio1-req.0`, APIC vector handler such as `local_timer`, softirq such as `NET_RX`, NAPI
-device, syscall name, task comm), depth (nesting layer: running 0, syscall 1, softirq and napi 2,
-hardirq 3), complete, and for syscalls fd (from the enter event) and ret (from the exit);
-build_intervals also numbers them (`id`).
+Output columns (INTERVAL_SCHEMA): ts (ns), dur (ns, null when incomplete), cpu, tid (for IRQs
+and softirqs: the task they interrupted), kind (hardirq | softirq | napi | syscall | running),
+name (IRQ handler name such as `virtio1-req.0`, APIC vector handler such as `local_timer`,
+softirq such as `NET_RX`, NAPI device, syscall name, task comm), depth (nesting layer: running 0,
+syscall 1, softirq and napi 2, hardirq 3), complete, for syscalls fd (from the enter event) and
+ret (from the exit), seq and end_seq (rows of the event table holding the event that opened
+and the one that closed the interval; for a NAPI poll both are its napi_poll event), and for
+softirqs raise_ts and raised_in (who raised it, below). build_intervals numbers them (`id`).
+
+Same input, same table: ties are broken by a documented rule, never by sort or join order.
+The event table's row order is the order of record (time, then input line: within one CPU
+that is the order the tracer wrote, exact even when microsecond timestamps tie), and `seq`
+carries it. Intervals are numbered in (ts, depth, seq) order: by start time, the outer layer
+first, then the order their events were recorded. Whatever needs the true order of events at
+one instant (pairing, containment, who raised a softirq) compares `seq`, not `ts`.
+
+Who raised a softirq: raise_softirq sets the vector's pending bit on the local CPU; the
+batch that runs it clears the bit before the run begins, so a raise after the vector's
+previous run began either set the bit this run consumes or found it already set. The run is
+credited to the first softirq_raise of its vector on its CPU after the previous run of that
+vector there began (`raise_ts`), and `raised_in` is the id of the hard IRQ, else softirq, whose
+entry and exit enclose that raise (null: raised in task context). raise_ts is null when no such
+raise was traced (the trace start, lost events, or a trace without softirq_raise).
 """
 
 from __future__ import annotations
@@ -27,7 +44,10 @@ import polars as pl
 INTERVAL_SCHEMA = {
     "ts": pl.Int64, "dur": pl.Int64, "cpu": pl.Int16, "tid": pl.Int32, "kind": pl.String,
     "name": pl.String, "depth": pl.Int8, "complete": pl.Boolean, "fd": pl.Int64, "ret": pl.Int64,
+    "seq": pl.UInt32, "end_seq": pl.UInt32,
 }
+#: Added for softirqs after numbering (null for other kinds).
+RAISE_SCHEMA = {"raise_ts": pl.Int64, "raised_in": pl.UInt32}
 #: build_intervals adds `id` (UInt32, the row position), which requests and the timeline cite.
 DEPTH = {"running": 0, "syscall": 1, "softirq": 2, "napi": 2, "hardirq": 3}
 
@@ -52,12 +72,14 @@ def _pair_next(stream: pl.LazyFrame, by: str) -> pl.LazyFrame:
         next_name=pl.col("name").shift(-1).over(by),
         next_ts=pl.col("ts").shift(-1).over(by),
         next_ret=pl.col("ret").shift(-1).over(by),
+        next_seq=pl.col("seq").shift(-1).over(by),
     )
     complete = (pl.col("next_edge") == -1) & (pl.col("next_name") == pl.col("name"))
     return stream.filter(pl.col("edge") == 1).with_columns(
         complete=complete.fill_null(False),
         dur=pl.when(complete).then(pl.col("next_ts") - pl.col("ts")),
         ret=pl.when(complete).then(pl.col("next_ret")),
+        end_seq=pl.when(complete).then(pl.col("next_seq")),
     )
 
 
@@ -83,18 +105,9 @@ def _irq_stream(events: pl.LazyFrame, kind: str) -> pl.LazyFrame:
     )
 
 
-def _irq_names(events: pl.LazyFrame) -> pl.LazyFrame:
-    """Device IRQ number -> handler name, from irq_handler_entry (the exit does not carry it)."""
-    return (
-        events.filter(_EVENT == "irq_handler_entry")
-        .group_by(pl.col("irq").cast(pl.String).alias("name"))
-        .agg(irq_name=pl.col("irq_name").first())
-    )
-
-
 def hard_and_soft_irqs(events: pl.LazyFrame) -> pl.LazyFrame:
-    hard = _pair_next(_irq_stream(events, "hardirq"), "cpu").join(_irq_names(events), on="name", how="left")
-    hard = hard.with_columns(name=pl.coalesce("irq_name", "name"))
+    """Hard IRQs named by the handler name their entry carries (the APIC vector otherwise)."""
+    hard = _pair_next(_irq_stream(events, "hardirq"), "cpu").with_columns(name=pl.coalesce("irq_name", "name"))
     soft = _pair_next(_irq_stream(events, "softirq"), "cpu")
     return pl.concat([_finish(hard, "hardirq"), _finish(soft, "softirq")])
 
@@ -114,6 +127,7 @@ def napi_polls(events: pl.LazyFrame) -> pl.LazyFrame:
             dur=pl.when(complete).then(pl.col("ts") - pl.col("prev_ts")),
             complete=complete,
             name=pl.col("dev").cast(pl.String),
+            end_seq=pl.when(complete).then(pl.col("seq")),
         ),
         "napi",
     )
@@ -137,7 +151,8 @@ def running(events: pl.LazyFrame) -> pl.LazyFrame:
     switches = (
         events.filter((_EVENT == "sched_switch") | _LOST)
         .sort("cpu", "seq")
-        .with_columns(next_ts=pl.col("ts").shift(-1).over("cpu"), next_lost=_LOST.shift(-1).over("cpu"))
+        .with_columns(next_ts=pl.col("ts").shift(-1).over("cpu"), next_lost=_LOST.shift(-1).over("cpu"),
+                      next_seq=pl.col("seq").shift(-1).over("cpu"))
         .filter(~_LOST)
     )
     complete = pl.col("next_ts").is_not_null() & ~pl.col("next_lost").fill_null(False)
@@ -145,39 +160,90 @@ def running(events: pl.LazyFrame) -> pl.LazyFrame:
         switches.with_columns(
             tid=pl.col("next_pid"), name=pl.col("next_comm"),
             dur=pl.when(complete).then(pl.col("next_ts") - pl.col("ts")),
+            end_seq=pl.when(complete).then(pl.col("next_seq")),
             complete=complete,
         ),
         "running",
     )
 
 
+def inside(items: pl.LazyFrame, windows: pl.LazyFrame, by: str | list[str], *, at: str = "ts",
+           start: str = "w_ts", end: str = "w_end", closed: str = "left") -> pl.LazyFrame:
+    """Items whose `at` falls inside a window with the same `by`, joined with that window's
+    columns; items inside no window are dropped. The one definition of "falls inside".
+
+    Windows are half-open: [start, end) with closed="left", (start, end] with closed="right".
+    Windows with the same `by` must not overlap, so the latest window that starts at or before
+    an item (closed="right": the first that ends at or after it) is the only one that can hold
+    it: an as-of join, not a cross join. Of windows starting (ending) at the same instant the
+    last (first) in (start, end) order is taken, the one that is not empty.
+    """
+    if closed == "left":
+        joined = items.sort(at, maintain_order=True).join_asof(
+            windows.sort(start, end, maintain_order=True), left_on=at, right_on=start, by=by,
+            strategy="backward", check_sortedness=False)
+        return joined.filter(pl.col(at) < pl.col(end))
+    joined = items.sort(at, maintain_order=True).join_asof(
+        windows.sort(end, start, maintain_order=True), left_on=at, right_on=end, by=by,
+        strategy="forward", check_sortedness=False)
+    return joined.filter(pl.col(at) > pl.col(start))
+
+
 def _mark_lost_gaps(intervals: pl.LazyFrame, events: pl.LazyFrame) -> pl.LazyFrame:
-    """A syscall whose CPU lost events while it was open may have lost its inner events too."""
-    gaps = events.filter(_LOST).select("cpu", gap_ts="ts").sort("gap_ts")
-    marked = (
-        intervals.sort("ts")
-        .join_asof(gaps, left_on="ts", right_on="gap_ts", by="cpu", strategy="forward", check_sortedness=False)
-        .with_columns(
-            broken=(pl.col("kind") == "syscall") & (pl.col("gap_ts") < pl.col("ts") + pl.col("dur")).fill_null(False)
-        )
-    )
+    """A syscall whose CPU lost events while it was open may have lost its inner events too:
+    broken when the first lost-event mark on its CPU after its enter comes before its exit."""
+    gaps = events.filter(_LOST).select("cpu", gap_seq="seq").sort("gap_seq")
+    marked = intervals.sort("seq").join_asof(
+        gaps, left_on="seq", right_on="gap_seq", by="cpu", strategy="forward", check_sortedness=False
+    ).with_columns(broken=(pl.col("kind") == "syscall") & (pl.col("gap_seq") < pl.col("end_seq")).fill_null(False))
     return marked.with_columns(
         complete=pl.col("complete") & ~pl.col("broken"),
         dur=pl.when(pl.col("broken")).then(None).otherwise(pl.col("dur")),
-    ).drop("gap_ts", "broken")
+    ).drop("gap_seq", "broken")
+
+
+def _raisers(intervals: pl.LazyFrame, events: pl.LazyFrame) -> pl.LazyFrame:
+    """raise_ts and raised_in of each softirq run (module docstring); `id` must be set."""
+    runs = (
+        intervals.filter(pl.col("kind") == "softirq")
+        .select("id", "cpu", "name", "seq")
+        .sort("cpu", "name", "seq")
+        .with_columns(after=pl.col("seq").shift(1).over("cpu", "name").fill_null(0))
+    )
+    raises = events.filter(_EVENT == "softirq_raise").select(
+        "cpu", name=pl.col("softirq").cast(pl.String), raise_seq="seq", raise_ts="ts")
+    # The first raise after `after` and before the run: [after, seq) holds it.
+    credited = inside(raises, runs.select("id", "cpu", "name", w_ts="after", w_end="seq"),
+                      ["cpu", "name"], at="raise_seq")
+    first = credited.group_by("id").agg(pl.all().sort_by("raise_seq").first()).select("id", "cpu", "raise_seq", "raise_ts")
+    enclosing = {
+        kind: inside(first.select("id", "cpu", "raise_seq"),
+                     intervals.filter(pl.col("kind") == kind).select("cpu", encloser="id", w_ts="seq", w_end="end_seq"),
+                     "cpu", at="raise_seq").select("id", pl.col("encloser").alias(kind))
+        for kind in ("hardirq", "softirq")
+    }
+    return (
+        first.join(enclosing["hardirq"], on="id", how="left").join(enclosing["softirq"], on="id", how="left")
+        .select("id", "raise_ts", raised_in=pl.coalesce("hardirq", "softirq"))
+    )
 
 
 def build_intervals(events: pl.LazyFrame) -> pl.LazyFrame:
-    """All interval kinds, sorted by (ts, depth)."""
+    """All interval kinds, numbered in (ts, depth, seq) order, with the raiser of each softirq."""
     events = events.with_row_index("seq")
     every = pl.concat([hard_and_soft_irqs(events), napi_polls(events), syscalls(events), running(events)])
-    return _mark_lost_gaps(every, events).sort("ts", "depth", maintain_order=True).with_row_index("id")
+    # Collected once: the raisers read it twice, and a lazy plan would rebuild it for each.
+    numbered = _mark_lost_gaps(every, events).sort("ts", "depth", "seq").with_row_index("id").collect().lazy()
+    return (
+        numbered.join(_raisers(numbered, events), on="id", how="left")
+        .with_columns([pl.col(c).cast(t) for c, t in RAISE_SCHEMA.items()])
+        .sort("id")
+    )
 
 
 def irq_intervals(events: pl.LazyFrame) -> pl.LazyFrame:
-    """Only the hard IRQ and softirq intervals."""
-    return hard_and_soft_irqs(events.with_row_index("seq")).sort("ts")
-
+    """Only the hard IRQ and softirq intervals, in (ts, seq) order."""
+    return hard_and_soft_irqs(events.with_row_index("seq")).sort("ts", "seq")
 
 
 def serving_load(intervals: pl.LazyFrame, chains: pl.LazyFrame, requests: pl.LazyFrame) -> pl.LazyFrame:
@@ -199,9 +265,8 @@ def serving_load(intervals: pl.LazyFrame, chains: pl.LazyFrame, requests: pl.Laz
                 + pl.col("idle_irq_ns").fill_null(0))
     )
     in_window = (
-        chains.filter("disruptive").join(window, on="cpu")
-        .filter(pl.col("ts").is_between("w_lo", "w_hi"))
+        inside(chains.filter("disruptive"), window.select("cpu", w_ts="w_lo", w_end="w_hi"), "cpu")
         .group_by("cpu", "source")
         .agg(window_count=pl.len(), window_span_ns=pl.col("span_ns").sum())
     )
-    return in_window.join(busy, on="cpu")
+    return in_window.join(busy, on="cpu").sort("cpu", "source")

@@ -5,16 +5,35 @@ iteration: it starts when a read/recv on fd F returns data, and ends when the la
 on F that answers it returns (before the next read that returns data on F, or the next
 epoll_wait). Everything else the thread does is left out.
 
-A *disruption* is one hard IRQ together with the softirqs that run straight after it on the
-same CPU (irq_exit runs pending softirqs): a disk interrupt and its BLOCK softirq, a timer tick
-and its TIMER/RCU/SCHED work. Softirqs that run without a hard IRQ in front of them — such as
-the loopback NET_RX work a send performs inside its own syscall — are the request's own work
-("inline softirq"), not a disruption.
+Each piece of interrupt work is charged to what caused it (`charged_work`):
+- every hard IRQ is its own disruption, whose source is its handler or APIC vector;
+- a softirq run goes to the context that raised it (kptrace.intervals: the first
+  softirq_raise of its vector on its CPU since that vector last began to run, which set the
+  pending bit the run consumes): raised inside a hard IRQ, it joins that IRQ's disruption;
+  inside another softirq run, it goes where that run went; in task context, it is the task's
+  own work — an `inline:<SOFTIRQ>` chain, not a disruption, counted in a request's own time
+  when it ran inside the request, whether inside a syscall or at an interrupt's exit;
+- a run with no traced raise (the trace start, lost events, or a trace without
+  softirq_raise: `softirq_charging`) falls back to adjacency: it joins the hard IRQ or inline
+  chain it ran straight after on its CPU (within CHAIN_GAP_NS), else starts an inline chain.
+A disruption's time is its members' own time (a softirq less the hard IRQs nested in it) plus,
+for each softirq that followed other interrupt work within CHAIN_GAP_NS, the untraced gap
+before it (irq_exit's bookkeeping, which today's tracepoints do not cover).
+
+Work falls inside a request when it ran on the request's thread (an interrupt's `tid` is the
+task it interrupted) during [ts, end) — wherever the thread ran, so migration is followed.
+
+Same input, same tables: disruptions are numbered by the id of their first interval,
+requests by start time then the id of the read that opens them; hits, counters and lists are
+sorted by their ids (kptrace.intervals states the interval order).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
+
+from kptrace.intervals import inside
 
 EPOLL = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 RECEIVES = ("read", "recvfrom", "recvmsg")
@@ -25,74 +44,133 @@ CHAIN_GAP_NS = 2_000
 
 REQUEST_SCHEMA = {
     "request_id": pl.UInt32, "tid": pl.Int32, "cpu": pl.Int16, "ts": pl.Int64, "dur": pl.Int64,
-    "fd": pl.Int64, "bytes_in": pl.Int64, "bytes_out": pl.Int64, "kind": pl.String,
+    "fd": pl.Int64, "bytes_in": pl.Int64, "bytes_out": pl.Int64, "size_class": pl.String,
     "syscall_ns": pl.Int64, "hardirq_ns": pl.Int64, "softirq_ns": pl.Int64, "n_irq": pl.UInt32,
     "disruption_ns": pl.Int64, "own_ns": pl.Int64, "offcpu_ns": pl.Int64, "n_offcpu": pl.UInt32,
     "migrated": pl.Boolean,
     "sources": pl.List(pl.String), "disrupted": pl.Boolean, "irq_interval_ids": pl.List(pl.UInt32),
 }
+DISRUPTION_SCHEMA = {
+    "disruption_id": pl.UInt32, "interval_id": pl.UInt32, "cpu": pl.Int16, "ts": pl.Int64, "end": pl.Int64,
+    "span_ns": pl.Int64, "source": pl.String, "hardirq_ns": pl.Int64, "softirq_ns": pl.Int64,
+    "n_softirq": pl.UInt32, "complete": pl.Boolean, "disruptive": pl.Boolean,
+}
+
+
+def softirq_charging(events: pl.LazyFrame | pl.DataFrame) -> str:
+    """`raise` when the trace recorded softirq_raise (softirqs go to who raised them), else
+    `adjacency` (each softirq goes to the interrupt it ran straight after, which may charge a
+    task's own network work to an interrupt)."""
+    raised = events.lazy().filter(pl.col("event").cast(pl.String) == "softirq_raise").select(pl.len()).collect().item()
+    return "raise" if raised else "adjacency"
+
+
+def _roots(parent: np.ndarray) -> np.ndarray:
+    """Follow parent pointers to the root (a root is its own parent) by pointer doubling."""
+    while not np.array_equal(parent[parent], parent):
+        parent = parent[parent]
+    return parent
+
+
+def charged_work(intervals: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per hard IRQ and softirq interval: id, cpu, tid, ts, end, kind, complete,
+    own_ns (less nested hard IRQs), glue_ns (the untraced gap before a softirq), charged_ns
+    (their sum), root (id of the interval its disruption starts with), source, disruptive."""
+    irq = (
+        intervals.filter(pl.col("kind").is_in(["hardirq", "softirq"]))
+        .select("id", "cpu", "tid", "ts", "dur", "kind", "name", "complete", "seq", "end_seq", "raise_ts", "raised_in")
+        .with_columns(end=pl.col("ts") + pl.col("dur").fill_null(0))
+        .sort("cpu", "seq")
+        .with_columns(gap=pl.col("ts") - pl.col("end").cum_max().shift(1).over("cpu"))
+        .with_columns(adjacent=(pl.col("gap") <= CHAIN_GAP_NS).fill_null(False))
+    )
+    soft = pl.col("kind") == "softirq"
+    nested = inside(
+        irq.filter(pl.col("kind") == "hardirq").select("cpu", "seq", nested_ns=pl.col("dur").fill_null(0)),
+        irq.filter(soft).select("cpu", soft_id="id", w_ts="seq", w_end="end_seq"), "cpu", at="seq",
+    ).group_by("soft_id").agg(pl.col("nested_ns").sum())
+    adjacency_head = pl.when((pl.col("kind") == "hardirq") | ~pl.col("adjacent")).then(pl.col("id"))
+    irq = (
+        irq.join(nested, left_on="id", right_on="soft_id", how="left")
+        .sort("cpu", "seq")
+        .with_columns(
+            own_ns=(pl.col("dur").fill_null(0) - pl.col("nested_ns").fill_null(0)).clip(0),
+            glue_ns=pl.when(soft & pl.col("adjacent")).then(pl.col("gap").clip(0)).otherwise(0),
+            parent=pl.when(~soft).then(pl.col("id"))
+            .when(pl.col("raise_ts").is_not_null()).then(pl.coalesce("raised_in", "id"))
+            .otherwise(adjacency_head.forward_fill().over("cpu")),
+        )
+        .with_columns(charged_ns=pl.col("own_ns") + pl.col("glue_ns"))
+        .collect()
+    )
+    parent = np.arange(int(irq["id"].max() or 0) + 1, dtype=np.int64)
+    parent[irq["id"].to_numpy()] = irq["parent"].to_numpy()
+    root = _roots(parent)[irq["id"].to_numpy()]
+    heads = irq.select(root="id", root_kind="kind", root_name="name")
+    return (
+        irq.with_columns(root=pl.Series(root, dtype=pl.UInt32))
+        .join(heads, on="root", how="left")
+        .select(
+            "id", "cpu", "tid", "ts", "end", "kind", "complete", "own_ns", "glue_ns", "charged_ns", "root",
+            source=pl.when(pl.col("root_kind") == "hardirq").then(pl.col("root_name"))
+            .otherwise(pl.lit("inline:") + pl.col("root_name")),
+            disruptive=pl.col("root_kind") == "hardirq",
+        )
+        .sort("id")
+        .lazy()
+    )
+
+
+def _chains(work: pl.LazyFrame) -> pl.LazyFrame:
+    return (
+        work.group_by("root")
+        .agg(
+            cpu=pl.col("cpu").first(),
+            ts=pl.col("ts").min(),
+            end=pl.col("end").max(),
+            span_ns=pl.col("charged_ns").sum(),
+            source=pl.col("source").first(),
+            hardirq_ns=pl.col("own_ns").filter(pl.col("kind") == "hardirq").sum(),
+            softirq_ns=pl.col("own_ns").filter(pl.col("kind") == "softirq").sum(),
+            n_softirq=(pl.col("kind") == "softirq").sum(),
+            complete=pl.col("complete").all(),
+            disruptive=pl.col("disruptive").first(),
+        )
+        .sort("root")
+        .with_row_index("disruption_id")
+        .rename({"root": "interval_id"})
+        .select([pl.col(c).cast(t) for c, t in DISRUPTION_SCHEMA.items()])
+    )
 
 
 def disruptions(intervals: pl.LazyFrame) -> pl.LazyFrame:
-    """Chains of hard IRQ + following softirqs per CPU: disruption_id, cpu, ts, end, span_ns,
-    source (the hard IRQ's name, or `inline:<softirq>` for chains without one), hardirq_ns,
-    softirq_ns, complete."""
-    irq = (
-        intervals.filter(pl.col("kind").is_in(["hardirq", "softirq"]))
-        .with_columns(end=pl.col("ts") + pl.col("dur").fill_null(0))
-        .sort("cpu", "ts", "depth", descending=[False, False, True])
-        .with_columns(reach=pl.col("end").cum_max().shift(1).over("cpu"))
-        .with_columns(
-            head=(pl.col("kind") == "hardirq")
-            | pl.col("reach").is_null()
-            | (pl.col("ts") - pl.col("reach") > CHAIN_GAP_NS)
-        )
-        .with_columns(chain=pl.col("head").cast(pl.UInt32).cum_sum())
-    )
-    return (
-        irq.group_by("chain")
-        .agg(
-            cpu=pl.col("cpu").first(),
-            ts=pl.col("ts").first(),
-            end=pl.col("end").max(),
-            head_kind=pl.col("kind").first(),
-            head_name=pl.col("name").first(),
-            hardirq_ns=pl.col("dur").filter(pl.col("kind") == "hardirq").sum(),
-            softirq_ns=pl.col("dur").filter(pl.col("kind") == "softirq").sum(),
-            complete=pl.col("complete").all(),
-        )
-        .with_columns(
-            span_ns=pl.col("end") - pl.col("ts"),
-            source=pl.when(pl.col("head_kind") == "hardirq").then(pl.col("head_name"))
-            .otherwise(pl.lit("inline:") + pl.col("head_name")),
-            disruptive=pl.col("head_kind") == "hardirq",
-        )
-        .drop("head_kind", "head_name")
-        .sort("ts")
-        .with_row_index("disruption_id")
-    )
+    """One row per hard IRQ with the softirqs charged to it, and per inline chain
+    (DISRUPTION_SCHEMA): interval_id (its first interval), span_ns (time charged to it, see the
+    module docstring), hardirq_ns and softirq_ns (its members' own time), n_softirq, complete
+    (every member has both ends), disruptive (false for inline chains); end is its last
+    member's end, so with members apart end - ts may exceed span_ns."""
+    return _chains(charged_work(intervals))
 
 
 def _request_spans(intervals: pl.LazyFrame) -> pl.LazyFrame:
-    """Receive-with-data ... last answering send, per (tid, fd, epoll iteration)."""
+    """Receive-with-data ... last answering send, per (tid, fd, epoch iteration)."""
     calls = (
         intervals.filter((pl.col("kind") == "syscall") & pl.col("complete"))
         # One task's syscalls do not overlap; at µs resolution a zero-length one ties with the
-        # next, so its end breaks the tie.
-        .sort("tid", "ts", pl.col("ts") + pl.col("dur"), maintain_order=True)
-        .with_row_index("order")
+        # next, so its end breaks the tie, then the order the calls were recorded (id).
+        .sort("tid", "ts", pl.col("ts") + pl.col("dur"), "id")
         .with_columns(epoch=pl.col("name").is_in(EPOLL).cast(pl.UInt32).cum_sum().over("tid"))
         .filter((pl.col("name").is_in(RECEIVES) & (pl.col("ret") > 0)) | (pl.col("name").is_in(SENDS) & (pl.col("ret") >= 0)))
         .with_columns(is_send=pl.col("name").is_in(SENDS))
-        .sort("tid", "fd", "epoch", "order")
         .with_columns(prev_send=pl.col("is_send").shift(1).over("tid", "fd", "epoch").fill_null(True))
         .with_columns(starts=~pl.col("is_send") & pl.col("prev_send"))
         .with_columns(segment=pl.col("starts").cast(pl.UInt32).cum_sum().over("tid", "fd", "epoch"))
         .filter(pl.col("segment") > 0)
     )
     return (
-        calls.group_by("tid", "fd", "epoch", "segment")
+        calls.group_by("tid", "fd", "epoch", "segment", maintain_order=True)
         .agg(
+            first_id=pl.col("id").first(),
             cpu=pl.col("cpu").first(),
             ts=pl.col("ts").first(),
             end=(pl.col("ts") + pl.col("dur")).filter(pl.col("is_send")).max(),
@@ -101,61 +179,57 @@ def _request_spans(intervals: pl.LazyFrame) -> pl.LazyFrame:
         )
         .filter(pl.col("end").is_not_null())
         .with_columns(dur=pl.col("end") - pl.col("ts"))
-        .sort("ts")
+        .sort("ts", "first_id")
         .with_row_index("request_id")
-        .with_columns(kind=_size_class("bytes_in") + pl.lit("/") + _size_class("bytes_out"))
+        .with_columns(size_class=_size_class("bytes_in") + pl.lit("/") + _size_class("bytes_out"))
     )
 
 
 def _size_class(column: str) -> pl.Expr:
-    """Requests of one kind have similar sizes in and out: power-of-two byte classes."""
+    """Power-of-two byte classes: requests of one class (`size_class`, in/out) do similar work,
+    so they are compared with each other."""
     return pl.lit("2^") + pl.col(column).clip(1).log(2).floor().cast(pl.Int32).cast(pl.String)
 
 
-def _inside(items: pl.LazyFrame, window: pl.LazyFrame, by: str) -> pl.LazyFrame:
-    """Items whose `ts` falls inside a request on the same `by` (cpu or tid), with its id.
-
-    Requests on one CPU (or one thread) do not overlap, so the latest request that started at
-    or before an item is the only one that can contain it: an as-of join, not a cross join.
-    """
-    return (
-        items.sort("ts")
-        .join_asof(window.select(by, "request_id", w_ts="ts", w_end="end").sort("w_ts"),
-                   left_on="ts", right_on="w_ts", by=by, strategy="backward", check_sortedness=False)
-        .filter(pl.col("ts") < pl.col("w_end"))
-    )
-
-
 def build_requests(intervals: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """(requests, hits): the per-request table (REQUEST_SCHEMA) and one row per disruption
-    that started inside a request (request_id, disruption_id, source, span_ns)."""
+    """(requests, hits): the per-request table (REQUEST_SCHEMA) and one row per (request,
+    disruption) whose charged work ran inside the request: request_id, disruption_id, source,
+    span_ns (that work's charged time inside the request)."""
     spans = _request_spans(intervals)
-    window = spans.select("request_id", "cpu", "tid", "ts", "end")
+    window = spans.select("request_id", "tid", w_cpu="cpu", w_ts="ts", w_end="end")
     complete = pl.col("complete")
 
-    hits = _inside(disruptions(intervals).filter("disruptive"), window, "cpu").select(
-        "request_id", "disruption_id", "source", span_ns=pl.min_horizontal("end", "w_end") - pl.col("ts"),
+    work = charged_work(intervals).collect().lazy()
+    numbered = _chains(work).select(root="interval_id", disruption_id="disruption_id")
+    work_inside = (
+        inside(work.filter(complete), window, "tid")
+        .join(numbered, on="root")
+        .with_columns(charged_in=pl.min_horizontal("own_ns", pl.col("w_end") - pl.col("ts")) + pl.col("glue_ns"))
     )
-    irq_time = _inside(intervals.filter(pl.col("kind").is_in(["hardirq", "softirq"]) & complete), window, "cpu")
-    irq_time = irq_time.group_by("request_id").agg(
-        irq_interval_ids=pl.col("id").filter(pl.col("kind") == "hardirq"),
-        hardirq_ns=pl.col("dur").filter(pl.col("kind") == "hardirq").sum(),
-        softirq_ns=pl.col("dur").filter(pl.col("kind") == "softirq").sum(),
-        n_irq=(pl.col("kind") == "hardirq").sum(),
+    hits = (
+        work_inside.filter("disruptive")
+        .group_by("request_id", "disruption_id")
+        .agg(source=pl.col("source").first(), span_ns=pl.col("charged_in").sum())
+        .sort("request_id", "disruption_id")
     )
-    syscall_time = _inside(intervals.filter((pl.col("kind") == "syscall") & complete), window, "tid")
+    hard = pl.col("kind") == "hardirq"
+    irq_time = work_inside.group_by("request_id").agg(
+        irq_interval_ids=pl.col("id").filter(hard).sort(),
+        hardirq_ns=pl.col("own_ns").filter(hard).sum(),
+        softirq_ns=pl.col("own_ns").filter(~hard).sum(),
+        n_irq=hard.sum(),
+    )
+    syscall_time = inside(intervals.filter((pl.col("kind") == "syscall") & complete), window, "tid")
     syscall_time = syscall_time.group_by("request_id").agg(syscall_ns=pl.col("dur").sum())
     # Off-CPU gaps of a thread: from the end of one of its run intervals to the start of the next.
     gaps = (
         intervals.filter((pl.col("kind") == "running") & complete)
-        .sort("tid", "ts")
+        .sort("tid", "ts", "id")
         .select("tid", ts=pl.col("ts") + pl.col("dur"), next_ts=pl.col("ts").shift(-1).over("tid"),
                 next_cpu=pl.col("cpu").shift(-1).over("tid"))
         .filter(pl.col("next_ts").is_not_null())
     )
-    off_cpu = (
-        _inside(gaps, window, "tid").join(window.select("request_id", w_cpu="cpu"), on="request_id")
-    ).group_by("request_id").agg(
+    off_cpu = inside(gaps, window, "tid").group_by("request_id").agg(
         offcpu_ns=(pl.min_horizontal("next_ts", "w_end") - pl.col("ts")).sum(),
         n_offcpu=pl.len(),
         migrated=(pl.col("next_cpu") != pl.col("w_cpu")).any(),
@@ -179,6 +253,7 @@ def build_requests(intervals: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]
             disrupted=pl.col("sources").list.len() > 0,
         )
         .select([pl.col(c).cast(t) for c, t in REQUEST_SCHEMA.items()])
+        .sort("request_id")
     )
     return requests, hits
 
@@ -187,19 +262,23 @@ def request_counters(events: pl.LazyFrame, requests: pl.LazyFrame) -> pl.LazyFra
     """Counter deltas for each request, where perf read counters at epoll_wait returns: the
     delta of the loop iteration the request ended in (request_id, cpu, iteration_ts — the read
     that closed the iteration —, counter, iteration_delta, iteration_requests). Iterations that
-    served several requests share one delta among them."""
+    served several requests share one delta among them; an iteration runs from the previous
+    read on its CPU (exclusive) to its own read (inclusive)."""
     reads = (
         events.filter(pl.col("subsystem") == "counter")
         .select("cpu", "ts", counter=pl.col("event").cast(pl.String), iteration_delta="value")
     )
-    closes = reads.select("cpu", "ts").unique().sort("ts")
+    closes = (
+        reads.select("cpu", "ts").unique().sort("cpu", "ts")
+        .select("cpu", w_end="ts", w_ts=pl.col("ts").shift(1).over("cpu").fill_null(np.iinfo(np.int64).min))
+    )
     ended = (
-        requests.select("request_id", "cpu", end=pl.col("ts") + pl.col("dur")).sort("end")
-        .join_asof(closes, left_on="end", right_on="ts", by="cpu", strategy="forward", check_sortedness=False)
-        .drop_nulls("ts")
+        inside(requests.select("request_id", "cpu", end=pl.col("ts") + pl.col("dur")), closes, "cpu",
+               at="end", closed="right")
+        .select("request_id", "cpu", ts="w_end")
         .with_columns(iteration_requests=pl.len().over("cpu", "ts"))
     )
     return ended.join(reads, on=["cpu", "ts"]).select(
         "request_id", "cpu", iteration_ts="ts", counter="counter", iteration_delta="iteration_delta",
         iteration_requests=pl.col("iteration_requests").cast(pl.UInt32),
-    ).sort("request_id", "counter")
+    ).sort("request_id", "counter", "iteration_delta")
