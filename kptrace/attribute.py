@@ -77,7 +77,10 @@ def direct_costs(chains: pl.LazyFrame, duration_s: float) -> pl.LazyFrame:
         .agg(
             count=pl.len(),
             direct_per_irq_ns=pl.col("span_ns").mean(),
-            direct_ci_ns=Z95 * pl.col("span_ns").std() / pl.len().sqrt(),
+            # A two-pass sum rather than std(): Polars' grouped std() moves in its last bits with
+            # the thread count, and the same input must give the same numbers.
+            direct_ci_ns=Z95 * ((pl.col("span_ns") - pl.col("span_ns").mean()).pow(2).sum()
+                                / (pl.len() - 1)).sqrt() / pl.len().sqrt(),
         )
         .with_columns(rate_per_s=pl.col("count") / duration_s)
     )
@@ -174,7 +177,7 @@ def indirect_costs(requests: pl.LazyFrame) -> pl.LazyFrame:
     by = list(COMPARABLE_BY)
     comparable = comparable_requests(requests).collect()
     outliers = (comparable.filter(pl.col("outlier") & pl.col("hit_source").is_not_null())
-                .group_by("cpu", source="hit_source").agg(n_outlier_requests=pl.len()))
+                .group_by("cpu", source="hit_source").agg(n_outlier_requests=pl.len()).sort("cpu", "source"))
     kept = comparable.filter(~pl.col("outlier"))
     clean = (kept.filter(pl.col("hit_source").is_null())
              .filter(pl.len().over(by) >= MIN_CLEAN_REQUESTS).sort(*by, "own_ns"))
@@ -253,7 +256,7 @@ def attribute(chains: pl.LazyFrame, requests: pl.LazyFrame | None, load: pl.Lazy
                               "server were hit once by this source, or the trace has no requests")),
         )
         .select([pl.col(c).cast(t) for c, t in ATTRIBUTION_SCHEMA.items()])
-        .sort("cpu", "share_of_cpu", descending=[False, True])
+        .sort("cpu", "share_of_cpu", "source", descending=[False, True, False])
         .collect()
     )
 

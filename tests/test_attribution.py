@@ -13,30 +13,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-import kptrace.analysis
 from kptrace.analysis import analyze
 from kptrace.attribute import attribute, comparable_requests, indirect_costs, outlier_requests
 from kptrace.intervals import build_intervals
-from kptrace.requests import build_requests
 from kptrace.simulate import Scenario, write_simulation
 
 SAMPLES = Path(__file__).parent.parent / "sample_traces"
 
 
-# --- COMPATIBILITY, REMOVE AT MERGE: requests.kind is being renamed size_class on another branch.
-def _with_size_class(intervals):
-    requests, hits = build_requests(intervals)
-    if "kind" in requests.collect_schema().names():
-        requests = requests.rename({"kind": "size_class"})
-    return requests, hits
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _requests_have_size_class():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(kptrace.analysis, "build_requests", _with_size_class)
-        yield
-# --- END COMPATIBILITY
 
 
 @pytest.fixture(scope="module", params=["tracefs", "trace-cmd", "perf"])
