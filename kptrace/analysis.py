@@ -67,10 +67,14 @@ def frame_meta(table: pl.DataFrame, **known) -> dict:
               if is_events else {})
     return {
         "source_format": "event table" if is_events else "interval table", "files": [],
-        "clock": "unknown (handed in as a table)", "ts_resolution_ns": None,
+        "clock": "unknown (handed in as a table)",
+        # µs text traces give whole microseconds; anything finer is taken as ns.
+        "ts_resolution_ns": 1000 if table.height and (table["ts"] % 1000 == 0).all() else 1,
         "start_ns": start_ns, "end_ns": end_ns, "duration_s": (end_ns - start_ns) / 1e9,
         "event_count": table.height if is_events else 0, "event_counts": counts,
-        "per_cpu": [{"cpu": cpu, "lost_events": None} for cpu in sorted(table["cpu"].drop_nulls().unique())],
+        "per_cpu": [{"cpu": cpu, "events": n if is_events else 0, "lost_events": None, "lost_markers": 0,
+                     "buffer_wrapped": False}
+                    for cpu, n in table.group_by("cpu").len().drop_nulls("cpu").sort("cpu").iter_rows()],
         "warnings": [], **known,
     }
 

@@ -82,7 +82,9 @@ def direct_costs(chains: pl.LazyFrame, duration_s: float) -> pl.LazyFrame:
             direct_ci_ns=Z95 * ((pl.col("span_ns") - pl.col("span_ns").mean()).pow(2).sum()
                                 / (pl.len() - 1)).sqrt() / pl.len().sqrt(),
         )
-        .with_columns(rate_per_s=pl.col("count") / duration_s)
+        # Times a reciprocal, not divided by a scalar: Polars may divide one chunk of a column by
+        # multiplying with the reciprocal and another by dividing, which differ in the last bit.
+        .with_columns(rate_per_s=pl.col("count") * (1.0 / duration_s))
     )
 
 
@@ -244,8 +246,8 @@ def attribute(chains: pl.LazyFrame, requests: pl.LazyFrame | None, load: pl.Lazy
     return (
         direct.with_columns(
             cost_per_irq_ns=cost,
-            share_of_cpu=pl.col("rate_per_s") * cost / 1e9,
-            share_of_cpu_ci=pl.col("rate_per_s") * cost_ci / 1e9,
+            share_of_cpu=pl.col("rate_per_s") * cost * 1e-9,
+            share_of_cpu_ci=pl.col("rate_per_s") * cost_ci * 1e-9,
             busy_share=pl.col("busy_ns") / pl.col("window_ns"),
             capacity_loss=(pl.col("window_span_ns") + pl.col("window_count") * counted) / pl.col("busy_ns"),
             # The window's direct time is a measured sum; only the indirect part is uncertain.

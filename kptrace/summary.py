@@ -73,9 +73,9 @@ def request_overview(requests: pl.DataFrame | None) -> list[dict]:
         requests.group_by("disrupted")
         .agg(
             requests=pl.len(),
-            median_us=pl.col("dur").median() / 1e3,
-            p99_us=pl.col("dur").quantile(0.99) / 1e3,
-            own_median_us=pl.col("own_ns").median() / 1e3,
+            median_us=pl.col("dur").median() * 1e-3,
+            p99_us=pl.col("dur").quantile(0.99) * 1e-3,
+            own_median_us=pl.col("own_ns").median() * 1e-3,
         )
         .sort("disrupted")
         .to_dicts()

@@ -22,7 +22,7 @@ def run(*args):
 
 
 def _truth_sources(sim_dir) -> set[str]:
-    return set(json.loads((sim_dir / "truth.json").read_text())["sources"])
+    return {row["source"] for row in json.loads((sim_dir / "truth.json").read_text())["per_source"]}
 
 
 def test_analyze_writes_every_table_as_the_library_computes_it(tmp_path):
@@ -134,7 +134,7 @@ def test_simulate_from_the_command_line_writes_a_trace_analyze_reads(tmp_path):
         truth = json.loads((tmp_path / fmt / "truth.json").read_text())
         analyzed = json.loads(run("analyze", tmp_path / fmt / "trace.txt", "-o", tmp_path / f"{fmt}-out",
                                   "--json").stdout)
-        assert {r["source"] for r in analyzed["attribution"]["rows"]} == set(truth["sources"]), fmt
+        assert {r["source"] for r in analyzed["attribution"]["rows"]} == {r["source"] for r in truth["per_source"]}, fmt
     texts = {fmt: (tmp_path / fmt / "trace.txt").read_text() for fmt in ("tracefs", "trace-cmd", "perf")}
     assert texts["trace-cmd"].startswith("cpus=") and "# tracer: nop" in texts["tracefs"]
     assert " cycles: " in texts["perf"]

@@ -46,7 +46,7 @@ MAX_COST_ROWS = 20
 TOP_KINDS = 6
 #: The requests column holding the size class (tables.REQUESTS declares it `size_class`; requests.py
 #: still writes `kind` until the rename lands).
-SIZE_CLASS = "kind"
+SIZE_CLASS = "size_class"
 
 WIDTH = 900
 #: Cost components drawn, labelled with the provenance their columns declare.
