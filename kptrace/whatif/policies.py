@@ -66,6 +66,9 @@ def apply(policy: Policy, cores: list[CoreInput], nic_sources: set[str]) -> Appl
     known = {a.source for core in cores for a in core.arrivals}
     if policy.name == "vanilla":
         return Applied(cores, ["the trace as measured (calibration)"])
+    if policy.name in ("remove", "move-irqs") and policy.params.get("source") == []:
+        return Applied(cores, [f"{policy.name}: no device IRQ on the serving cores (only APIC vectors such as the "
+                               "timer), so nothing to move or remove: no change predicted"])
     if policy.name == "remove":
         sources = _sources(policy, known)
         kept, _ = _without(cores, sources)
