@@ -25,8 +25,9 @@ softirqs raise_ts and raised_in (who raised it, below). build_intervals numbers 
 Same input, same table: ties are broken by a documented rule, never by sort or join order.
 The event table's row order is the order of record (time, then input line: within one CPU
 that is the order the tracer wrote, exact even when microsecond timestamps tie), and `seq`
-carries it. Intervals are numbered in (ts, depth, seq) order: by start time, the outer layer
-first, then the order their events were recorded. Whatever needs the true order of events at
+carries it. Intervals are numbered in (ts, depth, seq, end_seq) order: by start time, the outer
+layer first, then the order their events were recorded (end_seq parts a run the trace missed
+the switch into from the recorded switch out that ends it: both cite that switch's row). Whatever needs the true order of events at
 one instant (pairing, containment, who raised a softirq) compares `seq`, not `ts`.
 
 Who raised a softirq: raise_softirq sets the vector's pending bit on the local CPU; the
@@ -261,11 +262,12 @@ def _raisers(intervals: pl.LazyFrame, events: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def build_intervals(events: pl.LazyFrame) -> pl.LazyFrame:
-    """All interval kinds, numbered in (ts, depth, seq) order, with the raiser of each softirq."""
+    """All interval kinds, numbered in (ts, depth, seq, end_seq) order, with the raiser of each softirq."""
     events = events.with_row_index("seq")
     every = pl.concat([hard_and_soft_irqs(events), napi_polls(events), syscalls(events), running(events)])
     # Collected once: the raisers read it twice, and a lazy plan would rebuild it for each.
-    numbered = _mark_lost_gaps(every, events).sort("ts", "depth", "seq").with_row_index("id").collect().lazy()
+    numbered = (_mark_lost_gaps(every, events).sort("ts", "depth", "seq", "end_seq", nulls_last=True)
+                .with_row_index("id").collect().lazy())
     return (
         numbered.join(_raisers(numbered, events), on="id", how="left")
         .with_columns([pl.col(c).cast(t) for c, t in RAISE_SCHEMA.items()])
