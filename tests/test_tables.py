@@ -213,3 +213,25 @@ def test_plus_minus_is_the_one_figure_with_interval_format():
     assert plus_minus(1_234_567, None, digits=0) == "1,234,567"
     assert plus_minus(5.0, float("nan")) == "5.0"
     assert plus_minus(None, 1.0) == plus_minus(float("nan"), 1.0) == "–"
+
+
+@pytest.fixture(scope="module")
+def without_indirect_cost(tmp_path_factory):
+    """A simulated server whose interrupts slow nothing down: most indirect estimates are n.s."""
+    trace = write_simulation(tmp_path_factory.mktemp("flat"), Scenario(duration_s=0.3, seed=2, indirect_scale=0))
+    return analyze(trace)
+
+
+def test_a_non_significant_indirect_estimate_reads_ns_with_its_interval_never_as_a_loss(without_indirect_cost):
+    from kptrace.summary import build_summary, plus_minus, render_summary
+
+    summary = build_summary(without_indirect_cost)
+    rows = [r for r in summary["attribution"]["rows"] if r["indirect_significant"] is False]
+    assert rows and summary["attribution"]["provenance"]["indirect_significant"] == "estimated"
+    assert summary["attribution"]["units"]["indirect_lo_ns"] == "ns/interrupt"
+    lines = render_summary(summary).splitlines()
+    for row in rows:
+        line = next(li for li in lines if li.startswith(f"{row['cpu']:>3} {row['source']} "))
+        assert f"n.s. [{row['indirect_lo_ns'] / 1e3:,.1f}, {row['indirect_hi_ns'] / 1e3:,.1f}]" in line
+        assert plus_minus(row["indirect_per_irq_ns"], row["indirect_ci_ns"], 1e3, 1) not in line
+        assert row["cost_per_irq_ns"] == row["direct_per_irq_ns"]  # counted as 0
