@@ -9,11 +9,13 @@ from pathlib import Path
 
 import polars as pl
 
-from kptrace.attribute import HARDWARE_COUNTERS, attribute, counter_iterations, ipc_decomposition
-from kptrace.intervals import build_intervals, serving_load
+from kptrace.attribute import (HARDWARE_COUNTERS, OUTLIER_FACTOR, attribute, counter_iterations, ipc_decomposition,
+                               outlier_requests)
+from kptrace.intervals import build_intervals, missed_switches, serving_load
 from kptrace.normalize import normalize
 from kptrace.read import read_any
-from kptrace.requests import EPOLL, RECEIVES, SENDS, build_requests, disruptions, request_counters
+from kptrace.requests import (EPOLL, RECEIVES, SENDS, build_requests, disruptions, request_counters,
+                               softirq_charging)
 
 #: Syscall exits a request view needs, one of each family, and how to get them.
 REQUEST_FAMILIES = {"epoll_wait": EPOLL, "a receive": RECEIVES, "a send": SENDS}
@@ -123,9 +125,11 @@ def analyze_intervals(intervals: pl.DataFrame, meta: dict | None = None, events:
         notes.append("analysed from an interval table without events: which interrupt events were recorded "
                      "is not checked, and counters (IPC) are not read")
     else:
-        notes += _event_coverage_notes(meta)
+        notes += _event_coverage_notes(meta) + _recording_notes(events)
     load = None if requests is None else serving_load(intervals.lazy(), chains.lazy(), requests.lazy())
     attribution = attribute(chains.lazy(), None if requests is None else requests.lazy(), load, meta["duration_s"])
+    if requests is not None:
+        notes += _outlier_notes(requests)
     ipc = counters = None
     if events is not None and requests is not None and (events["subsystem"] == "counter").any():
         counters = request_counters(events.lazy(), requests.lazy()).collect()
@@ -136,6 +140,30 @@ def analyze_intervals(intervals: pl.DataFrame, meta: dict | None = None, events:
                      "(kptrace record does so where the CPU exposes a PMU; this trace has none)")
     return Analysis(meta=meta, events=events, intervals=intervals, disruptions=chains, requests=requests,
                     hits=hits, attribution=attribution, notes=notes, ipc=ipc, request_counters=counters)
+
+
+def _recording_notes(events: pl.DataFrame) -> list[str]:
+    """What the analysis had to infer because the trace lacks it."""
+    notes = []
+    if missed := missed_switches(events):
+        notes.append(f"{missed:,} task switches have no sched_switch in the trace; each was inferred from the "
+                     "task's own events (its run starts at the last event before its first one)")
+    if softirq_charging(events) == "adjacency":
+        notes.append("softirqs charged by adjacency: this trace has no softirq_raise events, so each softirq goes to "
+                     "the interrupt it ran straight after, which may charge a task's own network work to an "
+                     "interrupt; record irq:softirq_raise (kptrace record does by default)")
+    return notes
+
+
+def _outlier_notes(requests: pl.DataFrame) -> list[str]:
+    """Requests the indirect-cost comparison set aside, and where their time went."""
+    outliers = outlier_requests(requests.lazy()).collect()
+    if outliers.height == 0:
+        return []
+    where = outliers.group_by("long_in").len().sort("long_in").iter_rows()
+    return [f"{outliers.height:,} requests set aside from the indirect-cost comparison as outliers (own time over "
+            f"{OUTLIER_FACTOR}x the median of their CPU, thread and size class; long in "
+            + ", ".join(f"{place}: {n:,}" for place, n in where) + ")"]
 
 
 def _event_coverage_notes(meta: dict) -> list[str]:

@@ -151,7 +151,7 @@ def _policy_params(policy: str, source: str | None, to_cpu: int | None, knobs: d
     """The parameters a policy takes, from the command line (named like the kernel's knobs)."""
     sources = [name for name in (source or "").split(",") if name]
     if policy in ("move-irqs", "remove"):
-        return {"source": sources} | ({"to_cpu": to_cpu} if policy == "move-irqs" else {})
+        return ({"source": sources} if sources else {}) | ({"to_cpu": to_cpu} if policy == "move-irqs" else {})
     return {k: v for k, v in knobs.items() if v is not None}
 
 
@@ -184,9 +184,11 @@ def whatif(
              "prefer": prefer, "timeout": timeout}
     asked = None if policy == "all" else ([] if policy == "vanilla" else [Policy("vanilla")]) + [
         Policy(policy, _policy_params(policy, source, to_cpu, knobs))]
+    started = time.monotonic()
     try:
         analysis = run_analysis(trace)
         _warn(analysis.meta)
+        analysed = time.monotonic()
         results = predict(analysis, asked, server=server, replicates=replicates)
     except TraceError as error:
         _fail(error)
@@ -197,6 +199,8 @@ def whatif(
         typer.echo(json.dumps(results[0] if len(results) == 1 else results, indent=2, default=str))
     else:
         typer.echo("\n\n".join(render_whatif(result) for result in results))
+    typer.echo(f"kptrace: analysis {analysed - started:.1f} s, replay {time.monotonic() - analysed:.1f} s "
+               f"({replicates} bootstrap replicates)", err=True)
 
 
 @app.command()

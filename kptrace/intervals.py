@@ -8,7 +8,8 @@ Pairing rules, and why they hold:
 - A syscall's enter and exit come from one task, so they pair within each tid.
 - `napi_poll` fires when a poll ends; the poll began at the previous boundary inside the same
   NET_RX softirq run (its entry, or the previous poll's end).
-- A task runs on a CPU from the sched_switch that picks it to the next sched_switch there.
+- A task runs on a CPU from the sched_switch that picks it to the next sched_switch there, or
+  from a switch the trace missed, which the task's own events prove (`running`).
 Anything else — an exit without entry at the trace start, an entry cut off by a lost-event gap
 or the trace end — is kept with `complete = false` and a null `dur`: never an invented duration.
 
@@ -145,20 +146,51 @@ def syscalls(events: pl.LazyFrame) -> pl.LazyFrame:
     return _finish(_pair_next(edges, "tid"), "syscall")
 
 
-def running(events: pl.LazyFrame) -> pl.LazyFrame:
-    """Who ran on each CPU between consecutive sched_switch events there."""
-    switches = (
-        events.filter((_EVENT == "sched_switch") | _LOST)
+def _task_changes(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Every event per CPU in record order, with `missed`: true where the task that recorded it
+    is not the one the previous event left running (that task, or the sched_switch's next_pid)
+    — a switch the trace does not hold. Lost-event marks are kept (`missed` false)."""
+    left_running = pl.when(_EVENT == "sched_switch").then(pl.col("next_pid")).otherwise(pl.col("tid"))
+    return (
+        events.filter(pl.col("tid").is_not_null() | _LOST)
         .sort("cpu", "seq")
-        .with_columns(next_ts=pl.col("ts").shift(-1).over("cpu"), next_lost=_LOST.shift(-1).over("cpu"),
-                      next_seq=pl.col("seq").shift(-1).over("cpu"))
-        .filter(~_LOST)
+        .with_columns(expected=left_running.shift(1).over("cpu"), prev_lost=_LOST.shift(1).over("cpu"),
+                      prev_ts=pl.col("ts").shift(1).over("cpu"))
+        .with_columns(missed=(~_LOST & (pl.col("tid") != pl.col("expected")) & ~pl.col("prev_lost")).fill_null(False))
     )
+
+
+def missed_switches(events: pl.LazyFrame | pl.DataFrame) -> int:
+    """How many task switches `running` inferred because the trace holds no sched_switch for them."""
+    return _task_changes(events.lazy().with_row_index("seq")).select(pl.col("missed").sum()).collect().item()
+
+
+def running(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Who ran on each CPU: from each sched_switch there to the next one, and from each switch
+    the trace missed (below) to the next one.
+
+    Every event names the task running on its CPU (in an interrupt, the task it interrupted), so
+    an event from another task than the one the last switch picked proves a switch the trace did
+    not record (seen on Linux 6.18: the idle task's switch to a task woken by an IPI is sometimes
+    absent). The missed switch lies between the previous event and this one; the interval starts
+    at the previous event: the last sign of the task before."""
+    changes = _task_changes(events)
+    boundaries = changes.filter((_EVENT == "sched_switch") | pl.col("missed") | _LOST).with_columns(
+        start=pl.when(pl.col("missed")).then(pl.col("prev_ts")).otherwise(pl.col("ts")),
+        tid=pl.when(pl.col("missed") | _LOST).then(pl.col("tid")).otherwise(pl.col("next_pid")),
+        name=pl.when(pl.col("missed")).then(pl.col("comm")).otherwise(pl.col("next_comm")),
+    )
+    # A missed switch right before a sched_switch out of the same task: it ran from the
+    # previous event to that switch; both rows are kept, in record order.
+    switches = boundaries.with_columns(
+        next_ts=pl.col("start").shift(-1).over("cpu"), next_lost=_LOST.shift(-1).over("cpu"),
+        next_seq=pl.col("seq").shift(-1).over("cpu"),
+    ).filter(~_LOST)
     complete = pl.col("next_ts").is_not_null() & ~pl.col("next_lost").fill_null(False)
     return _finish(
         switches.with_columns(
-            tid=pl.col("next_pid"), name=pl.col("next_comm"),
-            dur=pl.when(complete).then(pl.col("next_ts") - pl.col("ts")),
+            ts=pl.col("start"),
+            dur=pl.when(complete).then(pl.col("next_ts") - pl.col("start")),
             end_seq=pl.when(complete).then(pl.col("next_seq")),
             complete=complete,
         ),

@@ -246,3 +246,26 @@ def test_every_epoll_call_ends_the_loop_iteration(epoll):
     assert requests.height == 0
     trace = Trace().call(20, 22, 0, "read", 10).call(25, 26, 0, "getpid", 1).call(30, 32, 0, "sendmsg", 20)
     assert trace.analyse()[2].height == 1
+
+
+def test_a_switch_the_trace_missed_is_inferred_from_the_tasks_own_events():
+    """Linux 6.18 sometimes records no sched_switch from the idle task to a task an IPI woke:
+    the task's own events prove it ran. Idle ends at the last idle event (the IPI's exit), the
+    server runs from there, and the idle time of the CPU is not overstated."""
+    from kptrace.intervals import missed_switches
+
+    trace = (Trace().switch(0, 1, SERVER, 0)                       # the server blocks: idle runs
+             .hardirq(10, 12, 1, 0, "call_function_single")       # the wake-up IPI, taken while idle
+             .call(14, 15, 1, "epoll_wait", 1)                    # no switch recorded before this
+             .call(16, 20, 1, "read", 64).call(21, 25, 1, "sendmsg", 64)
+             .switch(30, 1, SERVER, 0))
+    intervals, *_ = trace.analyse()
+    run = intervals.filter(pl.col("kind") == "running").sort("ts").select("ts", "dur", "tid").rows()
+    assert run == [(0, 12 * US, 0), (12 * US, 18 * US, SERVER), (30 * US, None, 0)]
+    events = conform(pl.DataFrame(trace.rows, infer_schema_length=None)).collect()
+    assert missed_switches(events) == 1
+    recorded = Trace()
+    recorded.rows = trace.rows[:3] + Trace().switch(13, 1, 0, SERVER).rows + trace.rows[3:]
+    assert missed_switches(conform(pl.DataFrame(recorded.rows, infer_schema_length=None)).collect()) == 0
+    run = recorded.analyse()[0].filter(pl.col("kind") == "running").sort("ts").select("ts", "dur", "tid").rows()
+    assert run == [(0, 13 * US, 0), (13 * US, 17 * US, SERVER), (30 * US, None, 0)]

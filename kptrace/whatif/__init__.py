@@ -72,11 +72,11 @@ def costliest_device_irq(analysis: Analysis, cpus: list[int]) -> str | None:
 
 def default_policies(analysis: Analysis, cpus: list[int]) -> list[Policy]:
     """`--policy all`: every policy with its default parameters; move-irqs and remove act on the
-    device IRQ that costs the serving cores most (left out when there is none)."""
-    policies = [Policy("vanilla")]
-    if device := costliest_device_irq(analysis, cpus):
-        policies += [Policy("move-irqs", {"source": [device], "to_cpu": None}), Policy("remove", {"source": [device]})]
-    return policies + [Policy(name) for name in NETWORK_POLICIES]
+    device IRQ that costs the serving cores most (none: they change nothing, and say so)."""
+    device = costliest_device_irq(analysis, cpus)
+    sources = [device] if device else []
+    return [Policy("vanilla"), Policy("move-irqs", {"source": sources, "to_cpu": None}),
+            Policy("remove", {"source": sources}), *[Policy(name) for name in NETWORK_POLICIES]]
 
 
 def whatif(analysis: Analysis, policies: list[Policy] | None = None, server: str | None = None,

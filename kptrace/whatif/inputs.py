@@ -5,10 +5,14 @@ Request stream (one row per request, in the core's order): `ready_ts` — when t
 idle before it (null when it followed the previous request without idling: back to back) —,
 `pre_ns` and `post_ns` — the serving thread's own work between the previous request and this
 one, before and after that idle period (loop overhead: epoll_wait, accept, ...) —, and
-`demand_ns` — the request's own time with the estimated indirect slowdown of the interrupts
-that hit it taken out (its clean demand), plus the time other tasks ran on its core while it
-was switched out (preempted: replayed as is). Time it was switched out for another serving
-thread is that thread's own request or loop work. All measured, except the indirect part (estimated).
+`demand_ns` — the request's own time as measured, slowdowns of the interrupts that hit it
+included, plus the time other tasks ran on its core while it was switched out (preempted:
+replayed as is). Time it was switched out for another serving thread is that thread's own
+request or loop work. The slowdown stays where it was measured: on a VM a timer tick often
+lands right after the host stole the vCPU, so a hit request is long before the tick arrives,
+and only the request it hit in the trace shows that. `hit_indirect` gives, per request and
+source, the estimated slowdown of its measured hits, which a policy that takes the source
+away takes out of the demand. All measured, except the indirect part (estimated).
 
 Wake-ups: an IPI that reaches an idle core to wake the server (a reschedule or function-call
 vector taken while the idle task ran) exists because the core was idle. It is not an arrival at
@@ -17,8 +21,10 @@ it only when the core is idle there, and never at saturation.
 
 Arrivals (one row per interrupt chain on a serving core, wake-up IPIs excepted): `ts`, `source`, `handler_ns` and
 `softirq_ns` (measured direct cost) and `indirect_ns` — the source's estimated indirect cost
-per hit on that core, applied when the replay lands the interrupt inside a request; 0 where
-attribution found none or its interval includes zero.
+per hit on that core, for a chain that arrived while the core idled (at saturation the replay
+lands it in a request); every other chain's slowdown is in the measured times already (in
+the request it hit, or in the loop work it landed in). 0 where attribution found none or its
+interval includes zero.
 """
 
 from __future__ import annotations
@@ -110,9 +116,6 @@ def request_stream(analysis: Analysis) -> pl.DataFrame:
                              & ~pl.col("tid").is_in(requests["tid"].unique().implode()))
     preempted = _in_gaps(others, windows).group_by("request_id").agg(
         preempted_ns=(pl.col("end") - pl.col("ts")).sum())
-    hits = analysis.hits.join(requests.select("request_id", "cpu"), on="request_id").join(
-        indirect_per_hit(analysis.attribution), on=["cpu", "source"], how="left"
-    ).group_by("request_id").agg(indirect_ns=pl.col("indirect_ns").fill_null(0.0).sum())
     stream = (
         requests.select("request_id", "cpu", "tid", "ts", "dur", "own_ns")
         .join(gaps.select("request_id", "g_lo"), on="request_id")
@@ -120,8 +123,7 @@ def request_stream(analysis: Analysis) -> pl.DataFrame:
         .join(busy_irq, on="request_id", how="left")
         .join(wake, on="request_id", how="left")
         .join(preempted, on="request_id", how="left")
-        .join(hits, on="request_id", how="left")
-        .with_columns(pl.col("idle_ns", "irq_ns", "wake_ns", "preempted_ns").fill_null(0), pl.col("indirect_ns").fill_null(0.0))
+        .with_columns(pl.col("idle_ns", "irq_ns", "wake_ns", "preempted_ns").fill_null(0))
         .with_columns(work=(pl.col("ts") - pl.col("g_lo") - pl.col("idle_ns") - pl.col("irq_ns")).clip(0))
     )
     # Split the loop work around the idle period in proportion to the time on either side.
@@ -135,15 +137,32 @@ def request_stream(analysis: Analysis) -> pl.DataFrame:
         "cpu", "request_id", "tid", "ts", "dur", "ready_ts", "pre_ns",
         wake_ns=pl.when(pl.col("ready_ts").is_not_null()).then(pl.col("wake_ns")).otherwise(0),
         post_ns=pl.col("work") - pl.col("pre_ns"),
-        demand_ns=((pl.col("own_ns") - pl.col("indirect_ns")).clip(pl.col("own_ns") // 2)
-                   + pl.col("preempted_ns")).round().cast(pl.Int64),
-        indirect_removed_ns=pl.col("indirect_ns"),
+        demand_ns=pl.col("own_ns") + pl.col("preempted_ns"),
     ).sort("cpu", "ts", "request_id")
+
+
+def hit_indirect(analysis: Analysis) -> pl.DataFrame:
+    """request_id, source, indirect_ns: the estimated slowdown the request's measured hits by
+    that source left in its own time (at most half of it: an estimate never takes a request
+    below half its measured own time)."""
+    requests = analysis.requests.select("request_id", "cpu", "own_ns")
+    return (
+        analysis.hits.join(requests, on="request_id")
+        .join(indirect_per_hit(analysis.attribution), on=["cpu", "source"], how="left")
+        .group_by("request_id", "source").agg(pl.col("indirect_ns").fill_null(0.0).sum(), pl.col("own_ns").first())
+        .with_columns(indirect_ns=pl.min_horizontal("indirect_ns", pl.col("own_ns") / 2).round().cast(pl.Int64))
+        .filter(pl.col("indirect_ns") > 0)
+        .select("request_id", "source", "indirect_ns")
+        .sort("request_id", "source")
+    )
 
 
 def arrivals(analysis: Analysis, cpus: list[int]) -> pl.DataFrame:
     """Interrupt chains on the given cores, wake-up IPIs excepted: cpu, ts, source, handler_ns,
-    softirq_ns, indirect_ns."""
+    softirq_ns, indirect_ns — the estimated slowdown for a chain the trace shows arriving while
+    the core was idle, should the replay land it in a request (at saturation); 0 for one that
+    arrived while the core worked, whose slowdown is in the measured times already."""
+    interrupted = analysis.intervals.select(interval_id="id", interrupted_tid="tid")
     wakeups = analysis.intervals.filter((pl.col("kind") == "hardirq") & _WAKEUP).select(
         "cpu", "ts", source="name", wakeup=pl.lit(True))
     return (
@@ -151,7 +170,10 @@ def arrivals(analysis: Analysis, cpus: list[int]) -> pl.DataFrame:
         .join(wakeups, on=["cpu", "ts", "source"], how="left")
         .filter(pl.col("wakeup").is_null())
         .join(indirect_per_hit(analysis.attribution), on=["cpu", "source"], how="left")
+        .join(interrupted, on="interval_id", how="left")
         .select("cpu", "ts", "source", handler_ns=pl.col("span_ns") - pl.col("softirq_ns"),
-                softirq_ns="softirq_ns", indirect_ns=pl.col("indirect_ns").fill_null(0.0).round().cast(pl.Int64))
+                softirq_ns="softirq_ns",
+                indirect_ns=pl.when(pl.col("interrupted_tid") == 0).then(pl.col("indirect_ns")).otherwise(0.0)
+                .fill_null(0.0).round().cast(pl.Int64))
         .sort("cpu", "ts", "source")
     )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from kptrace.whatif.replay import CoreInput
 
 NETWORK_POLICIES = ("coalesce", "busy-poll", "irq-suspend", "kernel-polling")
@@ -35,12 +37,16 @@ class Applied:
 
 
 def _without(cores: list[CoreInput], sources: set[str]) -> tuple[list[CoreInput], dict[int, int]]:
-    """The cores with the sources' arrivals taken out, and the direct work they held per core."""
+    """The cores with the sources' arrivals, and the slowdown their measured hits left in the
+    requests, taken out; and the direct work they held per core."""
     kept, removed = [], {}
     for core in cores:
         stay = tuple(a for a in core.arrivals if a.source not in sources)
         removed[core.cpu] = sum(a.handler_ns + a.softirq_ns for a in core.arrivals if a.source in sources)
-        kept.append(replace(core, arrivals=stay))
+        demand = core.demand_ns - sum((core.hit_indirect[s] for s in sources if s in core.hit_indirect),
+                                      np.zeros_like(core.demand_ns))
+        kept.append(replace(core, arrivals=stay, demand_ns=demand,
+                            hit_indirect={s: v for s, v in core.hit_indirect.items() if s not in sources}))
     return kept, removed
 
 
@@ -60,6 +66,9 @@ def apply(policy: Policy, cores: list[CoreInput], nic_sources: set[str]) -> Appl
     known = {a.source for core in cores for a in core.arrivals}
     if policy.name == "vanilla":
         return Applied(cores, ["the trace as measured (calibration)"])
+    if policy.name in ("remove", "move-irqs") and policy.params.get("source") == []:
+        return Applied(cores, [f"{policy.name}: no device IRQ on the serving cores (only APIC vectors such as the "
+                               "timer), so nothing to move or remove: no change predicted"])
     if policy.name == "remove":
         sources = _sources(policy, known)
         kept, _ = _without(cores, sources)

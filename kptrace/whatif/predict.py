@@ -18,7 +18,7 @@ import polars as pl
 from kptrace.analysis import Analysis
 from kptrace.intervals import serving_load
 from kptrace.walker import Arrival
-from kptrace.whatif.inputs import arrivals, request_stream
+from kptrace.whatif.inputs import arrivals, hit_indirect, indirect_per_hit, request_stream
 from kptrace.whatif.policies import Policy, apply
 from kptrace.whatif.replay import CoreInput, CoreRun, replay_core
 
@@ -33,9 +33,11 @@ def core_inputs(analysis: Analysis, tids: list[int]) -> list[CoreInput]:
     stream = request_stream(replace(analysis, requests=requests))
     cpus = sorted(stream["cpu"].unique().to_list())
     chains = arrivals(analysis, cpus)
+    slowdowns = hit_indirect(analysis)
     cores = []
     for cpu in cpus:
-        mine = stream.filter(pl.col("cpu") == cpu)
+        mine = stream.filter(pl.col("cpu") == cpu).with_row_index("position")
+        hits = slowdowns.join(mine.select("request_id", "position"), on="request_id")
         start = int(mine["ts"].min())
         end = int((mine["ts"] + mine["dur"]).max())
         cores.append(CoreInput(
@@ -45,8 +47,16 @@ def core_inputs(analysis: Analysis, tids: list[int]) -> list[CoreInput]:
             post_ns=mine["post_ns"].to_numpy(), demand_ns=mine["demand_ns"].to_numpy(),
             arrivals=tuple(Arrival(*row) for row in chains.filter((pl.col("cpu") == cpu) & (pl.col("ts") >= start))
                            .select("ts", "source", "handler_ns", "softirq_ns", "indirect_ns").iter_rows()),
+            hit_indirect={source: _scatter(part, mine.height) for (source,), part in hits.group_by("source")},
         ))
     return cores
+
+
+def _scatter(hits: pl.DataFrame, n: int) -> np.ndarray:
+    """A dense per-request array (position order) from sparse (position, indirect_ns) rows."""
+    dense = np.zeros(n, np.int64)
+    dense[hits["position"].to_numpy()] = hits["indirect_ns"].to_numpy()
+    return dense
 
 
 def _figures(recorded: list[CoreRun], saturated: list[CoreRun]) -> dict:
@@ -89,34 +99,37 @@ def measured(analysis: Analysis, tids: list[int]) -> dict:
 BLOCK = 256
 
 
-def _block_resample(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A moving-block bootstrap resample of `values`, as long as it."""
-    n = len(values)
+def _block_resample(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions of a moving-block bootstrap resample of n requests."""
     if n <= BLOCK:
-        return rng.choice(values, size=n, replace=True)
+        return rng.integers(0, n, n)
     starts = rng.integers(0, n - BLOCK + 1, -(-n // BLOCK))
-    return np.concatenate([values[s:s + BLOCK] for s in starts])[:n]
+    return (starts[:, None] + np.arange(BLOCK)).ravel()[:n]
 
 
-def _resampled(cores: list[CoreInput], rng: np.random.Generator, indirect_ci: dict) -> list[CoreInput]:
-    """One bootstrap replicate of the inputs (module docstring)."""
+def _resampled(cores: list[CoreInput], rng: np.random.Generator, indirect: dict) -> list[CoreInput]:
+    """One bootstrap replicate of the inputs (module docstring). `indirect` maps (cpu, source) to
+    the indirect estimate and its 95% half-width; each source's slowdowns are scaled together by
+    one draw from that interval."""
     out = []
     for core in cores:
-        demand = _block_resample(core.demand_ns, rng)
+        rows = _block_resample(len(core.demand_ns), rng)
         by_source: dict[str, list[Arrival]] = {}
-        for a in core.arrivals:
-            by_source.setdefault(a.source, []).append(a)
-        costs = {s: [(a.handler_ns, a.softirq_ns) for a in items] for s, items in by_source.items()}
-        shift = {s: rng.normal(0, indirect_ci.get((core.cpu, s), 0) / 1.96) for s in by_source}
-        picks = {s: rng.integers(0, len(items), len(items)) for s, items in by_source.items()}
-        position = {s: 0 for s in by_source}
+        for arrival in core.arrivals:
+            by_source.setdefault(arrival.source, []).append(arrival)
+        scale = {}
+        for source in by_source.keys() | core.hit_indirect.keys():
+            estimate, half_width = indirect.get((core.cpu, source), (0.0, 0.0))
+            scale[source] = max(0.0, 1 + rng.normal(0, half_width / 1.96) / estimate) if estimate > 0 else 1.0
+        drawn = {source: iter(rng.integers(0, len(items), len(items))) for source, items in by_source.items()}
         arrivals_b = []
-        for a in core.arrivals:
-            handler, softirq = costs[a.source][picks[a.source][position[a.source]]]
-            position[a.source] += 1
-            arrivals_b.append(Arrival(a.ts, a.source, handler, softirq, max(0, round(a.indirect_ns + shift[a.source]))
-                                      if a.indirect_ns else 0, a.tag))
-        out.append(replace(core, demand_ns=demand, arrivals=tuple(arrivals_b)))
+        for arrival in core.arrivals:
+            cost = by_source[arrival.source][next(drawn[arrival.source])]
+            arrivals_b.append(Arrival(arrival.ts, arrival.source, cost.handler_ns, cost.softirq_ns,
+                                      round(arrival.indirect_ns * scale[arrival.source]), arrival.tag))
+        out.append(replace(core, demand_ns=core.demand_ns[rows], arrivals=tuple(arrivals_b),
+                           hit_indirect={s: np.round(v[rows] * scale[s]).astype(np.int64)
+                                         for s, v in core.hit_indirect.items()}))
     return out
 
 
@@ -147,9 +160,10 @@ def predict(analysis: Analysis, tids: list[int], policies: list[Policy], nic_sou
     applied = {p.name: apply(p, cores, nic_sources) for p in policies}
     point = _replay_each(cores, policies, nic_sources)
     base = point[frozenset()]
-    ci = {(row["cpu"], row["source"]): row["indirect_ci_ns"] or 0.0 for row in analysis.attribution.iter_rows(named=True)}
+    indirect = {(row["cpu"], row["source"]): (row["indirect_ns"], row["indirect_ci_ns"])
+                for row in indirect_per_hit(analysis.attribution).iter_rows(named=True)}
     rng = np.random.default_rng(seed)
-    drawn = [_replay_each(_resampled(cores, rng, ci), policies, nic_sources) for _ in range(replicates)]
+    drawn = [_replay_each(_resampled(cores, rng, indirect), policies, nic_sources) for _ in range(replicates)]
     samples = {p.name: [d[applied[p.name].key] for d in drawn] for p in policies}
     base_samples = [d[frozenset()] for d in drawn]
     observed = measured(analysis, tids)

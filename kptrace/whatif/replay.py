@@ -34,6 +34,8 @@ class CoreInput:
     post_ns: np.ndarray
     demand_ns: np.ndarray
     arrivals: tuple[Arrival, ...]
+    #: Per source, the slowdown its measured hits left in each request's demand (inputs.hit_indirect).
+    hit_indirect: dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
