@@ -242,6 +242,9 @@ def test_chart_data_agrees_with_the_tables(sample_analysis):
     assert direct["us"] == pytest.approx(top["direct_per_irq_ns"] / 1e3, abs=1e-3)
     assert direct["hi"] - direct["us"] == pytest.approx(top["direct_ci_ns"] / 1e3, abs=2e-3)
     assert share["pct"][0] == pytest.approx(top["share_of_cpu"] * 100, abs=1e-4)
+    once = sample_analysis.attribution.filter(pl.col("count") == 1)["source"]  # a source seen once: no interval
+    assert once.len() and costs.filter(pl.col("label").str.ends_with(once[0]))["lo"].is_null().all()
+    assert not any(any(frame.select(pl.selectors.float().is_nan().any()).row(0)) for frame in (costs, share))
 
     slowdown = report.slowdown_frame(sample_analysis.requests)
     kept = comparable_requests(sample_analysis.requests.lazy()).filter(~pl.col("outlier")).collect()

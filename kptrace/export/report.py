@@ -144,7 +144,8 @@ def cost_frame(attribution: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         lo=((pl.col("share_of_cpu") - pl.col("share_of_cpu_ci").fill_null(0)) * 100).round(4),
         hi=((pl.col("share_of_cpu") + pl.col("share_of_cpu_ci").fill_null(0)) * 100).round(4),
     )
-    return pl.concat(parts), share
+    # A source seen once has no interval (NaN): no whisker, and no NaN, which JSON cannot hold.
+    return pl.concat(parts).fill_nan(None), share.fill_nan(None)
 
 
 def slowdown_frame(requests: pl.DataFrame) -> pl.DataFrame:
