@@ -40,6 +40,8 @@ import hashlib
 import numpy as np
 import polars as pl
 
+from kptrace import tables
+
 Z95 = 1.96
 #: Requests are compared only with requests of the same CPU, thread and size class.
 COMPARABLE_BY = ("cpu", "tid", "size_class")
@@ -52,21 +54,10 @@ BOOTSTRAP_REPLICATES = 1000
 #: Resampled values held in memory at once (bounds the bootstrap's memory).
 _BOOTSTRAP_CHUNK = 4_000_000
 
-ATTRIBUTION_SCHEMA = {
-    "cpu": pl.Int16, "source": pl.String, "count": pl.UInt32, "rate_per_s": pl.Float64,
-    "direct_per_irq_ns": pl.Float64, "direct_ci_ns": pl.Float64,
-    "indirect_per_irq_ns": pl.Float64, "indirect_ci_ns": pl.Float64,
-    "indirect_lo_ns": pl.Float64, "indirect_hi_ns": pl.Float64, "indirect_significant": pl.Boolean,
-    "n_hit_requests": pl.UInt32, "n_clean_requests": pl.UInt32, "n_outlier_requests": pl.UInt32,
-    "cost_per_irq_ns": pl.Float64, "share_of_cpu": pl.Float64, "share_of_cpu_ci": pl.Float64,
-    "busy_share": pl.Float64, "capacity_loss": pl.Float64, "capacity_loss_ci": pl.Float64,
-    "direct_provenance": pl.String, "indirect_provenance": pl.String,
-}
-
-DIRECT_PROVENANCE = "measured: hard IRQ entry to the end of the softirqs it ran"
-INDIRECT_PROVENANCE = ("estimated from time: own time of requests hit once by this source minus the "
-                       "length-weighted mean own time of clean requests of the same CPU, thread and size "
-                       "class; outliers set aside; 95% bootstrap interval")
+ATTRIBUTION_SCHEMA = tables.polars_schema("attribution")
+#: The per-row provenance columns repeat the declarations (kptrace.tables) in words.
+DIRECT_PROVENANCE = tables.in_words("attribution", "direct_per_irq_ns")
+INDIRECT_PROVENANCE = tables.in_words("attribution", "indirect_per_irq_ns") + "; 95% percentile bootstrap interval"
 
 
 def direct_costs(chains: pl.LazyFrame, duration_s: float) -> pl.LazyFrame:

@@ -43,13 +43,12 @@ from __future__ import annotations
 
 import polars as pl
 
-INTERVAL_SCHEMA = {
-    "ts": pl.Int64, "dur": pl.Int64, "cpu": pl.Int16, "tid": pl.Int32, "kind": pl.String,
-    "name": pl.String, "depth": pl.Int8, "complete": pl.Boolean, "fd": pl.Int64, "ret": pl.Int64,
-    "seq": pl.UInt32, "end_seq": pl.UInt32,
-}
+from kptrace import tables
+
 #: Added for softirqs after numbering (null for other kinds).
-RAISE_SCHEMA = {"raise_ts": pl.Int64, "raised_in": pl.UInt32}
+RAISE_SCHEMA = {c: t for c, t in tables.polars_schema("intervals").items() if c in ("raise_ts", "raised_in")}
+#: What each kind's rows carry before numbering: the declared columns less `id` and RAISE_SCHEMA.
+INTERVAL_SCHEMA = {c: t for c, t in tables.polars_schema("intervals").items() if c != "id" and c not in RAISE_SCHEMA}
 #: build_intervals adds `id` (UInt32, the row position), which requests and the timeline cite.
 DEPTH = {"running": 0, "syscall": 1, "softirq": 2, "napi": 2, "hardirq": 3}
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from kptrace import tables
 from kptrace.intervals import inside
 
 EPOLL = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
@@ -42,19 +43,8 @@ SENDS = ("sendmsg", "sendto", "write", "writev")
 #: Two intervals closer than this (ns) are back to back: tracefs text has µs resolution.
 CHAIN_GAP_NS = 2_000
 
-REQUEST_SCHEMA = {
-    "request_id": pl.UInt32, "tid": pl.Int32, "cpu": pl.Int16, "ts": pl.Int64, "dur": pl.Int64,
-    "fd": pl.Int64, "bytes_in": pl.Int64, "bytes_out": pl.Int64, "size_class": pl.String,
-    "syscall_ns": pl.Int64, "hardirq_ns": pl.Int64, "softirq_ns": pl.Int64, "n_irq": pl.UInt32,
-    "disruption_ns": pl.Int64, "own_ns": pl.Int64, "offcpu_ns": pl.Int64, "n_offcpu": pl.UInt32,
-    "migrated": pl.Boolean,
-    "sources": pl.List(pl.String), "disrupted": pl.Boolean, "irq_interval_ids": pl.List(pl.UInt32),
-}
-DISRUPTION_SCHEMA = {
-    "disruption_id": pl.UInt32, "interval_id": pl.UInt32, "cpu": pl.Int16, "ts": pl.Int64, "end": pl.Int64,
-    "span_ns": pl.Int64, "source": pl.String, "hardirq_ns": pl.Int64, "softirq_ns": pl.Int64,
-    "n_softirq": pl.UInt32, "complete": pl.Boolean, "disruptive": pl.Boolean,
-}
+REQUEST_SCHEMA = tables.polars_schema("requests")
+DISRUPTION_SCHEMA = tables.polars_schema("disruptions")
 
 
 def softirq_charging(events: pl.LazyFrame | pl.DataFrame) -> str:

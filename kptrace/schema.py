@@ -20,7 +20,8 @@ PROVENANCES = ("measured", "estimated", "modelled")
 @dataclass(frozen=True)
 class Column:
     """One declared column: the contract readers of a table rely on (docs are generated from it).
-    `ci` names the column holding this one's 95% interval half-width, when it has one."""
+    `ci` names the column holding this one's 95% interval half-width, and `bounds` the two columns
+    holding its 95% lower and upper bounds (an interval that need not be symmetric), when it has them."""
 
     name: str
     dtype: pl.DataType
@@ -28,6 +29,7 @@ class Column:
     meaning: str
     provenance: str = "measured"
     ci: str = ""
+    bounds: tuple[str, str] | tuple[()] = ()
 
     def __post_init__(self):
         if self.provenance not in PROVENANCES:

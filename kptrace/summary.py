@@ -49,6 +49,22 @@ def plus_minus(value, ci, scale: float = 1.0, digits: int = 1) -> str:
     return text if _missing(ci) else f"{text}±{ci / scale:,.{digits}f}"
 
 
+#: Figures whose estimate may not differ from 0, and the column that says whether it does.
+SIGNIFICANCE = {"indirect_per_irq_ns": "indirect_significant"}
+NOT_SIGNIFICANT = "n.s."
+
+
+def figure_text(row: dict, table: str, name: str, scale: float = 1.0, digits: int = 1) -> str:
+    """One figure of a row with the 95% interval its declaration names (kptrace.tables): `value±ci`;
+    an estimate whose interval includes 0 reads `n.s. [low, high]`: not significant, never a loss."""
+    declared = tables.column(table, name)
+    flag = SIGNIFICANCE.get(name)
+    if flag and row.get(flag) is False and declared.bounds:
+        low, high = (row[bound] / scale for bound in declared.bounds)
+        return f"{NOT_SIGNIFICANT} [{low:,.{digits}f}, {high:,.{digits}f}]"
+    return plus_minus(row[name], row[declared.ci] if declared.ci else None, scale, digits)
+
+
 def declared(table: str, rows: pl.DataFrame) -> dict:
     """The rows of a table with the units and provenance (measured|estimated|modelled) of their
     columns, taken from the table's declaration (kptrace.tables), for summary.json."""
@@ -107,7 +123,7 @@ COST_VIEW = (
     ("count", "count", 1, 0, 7),
     ("rate/s", "rate_per_s", 1, 1, 9),
     ("direct µs", "direct_per_irq_ns", 1e3, 1, 13),
-    ("indirect µs", "indirect_per_irq_ns", 1e3, 1, 14),
+    ("indirect µs", "indirect_per_irq_ns", 1e3, 1, 17),
     ("CPU %", "share_of_cpu", 0.01, 2, 12),
     ("lost %", "capacity_loss", 0.01, 2, 12),
 )
@@ -118,16 +134,14 @@ def _cost_legend() -> list[str]:
     shown = "; ".join(f"{header} {tables.column('attribution', name).provenance}"
                       for header, name, *_ in COST_VIEW[1:])
     share, loss = tables.column("attribution", "share_of_cpu"), tables.column("attribution", "capacity_loss")
-    return [f"interrupt cost per CPU and source ({shown}; ±: 95% interval)",
-            f"(CPU %: {share.meaning}; lost %: {loss.meaning})"]
+    return [f"interrupt cost per CPU and source ({shown}; ±: 95% interval; {NOT_SIGNIFICANT} [low, high]: "
+            "the 95% interval includes 0, counted as 0)",
+            f"(CPU %: {share.meaning}; lost %: {loss.meaning})".replace("`", "")]
 
 
 def _cost_cells(row: dict) -> str:
-    cells = []
-    for _, name, scale, digits, width in COST_VIEW:
-        ci = tables.column("attribution", name).ci
-        cells.append(f"{plus_minus(row[name], row[ci] if ci else None, scale, digits):>{width}}")
-    return " ".join(cells)
+    return " ".join(f"{figure_text(row, 'attribution', name, scale, digits):>{width}}"
+                    for _, name, scale, digits, width in COST_VIEW)
 
 
 def render_summary(summary: dict, top: int = 6) -> str:

@@ -27,14 +27,24 @@ class Table:
     columns: tuple[Column, ...]
 
 
-def _ci(name: str, of: str, unit: str, provenance: str) -> Column:
-    return Column(name, pl.Float64(), unit, f"95% interval half-width of `{of}`", provenance)
+def _ci(name: str, of: str, unit: str, provenance: str, how: str = "") -> Column:
+    return Column(name, pl.Float64(), unit, f"95% interval half-width of `{of}`{how}", provenance)
 
+
+def _bounds(of: str, unit: str, provenance: str, how: str = "", names: tuple[str, str] = ()) -> tuple[Column, Column]:
+    """The two columns holding a figure's 95% lower and upper bounds (`<of>_lo`, `<of>_hi` unless named)."""
+    lo, hi = names or (f"{of}_lo", f"{of}_hi")
+    return (Column(lo, pl.Float64(), unit, f"95% lower bound of `{of}`{how}", provenance),
+            Column(hi, pl.Float64(), unit, f"95% upper bound of `{of}`{how}", provenance))
+
+
+#: The words a figure without an interval column uses to say so, and why (a test holds them to it).
+NO_INTERVAL = "no 95% interval column"
 
 _TIME = "on the trace clock (`meta.json`: clock and resolution)"
 
-INTERVALS = Table("intervals", "kptrace/intervals.py", "interval of one CPU, sorted by (ts, depth)", (
-    Column("id", pl.UInt32(), "", "row number; requests and the timeline cite intervals by it"),
+INTERVALS = Table("intervals", "kptrace/intervals.py", "interval of one CPU, numbered in (ts, depth, seq) order", (
+    Column("id", pl.UInt32(), "", "row number; requests, disruptions and the timeline cite intervals by it"),
     Column("ts", pl.Int64(), "ns", f"start, {_TIME}"),
     Column("dur", pl.Int64(), "ns", "length; null when the interval is incomplete (never invented)"),
     Column("cpu", pl.Int16(), "", "CPU it ran on"),
@@ -46,20 +56,37 @@ INTERVALS = Table("intervals", "kptrace/intervals.py", "interval of one CPU, sor
     Column("complete", pl.Boolean(), "", "both ends seen, with no lost events in between"),
     Column("fd", pl.Int64(), "", "syscalls: the fd of the enter event"),
     Column("ret", pl.Int64(), "", "syscalls: the return value (bytes, or negative errno)"),
+    Column("seq", pl.UInt32(), "", "row of `events.parquet` (the order of record) holding the event that opened "
+                                   "it: what orders events at one instant"),
+    Column("end_seq", pl.UInt32(), "", "row of the event that closed it; null when incomplete (a NAPI poll: its "
+                                       "`napi_poll` event, as `seq`)"),
+    Column("raise_ts", pl.Int64(), "ns", "softirqs: the `softirq_raise` credited with this run (the first of its "
+                                         "vector on its CPU since that vector's previous run there began); null "
+                                         "when none was traced"),
+    Column("raised_in", pl.UInt32(), "", "softirqs: `id` of the hard IRQ, else softirq, that enclosed that raise; "
+                                         "null when raised in task context or not traced"),
 ))
 
 DISRUPTIONS = Table("disruptions", "kptrace/requests.py",
-                    "hard IRQ and the softirqs that ran straight after it on its CPU (within 2 µs), "
-                    "or softirq run with no hard IRQ in front of it (`inline:<softirq>`, not a disruption)", (
-    Column("disruption_id", pl.UInt32(), "", "row number, in time order"),
+                    "hard IRQ with the softirq runs charged to it (those it raised, directly or through a softirq "
+                    "it raised), or inline chain of softirq runs raised in task context (`inline:<softirq>`, "
+                    "not a disruption); a run with no traced raise joins the interrupt it ran straight after "
+                    "(within 2 µs)", (
+    Column("disruption_id", pl.UInt32(), "", "row number, in `interval_id` order"),
+    Column("interval_id", pl.UInt32(), "", "`intervals.id` of its first interval: the hard IRQ, or an inline "
+                                           "chain's first softirq run"),
     Column("cpu", pl.Int16(), "", "CPU it ran on"),
     Column("ts", pl.Int64(), "ns", f"start of its first interval, {_TIME}"),
-    Column("end", pl.Int64(), "ns", "end of its last interval"),
-    Column("hardirq_ns", pl.Int64(), "ns", "time in hard IRQ handlers"),
-    Column("softirq_ns", pl.Int64(), "ns", "time in softirqs"),
-    Column("complete", pl.Boolean(), "", "every interval in it is complete"),
-    Column("span_ns", pl.Int64(), "ns", "`end - ts`: the time it took from the CPU"),
+    Column("end", pl.Int64(), "ns", "end of its last member; members may lie apart, so `end - ts` may exceed "
+                                    "`span_ns`"),
+    Column("span_ns", pl.Int64(), "ns", "time charged to it: its members' own time (a softirq less the hard IRQs "
+                                        "nested in it) plus the untraced gap before each softirq that followed "
+                                        "other interrupt work within 2 µs"),
     Column("source", pl.String(), "", "the hard IRQ's name, or `inline:<softirq>`"),
+    Column("hardirq_ns", pl.Int64(), "ns", "own time of its hard IRQ"),
+    Column("softirq_ns", pl.Int64(), "ns", "own time of its softirq runs"),
+    Column("n_softirq", pl.UInt32(), "count", "softirq runs charged to it"),
+    Column("complete", pl.Boolean(), "", "every interval in it is complete"),
     Column("disruptive", pl.Boolean(), "", "it began with a hard IRQ"),
 ))
 
@@ -77,24 +104,26 @@ REQUESTS = Table("requests", "kptrace/requests.py",
     Column("size_class", pl.String(), "", "power-of-two classes of bytes in and out (`2^a/2^b`): requests are "
                                           "compared within a class"),
     Column("syscall_ns", pl.Int64(), "ns", "time in the thread's syscalls inside it"),
-    Column("hardirq_ns", pl.Int64(), "ns", "time in hard IRQs on its CPU inside it"),
-    Column("softirq_ns", pl.Int64(), "ns", "time in softirqs on its CPU inside it"),
-    Column("n_irq", pl.UInt32(), "count", "hard IRQs on its CPU inside it"),
-    Column("disruption_ns", pl.Int64(), "ns", "time of the disruptions that began inside it"),
-    Column("own_ns", pl.Int64(), "ns", "`dur` less disruptions and off-CPU time: the request's own work"),
+    Column("hardirq_ns", pl.Int64(), "ns", "own time of the hard IRQs that interrupted its thread inside it "
+                                           "(wherever the thread ran)"),
+    Column("softirq_ns", pl.Int64(), "ns", "own time of the softirq runs on its thread inside it, whoever raised them"),
+    Column("n_irq", pl.UInt32(), "count", "hard IRQs that interrupted its thread inside it"),
+    Column("disruption_ns", pl.Int64(), "ns", "time charged to disruptions, for their work inside it"),
+    Column("own_ns", pl.Int64(), "ns", "`dur` less `disruption_ns` and off-CPU time: the request's own work "
+                                       "(softirq work its thread raised counts here)"),
     Column("offcpu_ns", pl.Int64(), "ns", "time its thread was switched out"),
     Column("n_offcpu", pl.UInt32(), "count", "times its thread was switched out"),
     Column("migrated", pl.Boolean(), "", "its thread came back on another CPU"),
-    Column("sources", pl.List(pl.String()), "", "sources of the disruptions that began inside it, sorted"),
-    Column("disrupted", pl.Boolean(), "", "at least one disruption began inside it"),
-    Column("irq_interval_ids", pl.List(pl.UInt32()), "", "`intervals.id` of its hard IRQs (timeline flows)"),
+    Column("sources", pl.List(pl.String()), "", "source of each disruption with work inside it, sorted"),
+    Column("disrupted", pl.Boolean(), "", "a disruption's work ran inside it"),
+    Column("irq_interval_ids", pl.List(pl.UInt32()), "", "`intervals.id` of the hard IRQs inside it (timeline flows)"),
 ))
 
-REQUEST_HITS = Table("request_hits", "kptrace/requests.py", "(request, disruption that began inside it)", (
+REQUEST_HITS = Table("request_hits", "kptrace/requests.py", "(request, disruption with work inside it)", (
     Column("request_id", pl.UInt32(), "", "`requests.request_id`"),
     Column("disruption_id", pl.UInt32(), "", "`disruptions.disruption_id`"),
     Column("source", pl.String(), "", "the disruption's source"),
-    Column("span_ns", pl.Int64(), "ns", "the part of the disruption inside the request"),
+    Column("span_ns", pl.Int64(), "ns", "the disruption's charged time for its work inside the request"),
 ))
 
 REQUEST_COUNTERS = Table("request_counters", "kptrace/requests.py",
@@ -108,35 +137,49 @@ REQUEST_COUNTERS = Table("request_counters", "kptrace/requests.py",
     Column("iteration_requests", pl.UInt32(), "count", "requests sharing that delta"),
 ))
 
+_INDIRECT_BOUNDS = ("indirect_lo_ns", "indirect_hi_ns")
+
 ATTRIBUTION = Table("attribution", "kptrace/attribute.py", "(cpu, interrupt source), costliest first", (
     Column("cpu", pl.Int16(), "", "CPU the source's disruptions ran on"),
     Column("source", pl.String(), "", "hard IRQ handler or APIC vector"),
     Column("count", pl.UInt32(), "interrupts", "complete disruptions of this source on this CPU"),
     Column("rate_per_s", pl.Float64(), "interrupts/s", "`count` per second of trace"),
     Column("direct_per_irq_ns", pl.Float64(), "ns/interrupt",
-           "mean span: hard IRQ entry to the end of the softirqs it ran", ci="direct_ci_ns"),
-    _ci("direct_ci_ns", "direct_per_irq_ns", "ns/interrupt", "measured"),
+           "mean time charged to one of its disruptions (`disruptions.span_ns`): the hard IRQ and the softirqs "
+           "it raised", ci="direct_ci_ns"),
+    _ci("direct_ci_ns", "direct_per_irq_ns", "ns/interrupt", "measured", " (1.96 standard errors of the mean)"),
     Column("indirect_per_irq_ns", pl.Float64(), "ns/interrupt",
-           "extra own time of requests hit once by this source, against clean requests of the same size class, "
-           "CPU and thread", "estimated", ci="indirect_ci_ns"),
-    _ci("indirect_ci_ns", "indirect_per_irq_ns", "ns/interrupt", "estimated"),
-    Column("indirect_significant", pl.Boolean(), "", "the indirect estimate's 95% interval excludes 0",
-           "estimated"),
+           "extra own time of a request hit once by this source: its own time less the length-weighted mean "
+           "own time (E[x²]/E[x]) of clean requests of the same CPU, thread and size class, outliers set aside",
+           "estimated", ci="indirect_ci_ns", bounds=_INDIRECT_BOUNDS),
+    _ci("indirect_ci_ns", "indirect_per_irq_ns", "ns/interrupt", "estimated", " (half the distance between its bounds)"),
+    *_bounds("indirect_per_irq_ns", "ns/interrupt", "estimated", " (percentile bootstrap)", _INDIRECT_BOUNDS),
+    Column("indirect_significant", pl.Boolean(), "",
+           "the indirect estimate's 95% interval excludes 0; when false it is shown as n.s. with its bounds and "
+           "counted as 0 in `cost_per_irq_ns`, `share_of_cpu` and `capacity_loss`", "estimated"),
     Column("n_hit_requests", pl.UInt32(), "requests", "requests hit once by this source that the comparison used"),
     Column("n_clean_requests", pl.UInt32(), "requests", "clean requests the comparison used"),
-    Column("cost_per_irq_ns", pl.Float64(), "ns/interrupt", "direct + indirect", "estimated"),
-    Column("share_of_cpu", pl.Float64(), "fraction", "rate x (direct + indirect): fraction of the CPU's time",
+    Column("n_outlier_requests", pl.UInt32(), "requests",
+           "requests hit once by this source set aside as outliers, own time far beyond their group's typical "
+           "one (`kptrace.attribute.outlier_requests` lists them, with where their time went)"),
+    Column("cost_per_irq_ns", pl.Float64(), "ns/interrupt",
+           f"direct + indirect when significant, else direct alone; {NO_INTERVAL}: its 95% half-width is "
+           "`share_of_cpu_ci` / `rate_per_s`", "estimated"),
+    Column("share_of_cpu", pl.Float64(), "fraction", "rate x `cost_per_irq_ns`: fraction of the CPU's time",
            "estimated", ci="share_of_cpu_ci"),
     _ci("share_of_cpu_ci", "share_of_cpu", "fraction", "estimated"),
     Column("busy_share", pl.Float64(), "fraction",
            "fraction of the serving window (first to last request on that CPU) the CPU was busy; IRQs taken "
            "while idle count as busy"),
     Column("capacity_loss", pl.Float64(), "fraction",
-           "the source's direct + indirect time in the serving window over the CPU's busy time: the throughput "
-           "it costs while that CPU is the bottleneck", "modelled", ci="capacity_loss_ci"),
-    _ci("capacity_loss_ci", "capacity_loss", "fraction", "modelled"),
-    Column("direct_provenance", pl.String(), "", "how the direct cost was obtained, in words"),
-    Column("indirect_provenance", pl.String(), "", "how the indirect cost was obtained, or why it was not",
+           "the source's direct time in the serving window plus its significant indirect cost, over the CPU's "
+           "busy time: the throughput it costs while that CPU is the bottleneck", "modelled", ci="capacity_loss_ci"),
+    _ci("capacity_loss_ci", "capacity_loss", "fraction", "modelled",
+        " (the indirect estimate's uncertainty: the window's direct time is a measured sum)"),
+    Column("direct_provenance", pl.String(), "", "`direct_per_irq_ns`'s provenance and meaning as declared here, "
+                                                 "in words, for readers of this file alone"),
+    Column("indirect_provenance", pl.String(), "",
+           "`indirect_per_irq_ns`'s provenance and meaning as declared here, or why there is no estimate",
            "estimated"),
 ))
 
@@ -153,13 +196,40 @@ IPC = Table("ipc", "kptrace/attribute.py",
     Column("ipq", pl.Float64(), "instructions/request", "instructions / requests"),
     Column("gain_at_clean_ipc", pl.Float64(), "fraction",
            "`all` only: throughput gained if every iteration ran at the clean IPC with the same IPQ "
-           "(QPS = cores x clock x IPC / IPQ)", "modelled"),
+           f"(QPS = cores x clock x IPC / IPQ); {NO_INTERVAL}: no bootstrap over iterations yet", "modelled"),
+))
+
+
+def _predicted(name: str, unit: str, meaning: str) -> tuple[Column, ...]:
+    """A what-if figure (modelled) and its 95% bounds (bootstrap over requests and interrupts)."""
+    return (Column(name, pl.Float64(), unit, meaning, "modelled", bounds=(f"{name}_lo", f"{name}_hi")),
+            *_bounds(name, unit, "modelled", " (bootstrap over requests and interrupts)"))
+
+
+WHATIF = Table("whatif", "kptrace/whatif/predict.py",
+               "(epoll server, policy): a replay of the server's cores under the policy (`docs/whatif.md`)", (
+    Column("server", pl.String(), "", "the server's process or thread name (`kptrace.whatif.servers`)"),
+    Column("tids", pl.List(pl.Int32()), "", "its threads that served requests"),
+    Column("policy", pl.String(), "", "`vanilla` (the calibration), `move-irqs`, `remove`, `coalesce`, ..."),
+    Column("params", pl.String(), "", "the policy's parameters, as JSON"),
+    *_predicted("capacity_rps", "requests/s", "requests per busy second of the serving cores"),
+    *_predicted("throughput_rps", "requests/s", "throughput with the serving cores saturated"),
+    *_predicted("p50_us", "µs", "median request time at the recorded offered load"),
+    *_predicted("p99_us", "µs", "99th percentile request time at the recorded offered load"),
+    *_predicted("cpu_util", "fraction", "busy fraction of the serving cores at the recorded load"),
+    *_predicted("irq_per_s", "interrupts/s", "interrupts the serving cores take per second, summed over them"),
+    *_predicted("capacity_ratio", "ratio", "`capacity_rps` over vanilla's (both from the same resamples)"),
+    Column("throughput_ratio", pl.Float64(), "ratio",
+           f"`throughput_rps` over vanilla's; {NO_INTERVAL}: the replay bootstraps only the capacity ratio",
+           "modelled"),
+    Column("p99_ratio", pl.Float64(), "ratio",
+           f"`p99_us` over vanilla's; {NO_INTERVAL}: the replay bootstraps only the capacity ratio", "modelled"),
 ))
 
 EVENTS = Table("events", "kptrace/schema.py", "trace event (`docs/schema.md`)", EVENT_COLUMNS)
 
 TABLES: dict[str, Table] = {t.name: t for t in (EVENTS, INTERVALS, DISRUPTIONS, REQUESTS, REQUEST_HITS,
-                                                 REQUEST_COUNTERS, ATTRIBUTION, IPC)}
+                                                 REQUEST_COUNTERS, ATTRIBUTION, IPC, WHATIF)}
 
 
 def columns(table: str) -> tuple[Column, ...]:
@@ -180,14 +250,22 @@ def polars_schema(table: str) -> dict[str, pl.DataType]:
     return {c.name: c.dtype for c in columns(table)}
 
 
+def in_words(table: str, name: str) -> str:
+    """`<provenance>: <meaning>` of one column: the declaration as a sentence, for a row that must
+    carry it (attribution's *_provenance columns)."""
+    declared = column(table, name)
+    return f"{declared.provenance}: {declared.meaning}"
+
+
 DOC_HEAD = """# The tables `kptrace analyze` writes
 
 Each table is one Parquet file (zstd) in the output directory. All times are int64 nanoseconds
 on the trace clock (`meta.json` says which clock and the resolution the input had: tracefs text
 and `trace-cmd report` print microseconds). Column names follow Perfetto's (`ts`, `dur`, `cpu`,
 `tid`). Provenance: **measured** — read off the trace; **estimated** — a statistic over measured
-rows, with a 95% interval (the column named in its meaning); **modelled** — a figure that
-assumes a model, named in its meaning.
+rows; **modelled** — a figure that assumes a model, named in its meaning. Every estimated or
+modelled figure comes with its 95% interval: a half-width column and/or lower and upper bound
+columns, each naming the figure in its meaning, or a meaning that says why there is none.
 
 Generated from `kptrace/tables.py` (`python -m kptrace.tables > docs/tables.md`); a test keeps
 the two equal, and another checks that `analyze` writes exactly these columns and types.

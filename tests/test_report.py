@@ -23,10 +23,11 @@ import pytest
 
 from conftest import unavailable
 from kptrace.analysis import analyze
+from kptrace.attribute import COMPARABLE_BY, comparable_requests
 from kptrace.export import report
 from kptrace.export.report import write_report
 from kptrace.simulate import Scenario, write_simulation
-from kptrace.summary import build_summary, plus_minus
+from kptrace.summary import build_summary, figure_text, plus_minus
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_traces" / "memcached-diskirq-same-core"
@@ -241,13 +242,59 @@ def test_chart_data_agrees_with_the_tables(sample_analysis):
     assert direct["us"] == pytest.approx(top["direct_per_irq_ns"] / 1e3, abs=1e-3)
     assert direct["hi"] - direct["us"] == pytest.approx(top["direct_ci_ns"] / 1e3, abs=2e-3)
     assert share["pct"][0] == pytest.approx(top["share_of_cpu"] * 100, abs=1e-4)
+    once = sample_analysis.attribution.filter(pl.col("count") == 1)["source"]  # a source seen once: no interval
+    assert once.len() and costs.filter(pl.col("label").str.ends_with(once[0]))["lo"].is_null().all()
+    assert not any(any(frame.select(pl.selectors.float().is_nan().any()).row(0)) for frame in (costs, share))
 
     slowdown = report.slowdown_frame(sample_analysis.requests)
-    clean = sample_analysis.requests.filter(~pl.col("disrupted") & (pl.col("offcpu_ns") == 0))
-    expected = dict(clean.group_by(report.SIZE_CLASS).len().iter_rows())
-    assert dict(slowdown.filter(pl.col("group") == "clean").select("size_class", "n").iter_rows()) == expected
+    kept = comparable_requests(sample_analysis.requests.lazy()).filter(~pl.col("outlier")).collect()
+    by = list(COMPARABLE_BY)
+    expected = {tuple(key): n for *key, n in kept.filter(pl.col("hit_source").is_null()).group_by(by).len().iter_rows()}
+    drawn = slowdown.filter(pl.col("group") == "clean").select(*by, "n").rows()
+    assert {tuple(key): n for *key, n in drawn} == expected
     assert report.counters_subtitle(build_summary(sample_analysis)["input"]["counters"]).startswith(
         "this trace has no hardware counters (counters: software-only)")
+
+
+def test_the_slowdown_chart_compares_requests_as_the_indirect_estimate_does(sample_analysis):
+    """One definition of comparable requests: in every group the chart draws, a source's mean own
+    time less the clean requests' length-weighted reference, weighted by its hit requests, is the
+    attribution's indirect estimate for that source."""
+    slowdown = report.slowdown_frame(sample_analysis.requests)
+    reference = (slowdown.filter(pl.col("group").str.starts_with("clean, length-weighted"))
+                 .select(*COMPARABLE_BY, reference="mean"))
+    hits = (slowdown.filter(pl.col("group").str.starts_with("hit once by "))
+            .with_columns(source=pl.col("group").str.strip_prefix("hit once by "))
+            .join(reference, on=list(COMPARABLE_BY)))
+    gaps = hits.group_by("cpu", "source").agg(gap_us=((pl.col("mean") - pl.col("reference")) * pl.col("n")).sum()
+                                                   / pl.col("n").sum(), n=pl.col("n").sum())
+    estimated = sample_analysis.attribution.filter(pl.col("indirect_per_irq_ns").is_not_null())
+    joined = estimated.join(gaps, on=["cpu", "source"])
+    assert joined.height == estimated.height == 2  # the disk IRQ and the timer on the server's CPU
+    for row in joined.iter_rows(named=True):
+        assert row["n"] == row["n_hit_requests"]
+        assert row["gap_us"] == pytest.approx(row["indirect_per_irq_ns"] / 1e3, abs=0.002), row["source"]
+
+
+def test_a_non_significant_indirect_estimate_is_shown_as_not_significant(tmp_path):
+    """A simulated server whose interrupts slow nothing down: estimates whose interval includes 0
+    read `n.s. [low, high]` in the table and the headline, and are drawn grey with their bounds."""
+    analysis = analyze(write_simulation(tmp_path / "sim", Scenario(duration_s=0.3, seed=2, indirect_scale=0)))
+    attribution = analysis.attribution.filter(pl.col("indirect_per_irq_ns").is_not_null())
+    assert {False, True} <= set(attribution["indirect_significant"])
+    table = report.attribution_table(analysis)
+    headline = report.headline(analysis, build_summary(analysis))
+    costs, _ = report.cost_frame(analysis.attribution)
+    drawn = costs.filter(pl.col("part") == "indirect (estimated)")
+    for row in attribution.iter_rows(named=True):
+        shown = figure_text(row, "attribution", "indirect_per_irq_ns", 1e3, 2)
+        assert shown.startswith("n.s. [") != row["indirect_significant"]
+        assert f'<td class="num">{shown}</td>' in table
+        assert f"+ {figure_text(row, 'attribution', 'indirect_per_irq_ns', 1e3, 2)} µs indirect" in headline
+        bar = drawn.filter(pl.col("label") == f"CPU {row['cpu']} · {row['source']}").row(0, named=True)
+        assert (bar["component"] == report.INDIRECT_NS) != row["indirect_significant"]
+        assert (bar["lo"], bar["hi"]) == (round(row["indirect_lo_ns"] / 1e3, 3), round(row["indirect_hi_ns"] / 1e3, 3))
+    assert "the indirect estimate's 95% interval includes 0" in table
 
 
 def test_sample_report_renders_offline(sample_report: Path, chromium: str, tmp_path: Path):

@@ -27,9 +27,9 @@ import polars as pl
 from kptrace import tables
 from kptrace.schema import PROVENANCES
 from kptrace.analysis import Analysis
-from kptrace.attribute import Z95
+from kptrace.attribute import COMPARABLE_BY, INDIRECT_PROVENANCE, Z95, comparable_requests
 from kptrace.export.perfetto import bin_count, irq_rate_bins
-from kptrace.summary import counters_text, plus_minus
+from kptrace.summary import NOT_SIGNIFICANT, SIGNIFICANCE, counters_text, figure_text
 
 #: Chart (a) draws at most this many time bins, and bins are never shorter than 10 ms.
 MAX_BINS = 200
@@ -42,17 +42,16 @@ TOP_CPUS = 8
 CDF_POINTS = 200
 #: Rows of the cost chart (by CPU share); the table below it has them all.
 MAX_COST_ROWS = 20
-#: Request size classes in the slowdown chart (the most frequent).
-TOP_KINDS = 6
-#: The requests column holding the size class (tables.REQUESTS declares it `size_class`; requests.py
-#: still writes `kind` until the rename lands).
-SIZE_CLASS = "size_class"
+#: Comparison groups (attribute.COMPARABLE_BY) in the slowdown chart (those with most requests).
+TOP_GROUPS = 6
 
 WIDTH = 900
 #: Cost components drawn, labelled with the provenance their columns declare.
 COMPONENTS = {f"{label} ({tables.column('attribution', column).provenance})": column
               for label, column in (("direct", "direct_per_irq_ns"), ("indirect", "indirect_per_irq_ns"))}
-COMPONENT_COLOURS = dict(zip(COMPONENTS, ("#4c78a8", "#f58518")))
+#: An indirect estimate whose interval includes 0 is drawn apart, in grey: not a loss.
+INDIRECT_NS = f"indirect, {NOT_SIGNIFICANT} (95% interval includes 0)"
+COMPONENT_COLOURS = dict(zip((*COMPONENTS, INDIRECT_NS), ("#4c78a8", "#f58518", "#b0b0b0")))
 
 
 # --------------------------------------------------------------------------- chart data
@@ -124,13 +123,20 @@ def cost_frame(attribution: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     )
     parts = []
     for component, value in COMPONENTS.items():
-        ci = tables.column("attribution", value).ci
+        declared = tables.column("attribution", value)
+        # Bounds where the declaration gives them (a bootstrap interval need not be symmetric), else ±ci.
+        lo, hi = ((pl.col(b) for b in declared.bounds) if declared.bounds else
+                  (pl.col(value) - pl.col(declared.ci).fill_null(0), pl.col(value) + pl.col(declared.ci).fill_null(0)))
+        flag = SIGNIFICANCE.get(value)
+        shown = pl.lit(component) if flag is None else (
+            pl.when(pl.col(flag).fill_null(True)).then(pl.lit(component)).otherwise(pl.lit(INDIRECT_NS)))
         parts.append(top.filter(pl.col(value).is_not_null()).select(
             "label", "order", "count",
-            component=pl.lit(component),
+            part=pl.lit(component),
+            component=shown,
             us=(pl.col(value) / 1e3).round(3),
-            lo=((pl.col(value) - pl.col(ci).fill_null(0)) / 1e3).round(3),
-            hi=((pl.col(value) + pl.col(ci).fill_null(0)) / 1e3).round(3),
+            lo=(lo / 1e3).round(3),
+            hi=(hi / 1e3).round(3),
         ))
     share = top.select(
         "label", "order", "rate_per_s",
@@ -138,32 +144,43 @@ def cost_frame(attribution: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         lo=((pl.col("share_of_cpu") - pl.col("share_of_cpu_ci").fill_null(0)) * 100).round(4),
         hi=((pl.col("share_of_cpu") + pl.col("share_of_cpu_ci").fill_null(0)) * 100).round(4),
     )
-    return pl.concat(parts), share
+    # A source seen once has no interval (NaN): no whisker, and no NaN, which JSON cannot hold.
+    return pl.concat(parts).fill_nan(None), share.fill_nan(None)
 
 
 def slowdown_frame(requests: pl.DataFrame) -> pl.DataFrame:
-    """Own time (µs) of requests per size class: clean, and hit once by each source (mean, 95%
-    interval, n). Preempted requests and requests hit more than once are left out, as in the
-    indirect-cost estimate."""
-    usable = requests.filter(pl.col("offcpu_ns") == 0).rename({SIZE_CLASS: "size_class"})
-    classes = (usable.group_by("size_class").len().sort("len", "size_class", descending=[True, False])
-               .head(TOP_KINDS)["size_class"])
-    grouped = (
-        usable.filter(pl.col("size_class").is_in(classes.implode()) & (pl.col("sources").list.len() <= 1))
-        .with_columns(group=pl.when(pl.col("disrupted")).then(pl.lit("hit once by ") + pl.col("sources").list.first())
-                      .otherwise(pl.lit("clean")))
-        .group_by("size_class", "group")
-        .agg(n=pl.len(), mean=pl.col("own_ns").mean() / 1e3, sd=pl.col("own_ns").std() / 1e3)
+    """Own time (µs) of the requests the indirect estimate compares (attribute.comparable_requests,
+    outliers dropped), per comparison group (COMPARABLE_BY; the TOP_GROUPS largest): clean, hit
+    once by each source (mean, 95% interval, n), and the clean requests' length-weighted mean,
+    the reference a hit request is measured against. Its gap to a source's mean, weighted over
+    the groups, is the source's `indirect_per_irq_ns`."""
+    by = list(COMPARABLE_BY)
+    kept = comparable_requests(requests.lazy()).filter(~pl.col("outlier")).collect()
+    groups = (kept.group_by(by).len().sort(["len", *by], descending=[True] + [False] * len(by)).head(TOP_GROUPS)
+              .with_row_index("group_order").drop("len"))
+    kept = kept.join(groups, on=by).with_columns(own_us=pl.col("own_ns").cast(pl.Float64) / 1e3)
+    hit = pl.col("hit_source").is_not_null()
+    stats = (
+        kept.with_columns(group=pl.when(hit).then(pl.lit("hit once by ") + pl.col("hit_source")).otherwise(pl.lit("clean")),
+                          row_order=pl.when(hit).then(2).otherwise(0))
+        .group_by("group_order", *by, "group", "row_order")
+        .agg(n=pl.len(), mean=pl.col("own_us").mean(), ci=Z95 * pl.col("own_us").std() / pl.len().sqrt())
         .filter(pl.col("n") >= 2)
+        .select("group_order", *by, "group", "row_order", "n", "mean",
+                lo=pl.col("mean") - pl.col("ci"), hi=pl.col("mean") + pl.col("ci"))
+    )
+    reference = (
+        kept.filter(~hit).group_by("group_order", *by)
+        .agg(n=pl.len(), mean=pl.col("own_us").pow(2).sum() / pl.col("own_us").sum())
+        .select("group_order", *by, group=pl.lit("clean, length-weighted (reference)"), row_order=pl.lit(1),
+                n="n", mean="mean", lo=pl.lit(None, pl.Float64), hi=pl.lit(None, pl.Float64))
     )
     return (
-        grouped.with_columns(ci=Z95 * pl.col("sd") / pl.col("n").sqrt())
-        .select("size_class", "group", "n", mean=pl.col("mean").round(3),
-                lo=(pl.col("mean") - pl.col("ci")).round(3), hi=(pl.col("mean") + pl.col("ci")).round(3))
-        .with_columns(class_order=pl.col("size_class").replace_strict(classes.to_list(), list(range(classes.len()))),
-                      clean_first=pl.col("group") != "clean")
-        .sort("class_order", "clean_first", "n", descending=[False, False, True])
-        .drop("class_order", "clean_first")
+        pl.concat([stats, reference.cast(stats.schema)])
+        .with_columns(pl.col("mean", "lo", "hi").round(3),
+                      panel=pl.format("CPU {} · tid {} · size class {}", *by))
+        .sort("group_order", "row_order", "n", "group", descending=[False, False, True, False])
+        .drop("group_order", "row_order")
     )
 
 
@@ -221,7 +238,7 @@ def service_cdf_chart(requests: pl.DataFrame) -> alt.Chart:
         )
         .properties(width=WIDTH, height=280, title=_title(
             "Request service time, clean vs disrupted",
-            "cumulative distribution; disrupted = a hard IRQ (and the softirqs after it) started inside the request"))
+            "cumulative distribution; disrupted = the work of a hard IRQ (and the softirqs it raised) ran inside the request"))
     )
 
 
@@ -230,19 +247,20 @@ def cost_chart(attribution: pl.DataFrame) -> alt.HConcatChart:
     labels = share.sort("order")["label"].to_list()
     y = alt.Y("label:N", title=None, sort=labels, axis=alt.Axis(labelLimit=280, labelFontSize=11.5))
     step = 30 * max(3, len(labels))  # one fixed height for both panels, so their rows line up
-    colour = alt.Color("component:N", title=None, scale=alt.Scale(domain=list(COMPONENT_COLOURS),
-                                                                  range=list(COMPONENT_COLOURS.values())),
+    drawn = [c for c in COMPONENT_COLOURS if c in set(costs["component"])]
+    colour = alt.Color("component:N", title=None, scale=alt.Scale(domain=drawn,
+                                                                  range=[COMPONENT_COLOURS[c] for c in drawn]),
                        legend=alt.Legend(orient="top", labelFontSize=12))
     per_irq = alt.Chart(alt.Data(values=costs.to_dicts()))
     x_us = alt.X("us:Q", title="µs per interrupt (bars: mean; whiskers: 95% interval)")
     bars = per_irq.mark_bar(height=alt.RelativeBandSize(0.42)).encode(
-        x=x_us, y=y, yOffset=alt.YOffset("component:N", sort=list(COMPONENT_COLOURS)), color=colour,
+        x=x_us, y=y, yOffset=alt.YOffset("part:N", sort=list(COMPONENTS)), color=colour,
         tooltip=["label:N", "component:N", alt.Tooltip("us:Q", title="µs", format=",.2f"),
                  alt.Tooltip("lo:Q", title="95% low", format=",.2f"), alt.Tooltip("hi:Q", title="95% high", format=",.2f"),
                  alt.Tooltip("count:Q", title="interrupts", format=",")],
     )
     whiskers = per_irq.mark_rule(color="#222", strokeWidth=1.2).encode(
-        x="lo:Q", x2="hi:Q", y=y, yOffset=alt.YOffset("component:N", sort=list(COMPONENT_COLOURS)))
+        x="lo:Q", x2="hi:Q", y=y, yOffset=alt.YOffset("part:N", sort=list(COMPONENTS)))
     left = alt.layer(bars, whiskers).properties(width=400, height=step)
     share_chart = alt.Chart(alt.Data(values=share.to_dicts()))
     y_share = alt.Y("label:N", sort=labels, axis=None)
@@ -260,8 +278,9 @@ def cost_chart(attribution: pl.DataFrame) -> alt.HConcatChart:
         if attribution.height > MAX_COST_ROWS else ""
     return alt.hconcat(left, right, spacing=30).resolve_scale(y="shared").properties(title=_title(
         "Cost per interrupt source (left: per interrupt; right: share of CPU)",
-        [f"direct = the handler and the softirqs it ran; indirect = extra own time of the requests it hit{more}",
-         "share of CPU = rate × (direct + indirect); no orange bar: no request was hit once by that source"]))
+        [f"direct = the handler and the softirqs it raised; indirect = extra own time of the requests it hit{more}",
+         "share of CPU = rate × (direct + indirect when significant); no orange bar: no request was hit once by "
+         f"that source; grey: {INDIRECT_NS}"]))
 
 
 def counters_subtitle(counters: dict) -> str:
@@ -273,19 +292,19 @@ def counters_subtitle(counters: dict) -> str:
 
 
 def slowdown_chart(requests: pl.DataFrame, counters: dict) -> alt.VConcatChart:
-    frame = slowdown_frame(requests).with_columns(is_clean=pl.col("group") == "clean")
+    frame = slowdown_frame(requests).with_columns(is_clean=pl.col("group").str.starts_with("clean"))
     y = alt.Y("group:N", title=None, sort=None, axis=alt.Axis(labelLimit=280, labelFontSize=11.5, minExtent=200))
     colour = alt.Color("is_clean:N", legend=None, scale=alt.Scale(domain=[True, False], range=["#54a24b", "#e45756"]))
     x_title = "own time per request (µs; bars: mean, whiskers: 95% interval; label: requests)"
     panels = []
-    classes = frame["size_class"].unique(maintain_order=True).to_list()
-    for position, size_class in enumerate(classes):
-        base = alt.Chart(alt.Data(values=frame.filter(pl.col("size_class") == size_class).to_dicts()))
-        last = position == len(classes) - 1
+    panels_shown = frame["panel"].unique(maintain_order=True).to_list()
+    for position, panel in enumerate(panels_shown):
+        base = alt.Chart(alt.Data(values=frame.filter(pl.col("panel") == panel).to_dicts()))
+        last = position == len(panels_shown) - 1
         bars = base.mark_bar(height=alt.RelativeBandSize(0.6)).encode(
             x=alt.X("mean:Q", title=x_title if last else None, axis=alt.Axis(labels=last)),
             y=y, color=colour,
-            tooltip=["size_class:N", "group:N", alt.Tooltip("mean:Q", title="mean µs", format=",.2f"),
+            tooltip=["panel:N", "group:N", alt.Tooltip("mean:Q", title="mean µs", format=",.2f"),
                      alt.Tooltip("lo:Q", title="95% low", format=",.2f"),
                      alt.Tooltip("hi:Q", title="95% high", format=",.2f"), alt.Tooltip("n:Q", title="requests", format=",")],
         )
@@ -294,11 +313,13 @@ def slowdown_chart(requests: pl.DataFrame, counters: dict) -> alt.VConcatChart:
             x="hi:Q", y=y, text=alt.Text("n:Q", format=","))
         panels.append(alt.layer(bars, whiskers, counts).properties(
             width=WIDTH - 320, height=alt.Step(24),
-            title=alt.TitleParams(f"requests of size class {size_class} (power-of-two classes of bytes in / out)", anchor="start", fontSize=12, fontWeight="bold")))
+            title=alt.TitleParams(f"{panel} (power-of-two classes of bytes in / out)", anchor="start",
+                                  fontSize=12, fontWeight="bold")))
     return alt.vconcat(*panels, spacing=12).resolve_scale(x="shared").properties(title=_title(
         "Slowdown around interrupts: own time of requests, clean vs hit once",
-        ["own time = service time minus the disruptions and off-CPU time inside it; requests preempted or "
-         "hit more than once are left out", counters_subtitle(counters)]))
+        ["own time = service time minus the disruptions and off-CPU time inside it; compared as the indirect "
+         "estimate compares them: within one CPU, thread and size class, requests switched out, hit more than "
+         "once or far beyond their group's typical own time left out", counters_subtitle(counters)]))
 
 
 # --------------------------------------------------------------------------- HTML
@@ -448,16 +469,16 @@ def attribution_table(analysis: Analysis) -> str:
     for r in analysis.attribution.iter_rows(named=True):
         cells = [_esc(r["cpu"]), f"<code>{_esc(r['source'])}</code>"]
         for _, column, _, scale, digits in ATTRIBUTION_VIEW:
-            ci = tables.column("attribution", column).ci
-            cells.append(plus_minus(r[column], r[ci] if ci else None, scale, digits))
+            cells.append(_esc(figure_text(r, "attribution", column, scale, digits)))
         cells.append("–" if r["n_hit_requests"] is None else f"{r['n_hit_requests']:,} / {r['n_clean_requests']:,}")
         rows.append(cells)
-    provenance = sorted(set(analysis.attribution["direct_provenance"].to_list())
-                        | set(analysis.attribution["indirect_provenance"].to_list()))
+    # The per-row provenance words repeat the declarations; only the reasons for a missing estimate are new.
+    reasons = sorted(set(analysis.attribution["indirect_provenance"].to_list()) - {INDIRECT_PROVENANCE})
     kinds, text = _declared_text("attribution", [(label, column) for label, column, *_ in ATTRIBUTION_VIEW])
     return (_table(header, rows) + _provenance(
-        kinds, text + " ± is a 95% interval. Provenance as kptrace records it per row: "
-        + "; ".join(f"“{_esc(p)}”" for p in provenance) + "."))
+        kinds, text + f" ± is a 95% interval; {NOT_SIGNIFICANT} [low, high]: the indirect estimate's 95% interval "
+        "includes 0, so it is not counted as a loss."
+        + (" No indirect estimate: " + "; ".join(f"“{_esc(p)}”" for p in reasons) + "." if reasons else "")))
 
 
 def requests_tables(analysis: Analysis, summary: dict) -> str:
@@ -468,7 +489,7 @@ def requests_tables(analysis: Analysis, summary: dict) -> str:
     rows = [["disrupted" if r["disrupted"] else "clean", _num(r["requests"], 0), _num(r["median_us"]),
              _num(r["p99_us"]), _num(r["own_median_us"])] for r in overview]
     classes = (
-        analysis.requests.group_by(size_class=SIZE_CLASS)
+        analysis.requests.group_by("size_class")
         .agg(n=pl.len(), disrupted=pl.col("disrupted").mean(), median=pl.col("dur").median() / 1e3,
              p99=pl.col("dur").quantile(0.99) / 1e3, bytes_in=pl.col("bytes_in").median(),
              bytes_out=pl.col("bytes_out").median())
@@ -555,11 +576,11 @@ def headline(analysis: Analysis, summary: dict) -> str:
                                      ("share_of_cpu", "rate_per_s", "direct_per_irq_ns", "indirect_per_irq_ns"))
     for row in analysis.attribution.sort("share_of_cpu", descending=True, nulls_last=True).head(3).iter_rows(named=True):
         extra = ("" if row["indirect_per_irq_ns"] is None else
-                 f" + {plus_minus(row['indirect_per_irq_ns'], row['indirect_ci_ns'], 1e3, 2)} µs indirect ({indirect})")
+                 f" + {_esc(figure_text(row, 'attribution', 'indirect_per_irq_ns', 1e3, 2))} µs indirect ({indirect})")
         items.append(
-            f"<li><code>{_esc(row['source'])}</code> on CPU {row['cpu']}: <b>{plus_minus(row['share_of_cpu'], row['share_of_cpu_ci'], 0.01, 2)}"
+            f"<li><code>{_esc(row['source'])}</code> on CPU {row['cpu']}: <b>{figure_text(row, 'attribution', 'share_of_cpu', 0.01, 2)}"
             f" % of that CPU</b> ({share}) — {row['rate_per_s']:,.0f} interrupts/s ({rate}), "
-            f"{plus_minus(row['direct_per_irq_ns'], row['direct_ci_ns'], 1e3, 2)} µs direct ({direct}){extra} each</li>")
+            f"{figure_text(row, 'attribution', 'direct_per_irq_ns', 1e3, 2)} µs direct ({direct}){extra} each</li>")
     overview = {r["disrupted"]: r for r in summary["requests"]["by_disrupted"]}
     if True in overview and False in overview:
         clean, hit = overview[False], overview[True]
