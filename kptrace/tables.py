@@ -219,11 +219,8 @@ WHATIF = Table("whatif", "kptrace/whatif/predict.py",
     *_predicted("cpu_util", "fraction", "busy fraction of the serving cores at the recorded load"),
     *_predicted("irq_per_s", "interrupts/s", "interrupts the serving cores take per second, summed over them"),
     *_predicted("capacity_ratio", "ratio", "`capacity_rps` over vanilla's (both from the same resamples)"),
-    Column("throughput_ratio", pl.Float64(), "ratio",
-           f"`throughput_rps` over vanilla's; {NO_INTERVAL}: the replay bootstraps only the capacity ratio",
-           "modelled"),
-    Column("p99_ratio", pl.Float64(), "ratio",
-           f"`p99_us` over vanilla's; {NO_INTERVAL}: the replay bootstraps only the capacity ratio", "modelled"),
+    *_predicted("throughput_ratio", "ratio", "`throughput_rps` over vanilla's (both from the same resamples)"),
+    *_predicted("p99_ratio", "ratio", "`p99_us` over vanilla's (both from the same resamples)"),
 ))
 
 EVENTS = Table("events", "kptrace/schema.py", "trace event (`docs/schema.md`)", EVENT_COLUMNS)

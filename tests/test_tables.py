@@ -23,8 +23,7 @@ SAMPLE = ROOT / "sample_traces" / "memcached-diskirq-same-core"
 NOT_WRITTEN_YET = {"whatif": "the lead writes whatif.parquet from kptrace.whatif into analyze (issue 8 item 4)"}
 
 #: The estimated or modelled figures without an interval column; each declaration says why (NO_INTERVAL).
-WITHOUT_INTERVAL = {("attribution", "cost_per_irq_ns"), ("ipc", "gain_at_clean_ipc"),
-                    ("whatif", "throughput_ratio"), ("whatif", "p99_ratio")}
+WITHOUT_INTERVAL = {("attribution", "cost_per_irq_ns"), ("ipc", "gain_at_clean_ipc")}
 
 
 def test_tables_doc_is_generated_from_the_declarations():

@@ -23,6 +23,8 @@ from kptrace.whatif.policies import Policy, apply
 from kptrace.whatif.replay import CoreInput, CoreRun, replay_core
 
 FIGURES = ("capacity_rps", "throughput_rps", "p50_us", "p99_us", "cpu_util", "irq_per_s")
+#: Ratios against vanilla, each with its interval: name -> the figure it compares.
+RATIOS = {"capacity_ratio": "capacity_rps", "throughput_ratio": "throughput_rps", "p99_ratio": "p99_us"}
 PROVENANCE = ("modelled: a per-core replay of the measured request demands, loop work, idle periods and "
               "interrupt arrivals with their measured direct and estimated indirect costs")
 
@@ -174,11 +176,10 @@ def predict(analysis: Analysis, tids: list[int], policies: list[Policy], nic_sou
         for key in FIGURES:
             entry["predicted"][key] = figures[key]
             entry["predicted"][f"{key}_ci"] = _interval(figures[key], [s[key] for s in samples[policy.name]])
-        entry["capacity_ratio"] = figures["capacity_rps"] / base["capacity_rps"]
-        entry["capacity_ratio_ci"] = _interval(entry["capacity_ratio"], [
-            s["capacity_rps"] / b["capacity_rps"] for s, b in zip(samples[policy.name], base_samples)])
-        entry["throughput_ratio"] = figures["throughput_rps"] / base["throughput_rps"]
-        entry["p99_ratio"] = figures["p99_us"] / base["p99_us"]
+        for ratio, key in RATIOS.items():
+            entry[ratio] = figures[key] / base[key]
+            entry[f"{ratio}_ci"] = _interval(entry[ratio], [
+                s[key] / b[key] for s, b in zip(samples[policy.name], base_samples)])
         if moved := applied[policy.name].moved_ns:
             seconds = sum(core.period_ns for core in cores) / len(cores) / 1e9
             entry["moved_load"] = {str(cpu): ns / 1e9 / seconds for cpu, ns in moved.items()}
