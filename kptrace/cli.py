@@ -61,10 +61,12 @@ def ingest(
     )
 
 
-def _analyze_one(trace: Path, out: Path, quiet: bool) -> dict:
-    """Analyze one input into `out`; return its summary. Stage progress goes to stderr."""
+def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = None) -> dict:
+    """Analyze one input into `out`, what-if predictions included (and the `predicted` policy's
+    replay as a timeline group); return its summary. Stage progress goes to stderr."""
     from kptrace.analysis import analyze as run_analysis
     from kptrace.export import write_all
+    from kptrace.summary import build_summary
 
     started = time.monotonic()
 
@@ -74,7 +76,10 @@ def _analyze_one(trace: Path, out: Path, quiet: bool) -> dict:
 
     analysis = run_analysis(trace, progress)
     _warn(analysis.meta)
-    summary = write_all(analysis, out)
+    summary = build_summary(analysis)
+    servers = len(summary["whatif"])
+    progress(f"replayed the what-if policies for {servers} server{'s' * (servers != 1)}")
+    summary = write_all(analysis, out, summary, predicted=predicted)
     progress(f"wrote tables, report and timeline ({summary['outputs']['timeline_slices']:,} slices)")
     return summary
 
@@ -112,20 +117,28 @@ def analyze(
     out: Annotated[Path, typer.Option("-o", "--out", help="output directory")] = Path("kptrace-out"),
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress lines on stderr")] = False,
+    predicted: Annotated[str | None, typer.Option("--whatif", metavar="POLICY", help=(
+        "also draw this what-if policy's replay (default parameters) in the timeline, as the group "
+        "'predicted: POLICY' beside 'measured'"))] = None,
 ) -> None:
-    """Attribute interrupt costs per CPU and source; write Parquet tables, summary.json and a
-    Perfetto timeline. A directory of inputs is analyzed entry by entry, each into its own folder
+    """Attribute interrupt costs per CPU and source; predict every what-if policy (modelled); write
+    Parquet tables, summary.json, report.html and a Perfetto timeline. A directory of inputs is
+    analyzed entry by entry, each into its own folder
     of OUT; when some fail, the others are still analyzed and the exit code is 1. Exit 0 on
     success, 1 when an input cannot be used, 2 on bad usage."""
     from kptrace.summary import render_summary
+    from kptrace.whatif import POLICIES
 
+    if predicted is not None and predicted not in POLICIES:
+        typer.echo(f"kptrace: error: --whatif must be one of {', '.join(POLICIES)}", err=True)
+        raise typer.Exit(2)
     inputs = _inputs(trace)
     if not inputs:
         _fail(TraceError(trace, "empty directory: no bundle or trace file in it"))
     summaries, failed = {}, []
     for item, target in _output_dirs(inputs, out).items():
         try:
-            summaries[str(item)] = _analyze_one(item, target, quiet or as_json)
+            summaries[str(item)] = _analyze_one(item, target, quiet or as_json, predicted)
         except TraceError as error:
             typer.echo(f"kptrace: error: {error}", err=True)
             failed.append(item)

@@ -10,6 +10,7 @@ import polars as pl
 from kptrace import tables
 from kptrace.analysis import Analysis
 from kptrace.attribute import HARDWARE_COUNTERS
+from kptrace.whatif.render import render_whatif
 
 
 def counter_source(analysis: Analysis) -> dict:
@@ -98,9 +99,23 @@ def request_overview(requests: pl.DataFrame | None) -> list[dict]:
     )
 
 
-def build_summary(analysis: Analysis) -> dict:
-    """A JSON-ready summary of one analysis."""
+def predict_policies(analysis: Analysis) -> tuple[list[dict], str | None]:
+    """Every what-if policy with its defaults, per server (kptrace.whatif: the JSON contract of
+    docs/whatif.md), or no results and a note why: a trace without requests has nothing to
+    replay, and a policy that cannot be applied must not cost the user the rest of the analysis."""
+    from kptrace.whatif import PolicyError, whatif
+
+    try:
+        return whatif(analysis), None
+    except PolicyError as error:
+        return [], f"no what-if predictions: {error}"
+
+
+def build_summary(analysis: Analysis, predict: bool = True) -> dict:
+    """A JSON-ready summary of one analysis; `predict=False` leaves out the what-if replay (the
+    slowest part: about as long again as the analysis on a sample bundle)."""
     meta = analysis.meta
+    predictions, why_none = predict_policies(analysis) if predict else ([], None)
     return {
         "input": {
             "format": meta["source_format"], "events": meta["event_count"], "duration_s": meta["duration_s"],
@@ -108,12 +123,13 @@ def build_summary(analysis: Analysis) -> dict:
             "lost_events": sum(c["lost_events"] or 0 for c in meta["per_cpu"]),
             "counters": counter_source(analysis),
         },
-        "notes": analysis.notes,
+        "notes": analysis.notes + ([why_none] if why_none else []),
         "warnings": meta["warnings"],
         "attribution": declared("attribution", analysis.attribution.drop("direct_provenance", "indirect_provenance")),
         "requests": {"provenance": f"{tables.column('requests', 'dur').provenance} from syscall events; "
                                    "service time in µs", "by_disrupted": request_overview(analysis.requests)},
         "ipc": None if analysis.ipc is None else declared("ipc", analysis.ipc),
+        "whatif": predictions,
     }
 
 
@@ -176,4 +192,6 @@ def render_summary(summary: dict, top: int = 6) -> str:
             label = "disrupted" if row["disrupted"] else "clean"
             lines.append(f"{label:<11} {row['requests']:>9} {row['median_us']:>8.1f} {row['p99_us']:>8.1f} "
                          f"{row['own_median_us']:>11.1f}")
+    for result in summary.get("whatif") or []:
+        lines += ["", render_whatif(result)]
     return "\n".join(lines)

@@ -305,3 +305,36 @@ def test_irq_rate_bins_count_every_interrupt_once_at_its_bins_true_length(start,
         seconds = max(1, min(end, row["ts"] + bin_ns) - row["ts"]) / 1e9
         got[(row["cpu"], row["bin"])] = row["rate"] * seconds
     assert got == pytest.approx(dict(expected), rel=1e-9)
+
+
+def test_analyze_draws_the_chosen_policys_replay_beside_measured(trace_processor, tmp_path):
+    """`analyze --whatif remove`: the "predicted: remove" group holds, per serving CPU, exactly the
+    requests and interrupts the replay of that policy took, and "measured" is left whole."""
+    from kptrace.analysis import analyze
+    from kptrace.export import write_all
+    from kptrace.simulate import Scenario, write_simulation
+    from kptrace.summary import build_summary
+    from kptrace.whatif import default_policies, nic_sources, servers
+    from kptrace.whatif.policies import apply
+    from kptrace.whatif.predict import core_inputs
+    from kptrace.whatif.replay import replay_core
+
+    analysis = analyze(write_simulation(tmp_path / "sim", Scenario(duration_s=0.2, seed=4)))
+    summary = write_all(analysis, tmp_path / "out", build_summary(analysis, predict=False), predicted="remove")
+    (server,) = servers(analysis)
+    policy = next(p for p in default_policies(analysis, server["cpus"]) if p.name == "remove")
+    runs = {core.cpu: replay_core(core, False) for core in
+            apply(policy, core_inputs(analysis, server["tids"]), nic_sources(analysis)).cores}
+    assert policy.params == {"source": ["sim-disk"]}
+
+    rows = trace_processor(Path(summary["outputs"]["timeline"]), {"errors": ERRORS_SQL, "slices": SLICES_SQL})
+    assert rows["errors"] == []
+    predicted = [r for r in rows["slices"] if r["grp"] == "predicted: remove"]
+    hard = Counter(r["parent"] for r in predicted if r["track"] == "hard IRQ")
+    assert hard == {f"CPU {cpu}": run.interrupts for cpu, run in runs.items()}
+    assert sum(r["parent"] == "requests" for r in predicted) == sum(len(run.starts) for run in runs.values())
+    assert not any(r["name"] == "sim-disk" for r in predicted)  # the removed source is gone
+    measured = [r for r in rows["slices"] if r["grp"] == "measured"]
+    assert len(measured) == summary["outputs"]["timeline_groups"]["measured"]
+    assert any(r["name"] == "sim-disk" for r in measured)
+    assert len(predicted) == summary["outputs"]["timeline_groups"]["predicted: remove"]

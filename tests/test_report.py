@@ -159,7 +159,8 @@ CHECK_CHARTS = """JSON.stringify(Array.from(document.querySelectorAll("div.chart
   return {id: div.id, embedded: div.classList.contains("vega-embed"),
           svg_elements: svg ? svg.querySelectorAll("*").length : 0,
           marks: svg ? svg.querySelectorAll("path, rect, line, text").length : 0,
-          canvas: canvas ? canvas.width * canvas.height : 0};
+          canvas: canvas ? canvas.width * canvas.height : 0,
+          texts: svg ? Array.from(svg.querySelectorAll("text")).map(function (t) { return t.textContent; }) : []};
 }))"""
 
 
@@ -300,11 +301,17 @@ def test_a_non_significant_indirect_estimate_is_shown_as_not_significant(tmp_pat
 def test_sample_report_renders_offline(sample_report: Path, chromium: str, tmp_path: Path):
     text = sample_report.read_text()
     assert "<title>kptrace report — memcached-diskirq-same-core</title>" in text
-    check_html(text, 4)
+    check_html(text, 5)
     assert "no hardware counters" in text  # the slowdown chart says the trace has no IPC
     shot = tmp_path / "report.png"
     charts, found, state = render(chromium, sample_report, tmp_path, shot)
-    check_page(charts, found, state, ["irq-rate", "service-cdf", "cost", "slowdown"])
+    check_page(charts, found, state, ["irq-rate", "service-cdf", "cost", "slowdown", "whatif"])
+    # The what-if chart names every policy on its axis, says it is modelled and how well it calibrates.
+    policies = ["vanilla", "move-irqs", "remove", "coalesce", "busy-poll", "irq-suspend", "kernel-polling"]
+    shown = set(next(c["texts"] for c in charts if c["id"] == "whatif"))
+    assert set(policies) <= shown
+    assert any("calibration (vanilla replay vs measured)" in t and "within 5%" in t for t in shown)
+    assert any("modelled: a replay of the serving cores" in t for t in shown), [t for t in shown if "modelled" in t]
     assert shot.stat().st_size > 50_000
     if os.environ.get("KPTRACE_UPDATE_SCREENSHOT"):  # tests leave tracked files alone unless asked
         shutil.copyfile(shot, SCREENSHOT)
@@ -322,6 +329,7 @@ def test_report_without_requests(chromium: str, tmp_path: Path):
     assert "<title>kptrace report — no-syscalls.txt</title>" in text
     check_html(text, 2)
     assert "No per-request view: this trace has no syscall events" in text
+    assert '<p class="missing">no what-if predictions: no requests in this trace' in text
     charts, found, state = render(chromium, report, tmp_path, tmp_path / "report.png")
     check_page(charts, found, state, ["irq-rate", "cost"])
 
@@ -336,7 +344,7 @@ def test_the_browser_check_sees_network_and_console_problems(chromium: str, tmp_
     charts, found, state = render(chromium, page, tmp_path, tmp_path / "bad.png")
     assert found["network"] == ["http://127.0.0.1:9/nothing.png"]
     assert "boom" in found["console"]
-    assert charts == [{"id": "x", "embedded": False, "svg_elements": 0, "marks": 0, "canvas": 0}]
+    assert charts == [{"id": "x", "embedded": False, "svg_elements": 0, "marks": 0, "canvas": 0, "texts": []}]
 
 
 def test_units_and_provenance_in_the_report_come_from_the_table_declarations(sample_analysis, monkeypatch):

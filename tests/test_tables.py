@@ -12,15 +12,12 @@ import pytest
 
 from kptrace import tables
 from kptrace.analysis import analyze
-from kptrace.export.parquet import write_tables
+from kptrace.export import write_all
 from kptrace.schema import PROVENANCES, Column
 from kptrace.simulate import Scenario, write_simulation
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_traces" / "memcached-diskirq-same-core"
-
-#: Declared tables `analyze` does not write yet, and why.
-NOT_WRITTEN_YET = {"whatif": "the lead writes whatif.parquet from kptrace.whatif into analyze (issue 8 item 4)"}
 
 #: The estimated or modelled figures without an interval column; each declaration says why (NO_INTERVAL).
 WITHOUT_INTERVAL = {("attribution", "cost_per_irq_ns"), ("ipc", "gain_at_clean_ipc")}
@@ -124,21 +121,21 @@ def test_polars_schema_is_the_declaration_in_order():
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory) -> dict[str, Path]:
-    """Output directories of two analyses: a simulated perf trace (every table, IPC included, as
-    perf reads cycles and instructions) and a real capture bundle (software counters only)."""
+    """Output directories of two analyses, written as `analyze` writes them: a simulated perf trace
+    (every table, IPC included, as perf reads cycles and instructions) and a real capture bundle
+    (software counters only); both have requests, so both get whatif.parquet."""
     base = tmp_path_factory.mktemp("tables")
     simulated = write_simulation(base / "sim", Scenario(duration_s=0.2, seed=4), fmt="perf")
     with contextlib.chdir(ROOT):
         inputs = {"simulated-perf": simulated, "real-sample": SAMPLE.relative_to(ROOT)}
         for name, path in inputs.items():
-            analysis = analyze(path)
-            write_tables(base / name, analysis.tables(), analysis.meta)
+            write_all(analyze(path), base / name)
     return {name: base / name for name in inputs}
 
 
 EXPECTED_TABLES = {
-    "simulated-perf": set(tables.TABLES) - set(NOT_WRITTEN_YET),
-    "real-sample": set(tables.TABLES) - set(NOT_WRITTEN_YET) - {"ipc"},
+    "simulated-perf": set(tables.TABLES),
+    "real-sample": set(tables.TABLES) - {"ipc"},
 }
 
 
@@ -150,11 +147,6 @@ def test_analyze_writes_exactly_the_declared_tables(written, source):
 def _written_cases() -> list:
     return [pytest.param(source, name, id=f"{source}/{name}")
             for source, names in sorted(EXPECTED_TABLES.items()) for name in sorted(names)]
-
-
-@pytest.mark.xfail(strict=True, reason=NOT_WRITTEN_YET["whatif"])
-def test_analyze_writes_the_whatif_table(written):
-    assert (written["simulated-perf"] / "whatif.parquet").exists()
 
 
 @pytest.mark.parametrize(("source", "table"), _written_cases())

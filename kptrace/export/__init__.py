@@ -3,28 +3,110 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
+import polars as pl
 
 from kptrace.analysis import Analysis
 
+SLICE_SCHEMA = {"ts": pl.Int64, "dur": pl.Int64, "name": pl.String}
+#: The Perfetto group a what-if replay draws into, beside "measured".
+PREDICTED_GROUP = "predicted: {policy}"
 
-def write_all(analysis: Analysis, out: str | Path, summary: dict | None = None, group: str = "measured") -> dict:
-    """Write the Parquet tables and meta.json, summary.json, report.html and the Perfetto timeline
-    (its tracks under `group`) into `out`; return the summary with an `outputs` entry naming them."""
+
+def write_all(analysis: Analysis, out: str | Path, summary: dict | None = None, group: str = "measured",
+              predicted: str | None = None) -> dict:
+    """Write the Parquet tables and meta.json, whatif.parquet (when the summary holds what-if
+    results), summary.json, report.html and the Perfetto timeline (its tracks under `group`, and
+    with `predicted=POLICY` a second group replaying that policy) into `out`; return the summary
+    with an `outputs` entry naming them."""
     from kptrace.export.parquet import write_tables
     from kptrace.export.perfetto import write_timeline
     from kptrace.export.report import write_report
     from kptrace.summary import build_summary, counter_samples
+    from kptrace.whatif.render import whatif_frame
 
     out = Path(out)
     summary = build_summary(analysis) if summary is None else summary
-    write_tables(out, analysis.tables(), analysis.meta)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    written = dict(analysis.tables())
+    if summary.get("whatif"):
+        written["whatif"] = whatif_frame(summary["whatif"])
+    write_tables(out, written, analysis.meta)
     counters = None if analysis.events is None else counter_samples(analysis.events)
-    timeline = write_timeline(out / "timeline.perfetto-trace.gz", analysis.events, analysis.intervals,
-                              analysis.requests, counters, group=group)
+    path = out / "timeline.perfetto-trace.gz"
+    timeline = write_timeline(path, analysis.events, analysis.intervals, analysis.requests, counters, group=group)
+    groups = {group: sum(timeline["slices"].values())}
+    if predicted is not None:
+        frames, why_none = predicted_timeline(analysis, predicted)
+        if frames is None:
+            summary["notes"] = summary["notes"] + [f"no {PREDICTED_GROUP.format(policy=predicted)} timeline group: "
+                                                   f"{why_none}"]
+        else:
+            name = PREDICTED_GROUP.format(policy=predicted)
+            drawn = write_timeline(path, None, *frames, group=name, append=True)
+            groups[name] = sum(drawn["slices"].values())
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     report = write_report(out / "report.html", analysis, summary)
     summary["outputs"] = {"directory": str(out), "summary": str(out / "summary.json"), "report": str(report),
-                          "timeline": str(timeline["path"]), "timeline_slices": sum(timeline["slices"].values()),
-                          "tables": sorted(analysis.tables())}
+                          "timeline": str(timeline["path"]), "timeline_slices": sum(groups.values()),
+                          "timeline_groups": groups, "tables": sorted(analysis.tables()),
+                          "whatif": str(out / "whatif.parquet") if "whatif" in written else None}
     return summary
+
+
+def predicted_timeline(analysis: Analysis, policy: str) -> tuple[tuple[pl.DataFrame, pl.DataFrame] | None, str | None]:
+    """(intervals, requests) of every server's cores replayed at the recorded load under `policy`
+    with its default parameters, in the timeline's column contract (kptrace.export.perfetto): per
+    interrupt the replay took a hard IRQ slice and a slice for the softirq work charged to it;
+    each request keeps its measured id and thread. Or None and why there is no replay."""
+    from kptrace.whatif import POLICIES, PolicyError, default_policies, nic_sources, servers
+    from kptrace.whatif.inputs import request_stream
+    from kptrace.whatif.policies import apply
+    from kptrace.whatif.predict import core_inputs
+    from kptrace.whatif.replay import replay_core
+
+    if policy not in POLICIES:
+        return None, f"unknown policy {policy!r}; one of: {', '.join(POLICIES)}"
+    if analysis.requests is None:
+        return None, "no requests in this trace, so nothing to replay"
+    nic = nic_sources(analysis)
+    irqs, requests = [], []
+    try:
+        for server in servers(analysis):
+            chosen = next(p for p in default_policies(analysis, server["cpus"]) if p.name == policy)
+            cores = apply(chosen, core_inputs(analysis, server["tids"]), nic).cores
+            # The replay's request order on each core: that of core_inputs' request stream.
+            stream = request_stream(replace(analysis, requests=analysis.requests.filter(
+                pl.col("tid").is_in(server["tids"]))))
+            for core in cores:
+                order = stream.filter(pl.col("cpu") == core.cpu)
+                run = replay_core(core, saturated=False, record=True)
+                irqs.append(_interrupt_slices(core.cpu, run.taken))
+                requests.append(_request_slices(core.cpu, order, run))
+    except PolicyError as error:
+        return None, str(error)
+    return (pl.concat(irqs), pl.concat(requests)), None
+
+
+def _interrupt_slices(cpu: int, taken) -> pl.DataFrame:
+    """A hard IRQ slice per interrupt the replay took, and one for the softirq work charged to it."""
+    start = np.array([at for at, _ in taken], np.int64)
+    handler = np.array([a.handler_ns for _, a in taken], np.int64)
+    softirq = np.array([a.softirq_ns for _, a in taken], np.int64)
+    source = [a.source for _, a in taken]
+    hard = pl.DataFrame({"ts": start, "dur": handler, "name": source}, schema=SLICE_SCHEMA).with_columns(
+        kind=pl.lit("hardirq"))
+    soft = pl.DataFrame({"ts": start + handler, "dur": softirq, "name": [f"softirqs of {s}" for s in source]},
+                        schema=SLICE_SCHEMA).with_columns(kind=pl.lit("softirq")).filter(pl.col("dur") > 0)
+    return pl.concat([hard, soft]).with_columns(cpu=pl.lit(cpu, pl.Int16), complete=pl.lit(True))
+
+
+def _request_slices(cpu: int, order: pl.DataFrame, run) -> pl.DataFrame:
+    """The replayed requests, each `disrupted` when the replay took an interrupt inside it."""
+    taken_at = np.array([at for at, _ in run.taken], np.int64)
+    n_irq = np.searchsorted(taken_at, run.ends) - np.searchsorted(taken_at, run.starts)
+    return order.select("request_id", "tid").with_columns(
+        cpu=pl.lit(cpu, pl.Int16), ts=pl.Series(run.starts), dur=pl.Series(run.ends - run.starts),
+        n_irq=pl.Series(n_irq, dtype=pl.Int64), disrupted=pl.Series(n_irq > 0))

@@ -184,6 +184,31 @@ def slowdown_frame(requests: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+#: The what-if chart's panels: title -> predicted figure (kptrace.whatif.predict).
+WHATIF_PANELS = {"capacity (requests per busy second)": "capacity_rps", "p99 request time (µs)": "p99_us"}
+
+
+def whatif_frame(results: list[dict]) -> pl.DataFrame:
+    """Per server, policy and panel: the predicted figure and its 95% bounds (modelled)."""
+    several = len(results) > 1
+    rows = [{"label": f"{r['server']['comm']} · {e['policy']}" if several else e["policy"],
+             "kind": "vanilla (calibration)" if e["policy"] == "vanilla" else "policy",
+             "panel": panel, "value": e["predicted"][key], "lo": e["predicted"][f"{key}_ci"][0],
+             "hi": e["predicted"][f"{key}_ci"][1], "ratio": e["capacity_ratio"]}
+            for r in results for e in r["policies"] for panel, key in WHATIF_PANELS.items()]
+    return pl.DataFrame(rows, schema={"label": pl.String, "kind": pl.String, "panel": pl.String, "value": pl.Float64,
+                                      "lo": pl.Float64, "hi": pl.Float64, "ratio": pl.Float64})
+
+
+def calibration_text(result: dict) -> str:
+    """Whether the vanilla replay reproduces the measured trace (docs/whatif.md, calibration)."""
+    c = result["calibration"]
+    status = "within 5%" if c["within_tolerance"] else "NOT within 5%: treat the predictions with care"
+    return (f"{result['server']['comm']}: calibration (vanilla replay vs measured) capacity "
+            f"{100 * c['capacity_error']:+.1f}%, p50 {100 * c['p50_error']:+.1f}%, p99 {100 * c['p99_error']:+.1f}% "
+            f"({status})")
+
+
 # --------------------------------------------------------------------------- charts
 
 
@@ -281,6 +306,31 @@ def cost_chart(attribution: pl.DataFrame) -> alt.HConcatChart:
         [f"direct = the handler and the softirqs it raised; indirect = extra own time of the requests it hit{more}",
          "share of CPU = rate × (direct + indirect when significant); no orange bar: no request was hit once by "
          f"that source; grey: {INDIRECT_NS}"]))
+
+
+def whatif_chart(results: list[dict]) -> alt.HConcatChart:
+    frame = whatif_frame(results)
+    labels = list(dict.fromkeys(frame["label"]))
+    y = alt.Y("label:N", title=None, sort=labels, axis=alt.Axis(labelLimit=280, labelFontSize=11.5))
+    colour = alt.Color("kind:N", title=None, scale=alt.Scale(domain=["vanilla (calibration)", "policy"],
+                                                             range=["#9aa5b1", "#4c78a8"]),
+                       legend=alt.Legend(orient="top", labelFontSize=12))
+    panels = []
+    for panel in WHATIF_PANELS:
+        base = alt.Chart(alt.Data(values=frame.filter(pl.col("panel") == panel).to_dicts()))
+        bars = base.mark_bar(height=alt.RelativeBandSize(0.6)).encode(
+            x=alt.X("value:Q", title=f"{panel} (bars: predicted; error bars: 95% interval)"), y=y, color=colour,
+            tooltip=["label:N", alt.Tooltip("value:Q", title=panel, format=",.1f"),
+                     alt.Tooltip("lo:Q", title="95% low", format=",.1f"),
+                     alt.Tooltip("hi:Q", title="95% high", format=",.1f"),
+                     alt.Tooltip("ratio:Q", title="capacity × vanilla", format=".3f")])
+        errors = base.mark_errorbar(ticks=True, color="#222").encode(x=alt.X("lo:Q", title=None), x2="hi:Q", y=y)
+        panels.append(alt.layer(bars, errors).properties(width=330, height=alt.Step(26)))
+    return alt.hconcat(*panels, spacing=30).resolve_scale(y="shared").properties(title=_title(
+        "What-if: predicted capacity and p99 per interrupt policy (modelled)",
+        [calibration_text(r) for r in results]
+        + ["modelled: a replay of the serving cores under each policy with its default parameters; "
+           "95% intervals: bootstrap over requests and interrupts"]))
 
 
 def counters_subtitle(counters: dict) -> str:
@@ -566,6 +616,8 @@ def build_charts(analysis: Analysis, summary: dict) -> dict[str, alt.TopLevelMix
         charts["cost"] = cost_chart(analysis.attribution)
     if requests is not None and slowdown_frame(requests).height:
         charts["slowdown"] = slowdown_chart(requests, summary["input"]["counters"])
+    if summary.get("whatif"):
+        charts["whatif"] = whatif_chart(summary["whatif"])
     return charts
 
 
@@ -594,6 +646,18 @@ def headline(analysis: Analysis, summary: dict) -> str:
     return ("<section class=\"headline\"><h2>At a glance</h2><ul>" + "".join(items) + "</ul>"
             + _provenance("measured / estimated", "± is a 95% interval; details and method in the sections below.")
             + "</section>")
+
+
+def whatif_text(summary: dict) -> str:
+    """The what-if chart's provenance line, and what each policy changed (its notes)."""
+    results = summary.get("whatif") or []
+    notes = sorted({f"{e['policy']}: {n}" for r in results for e in r["policies"] for n in e["notes"]
+                    if e["policy"] != "vanilla"})
+    return (_esc(results[0]["provenance"] if results else "") + ". Units: requests per busy second of the "
+            "serving cores; µs at the recorded offered load. Figures and every other policy figure: "
+            "<code>summary.json</code> (<code>whatif</code>) and <code>whatif.parquet</code>; method: "
+            "<code>docs/whatif.md</code>." + ("<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>"
+                                              if notes else ""))
 
 
 def _cost_text() -> tuple[str, str]:
@@ -630,6 +694,9 @@ def render_report(analysis: Analysis, summary: dict) -> str:
             "cost for the size class."),
             no_requests)),
     ]
+    sections.append(("What-if: interrupt policies (modelled)", _figure(charts, "whatif", _provenance(
+        "modelled", whatif_text(summary)), next((n for n in summary["notes"] if n.startswith("no what-if")),
+                                                "No what-if predictions for this trace."))))
     if analysis.requests is not None:
         sections.append(("Requests overview", requests_tables(analysis, summary)))
     sections.append(("Warnings and notes", notes_section(summary)))

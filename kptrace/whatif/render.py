@@ -1,6 +1,13 @@
-"""The what-if table for the terminal (kptrace whatif, kptrace analyze)."""
+"""The what-if results as the terminal table (kptrace whatif, kptrace analyze) and as the
+declared `whatif` table (whatif.parquet)."""
 
 from __future__ import annotations
+
+import json
+
+import polars as pl
+
+from kptrace import tables
 
 
 def _with_interval(value: float, interval: list[float], fmt: str) -> str:
@@ -29,3 +36,21 @@ def render_whatif(result: dict) -> str:
             f"{100 * p['cpu_util']:>6.1f} {p['irq_per_s']:>8,.0f}")
     notes = {f"{e['policy']}: {note}" for e in result["policies"] for note in e["notes"] if e["policy"] != "vanilla"}
     return "\n".join(lines + [f"note: {note}" for note in sorted(notes)])
+
+
+
+def whatif_frame(results: list[dict]) -> pl.DataFrame:
+    """One row per (server, policy), with exactly the declared columns of `whatif`
+    (kptrace.tables): each figure with the bounds of its `<figure>_ci` pair, params as JSON."""
+    figures = {c.name: c.bounds for c in tables.columns("whatif") if c.bounds}
+    rows = []
+    for result in results:
+        for entry in result["policies"]:
+            values = {**entry["predicted"], **entry}
+            row = {"server": result["server"]["comm"], "tids": result["server"]["tids"], "policy": entry["policy"],
+                   "params": json.dumps(entry["params"], sort_keys=True)}
+            for name, (lo, hi) in figures.items():
+                row[name] = values[name]
+                row[lo], row[hi] = values[f"{name}_ci"]
+            rows.append(row)
+    return pl.DataFrame(rows, schema=tables.polars_schema("whatif"))

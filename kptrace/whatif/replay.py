@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kptrace.walker import Arrival, CoreWalker
+from kptrace.walker import Arrival, CoreWalker, direct_span
 
 #: The measured arrivals repeat at most this many times to cover a saturated replay.
 MAX_PERIODS = 4
@@ -47,6 +47,8 @@ class CoreRun:
     busy_ns: int
     window_ns: int
     interrupts: int
+    #: With `record=True`: each interrupt taken as (start ns, arrival), in the order taken.
+    taken: tuple[tuple[int, Arrival], ...] = ()
 
 
 def _tiled(arrivals: tuple[Arrival, ...], period_ns: int) -> list[Arrival]:
@@ -54,10 +56,18 @@ def _tiled(arrivals: tuple[Arrival, ...], period_ns: int) -> list[Arrival]:
             for k in range(MAX_PERIODS) for a in arrivals]
 
 
-def replay_core(core: CoreInput, saturated: bool) -> CoreRun:
-    """Replay one core at the recorded load (ready times kept) or at saturation (none kept)."""
+def replay_core(core: CoreInput, saturated: bool, record: bool = False) -> CoreRun:
+    """Replay one core at the recorded load (ready times kept) or at saturation (none kept).
+    `record` keeps when each interrupt was taken (for a timeline); without it the walker keeps its
+    default span function, so the bootstrap's many replays pay nothing for it."""
     arrivals = _tiled(core.arrivals, core.period_ns) if saturated else list(core.arrivals)
-    walker = CoreWalker(arrivals, core.start_ns)
+    taken: list[tuple[int, Arrival]] = []
+
+    def take_and_record(start_ts: int, arrival: Arrival) -> int:
+        taken.append((start_ts, arrival))
+        return direct_span(start_ts, arrival)
+
+    walker = CoreWalker(arrivals, core.start_ns, take_and_record if record else None)
     n = len(core.demand_ns)
     starts, ends = np.empty(n, np.int64), np.empty(n, np.int64)
     ready, pre, wake, post, demand = (core.ready_ts.tolist(), core.pre_ns.tolist(), core.wake_ns.tolist(),
@@ -71,6 +81,6 @@ def replay_core(core: CoreInput, saturated: bool) -> CoreRun:
         starts[i] = walker.now
         walker.work(demand[i], True)
         ends[i] = walker.now
-    taken = int(np.searchsorted(np.fromiter((a.ts for a in arrivals), np.int64, len(arrivals)), walker.now))
+    n_taken = int(np.searchsorted(np.fromiter((a.ts for a in arrivals), np.int64, len(arrivals)), walker.now))
     return CoreRun(starts=starts, ends=ends, busy_ns=walker.busy_ns, window_ns=walker.now - core.start_ns,
-                   interrupts=taken)
+                   interrupts=n_taken, taken=tuple(taken))
