@@ -147,25 +147,27 @@ def test_a_trace_without_requests_gets_no_whatif_and_says_why(simulated, tmp_pat
 
 def test_a_policy_that_cannot_be_applied_leaves_a_note_not_a_failure(simulated, tmp_path):
     """The disk IRQ made a NIC (a napi_poll of device eth0 in its chain): the network policies
-    are not modelled for NIC sources yet, and whatif() refuses with a PolicyError."""
+    are not modelled for NIC sources yet. Asked for by name, whatif() refuses; among the
+    defaults they are skipped with the reason, and the other policies are still predicted."""
+    from kptrace.whatif import NETWORK_POLICIES, Policy
+
     lines = simulated.read_text().splitlines(keepends=True)
     nic = tmp_path / "nic.txt"
     nic.write_text("".join(
         line + (re.sub(r"irq_handler_exit:.*", "napi_poll: napi poll on napi struct 0000000012345678 for device "
                                                "eth0 work 2 budget 64", line) if "irq_handler_exit" in line else "")
         for line in lines))
-    try:
-        whatif(analyze(nic))
-        raised = None
-    except PolicyError as error:
-        raised = str(error)
-    result = run("analyze", nic, "-o", tmp_path / "out", "--whatif", "coalesce")
-    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    analysis = analyze(nic)
+    with pytest.raises(PolicyError, match="coalesce on NIC sources .*not modelled yet"):
+        whatif(analysis, [Policy("coalesce")], replicates=0)
+    (result,) = whatif(analysis, replicates=2)
+    assert [entry["policy"] for entry in result["policies"]] == ["vanilla", "move-irqs", "remove"]
+    assert [entry["policy"] for entry in result["skipped"]] == list(NETWORK_POLICIES)
+    assert all("not modelled yet" in entry["reason"] for entry in result["skipped"])
+    run_result = run("analyze", nic, "-o", tmp_path / "out", "--whatif", "coalesce")
+    assert run_result.returncode == 0 and "Traceback" not in run_result.stderr, run_result.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    if raised is None:  # once NIC policies are modelled, this trace gets its predictions
-        assert summary["whatif"] and (tmp_path / "out" / "whatif.parquet").exists()
-    else:
-        assert f"no what-if predictions: {raised}" in summary["notes"]
-        assert f"no predicted: coalesce timeline group: {raised}" in summary["notes"]
-        assert summary["whatif"] == [] and not (tmp_path / "out" / "whatif.parquet").exists()
-        assert f"note: no what-if predictions: {raised}" in result.stdout
+    assert [entry["policy"] for entry in summary["whatif"][0]["policies"]] == ["vanilla", "move-irqs", "remove"]
+    assert pl.read_parquet(tmp_path / "out" / "whatif.parquet").height == 3
+    assert any(note.startswith("no predicted: coalesce timeline group:") for note in summary["notes"])
+    assert "coalesce: not predicted:" in run_result.stdout

@@ -15,7 +15,7 @@ from kptrace.read.fields import VECTOR_HANDLERS
 from kptrace.whatif.policies import NETWORK_POLICIES, POLICIES, Policy, PolicyError
 from kptrace.whatif.predict import predict
 
-__all__ = ["POLICIES", "Policy", "PolicyError", "servers", "whatif"]
+__all__ = ["NETWORK_POLICIES", "POLICIES", "Policy", "PolicyError", "servers", "whatif"]
 
 #: A vanilla replay further than this from the measured trace is reported as not calibrated.
 CALIBRATION_TOLERANCE = 0.05
@@ -91,7 +91,9 @@ def whatif(analysis: Analysis, policies: list[Policy] | None = None, server: str
     results = []
     for entry in chosen:
         asked = policies or default_policies(analysis, entry["cpus"])
-        prediction = predict(analysis, entry["tids"], asked, nic, replicates=replicates, seed=seed)
+        # Policies the user named must apply; of the defaults, those that cannot are listed as skipped.
+        prediction = predict(analysis, entry["tids"], asked, nic, replicates=replicates, seed=seed,
+                             strict=policies is not None)
         calibration = prediction["calibration"]
         calibration["within_tolerance"] = all(
             abs(calibration[key]) <= CALIBRATION_TOLERANCE for key in ("capacity_error", "p50_error", "p99_error"))

@@ -19,7 +19,7 @@ from kptrace.analysis import Analysis
 from kptrace.intervals import serving_load
 from kptrace.walker import Arrival
 from kptrace.whatif.inputs import arrivals, hit_indirect, indirect_per_hit, request_stream
-from kptrace.whatif.policies import Policy, apply
+from kptrace.whatif.policies import Policy, PolicyError, apply
 from kptrace.whatif.replay import CoreInput, CoreRun, replay_core
 
 FIGURES = ("capacity_rps", "throughput_rps", "p50_us", "p99_us", "cpu_util", "irq_per_s")
@@ -154,11 +154,27 @@ def _interval(point: float, replicates: list[float]) -> list[float]:
     return [float(min(lo, point)), float(max(hi, point))]
 
 
+def applicable(policies: list[Policy], cores: list[CoreInput], nic_sources: set[str]) -> tuple[list, list]:
+    """The policies that apply to these cores, and {policy, reason} for those that do not."""
+    kept, skipped = [], []
+    for policy in policies:
+        try:
+            apply(policy, cores, nic_sources)
+            kept.append(policy)
+        except PolicyError as error:
+            skipped.append({"policy": policy.name, "params": policy.params, "reason": str(error)})
+    return kept, skipped
+
+
 def predict(analysis: Analysis, tids: list[int], policies: list[Policy], nic_sources: set[str],
-            replicates: int = 20, seed: int = 0) -> dict:
+            replicates: int = 20, seed: int = 0, strict: bool = True) -> dict:
     """Per policy: predicted figures with 95% intervals and ratios against vanilla; and the
-    calibration of vanilla against the measured trace."""
+    calibration of vanilla against the measured trace. A policy that cannot be applied raises
+    PolicyError when `strict`, else is listed under `skipped` with the reason."""
     cores = core_inputs(analysis, tids)
+    policies, skipped = applicable(policies, cores, nic_sources)
+    if strict and skipped:
+        raise PolicyError(skipped[0]["reason"])
     applied = {p.name: apply(p, cores, nic_sources) for p in policies}
     point = _replay_each(cores, policies, nic_sources)
     base = point[frozenset()]
@@ -193,5 +209,6 @@ def predict(analysis: Analysis, tids: list[int], policies: list[Policy], nic_sou
             "p99_error": base["p99_us"] / observed["p99_us"] - 1,
         },
         "policies": results,
+        "skipped": skipped,
         "provenance": PROVENANCE,
     }

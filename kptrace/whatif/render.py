@@ -35,6 +35,7 @@ def render_whatif(result: dict) -> str:
             f"{p['throughput_rps']:>15,.0f} {_with_interval(p['p99_us'], p['p99_us_ci'], '.1f'):>22} "
             f"{100 * p['cpu_util']:>6.1f} {p['irq_per_s']:>8,.0f}")
     notes = {f"{e['policy']}: {note}" for e in result["policies"] for note in e["notes"] if e["policy"] != "vanilla"}
+    notes |= {f"{s['policy']}: not predicted: {s['reason']}" for s in result.get("skipped", [])}
     return "\n".join(lines + [f"note: {note}" for note in sorted(notes)])
 
 
