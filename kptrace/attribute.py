@@ -207,21 +207,33 @@ def indirect_costs(requests: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+def hits_per_source(requests: pl.LazyFrame) -> pl.LazyFrame:
+    """Per (cpu, source): `window_hits`, how many of its disruptions landed in a request's own
+    execution (one per entry of a request's `sources`), the only ones the indirect cost applies
+    to; a disruption while the CPU idled or ran the epoll loop slowed no request."""
+    return (requests.select("cpu", source="sources").explode("source").drop_nulls("source")
+            .group_by("cpu", "source").agg(window_hits=pl.len()))
+
+
 def attribute(chains: pl.LazyFrame, requests: pl.LazyFrame | None, load: pl.LazyFrame | None,
               duration_s: float) -> pl.DataFrame:
     """One row per (cpu, interrupt source), ATTRIBUTION_SCHEMA; costs in ns, shares as fractions.
 
     `load` (kptrace.intervals.serving_load) gives, for CPUs that served requests, the source's
     disruptions and the CPU's busy time while serving: `capacity_loss` is the part of that busy
-    time the source took, directly and through the slowdown it caused, i.e. the throughput the
-    server lost to it when its CPU was the bottleneck (modelled). Only a significant indirect
-    cost is counted in it (and in cost_per_irq_ns and share_of_cpu); the intervals always carry
-    the indirect estimate's uncertainty.
+    time the source took, directly (its disruptions' measured spans) and through the slowdown
+    it caused (the indirect cost per hit times the disruptions that hit a request,
+    `hits_per_source`), i.e. the throughput the server lost to it when its CPU was the
+    bottleneck (modelled). Only a significant indirect cost is counted in it (and in
+    cost_per_irq_ns and share_of_cpu). Their ± still holds the whole indirect interval: it is
+    the larger distance from the counted value to either end (`reach`), so a figure that
+    counts 0 for a non-significant estimate keeps the estimate's upper end in its interval.
     """
     direct = direct_costs(chains, duration_s)
     if requests is not None and load is not None:
         direct = (direct.join(indirect_costs(requests), on=["cpu", "source"], how="left")
-                  .join(load, on=["cpu", "source"], how="left"))
+                  .join(load, on=["cpu", "source"], how="left")
+                  .join(hits_per_source(requests), on=["cpu", "source"], how="left"))
     else:
         direct = direct.with_columns(
             [pl.lit(None, dtype).alias(c) for c, dtype in
@@ -229,20 +241,22 @@ def attribute(chains: pl.LazyFrame, requests: pl.LazyFrame | None, load: pl.Lazy
                                                     "indirect_hi_ns", "indirect_significant", "n_hit_requests",
                                                     "n_clean_requests", "n_outlier_requests")},
               "window_count": pl.UInt32, "window_span_ns": pl.Int64, "busy_ns": pl.Int64,
-              "window_ns": pl.Int64}.items()]
+              "window_ns": pl.Int64, "window_hits": pl.UInt32}.items()]
         )
     counted = pl.when(pl.col("indirect_significant")).then(pl.col("indirect_per_irq_ns")).otherwise(0)
+    reach = pl.max_horizontal(counted - pl.col("indirect_lo_ns"), pl.col("indirect_hi_ns") - counted)
     cost = pl.col("direct_per_irq_ns") + counted
-    cost_ci = (pl.col("direct_ci_ns").fill_null(0).pow(2) + pl.col("indirect_ci_ns").fill_null(0).pow(2)).sqrt()
+    cost_ci = (pl.col("direct_ci_ns").fill_null(0).pow(2) + reach.fill_null(0).pow(2)).sqrt()
+    slowed = pl.col("window_hits").fill_null(0)
     return (
         direct.with_columns(
             cost_per_irq_ns=cost,
             share_of_cpu=pl.col("rate_per_s") * cost * 1e-9,
             share_of_cpu_ci=pl.col("rate_per_s") * cost_ci * 1e-9,
             busy_share=pl.col("busy_ns") / pl.col("window_ns"),
-            capacity_loss=(pl.col("window_span_ns") + pl.col("window_count") * counted) / pl.col("busy_ns"),
+            capacity_loss=(pl.col("window_span_ns") + slowed * counted) / pl.col("busy_ns"),
             # The window's direct time is a measured sum; only the indirect part is uncertain.
-            capacity_loss_ci=pl.col("window_count") * pl.col("indirect_ci_ns") / pl.col("busy_ns"),
+            capacity_loss_ci=slowed * reach / pl.col("busy_ns"),
             direct_provenance=pl.lit(DIRECT_PROVENANCE),
             indirect_provenance=pl.when(pl.col("indirect_per_irq_ns").is_not_null()).then(pl.lit(INDIRECT_PROVENANCE))
             .otherwise(pl.lit(f"not estimated: fewer than {MIN_HIT_REQUESTS} comparable requests of a traced epoll "

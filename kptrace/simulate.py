@@ -11,7 +11,9 @@ The model (every cost drawn per event, never constant; Scenario holds the parame
 - Each send raises NET_RX in task context (loopback) and runs it inside the syscall, except
   a `netrx_defer` share that stays pending and runs at the exit of the next hard IRQ on that
   CPU, among the IRQ's own softirqs in vector order (as __do_softirq runs them): a "foreign"
-  softirq in that IRQ's chain, charged in the truth to the request that raised it.
+  softirq in that IRQ's chain, charged in the truth to the request that raised it. As in the
+  kernel, the pending bit is one per vector: when another send runs NET_RX inline first, that
+  run does the deferred work too (it lands in that send's request's own time).
 - Interrupt sources arrive per CPU (Poisson, or periodic with jitter for ticks). Each takes its
   handler time plus the softirqs it raises, and slows the request work it lands in by an
   indirect cost drawn per hit (gamma around the source's mean): kptrace.walker.CoreWalker
@@ -34,6 +36,8 @@ truth.json holds the exact figures (ns, counts, per second) computed from what w
   raised by a request's send that ran in its chains) and `foreign_ns` (their time and the gap
   before each); `hit_any` (requests whose own execution it interrupted at least once) and
   `hit_once` (requests whose only interrupt was one of it);
+  `direct_population_mean_ns` (the mean of the distribution direct costs are drawn from, what
+  the direct interval targets: direct_mean_ns is one draw's realised mean);
   `indirect_mean_ns` (the configured population mean per hit, what the estimator targets) and
   `indirect_ns` (realised total slowdown added); over the CPU's serving window: `window_count`,
   `window_direct_ns`, `window_indirect_ns` and `capacity_loss` = (window_direct_ns +
@@ -449,6 +453,10 @@ class _Thread:
         if cpu.pending_netrx is None and self.sim.rng.random() < self.sim.scenario.netrx_defer:
             cpu.pending_netrx = (request, netrx)
         else:
+            # One pending bit per vector: this run also does the work of a deferred raise.
+            if cpu.pending_netrx is not None:
+                netrx += cpu.pending_netrx[1]
+                cpu.pending_netrx = None
             cpu.walker.masked = True  # interrupts that come meanwhile wait for the softirq's end
             cpu.emit("softirq_entry", (NET_RX,), "softirq")
             cpu.work(netrx)
@@ -511,6 +519,15 @@ def simulate(scenario: Scenario) -> _Simulation:
     return sim
 
 
+def direct_population_mean_ns(source: Source) -> float:
+    """The mean of the distribution a source's direct cost is drawn from (what a 95% interval of
+    the mean direct cost should cover): its handler plus, for each softirq it raises, the
+    probability times the mean gap before the run and the run. Gamma draws are floored to whole
+    ns (-0.5 ns each); gaps are uniform integers in SOFTIRQ_GAP_NS."""
+    mean_gap = (SOFTIRQ_GAP_NS[0] + SOFTIRQ_GAP_NS[1] - 1) / 2
+    return source.handler_ns - 0.5 + sum(s.probability * (mean_gap + s.mean_ns - 0.5) for s in source.softirqs)
+
+
 def _size_class(nbytes: int) -> str:
     """kptrace.requests' byte-size class, so that truth and analysis name kinds alike."""
     return f"2^{int(math.floor(math.log2(max(nbytes, 1))))}"
@@ -548,8 +565,10 @@ def truth(sim: _Simulation, fmt: str) -> dict:
     idle = pl.DataFrame(sim.idle, orient="row", schema={"cpu": pl.Int64, "ts": pl.Int64, "end": pl.Int64})
     window = requests.group_by("cpu").agg(w_lo=pl.col("ts").min(), w_hi=pl.col("end").max(), requests=pl.len())
     in_window = pl.col("ts").is_between("w_lo", "w_hi")
-    means = pl.DataFrame([(cpu, s.name, float(s.indirect_ns * sc.indirect_scale))
-                          for s in sc.sources for cpu in s.cpus], schema={"cpu": pl.Int64, "source": pl.String, "indirect_mean_ns": pl.Float64}, orient="row")
+    means = pl.DataFrame([(cpu, s.name, direct_population_mean_ns(s), float(s.indirect_ns * sc.indirect_scale))
+                          for s in sc.sources for cpu in s.cpus], orient="row",
+                         schema={"cpu": pl.Int64, "source": pl.String, "direct_population_mean_ns": pl.Float64,
+                                 "indirect_mean_ns": pl.Float64})
 
     per_cpu = (
         window.join(idle.join(window, on="cpu").group_by("cpu").agg(idle_ns=_clipped("ts", "end").sum()),

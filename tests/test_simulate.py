@@ -248,7 +248,7 @@ def test_the_default_scenario_exercises_every_mechanism_it_models(simulated):
     _, truth = simulated
     requests = truth["requests"]
     assert requests["offcpu"] > 10 and requests["migrated"] > 5 and requests["two_sends"] > 100
-    assert truth["foreign_softirqs"]["in_irq_chains"] > 50
+    assert truth["foreign_softirqs"]["in_irq_chains"] > 20
     assert set(truth["syscalls"]) == set(EPOLL + RECEIVES + SENDS)
     assert all(row["busy_share"] < 0.8 and row["idle_irq_ns"] > 0 for row in truth["per_cpu"])
     assert {(row["cpu"], row["source"]) for row in truth["per_source"]} == {
@@ -287,8 +287,6 @@ def test_hard_irq_time_per_source_is_measured_within_resolution(simulated):
         assert abs(hardirq - expected) <= tolerance(truth, count)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 4: a disruption holds every softirq within 2 µs of its hard "
-                   "IRQ, so NET_RX that a send raised (pending, or inline just after) is charged to the IRQ")
 def test_direct_time_per_source_is_its_hard_irq_and_own_softirqs(simulated):
     analysis, truth = simulated
     got = measured_per_source(analysis).join(per_source(truth), on=["cpu", "source"])
@@ -300,19 +298,15 @@ def test_every_generated_request_is_found_with_its_kind(simulated):
     analysis, truth = simulated
     requests = analysis.requests
     assert requests.height == truth["requests"]["total"]
-    found = dict(requests.group_by("kind").len().iter_rows())
+    found = dict(requests.group_by("size_class").len().iter_rows())
     assert found == {kind["size_class"]: kind["requests"] for kind in truth["kinds"]}
     per_cpu = dict(requests.group_by("cpu").len().iter_rows())
     assert per_cpu == {row["cpu"]: row["requests"] for row in truth["per_cpu"]}
 
 
-def test_off_cpu_and_migrated_requests_are_found_as_generated(simulated, request):
+def test_off_cpu_and_migrated_requests_are_found_as_generated(simulated):
     analysis, truth = simulated
     res = truth["resolution_ns"]
-    if res > 1:  # not strict: whether it fails varies from run to run
-        request.applymarker(pytest.mark.xfail(reason="issue 14 item 3: requests that start in the same µs get ids "
-                                              "from an unstable sort run once per plan branch, so off-CPU gaps can "
-                                              "be joined to the wrong request"))
     requests, expected = analysis.requests, truth["requests"]
     switched = requests.filter(pl.col("n_offcpu") > 0)
     assert switched.height == expected["offcpu"]
@@ -359,9 +353,6 @@ def test_busy_share_per_cpu_is_measured_within_resolution(simulated):
         assert abs(share - expected[cpu]["busy_share"]) <= tolerance(truth, n + 2) / window + 1e-12
 
 
-@pytest.mark.xfail(strict=True, reason="kptrace bug found here: hits are matched by CPU over the request's whole "
-                   "window (requests._inside by cpu), so interrupts while the thread is switched out count as hits "
-                   "and a migrated request's hits on its new CPU are missed")
 def test_requests_hit_per_source_are_found_as_generated(simulated):
     analysis, truth = simulated
     sources = analysis.requests.select("request_id", n=pl.col("sources").list.len())
@@ -375,31 +366,22 @@ def test_requests_hit_per_source_are_found_as_generated(simulated):
     assert got["hit_once"].to_list() == got["hit_once_right"].to_list()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 2: hit requests are compared with clean ones, which are "
-                   "shorter (length bias), so the indirect estimate overstates the cost")
+# One seed's intervals, in each format; across 50 seeds, and with no indirect cost at all (the
+# length-bias check), in test_coverage.py.
+
+
 def test_indirect_cost_interval_covers_the_true_mean(simulated):
     analysis, truth = simulated
     got = analysis.attribution.join(per_source(truth), on=["cpu", "source"])
-    for estimate, ci, mean in got.select("indirect_per_irq_ns", "indirect_ci_ns", "indirect_mean_ns").iter_rows():
-        assert abs(estimate - mean) <= ci
+    for lo, hi, mean in got.select("indirect_lo_ns", "indirect_hi_ns", "indirect_mean_ns").iter_rows():
+        assert lo <= mean <= hi
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 items 2 and 4: capacity loss adds the biased indirect estimate to "
-                   "disruption spans that hold foreign softirqs")
 def test_capacity_loss_interval_covers_the_truth(simulated):
     analysis, truth = simulated
     got = analysis.attribution.join(per_source(truth), on=["cpu", "source"])
     for loss, ci, expected in got.select("capacity_loss", "capacity_loss_ci", "capacity_loss_right").iter_rows():
         assert abs(loss - expected) <= ci
-
-
-@pytest.mark.xfail(strict=True, reason="issue 14 item 2: with variable own times and no true indirect cost, requests "
-                   "hit by an interrupt are longer than clean ones (length bias), so the estimate is above zero")
-def test_without_a_true_indirect_cost_the_estimate_covers_zero():
-    analysis, truth = analyzed_seed(SEED, "perf", DURATION_S, indirect_scale=0)
-    assert all(row["indirect_ns"] == 0 and row["indirect_mean_ns"] == 0 for row in truth["per_source"])
-    for estimate, ci in analysis.attribution.select("indirect_per_irq_ns", "indirect_ci_ns").iter_rows():
-        assert abs(estimate) <= ci
 
 
 def test_counters_show_the_clean_ipc_and_lower_ipc_where_interrupts_hit(analyses):
@@ -417,7 +399,7 @@ def test_costs_are_drawn_not_constant(analyses):
     timed = intervals.filter(pl.col("kind").is_in(["hardirq", "softirq"]) | (pl.col("tid") == 0))
     by_kind = timed.group_by("kind", "name").agg(cv=pl.col("dur").std() / pl.col("dur").mean(), n=pl.len())
     assert (by_kind.filter(pl.col("n") > 20)["cv"] > 0.15).all()
-    own = analysis.requests.filter(~pl.col("disrupted") & (pl.col("n_offcpu") == 0)).group_by("kind").agg(
+    own = analysis.requests.filter(~pl.col("disrupted") & (pl.col("n_offcpu") == 0)).group_by("size_class").agg(
         cv=pl.col("own_ns").std() / pl.col("own_ns").mean(),
         tail=pl.col("own_ns").quantile(0.99) / pl.col("own_ns").median())
     assert (own["cv"] > 0.15).all() and (own["tail"] > 1.5).all()
