@@ -172,10 +172,12 @@ ATTRIBUTION = Table("attribution", "kptrace/attribute.py", "(cpu, interrupt sour
            "fraction of the serving window (first to last request on that CPU) the CPU was busy; IRQs taken "
            "while idle count as busy"),
     Column("capacity_loss", pl.Float64(), "fraction",
-           "the source's direct time in the serving window plus its significant indirect cost, over the CPU's "
-           "busy time: the throughput it costs while that CPU is the bottleneck", "modelled", ci="capacity_loss_ci"),
+           "the source's direct time in the serving window plus its significant indirect cost for each of its "
+           "interrupts that hit a request, over the CPU's busy time: the throughput it costs while that CPU is "
+           "the bottleneck", "modelled", ci="capacity_loss_ci"),
     _ci("capacity_loss_ci", "capacity_loss", "fraction", "modelled",
-        " (the indirect estimate's uncertainty: the window's direct time is a measured sum)"),
+        " (the indirect estimate's uncertainty, from the counted value to the farther end of its interval: "
+        "the window's direct time is a measured sum)"),
     Column("direct_provenance", pl.String(), "", "`direct_per_irq_ns`'s provenance and meaning as declared here, "
                                                  "in words, for readers of this file alone"),
     Column("indirect_provenance", pl.String(), "",

@@ -36,8 +36,8 @@ from kptrace.analysis import Analysis
 
 def indirect_per_hit(attribution: pl.DataFrame) -> pl.DataFrame:
     """cpu, source, indirect_ns, indirect_ci_ns: the slowdown a replayed hit adds. An estimate
-    whose interval includes zero counts as zero (not significant)."""
-    significant = pl.col("indirect_per_irq_ns").abs() > pl.col("indirect_ci_ns").fill_null(0)
+    attribution found not significant (its interval includes zero) counts as zero."""
+    significant = pl.col("indirect_significant").fill_null(False)
     return attribution.select(
         "cpu", "source",
         indirect_ns=pl.when(significant).then(pl.col("indirect_per_irq_ns")).otherwise(0.0).fill_null(0.0),
