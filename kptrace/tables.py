@@ -43,7 +43,7 @@ NO_INTERVAL = "no 95% interval column"
 
 _TIME = "on the trace clock (`meta.json`: clock and resolution)"
 
-INTERVALS = Table("intervals", "kptrace/intervals.py", "interval of one CPU, numbered in (ts, depth, seq) order", (
+INTERVALS = Table("intervals", "kptrace/intervals.py", "interval of one CPU, numbered in (ts, depth, seq, end_seq) order", (
     Column("id", pl.UInt32(), "", "row number; requests, disruptions and the timeline cite intervals by it"),
     Column("ts", pl.Int64(), "ns", f"start, {_TIME}"),
     Column("dur", pl.Int64(), "ns", "length; null when the interval is incomplete (never invented)"),
