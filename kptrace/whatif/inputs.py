@@ -32,6 +32,7 @@ from __future__ import annotations
 import polars as pl
 
 from kptrace.analysis import Analysis
+from kptrace.intervals import inside
 
 
 def indirect_per_hit(attribution: pl.DataFrame) -> pl.DataFrame:
@@ -65,10 +66,7 @@ def _gaps(requests: pl.DataFrame) -> pl.DataFrame:
 def _in_gaps(items: pl.DataFrame, gaps: pl.DataFrame) -> pl.DataFrame:
     """Items (cpu, ts, end) clipped to the gap their start falls in, with that gap's request_id."""
     return (
-        items.sort("ts")
-        .join_asof(gaps.sort("g_lo"), left_on="ts", right_on="g_lo", by="cpu", strategy="backward",
-                   check_sortedness=False)
-        .filter(pl.col("ts") < pl.col("g_hi"))
+        inside(items.lazy(), gaps.lazy(), "cpu", start="g_lo", end="g_hi").collect()
         .with_columns(end=pl.min_horizontal("end", "g_hi"))
     )
 
