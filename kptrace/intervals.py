@@ -283,14 +283,17 @@ def serving_load(intervals: pl.LazyFrame, chains: pl.LazyFrame, requests: pl.Laz
     """Per (cpu, source), over the window in which that CPU served requests (first request
     start to last request end, `window_ns`): `window_count` disruptions of the source, their
     `window_span_ns`, and the CPU's `busy_ns` — the window less idle time, counting interrupts
-    taken while idle as busy."""
+    taken while idle (their disruptions' charged spans) as busy."""
     window = requests.group_by("cpu").agg(w_lo=pl.col("ts").min(), w_hi=(pl.col("ts") + pl.col("dur")).max())
     clipped = (pl.min_horizontal(pl.col("ts") + pl.col("dur"), "w_hi") - pl.max_horizontal("ts", "w_lo")).clip(0)
     complete = intervals.filter(pl.col("complete") & (pl.col("tid") == 0)).join(window, on="cpu")
     idle = complete.filter(pl.col("kind") == "running").group_by("cpu").agg(idle_ns=clipped.sum())
-    irq_while_idle = complete.filter(pl.col("kind").is_in(["hardirq", "softirq"])).group_by("cpu").agg(
-        idle_irq_ns=clipped.sum()
-    )
+    # An interrupt taken while idle is busy time: its whole charged span, the untraced irq_exit
+    # gaps between its hard IRQ and softirqs included (as attribution's direct time counts them).
+    idle_chains = inside(
+        chains.join(intervals.select(interval_id="id", interrupted="tid"), on="interval_id")
+        .filter(pl.col("interrupted") == 0), window.select("cpu", w_ts="w_lo", w_end="w_hi"), "cpu")
+    irq_while_idle = idle_chains.group_by("cpu").agg(idle_irq_ns=pl.col("span_ns").sum())
     busy = (
         window.join(idle, on="cpu", how="left").join(irq_while_idle, on="cpu", how="left")
         .select("cpu", window_ns=pl.col("w_hi") - pl.col("w_lo"),

@@ -341,8 +341,6 @@ def test_idle_time_per_cpu_is_measured_within_resolution(simulated):
         assert abs(window_ns - expected[cpu]["window_ns"]) <= tolerance(truth, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="kptrace bug found here: serving_load counts an interrupt taken while idle by "
-                   "its hardirq and softirq intervals, leaving out the irq_exit gaps its disruption span includes")
 def test_busy_share_per_cpu_is_measured_within_resolution(simulated):
     analysis, truth = simulated
     busy = analysis.attribution.group_by("cpu").agg(pl.col("busy_share").first())
