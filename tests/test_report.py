@@ -278,9 +278,15 @@ def test_the_slowdown_chart_compares_requests_as_the_indirect_estimate_does(samp
 
 
 def test_a_non_significant_indirect_estimate_is_shown_as_not_significant(tmp_path):
-    """A simulated server whose interrupts slow nothing down: estimates whose interval includes 0
-    read `n.s. [low, high]` in the table and the headline, and are drawn grey with their bounds."""
-    analysis = analyze(write_simulation(tmp_path / "sim", Scenario(duration_s=0.3, seed=2, indirect_scale=0)))
+    """A simulated server whose timer ticks slow nothing down while its disk IRQs do: estimates
+    whose interval includes 0 read `n.s. [low, high]` in the table and the headline, and are
+    drawn grey with their bounds; significant ones are shown as a cost."""
+    from dataclasses import replace
+
+    scenario = Scenario(duration_s=0.3, seed=2)
+    sources = tuple(replace(s, indirect_ns=0) if s.name == "local_timer" else replace(s, indirect_ns=8_000)
+                    for s in scenario.sources)
+    analysis = analyze(write_simulation(tmp_path / "sim", replace(scenario, sources=sources)))
     attribution = analysis.attribution.filter(pl.col("indirect_per_irq_ns").is_not_null())
     assert {False, True} <= set(attribution["indirect_significant"])
     table = report.attribution_table(analysis)
