@@ -78,19 +78,26 @@ class CoreWalker:
         while i < len(stamps) and stamps[i] < finish:
             arrival = self.arrivals[i]
             i += 1
-            if self.masked:
-                self.pending.append(arrival)
+            if (span := self._take_one(arrival)) is None:
                 continue
-            at = max(arrival.ts, self.now)
-            span = self.take(at, arrival)
             self.irq_ns += span
             finish += (span + arrival.indirect_ns) if in_request else span
-            self.now = at + span
             taken.append(arrival)
         self._next = i
         self.busy_ns += finish - start
         self.now = finish
         return taken
+
+    def _take_one(self, arrival: Arrival) -> int | None:
+        """Take an arrival now, at its time or when the CPU is free (`now` moves past it), and
+        return its span; while masked, queue it and return None."""
+        if self.masked:
+            self.pending.append(arrival)
+            return None
+        at = max(arrival.ts, self.now)
+        span = self.take(at, arrival)
+        self.now = at + span
+        return span
 
     def idle_until(self, ts: int) -> list[Arrival]:
         """Idle until `ts`, taking the arrivals before it (and those that arrive back to back
@@ -102,13 +109,9 @@ class CoreWalker:
         while i < len(stamps) and stamps[i] < max(ts, self.now):
             arrival = self.arrivals[i]
             i += 1
-            if self.masked:
-                self.pending.append(arrival)
+            if (span := self._take_one(arrival)) is None:
                 continue
-            at = max(arrival.ts, self.now)
-            span = self.take(at, arrival)
             spans += span
-            self.now = at + span
             taken.append(arrival)
         self._next = i
         end = max(ts, self.now)
