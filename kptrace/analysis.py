@@ -59,9 +59,9 @@ def _missing_request_families(intervals: pl.DataFrame) -> list[str]:
     return [family for family, names in REQUEST_FAMILIES.items() if not calls & set(names)]
 
 
-def frame_meta(table: pl.DataFrame, **known) -> dict:
+def frame_meta(table: pl.DataFrame) -> dict:
     """The meta an analysis needs, for an event or interval table handed in by a library caller
-    rather than read from a file (`known` overrides any key, e.g. duration_s)."""
+    rather than read from a file."""
     end = pl.col("ts") + pl.col("dur").fill_null(0) if "dur" in table.columns else pl.col("ts")
     start_ns, end_ns = (table.select(pl.col("ts").min(), end.max().alias("end")).row(0) if table.height else (0, 0))
     is_events = "event" in table.columns
@@ -77,7 +77,7 @@ def frame_meta(table: pl.DataFrame, **known) -> dict:
         "per_cpu": [{"cpu": cpu, "events": n if is_events else 0, "lost_events": None, "lost_markers": 0,
                      "buffer_wrapped": False}
                     for cpu, n in table.group_by("cpu").len().drop_nulls("cpu").sort("cpu").iter_rows()],
-        "warnings": [], **known,
+        "warnings": [],
     }
 
 

@@ -23,7 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 COLLECTOR = Path(__file__).resolve().parent.parent / "collectors" / "kptrace-record"
 
 
-def _fail(error: TraceError) -> None:
+def _fail(error: Exception) -> None:
     typer.echo(f"kptrace: error: {error}", err=True)
     raise typer.Exit(1)
 
@@ -123,8 +123,8 @@ def analyze(
 ) -> None:
     """Attribute interrupt costs per CPU and source; predict every what-if policy (modelled); write
     Parquet tables, summary.json, report.html and a Perfetto timeline. A directory of inputs is
-    analyzed entry by entry, each into its own folder
-    of OUT; when some fail, the others are still analyzed and the exit code is 1. Exit 0 on
+    analyzed entry by entry, each into its own folder of OUT; when some fail, the others are
+    still analyzed and the exit code is 1. Exit 0 on
     success, 1 when an input cannot be used, 2 on bad usage."""
     from kptrace.summary import render_summary
     from kptrace.whatif import POLICIES
@@ -203,11 +203,8 @@ def whatif(
         _warn(analysis.meta)
         analysed = time.monotonic()
         results = predict(analysis, asked, server=server, replicates=replicates)
-    except TraceError as error:
+    except (TraceError, PolicyError) as error:
         _fail(error)
-    except PolicyError as error:
-        typer.echo(f"kptrace: error: {error}", err=True)
-        raise typer.Exit(1)
     if as_json:
         typer.echo(json.dumps(results[0] if len(results) == 1 else results, indent=2, default=str))
     else:

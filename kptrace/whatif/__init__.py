@@ -11,6 +11,7 @@ from __future__ import annotations
 import polars as pl
 
 from kptrace.analysis import Analysis
+from kptrace.intervals import inside
 from kptrace.read.fields import VECTOR_HANDLERS
 from kptrace.whatif.policies import NETWORK_POLICIES, POLICIES, Policy, PolicyError
 from kptrace.whatif.predict import predict
@@ -57,10 +58,9 @@ def nic_sources(analysis: Analysis) -> set[str]:
     polls = analysis.intervals.filter((pl.col("kind") == "napi") & (pl.col("name") != "(no_device)") & pl.col("complete"))
     if polls.height == 0:
         return set()
-    chains = analysis.disruptions.filter("disruptive").select("cpu", "source", c_ts="ts", c_end="end").sort("c_ts")
-    inside = polls.sort("ts").join_asof(chains, left_on="ts", right_on="c_ts", by="cpu", strategy="backward",
-                                        check_sortedness=False).filter(pl.col("ts") < pl.col("c_end"))
-    return set(inside["source"].drop_nulls().unique().to_list())
+    chains = analysis.disruptions.filter("disruptive").select("cpu", "source", w_ts="ts", w_end="end")
+    polled = inside(polls.lazy(), chains.lazy(), "cpu").collect()
+    return set(polled["source"].drop_nulls().unique().to_list())
 
 
 def costliest_device_irq(analysis: Analysis, cpus: list[int]) -> str | None:

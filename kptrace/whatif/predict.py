@@ -2,8 +2,8 @@
 vanilla replay (ratios) and the measured trace (calibration).
 
 Intervals: each bootstrap replicate resamples, per core, the requests' demands (in blocks of
-consecutive requests) and each source's measured interrupt costs (with replacement), and draws each indirect cost from its estimate's
-interval; vanilla and every policy replay the same replicate, so ratios carry only the
+consecutive requests) and each source's measured interrupt costs (with replacement), and draws
+each indirect cost from its estimate's interval; vanilla and every policy replay the same replicate, so ratios carry only the
 uncertainty of the difference. 95% intervals are the replicates' 2.5 and 97.5 percentiles (see
 _interval).
 """
@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from kptrace.analysis import Analysis
+from kptrace.attribute import Z95
 from kptrace.intervals import serving_load
 from kptrace.walker import Arrival
 from kptrace.whatif.inputs import arrivals, hit_indirect, indirect_per_hit, request_stream
@@ -122,7 +123,7 @@ def _resampled(cores: list[CoreInput], rng: np.random.Generator, indirect: dict)
         scale = {}
         for source in by_source.keys() | core.hit_indirect.keys():
             estimate, half_width = indirect.get((core.cpu, source), (0.0, 0.0))
-            scale[source] = max(0.0, 1 + rng.normal(0, half_width / 1.96) / estimate) if estimate > 0 else 1.0
+            scale[source] = max(0.0, 1 + rng.normal(0, half_width / Z95) / estimate) if estimate > 0 else 1.0
         drawn = {source: iter(rng.integers(0, len(items), len(items))) for source, items in by_source.items()}
         arrivals_b = []
         for arrival in core.arrivals:

@@ -11,7 +11,7 @@ the measured arrivals repeat with the trace's period for as long as the replay l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -52,8 +52,7 @@ class CoreRun:
 
 
 def _tiled(arrivals: tuple[Arrival, ...], period_ns: int) -> list[Arrival]:
-    return [Arrival(a.ts + k * period_ns, a.source, a.handler_ns, a.softirq_ns, a.indirect_ns, a.tag)
-            for k in range(MAX_PERIODS) for a in arrivals]
+    return [replace(a, ts=a.ts + k * period_ns) for k in range(MAX_PERIODS) for a in arrivals]
 
 
 def replay_core(core: CoreInput, saturated: bool, record: bool = False) -> CoreRun:
