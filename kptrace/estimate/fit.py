@@ -91,7 +91,7 @@ def estimate_group(group: str, runs: pl.DataFrame, replicates: int = REPLICATES,
         return result
     fit = _fit(x, y, x_sat, replicates, seed)
     result |= fit
-    result["messages"] += _doubts(x, y, fit, rows["requests_per_core_s"].to_numpy())
+    result["messages"] += _doubts(x, y, fit, rows["busy_fraction"].to_numpy())
     if "ipc" in rows.columns:
         result["ipc_part_of_gain"] = _ipc_part(x, rows["ipq"].to_numpy(), x_sat, fit["capacity_gain_without_irqs"])
     return result
@@ -123,12 +123,12 @@ def _fit(x: np.ndarray, y: np.ndarray, x_sat: float, replicates: int, seed: int)
             "capacity_gain_without_irqs_ci": _interval(gains)}
 
 
-def _doubts(x: np.ndarray, y: np.ndarray, fit: dict, load: np.ndarray) -> list[str]:
+def _doubts(x: np.ndarray, y: np.ndarray, fit: dict, busy: np.ndarray) -> list[str]:
     """What makes the figures doubtful though they could be computed."""
     doubts = []
-    rho_load, _ = stats.spearmanr(x, load)
+    rho_load = stats.spearmanr(x, busy)[0] if np.all(np.isfinite(busy)) and np.ptp(busy) > 0.05 else 0.0
     if abs(rho_load) >= 0.8:
-        doubts.append(f"IRQs per request move with the load (Spearman rho {rho_load:.2f} against requests/s): "
+        doubts.append(f"IRQs per request move with the load (Spearman rho {rho_load:.2f} against busy share): "
                       "what else changes with load (batching, polling while idle) is taken for IRQ cost; "
                       "vary the IRQ rate at a fixed load to separate them")
     rho, p_value = stats.spearmanr(x, y)
