@@ -138,6 +138,10 @@ def _doubts(x: np.ndarray, y: np.ndarray, fit: dict, busy: np.ndarray) -> list[s
     low, _ = fit["cost_per_irq_ci"]
     if low is not None and low <= 0:
         doubts.append("the cost per IRQ's interval includes zero: the runs cannot tell it from no cost")
+    gain = fit["capacity_gain_without_irqs"]
+    if gain is not None and gain > 1:
+        doubts.append(f"a gain of {gain:+.0%} is not credible: the fit puts nearly all cost on IRQs, so something "
+                      "else (polling, batching) must change with the IRQ rate")
     if fit["cost_per_request_without_irqs"] <= 0:
         doubts.append("cost per request without IRQs fitted <= 0: extrapolation to zero IRQs fails (something "
                       "else changes with the IRQ rate)")
