@@ -212,6 +212,18 @@ def test_nic_base_prediction_within_5_points_of_suspend20(nic_groups):
 
 # ---------------------------------------------------------------- this machine's disk-IRQ rate runs
 
+def test_disk_runs_table_is_what_the_converter_makes_of_the_lab_results(tmp_path):
+    """tests/data's runs table comes from the recorded whatif-ab CSV by collectors/lab/runs-table."""
+    converter = Path(__file__).parent.parent / "collectors" / "lab" / "runs-table"
+    out = tmp_path / "runs.csv"
+    done = subprocess.run([sys.executable, converter, DATA / "disk-rates-whatif-ab-runs.csv", "--group",
+                           "writes=V,V1k,V2k,V4k", "--group", "none=N", "-o", out], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == DISK.read_text()
+    lab = pl.read_csv(DATA / "disk-rates-whatif-ab-runs.csv")
+    assert pl.read_csv(out)["irqs"].to_list() == lab["disk_irqs_server_cpu"].to_list()
+
+
 def _disk():
     groups = {g["group"]: g for g in estimate([DISK])["groups"]}
     none = pl.read_csv(DISK).filter(pl.col("group") == "none")
