@@ -90,6 +90,13 @@ def test_too_few_runs_gives_no_figures_and_says_why():
     assert "too few runs" in result["messages"][0]
 
 
+def test_runs_lacking_a_count_are_left_out_with_a_warning_not_an_error():
+    runs = simulate_runs(9).with_columns(irqs=pl.when(pl.col("run") == "r3").then(None).otherwise(pl.col("irqs")))
+    result = estimate_group("sim", runs)
+    assert result["messages"][0] == "1 run(s) lack IRQs or cost: left out of the fit"
+    assert result["cost_per_irq"] == estimate_group("sim", runs.filter(pl.col("run") != "r3"))["cost_per_irq"]
+
+
 def test_runs_at_one_irq_rate_give_no_slope_and_say_why():
     runs = simulate_runs(2).with_columns(irqs=pl.col("requests") * 0.1)
     result = estimate_group("sim", runs)

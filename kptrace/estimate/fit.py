@@ -8,6 +8,8 @@ neighbour or a long tail do not move it) and a bootstrap over runs gives the 95%
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import polars as pl
 from scipy import stats
@@ -44,7 +46,8 @@ def theil_sen(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = x[start:start + batch], y[start:start + batch]
         dx = xs[:, upper[1]] - xs[:, upper[0]]
         dy = ys[:, upper[1]] - ys[:, upper[0]]
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # a resample with one distinct x has no slope
             slope = np.nanmedian(np.where(dx != 0, dy / dx, np.nan), axis=1)
         slopes.append(slope)
         intercepts.append(np.median(ys - slope[:, None] * xs, axis=1))
@@ -57,11 +60,10 @@ def saturated(rows: pl.DataFrame) -> tuple[pl.DataFrame, str]:
         at_capacity = rows.filter(pl.col("busy_fraction") >= SATURATED)
         if at_capacity.height:
             return at_capacity, f"serving cores >= {SATURATED:.0%} busy"
-        by, label = "busy_fraction", "busiest"
+        by, label = "busy_fraction", f"busiest quarter of the runs (none >= {SATURATED:.0%} busy)"
     else:
-        by, label = "requests_per_core_s", "highest request rate"
-    top = rows.sort(by, descending=True).head(max(1, rows.height // 4))
-    return top, f"{label} quarter of the runs (none >= {SATURATED:.0%} busy)"
+        by, label = "requests_per_core_s", "highest request rate quarter of the runs (no busy_s)"
+    return rows.sort(by, descending=True, nulls_last=True).head(max(1, rows.height // 4)), label
 
 
 def _interval(values: np.ndarray) -> list[float]:
@@ -69,39 +71,49 @@ def _interval(values: np.ndarray) -> list[float]:
     return [float(v) for v in np.percentile(finite, [2.5, 97.5])] if finite.size else [None, None]
 
 
+def _median(values: pl.Series) -> float | None:
+    median = values.median()
+    return None if median is None else float(median)
+
+
 def estimate_group(group: str, runs: pl.DataFrame, replicates: int = REPLICATES, seed: int = SEED) -> dict:
     """The issue-12 figures of one group, or nulls with a message saying why the data cannot give them."""
-    unit = "cycles" if "cycles" in runs.columns and runs["cycles"].null_count() == 0 else "busy_ns"
+    has_cycles = "cycles" in runs.columns and (runs["cycles"].null_count() == 0 or "busy_s" not in runs.columns)
+    unit = "cycles" if has_cycles else "busy_ns"
     rows = per_run(runs, unit)
     result = {"group": group, "runs": rows.height, "unit": unit, "cost_per_irq": None, "cost_per_irq_ci": [None, None],
               "cost_per_request_without_irqs": None, "cost_per_request_without_irqs_ci": [None, None],
               "irq_share": None, "capacity_gain_without_irqs": None, "capacity_gain_without_irqs_ci": [None, None],
-              "ipc": None, "ipq": None, "ipc_part_of_gain": None, "messages": []}
-    top, chosen = saturated(rows)
+              "ipc": None, "ipq": None, "ipc_part_of_gain": None, "messages": [], "saturated_runs": 0,
+              "saturated_by": None, "irqs_per_request_saturated": None, "cost_per_request_saturated": None,
+              "per_run": rows.to_dicts()}
+    complete = rows.filter(pl.col("irqs_per_request").is_finite(), pl.col("cost_per_request").is_finite())
+    if complete.height < rows.height:
+        result["messages"].append(f"{rows.height - complete.height} run(s) lack IRQs or cost: left out of the fit")
+    if complete.height == 0:
+        return result
+    top, chosen = saturated(complete)
     x_sat = float(top["irqs_per_request"].median())
     result |= {"saturated_runs": top.height, "saturated_by": chosen, "irqs_per_request_saturated": x_sat,
                "cost_per_request_saturated": float(top["cost_per_request"].median())}
     if "ipc" in rows.columns:
-        result |= {"ipc": float(top["ipc"].median()), "ipq": float(top["ipq"].median())}
-    result["per_run"] = rows.to_dicts()
-    x, y = rows["irqs_per_request"].to_numpy(), rows["cost_per_request"].to_numpy()
+        result |= {"ipc": _median(top["ipc"]), "ipq": _median(top["ipq"])}
+    x, y = complete["irqs_per_request"].to_numpy(), complete["cost_per_request"].to_numpy()
     problem = _unsupported(x, y)
     if problem:
         result["messages"].append(problem)
         return result
     fit = _fit(x, y, x_sat, replicates, seed)
     result |= fit
-    result["messages"] += _doubts(x, y, fit, rows["busy_fraction"].to_numpy())
-    if "ipc" in rows.columns:
-        result["ipc_part_of_gain"] = _ipc_part(x, rows["ipq"].to_numpy(), x_sat, fit["capacity_gain_without_irqs"])
+    result["messages"] += _doubts(x, y, fit, complete["busy_fraction"].to_numpy())
+    if "ipc" in complete.columns and complete["ipq"].is_finite().all():
+        result["ipc_part_of_gain"] = _ipc_part(x, complete["ipq"].to_numpy(), x_sat, fit["capacity_gain_without_irqs"])
     return result
 
 
 def _unsupported(x: np.ndarray, y: np.ndarray) -> str | None:
     if len(x) < MIN_RUNS:
         return f"too few runs ({len(x)} < {MIN_RUNS}): no estimate"
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        return "some runs lack IRQs, requests or cost: no estimate"
     low, median, high = np.percentile(x, [10, 50, 90])
     if median <= 0 or (high - low) / median < MIN_SPREAD:
         return (f"too little spread in IRQs per request (p10 {low:.3g}, p90 {high:.3g}): the runs do not "

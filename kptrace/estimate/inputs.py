@@ -39,7 +39,7 @@ def read_runs_table(path: Path) -> pl.DataFrame:
         table = pl.read_csv(path, infer_schema_length=None)
     except FileNotFoundError:
         raise TraceError(path, "no such file") from None
-    except (pl.exceptions.ComputeError, pl.exceptions.NoDataError, UnicodeDecodeError) as error:
+    except (pl.exceptions.PolarsError, UnicodeDecodeError) as error:
         raise TraceError(path, f"not a CSV runs table ({str(error).splitlines()[0]})") from None
     return _checked(table, path)
 

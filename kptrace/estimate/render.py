@@ -22,7 +22,7 @@ def render_estimate(result: dict) -> str:
         lo, hi = group["cost_per_irq_ci"]
         glo, ghi = group["capacity_gain_without_irqs_ci"]
         lines = [f"{group['group']}: {group['runs']} runs; at capacity: {group['saturated_runs']} runs "
-                 f"({group['saturated_by']}), {group['irqs_per_request_saturated']:.4g} IRQs/request (measured)",
+                 f"({group['saturated_by']}), {_num(group['irqs_per_request_saturated'], 4)} IRQs/request (measured)",
                  f"  cost per IRQ (estimated)                 {_num(group['cost_per_irq'])} {unit}  "
                  f"95% [{_num(lo)}, {_num(hi)}]",
                  f"  cost per request without IRQs (est.)     {_num(group['cost_per_request_without_irqs'])} {unit}"
