@@ -231,6 +231,22 @@ def simulate(
     typer.echo(f"wrote {path} ({fmt}) and {out / 'truth.json'} (modelled ground truth)")
 
 
+@app.command()
+def estimate(
+    inputs: Annotated[list[Path], typer.Argument(help="runs tables (CSV) and/or counters bundles (docs/estimate.md)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the estimate as JSON (docs/estimate.md)")] = False,
+) -> None:
+    """Estimate what an interrupt costs and what removing them would win, from counters of several runs."""
+    from kptrace.estimate import estimate as run_estimate
+    from kptrace.estimate.render import render_estimate
+
+    try:
+        result = run_estimate(inputs)
+    except TraceError as error:
+        _fail(error)
+    typer.echo(json.dumps(result, indent=2) if as_json else render_estimate(result))
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
 def record(ctx: typer.Context) -> None:
     """Record a capture bundle (runs collectors/kptrace-record; see `kptrace record --help`)."""
