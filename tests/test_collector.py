@@ -105,6 +105,11 @@ def _read(path: str) -> str | None:
         return f"<error {e.errno}>"
 
 
+def collector_instances() -> list[str]:
+    """The collector's instances (kptrace-<pid>); other tools' instances come and go on their own."""
+    return sorted(i for i in os.listdir(f"{TRACEFS}/instances") if re.fullmatch(r"kptrace-\d+", i))
+
+
 def tracefs_state() -> dict:
     """Everything the collector could touch, read from the global tracefs."""
     state: dict = {"mounted": tracefs_mounted()}
@@ -112,7 +117,7 @@ def tracefs_state() -> dict:
         return state
     for name in GLOBAL_FILES:
         state[name] = _read(f"{TRACEFS}/{name}")
-    state["instances"] = sorted(os.listdir(f"{TRACEFS}/instances"))
+    state["instances"] = collector_instances()
     for g in EVENT_GLOBS:
         for d in sorted(glob.glob(f"{TRACEFS}/events/{g}")):
             if os.path.isfile(f"{d}/enable"):
@@ -148,7 +153,7 @@ def wait_for_instance(timeout: float = 10.0) -> str:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if tracefs_mounted():
-            inst = [i for i in os.listdir(f"{TRACEFS}/instances") if i.startswith("kptrace-")]
+            inst = collector_instances()
             # A new instance starts with tracing on; the collector turns it off, enables its events,
             # and turns it on again only once it is recording: wait for both.
             if inst and (_read(f"{TRACEFS}/instances/{inst[0]}/events/sched/sched_switch/enable") == "1\n"
