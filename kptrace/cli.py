@@ -249,14 +249,15 @@ def estimate(
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
 def record(ctx: typer.Context) -> None:
-    """Record a capture bundle (runs collectors/kptrace-record; see `kptrace record --help`)."""
+    """Record a capture bundle (runs collectors/kptrace-record, a stdlib-only Python script; see
+    `kptrace record --help`)."""
     if not COLLECTOR.exists():
         _fail(TraceError(COLLECTOR, "collector script not found (install kptrace from its source tree)"))
     # Click drops the `--` that separates the workload command: hand the collector our own
     # arguments exactly as given.
     arguments = sys.argv[sys.argv.index("record") + 1:] if "record" in sys.argv else ctx.args
     sys.stdout.flush()
-    os.execv("/bin/bash", ["/bin/bash", str(COLLECTOR), *arguments])
+    os.execv(sys.executable, [sys.executable, str(COLLECTOR), *arguments])
 
 
 if __name__ == "__main__":
