@@ -184,6 +184,11 @@ def whatif(
     server: Annotated[str | None, typer.Option("--server", help="thread or process name, tid or pid (default: every epoll server)")] = None,
     replicates: Annotated[int, typer.Option("--replicates", help="bootstrap replicates for the 95% intervals")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="print the prediction as JSON (docs/whatif.md)")] = False,
+    event_cost_ns: Annotated[float | None, typer.Option("--event-cost-ns", help=(
+        "what one trace event cost the traced code, ns (collectors/lab/tracepoint-cost measures it): the "
+        "prediction takes the trace's own overhead out; default: the bundle's recorded cost, else none"))] = None,
+    sample_cost_ns: Annotated[float | None, typer.Option("--sample-cost-ns", help=(
+        "what one counter sample (perf record sample group) cost, ns; with --event-cost-ns"))] = None,
 ) -> None:
     """Predict what an interrupt policy would win, from a trace of the unmodified system (modelled)."""
     from kptrace.analysis import analyze as run_analysis
@@ -202,7 +207,8 @@ def whatif(
         analysis = run_analysis(trace)
         _warn(analysis.meta)
         analysed = time.monotonic()
-        results = predict(analysis, asked, server=server, replicates=replicates)
+        results = predict(analysis, asked, server=server, replicates=replicates, event_cost_ns=event_cost_ns,
+                          sample_cost_ns=sample_cost_ns)
     except (TraceError, PolicyError) as error:
         _fail(error)
     if as_json:

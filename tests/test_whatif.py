@@ -82,8 +82,9 @@ def test_whatif_json_follows_the_documented_contract(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert set(out) >= {"input", "server", "calibration", "policies"}
+    assert set(out) >= {"input", "server", "calibration", "policies", "tracing"}
     assert set(out["server"]) >= {"comm", "pids", "cpus"}
+    assert set(out["tracing"]) >= {"corrected", "events_per_request", "samples_per_request"}
     assert set(out["calibration"]) >= {"capacity_error", "p99_error"}
     names = [entry["policy"] for entry in out["policies"]]
     assert names[:3] == ["vanilla", "move-irqs", "remove"] and "kernel-polling" in names

@@ -14,6 +14,7 @@ from kptrace.analysis import Analysis
 from kptrace.intervals import inside
 from kptrace.read.fields import VECTOR_HANDLERS
 from kptrace.whatif.policies import NETWORK_POLICIES, POLICIES, Policy, PolicyError
+from kptrace.whatif.overhead import tracing_cost
 from kptrace.whatif.predict import predict
 
 __all__ = ["NETWORK_POLICIES", "POLICIES", "Policy", "PolicyError", "servers", "whatif"]
@@ -80,8 +81,12 @@ def default_policies(analysis: Analysis, cpus: list[int]) -> list[Policy]:
 
 
 def whatif(analysis: Analysis, policies: list[Policy] | None = None, server: str | None = None,
-           replicates: int = 20, seed: int = 0) -> list[dict]:
-    """One result per server (the JSON contract of `kptrace whatif`, docs/whatif.md)."""
+           replicates: int = 20, seed: int = 0, event_cost_ns: float | None = None,
+           sample_cost_ns: float | None = None) -> list[dict]:
+    """One result per server (the JSON contract of `kptrace whatif`, docs/whatif.md). The
+    tracing overhead is taken out with the cost per event given, else the one the bundle's
+    manifest records (kptrace.whatif.overhead)."""
+    cost = tracing_cost(analysis.meta, event_cost_ns, sample_cost_ns)
     if analysis.requests is None:
         raise PolicyError("no requests in this trace, so nothing to replay: " + next(
             (n for n in analysis.notes if "per-request" in n or "no requests" in n), "record syscall events"))
@@ -93,7 +98,7 @@ def whatif(analysis: Analysis, policies: list[Policy] | None = None, server: str
         asked = policies or default_policies(analysis, entry["cpus"])
         # Policies the user named must apply; of the defaults, those that cannot are listed as skipped.
         prediction = predict(analysis, entry["tids"], asked, nic, replicates=replicates, seed=seed,
-                             strict=policies is not None)
+                             strict=policies is not None, cost=cost)
         calibration = prediction["calibration"]
         calibration["within_tolerance"] = all(
             abs(calibration[key]) <= CALIBRATION_TOLERANCE for key in ("capacity_error", "p50_error", "p99_error"))

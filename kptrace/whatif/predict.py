@@ -20,6 +20,7 @@ from kptrace.attribute import Z95
 from kptrace.intervals import serving_load
 from kptrace.walker import Arrival
 from kptrace.whatif.inputs import arrivals, hit_indirect, indirect_per_hit, request_stream
+from kptrace.whatif.overhead import TracingCost, core_loads, summary, untraced
 from kptrace.whatif.policies import Policy, PolicyError, apply
 from kptrace.whatif.replay import CoreInput, CoreRun, replay_core
 
@@ -168,11 +169,15 @@ def applicable(policies: list[Policy], cores: list[CoreInput], nic_sources: set[
 
 
 def predict(analysis: Analysis, tids: list[int], policies: list[Policy], nic_sources: set[str],
-            replicates: int = 20, seed: int = 0, strict: bool = True) -> dict:
+            replicates: int = 20, seed: int = 0, strict: bool = True, cost: TracingCost | None = None) -> dict:
     """Per policy: predicted figures with 95% intervals and ratios against vanilla; and the
     calibration of vanilla against the measured trace. A policy that cannot be applied raises
-    PolicyError when `strict`, else is listed under `skipped` with the reason."""
-    cores = core_inputs(analysis, tids)
+    PolicyError when `strict`, else is listed under `skipped` with the reason. With a tracing
+    `cost`, the policies replay the inputs with the trace's own overhead taken out
+    (kptrace.whatif.overhead); the calibration always replays them as traced."""
+    traced = core_inputs(analysis, tids)
+    loads = core_loads(analysis, tids, traced)
+    cores = untraced(traced, loads, cost) if cost else traced
     policies, skipped = applicable(policies, cores, nic_sources)
     if strict and skipped:
         raise PolicyError(skipped[0]["reason"])
@@ -186,6 +191,7 @@ def predict(analysis: Analysis, tids: list[int], policies: list[Policy], nic_sou
     samples = {p.name: [d[applied[p.name].key] for d in drawn] for p in policies}
     base_samples = [d[frozenset()] for d in drawn]
     observed = measured(analysis, tids)
+    as_traced = replay(traced) if cost else base
     results = []
     for policy in policies:
         figures = point[applied[policy.name].key]
@@ -203,12 +209,13 @@ def predict(analysis: Analysis, tids: list[int], policies: list[Policy], nic_sou
         results.append(entry)
     return {
         "calibration": {
-            "measured": observed, "replayed": {k: base[k] for k in observed},
-            "capacity_error": base["capacity_rps"] / observed["capacity_rps"] - 1,
-            "throughput_error": base["recorded_rps"] / observed["recorded_rps"] - 1,
-            "p50_error": base["p50_us"] / observed["p50_us"] - 1,
-            "p99_error": base["p99_us"] / observed["p99_us"] - 1,
+            "measured": observed, "replayed": {k: as_traced[k] for k in observed},
+            "capacity_error": as_traced["capacity_rps"] / observed["capacity_rps"] - 1,
+            "throughput_error": as_traced["recorded_rps"] / observed["recorded_rps"] - 1,
+            "p50_error": as_traced["p50_us"] / observed["p50_us"] - 1,
+            "p99_error": as_traced["p99_us"] / observed["p99_us"] - 1,
         },
+        "tracing": summary(traced, loads, cost, cores),
         "policies": results,
         "skipped": skipped,
         "provenance": PROVENANCE,

@@ -36,8 +36,20 @@ def render_whatif(result: dict) -> str:
             f"{100 * p['cpu_util']:>6.1f} {p['irq_per_s']:>8,.0f}")
     notes = {f"{e['policy']}: {note}" for e in result["policies"] for note in e["notes"] if e["policy"] != "vanilla"}
     notes |= {f"{s['policy']}: not predicted: {s['reason']}" for s in result.get("skipped", [])}
-    return "\n".join(lines + [f"note: {note}" for note in sorted(notes)])
+    return "\n".join(lines + [f"note: {note}" for note in sorted(notes)] + [_tracing_line(result.get("tracing"))])
 
+
+def _tracing_line(tracing: dict | None) -> str:
+    """Whether the trace's own overhead was taken out of the predictions (kptrace.whatif.overhead)."""
+    if not tracing:
+        return "tracing overhead: not assessed"
+    held = (f"{tracing['events_per_request']:.1f} events and {tracing['samples_per_request']:.2f} counter samples "
+            "per request on the serving cores")
+    if not tracing["corrected"]:
+        return f"tracing overhead: not corrected ({held}; --event-cost-ns and --sample-cost-ns correct it)"
+    return (f"tracing overhead: corrected, {tracing['removed_us_per_request']:.2f} µs per request taken out "
+            f"({held}; {tracing['event_ns']:g} ns per event, {tracing['sample_ns']:g} ns per sample, "
+            f"{tracing['source']})")
 
 
 def whatif_frame(results: list[dict]) -> pl.DataFrame:

@@ -1,0 +1,169 @@
+"""Tracing overhead: take out of a replay's inputs the time the trace's own events cost.
+
+A traced run is slower than an untraced one: every ftrace event costs the code that emits it
+time, and every counter sample (perf record's sample groups) more. Interrupt handlers emit few
+events for their length and a request many, so a traced run understates the interrupts' share
+of the time, and a policy that takes interrupts away is predicted to win too little.
+
+The correction subtracts, from each measured time the replay rests on, the events recorded
+inside it times their cost: a request's demand loses its task-context events and samples; the
+loop work between requests loses the serving thread's events there; an interrupt chain loses
+the events inside it. Costs are per event and per sample, measured on the machine
+(collectors/lab/tracepoint-cost, or the bundle's manifest `tracing_cost`); without a measured
+cost nothing is corrected and the prediction says so, with the events per request it holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import polars as pl
+
+from kptrace.analysis import Analysis
+from kptrace.walker import Arrival
+from kptrace.whatif.replay import CoreInput
+
+#: A corrected time keeps at least this share of its measured length: event counts that exceed a
+#: time's length mean the cost per event is wrong for it, not that the work was free.
+FLOOR = 0.5
+
+
+@dataclass(frozen=True)
+class TracingCost:
+    """What one recorded item costs the code that emits it (ns), and where the figures come from."""
+
+    event_ns: float
+    sample_ns: float
+    source: str
+
+
+def tracing_cost(meta: dict, event_ns: float | None = None, sample_ns: float | None = None) -> TracingCost | None:
+    """The cost to correct with: given explicitly (CLI), else the bundle manifest's `tracing_cost`
+    (measured at record time), else None."""
+    if event_ns is not None:
+        return TracingCost(float(event_ns), float(sample_ns or 0.0), "given (--event-cost-ns / --sample-cost-ns)")
+    recorded = (meta.get("bundle") or {}).get("tracing_cost")
+    if recorded and recorded.get("event_ns") is not None:
+        return TracingCost(float(recorded["event_ns"]), float(recorded.get("sample_ns") or 0.0),
+                           f"measured at record time ({recorded.get('method', 'manifest tracing_cost')})")
+    return None
+
+
+@dataclass(frozen=True)
+class CoreLoad:
+    """Per serving core, what the trace recorded inside each replayed time (counts)."""
+
+    cpu: int
+    request_events: np.ndarray   # ftrace events in each request's window, outside arrivals' chains
+    request_samples: np.ndarray  # counter samples there
+    loop_events: np.ndarray      # events of the loop work before each request (not idle, outside chains)
+    loop_samples: np.ndarray
+    chain_events: np.ndarray     # events inside each arrival's chain, in the core's arrival order
+
+
+def _count(ts: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """How many of the sorted timestamps `ts` fall in each [lo, hi)."""
+    return np.searchsorted(ts, hi, "left") - np.searchsorted(ts, lo, "left")
+
+
+def _per_window(ts: np.ndarray, begin: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """How many of the sorted timestamps `ts` each [begin, end) window holds, an event counting
+    only for the innermost window around it: a request switched out for another serving thread's
+    request holds that one's window, whose events are the other's."""
+    if len(begin) == 0:
+        return np.zeros(0, np.int64)
+    k = np.searchsorted(begin, ts, "right") - 1
+    owner = np.where((k >= 0) & (end[np.clip(k, 0, None)] > ts), k, -1)
+    reach = np.maximum.accumulate(end)
+    # Rare: the latest window to start has ended, an earlier one still holds the event.
+    for i in np.flatnonzero((owner < 0) & (k >= 0) & (reach[np.clip(k, 0, None)] > ts)):
+        j = k[i] - 1
+        while end[j] <= ts[i]:
+            j -= 1
+        owner[i] = j
+    return np.bincount(owner[owner >= 0], minlength=len(begin))
+
+
+def _outside(ts: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Mask of timestamps outside every [start, end] span (spans sorted, disjoint)."""
+    if len(starts) == 0:
+        return np.ones(len(ts), bool)
+    k = np.searchsorted(starts, ts, "right") - 1
+    return ~((k >= 0) & (ts <= ends[np.clip(k, 0, None)]))
+
+
+def core_loads(analysis: Analysis, tids: list[int], cores: list[CoreInput]) -> list[CoreLoad]:
+    """Counts per replayed time of each core (order as kptrace.whatif.predict.core_inputs). An
+    event inside an arrival's chain belongs to that arrival; every other one to the request or
+    the loop work whose window holds it (softirqs a request raised itself are part of its time)."""
+    requests = analysis.requests.filter(pl.col("tid").is_in(tids)).sort("cpu", "ts", "request_id")
+    events = analysis.events.select("cpu", "ts", "tid", counter=pl.col("subsystem") == "counter")
+    loads = []
+    for core in cores:
+        mine = requests.filter(pl.col("cpu") == core.cpu)
+        here = events.filter(pl.col("cpu") == core.cpu).sort("ts")
+        ts, counter, idle = here["ts"].to_numpy(), here["counter"].to_numpy(), here["tid"].to_numpy() == 0
+        arrival_ts = np.array([a.ts for a in core.arrivals], np.int64)
+        arrival_end = arrival_ts + np.array([a.handler_ns + a.softirq_ns for a in core.arrivals], np.int64)
+        free = _outside(ts, arrival_ts, np.maximum.accumulate(arrival_end) if len(arrival_end) else arrival_end)
+        traced = ts[free & ~counter]
+        # One counter sample writes one row per counter of its group, all at one timestamp.
+        samples = np.unique(ts[free & counter])
+        loop, loop_samples = ts[free & ~counter & ~idle], np.unique(ts[free & counter & ~idle])
+        begin, end = mine["ts"].to_numpy(), (mine["ts"] + mine["dur"]).to_numpy()
+        gap_lo = np.minimum(np.concatenate([[core.start_ns], np.maximum.accumulate(end)[:-1]]), begin)
+        loads.append(CoreLoad(
+            cpu=core.cpu,
+            request_events=_per_window(traced, begin, end), request_samples=_per_window(samples, begin, end),
+            loop_events=_count(loop, gap_lo, begin), loop_samples=_count(loop_samples, gap_lo, begin),
+            chain_events=_count(ts[~counter], arrival_ts, arrival_end + 1),
+        ))
+    return loads
+
+
+def _less(times: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    return np.maximum(times - np.round(cost).astype(np.int64), np.round(times * FLOOR).astype(np.int64))
+
+
+def untraced(cores: list[CoreInput], loads: list[CoreLoad], cost: TracingCost) -> list[CoreInput]:
+    """The replay inputs with the recorded items' cost taken out (module docstring)."""
+    out = []
+    for core, load in zip(cores, loads):
+        loop = load.loop_events * cost.event_ns + load.loop_samples * cost.sample_ns
+        work = core.pre_ns + core.post_ns
+        share = np.where(work > 0, core.pre_ns / np.maximum(work, 1), 1.0)
+        chains = []
+        for arrival, n in zip(core.arrivals, load.chain_events):
+            span = arrival.handler_ns + arrival.softirq_ns
+            keep = max(FLOOR, 1 - n * cost.event_ns / span) if span else 1.0
+            chains.append(replace(arrival, handler_ns=round(arrival.handler_ns * keep),
+                                  softirq_ns=round(arrival.softirq_ns * keep)))
+        out.append(replace(
+            core,
+            demand_ns=_less(core.demand_ns, load.request_events * cost.event_ns + load.request_samples * cost.sample_ns),
+            pre_ns=_less(core.pre_ns, loop * share), post_ns=_less(core.post_ns, loop * (1 - share)),
+            arrivals=tuple(chains),
+        ))
+    return out
+
+
+def summary(cores: list[CoreInput], loads: list[CoreLoad], cost: TracingCost | None,
+            corrected: list[CoreInput]) -> dict:
+    """What the correction rests on and what it took out, per request (the JSON's `tracing`)."""
+    n = sum(len(core.demand_ns) for core in cores)
+    events = sum(int(l.request_events.sum() + l.loop_events.sum() + l.chain_events.sum()) for l in loads)
+    samples = sum(int(l.request_samples.sum() + l.loop_samples.sum()) for l in loads)
+    entry = {"events_per_request": events / n if n else None, "samples_per_request": samples / n if n else None,
+             "corrected": cost is not None}
+    if cost is None:
+        entry["note"] = ("not corrected for tracing overhead: no measured cost per event (pass --event-cost-ns and "
+                         "--sample-cost-ns, measured with collectors/lab/tracepoint-cost); the traced run is slower "
+                         "than an untraced one, so gains from taking interrupts away are understated")
+        return entry
+    taken = sum(int((c.demand_ns - u.demand_ns).sum() + (c.pre_ns - u.pre_ns).sum() + (c.post_ns - u.post_ns).sum())
+                + sum(a.handler_ns + a.softirq_ns - b.handler_ns - b.softirq_ns for a, b in zip(c.arrivals, u.arrivals))
+                for c, u in zip(cores, corrected))
+    entry.update(event_ns=cost.event_ns, sample_ns=cost.sample_ns, source=cost.source,
+                 removed_us_per_request=taken / n / 1e3 if n else None)
+    return entry
