@@ -4,6 +4,8 @@ the capacity and p99 measured on the same workload simulated under each policy."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from kptrace.analysis import analyze
@@ -130,3 +132,39 @@ def test_the_replay_of_the_vanilla_trace_predicts_each_policys_simulated_capacit
           f"{truth['capacity_rps']:,.0f}; p99 {predicted['p99_us']:.1f} vs {truth['p99_us']:.1f} µs")
     assert predicted["capacity_rps"] == pytest.approx(truth["capacity_rps"], rel=0.05)
     assert predicted["p99_us"] == pytest.approx(truth["p99_us"], rel=0.05)
+
+
+# Real NIC results (docs/whatif.md, "Real NIC results")
+
+UPSTREAM_RUNS = Path(__file__).parent / "data" / "irqsuspend-v8-runs.csv"
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    from kptrace.whatif.upstream import compare
+
+    table = compare(UPSTREAM_RUNS, seconds=0.1)
+    print(table.drop("params"))
+    return {row["group"]: row for row in table.iter_rows(named=True)}
+
+
+def test_a_base_shaped_core_replayed_under_the_runs_knobs_orders_coalescing_below_base(upstream):
+    ratio = {group: row["predicted_ratio"] for group, row in upstream.items()}
+    assert ratio["defer10"] < ratio["defer20"] < ratio["base"] == 1.0
+
+
+def test_the_configurations_that_gained_more_than_5_percent_are_predicted_to_gain_more_than_5_percent(upstream):
+    gained = {g for g, row in upstream.items() if row["measured_ratio"] > 1.05}
+    assert gained == {"napibusy", "suspend10", "suspend20", "suspend50", "suspend200", "fullbusy"}
+    assert all(upstream[g]["predicted_ratio"] > 1.05 for g in gained)
+    assert all(upstream[g]["predicted_ratio"] < 1.07 for g in set(upstream) - gained)
+
+
+def test_every_configurations_saturation_throughput_against_base_is_predicted_within_8_percent(upstream):
+    errors = {g: round(row["error"], 3) for g, row in upstream.items()}
+    assert max(abs(e) for e in errors.values()) <= 0.08, errors
+
+
+def test_suspension_takes_the_nic_irq_rate_from_thousands_to_hundreds_per_second(upstream):
+    assert upstream["base"]["irq_per_s"] > 1_000
+    assert all(upstream[f"suspend{x}"]["irq_per_s"] < 500 for x in (10, 20, 50, 200))

@@ -91,7 +91,9 @@ def nic_policy(name: str, params: dict) -> NicPolicy:
         return NicPolicy(defer, gro, app_polls=True, hold_ns=hold, spin_ns=int(knobs["usecs"]) * 1_000,
                          poll_budget=int(knobs["budget"]))
     if name == "irq-suspend":
-        return NicPolicy(defer, gro, app_polls=True, hold_ns=int(knobs["timeout"]))
+        # Suspension rides on the deferral: with defer or gro_flush_timeout 0 IRQs are never held.
+        hold = int(knobs["timeout"]) if defer and gro else None
+        return NicPolicy(defer, gro, app_polls=True, hold_ns=hold)
     return NicPolicy(app_polls=True, hold_ns=NEVER)  # kernel polling: unmask only when a poll finds nothing
 
 
