@@ -136,8 +136,9 @@ def _network(policy: Policy, cores: list[CoreInput], nic_sources: set[str]) -> A
     behaviour = nic_policy(policy.name, policy.params)
     queued = [core for core in cores if core.nic_costs is not None]
     if not queued:
-        return Applied(cores, [f"{policy.name}: the NIC sources ({', '.join(sorted(nic_sources))}) poll no device "
-                               "on the serving cores: no change predicted"])
+        raise PolicyError(f"{policy.name} on NIC sources ({', '.join(sorted(nic_sources))}): no NIC queue input on "
+                          "the serving cores (no complete NAPI poll of a device in their NET_RX softirqs there, or "
+                          "the replay was not given kptrace.whatif.inputs.nic_inputs)")
     kept, _ = _without(cores, nic_sources)
     kept = [replace(core, nic_policy=behaviour) if core.nic_costs is not None else core for core in kept]
     costs = queued[0].nic_costs
