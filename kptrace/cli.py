@@ -225,15 +225,32 @@ def simulate(
     fmt: Annotated[str, typer.Option("--format", help="tracefs | trace-cmd | perf")] = "tracefs",
     duration: Annotated[float, typer.Option("--duration", help="seconds of simulated time")] = 1.0,
     seed: Annotated[int, typer.Option("--seed")] = 1,
+    policy: Annotated[str | None, typer.Option("--policy", help="add a NIC on every CPU, its queue under vanilla | "
+                                               "coalesce | busy-poll | irq-suspend | kernel-polling")] = None,
+    defer: Annotated[int | None, typer.Option("--defer", help="napi_defer_hard_irqs")] = None,
+    gro_flush_timeout: Annotated[int | None, typer.Option("--gro-flush-timeout", help="ns")] = None,
+    usecs: Annotated[int | None, typer.Option("--usecs", help="busy_poll_usecs")] = None,
+    budget: Annotated[int | None, typer.Option("--budget", help="busy_poll_budget")] = None,
+    prefer: Annotated[bool | None, typer.Option("--prefer", help="prefer_busy_poll")] = None,
+    timeout: Annotated[int | None, typer.Option("--timeout", help="irq-suspend-timeout, ns")] = None,
 ) -> None:
     """Write a synthetic epoll-server trace with known interrupt costs (truth.json) for tests and demos."""
     from kptrace.export.text import FORMATTERS
-    from kptrace.simulate import Scenario, write_simulation
+    from kptrace.simulate import Scenario, scenario_with_nic, write_simulation
+    from kptrace.whatif import PolicyError
 
     if fmt not in FORMATTERS:
         typer.echo(f"kptrace: error: --format must be one of {', '.join(FORMATTERS)}", err=True)
         raise typer.Exit(2)
-    path = write_simulation(out, Scenario(duration_s=duration, seed=seed), fmt)
+    scenario = Scenario(duration_s=duration, seed=seed)
+    if policy is not None:
+        knobs = {"defer": defer, "gro_flush_timeout": gro_flush_timeout, "usecs": usecs, "budget": budget,
+                 "prefer": prefer, "timeout": timeout}
+        try:
+            scenario = scenario_with_nic(scenario, policy, {k: v for k, v in knobs.items() if v is not None})
+        except PolicyError as error:
+            _fail(error)
+    path = write_simulation(out, scenario, fmt)
     typer.echo(f"wrote {path} ({fmt}) and {out / 'truth.json'} (modelled ground truth)")
 
 

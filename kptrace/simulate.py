@@ -62,6 +62,7 @@ truth.json holds the exact figures (ns, counts, per second) computed from what w
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections import Counter
@@ -76,6 +77,7 @@ import polars as pl
 from kptrace.requests import EPOLL, RECEIVES, SENDS
 from kptrace.schema import SOFTIRQ_NAMES
 from kptrace.walker import Arrival, CoreWalker
+from kptrace.whatif.nic import NicCosts, NicQueue, Poll, epoll_poll
 
 NET_RX = SOFTIRQ_NAMES.index("NET_RX")
 EAGAIN = -11
@@ -127,6 +129,26 @@ class Kind:
         return self.demand_ns * math.exp(self.sigma**2 / 2)
 
 
+@dataclass(frozen=True)
+class Nic:
+    """A NIC receive queue on each of `cpus`: packets arrive (Poisson) at `packets_per_s`; its
+    IRQ `irq` (handler `name`) and NAPI polls of `device` follow kptrace.whatif.nic under the
+    scenario's network policy. Costs are means, drawn per poll (gamma, COST_CV); the NIC's
+    own IRQ delay `moderation_ns` is a setting (like ethtool's rx-usecs), not drawn."""
+
+    name: str = "sim-eth0"
+    irq: int = 60
+    device: str = "eth0"
+    packets_per_s: float = 40_000
+    handler_ns: int = 1_500
+    poll_fixed_ns: int = 2_000
+    per_packet_ns: int = 800
+    indirect_per_packet_ns: int = 600
+    moderation_ns: int = 30_000
+    budget: int = 64
+    cpus: tuple[int, ...] = (0, 1)
+
+
 @dataclass
 class Scenario:
     """Everything the generator needs; written into truth.json.
@@ -136,7 +158,10 @@ class Scenario:
     request (`preempt_share`, `eagain_share`), per preemption (`migrate_share`: the thread
     resumes on another CPU), per block (`wake_migrate_share`) and per send (`netrx_defer`: its
     NET_RX waits for the next hard IRQ). `indirect_scale` multiplies every source's indirect
-    cost (0: interrupts slow nothing down, for length-bias checks).
+    cost (0: interrupts slow nothing down, for length-bias checks). With a `nic`, its queue runs
+    under `policy` (a network policy of kptrace.whatif, or vanilla) with `policy_params` (its
+    knobs, kptrace.whatif.policies.nic_policy); the timers a policy adds cost about what the
+    local_timer source's handler costs.
     """
 
     duration_s: float = 1.0
@@ -164,6 +189,9 @@ class Scenario:
         Source("local_timer", 1_000, 2_000, 2_000, cpus=(0, 1), vector=236, periodic=True,
                softirqs=(Softirq("TIMER", 0.3, 1_500), Softirq("SCHED", 0.1, 1_000), Softirq("RCU", 0.15, 2_000))),
     ))
+    nic: Nic | None = None
+    policy: str = "vanilla"
+    policy_params: dict = field(default_factory=dict)
 
 
 #: Mean costs (ns) of the kernel paths around requests, and their coefficient of variation.
@@ -178,6 +206,12 @@ PROCESS = ("sim-server", 4240)
 START_NS = 100_000_000_000
 
 BLOCK, PREEMPT, PAUSE = "block", "preempt", "pause"
+TIMER_VECTOR = 236
+NIC_STREAM = 1_000  # the NIC's random stream, apart from every other one
+
+
+def _napi_payload(device: str, work: int, budget: int) -> str:
+    return f"napi poll on napi struct 00000000a1b2c3d4 for device {device} work {work} budget {budget}"
 
 
 def _gamma(rng: np.random.Generator, mean: float, cv: float, size: int) -> np.ndarray:
@@ -247,6 +281,8 @@ class _Cpu:
         self.idle_since: int | None = START_NS
         self.cycles = self.instructions = 0.0
         self.read_cycles = self.read_instructions = 0
+        self.nic = sim.nic_queue(cpu, self._nic_poll)
+        self.walker.nic = self.nic
 
     def emit(self, event: str, fields: tuple, context: str | None = None, ts: int | None = None) -> None:
         self.sim.rows.append((self.walker.now if ts is None else ts, self.cpu, self.task, event, fields, context))
@@ -295,6 +331,37 @@ class _Cpu:
         self.sim.interrupts.append((self.cpu, source.name, at, arrival.handler_ns, span, span - foreign_ns,
                                     int(foreign_ns > 0), foreign_ns, indirect, self.task[1] == 0))
         return span
+
+    def _nic_poll(self, poll: Poll) -> None:
+        """Emit what the NIC queue just did (kptrace.whatif.nic): an IRQ's or a timer's chain with
+        its NET_RX softirq and napi_poll events, or the napi_poll events of a busy poll in a
+        syscall; and record an interrupt for the truth."""
+        nic = self.sim.scenario.nic
+        end = poll.at + poll.handler_ns
+        if poll.kind != "syscall":
+            if poll.kind == "timer":
+                self.emit("local_timer_entry", (TIMER_VECTOR,), "hardirq", poll.at)
+            else:
+                self.emit("irq_handler_entry", (nic.irq, nic.name), "hardirq", poll.at)
+            self.emit("softirq_raise", (NET_RX,), "hardirq", poll.at + poll.handler_ns // 2)
+            self.emit("local_timer_exit" if poll.kind == "timer" else "irq_handler_exit",
+                      (TIMER_VECTOR if poll.kind == "timer" else nic.irq,), "hardirq", end)
+            self.emit("softirq_entry", (NET_RX,), "softirq", end)
+        for work, ns in poll.polls:
+            end += ns
+            self.emit("napi_poll", (_napi_payload(nic.device, work, nic.budget),),
+                      None if poll.kind == "syscall" else "softirq", end)
+        if poll.kind == "syscall":
+            return
+        self.emit("softirq_exit", (NET_RX,), "softirq", end)
+        source = "local_timer" if poll.kind == "timer" else nic.name
+        indirect = 0
+        if self.request is not None:
+            self.request.hits.append((self.cpu, source))
+            indirect = poll.indirect_ns
+            self.cycles += indirect * self.sim.scenario.clock_ghz
+        self.sim.interrupts.append((self.cpu, source, poll.at, poll.handler_ns, poll.span_ns, poll.span_ns, 0, 0,
+                                    indirect, self.task[1] == 0))
 
     def read_counters(self) -> None:
         cycles, instructions = int(self.cycles), int(self.instructions)
@@ -410,8 +477,14 @@ class _Thread:
             self.cpu.work(self._cost("epoll_enter"))
             if rng.random() >= sc.ready_share:
                 wake = self.cpu.walker.now + WAKE_MIN_NS + int(rng.expovariate(1 / sc.wait_mean_ns))
-                yield BLOCK, wake, sim.other_cpu(self.cpu) if rng.random() < sc.wake_migrate_share else self.cpu
-                self.cpu.work(self._cost("epoll_wake"))
+                target = sim.other_cpu(self.cpu) if rng.random() < sc.wake_migrate_share else self.cpu
+                if self.cpu.nic is not None:
+                    epoll_poll(self.cpu.walker, self.cpu.nic, wake)
+                if self.cpu.walker.now < wake:
+                    yield BLOCK, wake, target
+                    self.cpu.work(self._cost("epoll_wake"))
+            elif self.cpu.nic is not None:
+                epoll_poll(self.cpu.walker, self.cpu.nic, -1)
             self.cpu.work(self._cost("epoll_return"))
             ready = rng.sample(self.fds, 1 + (rng.random() < 0.3) + (rng.random() < 0.1))
             self.cpu.emit(f"sys_exit_{self.epoll}", (len(ready),))
@@ -487,6 +560,28 @@ class _Simulation:
             cpu = self.cpus[index % scenario.cpus]
             cpu.queue.append(_Thread(self, index, cpu))
 
+    def nic_queue(self, cpu: int, record) -> NicQueue | None:
+        """The CPU's NIC queue under the scenario's policy, or None (no NIC there)."""
+        from kptrace.whatif.policies import nic_policy
+
+        sc, nic = self.scenario, self.scenario.nic
+        if nic is None or cpu not in nic.cpus:
+            return None
+        rng = np.random.default_rng([sc.seed, NIC_STREAM, cpu])
+        expected = (self.end + 10_000_000 - START_NS) / 1e9 * nic.packets_per_s
+        gaps = rng.exponential(1e9 / nic.packets_per_s, int(expected + 6 * math.sqrt(expected) + 20))
+        packets = START_NS + np.cumsum(gaps).astype(np.int64)
+        timer = next((s.handler_ns for s in sc.sources if s.name == "local_timer"), 1_000)
+        costs = NicCosts(nic.handler_ns, nic.poll_fixed_ns, nic.per_packet_ns, nic.indirect_per_packet_ns, timer,
+                         nic.moderation_ns, nic.budget)
+        units = rng.gamma(1 / COST_CV**2, COST_CV**2, 1 << 16).tolist()
+        drawn = itertools.count()
+
+        def draw(mean: float) -> int:  # mean times a unit-mean gamma draw, from a long cycle of them
+            return max(1, int(mean * units[next(drawn) % len(units)]))
+
+        return NicQueue(packets.tolist(), costs, nic_policy(sc.policy, sc.policy_params), draw, record)
+
     def cost(self, name: str) -> int:
         """A kernel path's cost: COSTS[name] times a unit-mean gamma draw (drawn in batches)."""
         if self._unit_at == len(self._units):
@@ -510,6 +605,17 @@ class _Simulation:
     def sorted_rows(self) -> list:
         order = np.argsort(np.fromiter((row[0] for row in self.rows), np.int64, len(self.rows)), kind="stable")
         return [self.rows[i] for i in order]
+
+
+def scenario_with_nic(scenario: Scenario, policy: str, params: dict | None = None) -> Scenario:
+    """The scenario with a NIC queue on every CPU under `policy` (its knobs in `params`): one
+    thread per CPU that stays there, so that a thread that busy-polls never holds back another
+    (the replay keeps the trace's order of requests on a core). Refuses an unknown policy or knob."""
+    from kptrace.whatif.policies import nic_policy
+
+    nic_policy(policy, params or {})
+    return replace(scenario, nic=Nic(cpus=tuple(range(scenario.cpus))), policy=policy, policy_params=dict(params or {}),
+                   threads=scenario.cpus, wake_migrate_share=0.0, migrate_share=0.0)
 
 
 def simulate(scenario: Scenario) -> _Simulation:
@@ -636,8 +742,17 @@ def truth(sim: _Simulation, fmt: str) -> dict:
                      for run in sim.foreign],
         },
         "syscalls": dict(sorted(sim.syscalls.items())),
-        "scenario": asdict(sc),
+        "scenario": _scenario_dict(sc),
     }
+
+
+def _scenario_dict(sc: Scenario) -> dict:
+    """The scenario as truth.json holds it; without a NIC, as before NICs were simulated."""
+    fields = asdict(sc)
+    if sc.nic is None:
+        for key in ("nic", "policy", "policy_params"):
+            fields.pop(key)
+    return fields
 
 
 def write_simulation(out_dir: str | Path, scenario: Scenario, fmt: str = "tracefs") -> Path:

@@ -13,6 +13,9 @@ that a policy's prediction and the simulated ground truth follow the same rules:
 - While `masked` (interrupts disabled, or a policy that polls), arrivals are queued in
   `pending` and delay nothing until `unmask` takes them (interrupts re-enabled: they fire at
   once) or `take_pending` hands them to the caller (a poll runs their work itself).
+- A NIC queue (`nic`, kptrace.whatif.nic.NicQueue) is a second source whose next interrupt
+  depends on its state (IRQs masked, timers armed): it is asked for it at each step, and
+  `fire` runs it. While `masked`, it waits for the next step after `unmask`.
 
 Times are integer ns. The stepping is a plain loop over a sorted list: the common step, work
 that no arrival lands in, is a comparison and an addition.
@@ -23,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from operator import attrgetter
+
+NEVER = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +58,9 @@ class CoreWalker:
     emits its events there). `busy_ns`, `idle_ns` and `irq_ns` (time in interrupts, part of
     busy) add up what has been stepped since `start_ns`."""
 
-    __slots__ = ("arrivals", "_ts", "_next", "now", "busy_ns", "idle_ns", "irq_ns", "masked", "pending", "take")
+    __slots__ = ("arrivals", "_ts", "_next", "now", "busy_ns", "idle_ns", "irq_ns", "masked", "pending", "take", "nic")
 
-    def __init__(self, arrivals: Iterable[Arrival], start_ns: int, take: Take | None = None):
+    def __init__(self, arrivals: Iterable[Arrival], start_ns: int, take: Take | None = None, nic=None):
         self.arrivals = sorted(arrivals, key=attrgetter("ts"))
         self._ts = [a.ts for a in self.arrivals]
         self._next = 0
@@ -64,9 +69,12 @@ class CoreWalker:
         self.masked = False
         self.pending: list[Arrival] = []
         self.take = take or direct_span
+        self.nic = nic
 
     def work(self, ns: int, in_request: bool) -> list[Arrival]:
         """Run `ns` of the current thread's own work; return the arrivals taken meanwhile."""
+        if self.nic is not None:
+            return self._steps(self.now + ns, in_request, idle=False)
         start = self.now
         finish = start + ns
         stamps, i = self._ts, self._next
@@ -102,6 +110,8 @@ class CoreWalker:
     def idle_until(self, ts: int) -> list[Arrival]:
         """Idle until `ts`, taking the arrivals before it (and those that arrive back to back
         with them); `now` ends at max(ts, end of the last interrupt taken)."""
+        if self.nic is not None:
+            return self._steps(ts, False, idle=True)
         start = self.now
         stamps, i = self._ts, self._next
         taken = []
@@ -118,6 +128,41 @@ class CoreWalker:
         self.irq_ns += spans
         self.busy_ns += spans
         self.idle_ns += end - start - spans
+        self.now = end
+        return taken
+
+    def _steps(self, until: int, in_request: bool, idle: bool) -> list[Arrival]:
+        """work (until its end, stretched) or idle_until, with a NIC queue beside the arrivals."""
+        start, nic = self.now, self.nic
+        finish = until
+        stamps, taken, spans = self._ts, [], 0
+        while True:
+            i = self._next
+            t_fixed = stamps[i] if i < len(stamps) else NEVER
+            t_nic = NEVER if self.masked else nic.next_ts()
+            if min(t_fixed, t_nic) >= (max(finish, self.now) if idle else finish):
+                break
+            if t_fixed <= t_nic:
+                arrival = self.arrivals[i]
+                self._next = i + 1
+                if (span := self._take_one(arrival)) is None:
+                    continue
+                indirect = arrival.indirect_ns
+                taken.append(arrival)
+            else:
+                at = max(int(t_nic), self.now)
+                span, indirect = nic.fire(at)
+                self.now = at + span
+            spans += span
+            finish += 0 if idle else span + (indirect if in_request else 0)
+        self.irq_ns += spans
+        if idle:
+            end = max(finish, self.now)
+            self.busy_ns += spans
+            self.idle_ns += end - start - spans
+        else:
+            end = finish
+            self.busy_ns += end - start
         self.now = end
         return taken
 

@@ -401,3 +401,57 @@ def test_costs_are_drawn_not_constant(analyses):
         cv=pl.col("own_ns").std() / pl.col("own_ns").mean(),
         tail=pl.col("own_ns").quantile(0.99) / pl.col("own_ns").median())
     assert (own["cv"] > 0.15).all() and (own["tail"] > 1.5).all()
+
+
+# simulate --policy: the same workload with a NIC, its queue under a network policy
+
+
+def _nic_events(policy: str, params: dict) -> dict[str, int]:
+    from kptrace.simulate import scenario_with_nic, simulate
+
+    sim = simulate(scenario_with_nic(Scenario(duration_s=0.15, seed=2), policy, params))
+    counts = {"nic_irqs": 0, "timers": 0, "packets_in_irq_context": 0, "packets_in_syscalls": 0}
+    for _, _, task, event, fields, context in sim.rows:
+        if event == "irq_handler_entry" and fields[1] == "sim-eth0":
+            counts["nic_irqs"] += 1
+        elif event == "local_timer_entry":
+            counts["timers"] += 1
+        elif event == "napi_poll":
+            work = int(re.search(r"work (\d+)", fields[0]).group(1))
+            counts["packets_in_irq_context" if context == "softirq" else "packets_in_syscalls"] += work
+    return counts
+
+
+def test_simulated_policies_change_the_nic_events_as_their_mechanisms_say():
+    vanilla = _nic_events("vanilla", {})
+    coalesce = _nic_events("coalesce", {"defer": 10, "gro_flush_timeout": 10_000})
+    suspend = _nic_events("irq-suspend", {"timeout": 20_000_000, "defer": 10, "gro_flush_timeout": 20_000})
+    polling = _nic_events("kernel-polling", {})
+    assert vanilla["nic_irqs"] > 1_000 and vanilla["packets_in_syscalls"] == 0
+    # coalescing: IRQs masked behind gro_flush_timeout timers
+    assert coalesce["nic_irqs"] < vanilla["nic_irqs"] / 5 and coalesce["timers"] > vanilla["timers"] + 1_000
+    # polling from epoll_wait: packets processed in the syscall, fewer NIC IRQs
+    for polled in (suspend, polling):
+        assert polled["packets_in_syscalls"] > 1_000
+        assert polled["nic_irqs"] < vanilla["nic_irqs"]
+    # kernel polling adds no timer, so interrupt context keeps only what arrives while the core sleeps
+    assert polling["packets_in_irq_context"] < vanilla["packets_in_irq_context"]
+    assert polling["timers"] == vanilla["timers"] and suspend["timers"] > vanilla["timers"] + 1_000
+
+
+def test_simulate_cli_takes_a_policy_and_its_knobs_and_refuses_an_unknown_one(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "kptrace.cli", "simulate", "--duration", "0.05", "-o"]
+    done = subprocess.run([*command, str(tmp_path / "c"), "--policy", "coalesce", "--defer", "5",
+                           "--gro-flush-timeout", "30000"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    truth = json.loads((tmp_path / "c" / "truth.json").read_text())
+    assert truth["scenario"]["policy"] == "coalesce"
+    assert truth["scenario"]["policy_params"] == {"defer": 5, "gro_flush_timeout": 30000}
+    assert "for device eth0 work" in (tmp_path / "c" / "trace.txt").read_text()
+    refused = subprocess.run([*command, str(tmp_path / "x"), "--policy", "nosuch"], capture_output=True, text=True)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().count("\n") == 0 and "not a network policy" in refused.stderr

@@ -29,10 +29,14 @@ interval includes zero.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import polars as pl
 
 from kptrace.analysis import Analysis
 from kptrace.intervals import inside
+from kptrace.whatif.nic import NicCosts
 
 
 def indirect_per_hit(attribution: pl.DataFrame) -> pl.DataFrame:
@@ -175,3 +179,103 @@ def arrivals(analysis: Analysis, cpus: list[int]) -> pl.DataFrame:
                 .fill_null(0.0).round().cast(pl.Int64))
         .sort("cpu", "ts", "source")
     )
+
+
+# NIC inputs (network policies): per serving core, the packets its NAPI polls found and what
+# polling cost, for kptrace.whatif.nic's queue.
+
+#: Declared hrtimer interrupt cost (ns) for the timers a policy adds, where the trace has no
+#: local_timer interrupt on the core to measure it from.
+TIMER_HANDLER_NS = 1_000
+#: The NIC's own IRQ delay is read as this quantile of (IRQ - end of the previous NIC chain):
+#: an IRQ never comes sooner after the queue was re-armed, often later when no packet waited.
+MODERATION_QUANTILE = 5
+
+
+def device_polls(analysis: Analysis, nic_sources: set[str]) -> pl.DataFrame:
+    """NAPI polls of a device inside the NIC sources' chains: cpu, chain_ts, chain_end, handler_ns,
+    ts, dur, work (packets), budget."""
+    events = analysis.events.select("napi_work", "napi_budget").with_row_index("seq")
+    polls = (analysis.intervals.filter((pl.col("kind") == "napi") & (pl.col("name") != "(no_device)")
+                                       & pl.col("complete"))
+             .join(events, left_on="end_seq", right_on="seq").select("cpu", "ts", "dur", work="napi_work",
+                                                                    budget="napi_budget"))
+    chains = analysis.disruptions.filter(pl.col("complete") & pl.col("source").is_in(list(nic_sources))).select(
+        "cpu", w_ts="ts", w_end="end", handler_ns="hardirq_ns")
+    return (inside(polls.lazy(), chains.lazy(), "cpu").collect()
+            .rename({"w_ts": "chain_ts", "w_end": "chain_end"}).sort("cpu", "ts"))
+
+
+def _poll_costs(polls: pl.DataFrame) -> tuple[float, float]:
+    """Per-poll fixed and per-packet cost (ns): least squares of poll time on packets."""
+    work = polls["work"].to_numpy().astype(float)
+    if np.ptp(work) == 0:
+        return 0.0, float(polls["dur"].mean() / max(work.mean(), 1))
+    (fixed, per_packet), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(work), work]),
+                                              polls["dur"].to_numpy().astype(float), rcond=None)
+    return max(float(fixed), 0.0), max(float(per_packet), 0.0)
+
+
+def _packets(chains: pl.DataFrame, moderation_ns: int, start_ns: int) -> np.ndarray:
+    """Packet arrival times rebuilt from the chains (ts, end, poll_ts: first poll's start, work):
+    a chain's packets arrived after the previous chain's poll began and by its own poll; the
+    first one `moderation_ns` before the IRQ when the queue was armed by then, the others
+    evenly up to the poll."""
+    times = []
+    previous_poll, previous_end = start_ns, start_ns
+    for ts, end, poll_ts, work in chains.select("ts", "end", "poll_ts", "work").iter_rows():
+        if work:
+            first = ts - moderation_ns
+            if not previous_end < first <= poll_ts:
+                first = previous_poll + (poll_ts - previous_poll) / work
+            times.append(np.linspace(first, poll_ts, work) if work > 1 else np.array([first]))
+        previous_poll, previous_end = poll_ts, end
+    return np.concatenate(times).astype(np.int64) if times else np.empty(0, np.int64)
+
+
+def _epoll_marks(analysis: Analysis, tids: list[int], cpu: int) -> np.ndarray:
+    """Per request on `cpu` (the replay's order), whether an epoll_wait returned since the
+    requests before it ended: the request is the first its loop iteration serves."""
+    requests = analysis.requests.filter(pl.col("tid").is_in(tids) & (pl.col("cpu") == cpu)).sort("ts", "request_id")
+    epoll = (analysis.intervals.filter((pl.col("kind") == "syscall") & pl.col("name").str.starts_with("epoll")
+                                       & (pl.col("cpu") == cpu) & pl.col("complete"))
+             .select(end=pl.col("ts") + pl.col("dur"))["end"].sort().to_numpy())
+    starts = requests["ts"].to_numpy()
+    ends = np.maximum.accumulate((requests["ts"] + requests["dur"]).to_numpy())
+    before = np.concatenate([[np.iinfo(np.int64).min], ends[:-1]])
+    return np.searchsorted(epoll, starts, "right") > np.searchsorted(epoll, before, "right")
+
+
+def nic_inputs(analysis: Analysis, tids: list[int], cores: list, nic_sources: set[str]) -> list:
+    """The cores (kptrace.whatif.replay.CoreInput) with their NIC queue's inputs where a NIC
+    source polled a device on them: packets, costs (kptrace.whatif.nic.NicCosts) and the
+    requests that start a loop iteration (where epoll_wait busy-polls). All measured, except the
+    slowdown per packet (attribution's indirect estimate per IRQ over the packets per IRQ) and,
+    without a local_timer on the core, the added timers' cost (TIMER_HANDLER_NS, declared)."""
+    if not nic_sources or analysis.events is None or "napi_work" not in analysis.events.columns:
+        return cores
+    polls = device_polls(analysis, nic_sources)
+    indirect = indirect_per_hit(analysis.attribution).filter(pl.col("source").is_in(list(nic_sources)))
+    out = []
+    for core in cores:
+        mine = polls.filter(pl.col("cpu") == core.cpu)
+        if mine.height == 0:
+            out.append(core)
+            continue
+        chains = (mine.group_by("chain_ts").agg(end=pl.col("chain_end").first(), handler_ns=pl.col("handler_ns").first(),
+                                                poll_ts=pl.col("ts").min(), work=pl.col("work").sum())
+                  .rename({"chain_ts": "ts"}).sort("ts"))
+        gaps = (chains["ts"] - chains["end"].shift(1)).drop_nulls().to_numpy()
+        moderation = int(np.percentile(gaps, MODERATION_QUANTILE)) if gaps.size else 0
+        fixed, per_packet = _poll_costs(mine)
+        per_hit = indirect.filter(pl.col("cpu") == core.cpu)["indirect_ns"].mean() or 0.0
+        timers = [a.handler_ns for a in core.arrivals if a.source == "local_timer"]
+        costs = NicCosts(
+            handler_ns=float(chains["handler_ns"].mean()), poll_fixed_ns=fixed, per_packet_ns=per_packet,
+            indirect_per_packet_ns=per_hit / max(float(chains["work"].mean()), 1.0),
+            timer_handler_ns=float(np.mean(timers)) if timers else float(TIMER_HANDLER_NS),
+            moderation_ns=max(moderation, 0), budget=int(mine["budget"].max() or 64))
+        epoll = _epoll_marks(analysis, tids, core.cpu)
+        out.append(replace(core, nic_packets=_packets(chains, costs.moderation_ns, core.start_ns), nic_costs=costs,
+                           epoll=epoll))
+    return out

@@ -10,9 +10,18 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from kptrace.whatif.nic import NEVER, NicPolicy
 from kptrace.whatif.replay import CoreInput
 
 NETWORK_POLICIES = ("coalesce", "busy-poll", "irq-suspend", "kernel-polling")
+#: A network policy's knobs when not given: those of the upstream runs (defer50, napibusy
+#: without its defer/gro, suspend20; ../shared/data/irqsuspend-v8-runs.csv).
+NETWORK_DEFAULTS = {
+    "coalesce": {"defer": 100, "gro_flush_timeout": 50_000},
+    "busy-poll": {"usecs": 64, "budget": 64, "prefer": False, "defer": 0, "gro_flush_timeout": 0},
+    "irq-suspend": {"timeout": 20_000_000, "defer": 100, "gro_flush_timeout": 20_000},
+    "kernel-polling": {},
+}
 POLICIES = ("vanilla", "move-irqs", "remove", *NETWORK_POLICIES)
 
 
@@ -61,6 +70,33 @@ def _sources(policy: Policy, known: set[str]) -> set[str]:
     return sources
 
 
+def nic_policy(name: str, params: dict) -> NicPolicy:
+    """The NIC queue's behaviour under a network policy (kptrace.whatif.nic), knobs named like the
+    kernel's: --defer (napi_defer_hard_irqs), --gro-flush-timeout (ns), --usecs and --budget
+    (busy_poll_usecs, busy_poll_budget), --prefer (prefer_busy_poll), --timeout
+    (irq-suspend-timeout, ns). vanilla: IRQs as the NIC raises them."""
+    if name == "vanilla":
+        return NicPolicy()
+    if name not in NETWORK_POLICIES:
+        raise PolicyError(f"{name} is not a network policy ({', '.join(NETWORK_POLICIES)})")
+    knobs = NETWORK_DEFAULTS[name] | {k: v for k, v in params.items() if v is not None}
+    defer, gro = int(knobs.get("defer", 0)), int(knobs.get("gro_flush_timeout", 0))
+    if min(defer, gro, int(knobs.get("usecs", 0)), int(knobs.get("timeout", 0))) < 0:
+        raise PolicyError(f"{name}: knobs are counts and times, never negative ({knobs})")
+    if name == "coalesce":
+        return NicPolicy(defer=defer, gro_flush_timeout=gro)
+    if name == "busy-poll":
+        # prefer_busy_poll holds IRQs only behind the defer/gro timer, re-armed at each busy poll.
+        hold = gro if knobs["prefer"] and defer and gro else None
+        return NicPolicy(defer, gro, app_polls=True, hold_ns=hold, spin_ns=int(knobs["usecs"]) * 1_000,
+                         poll_budget=int(knobs["budget"]))
+    if name == "irq-suspend":
+        # Suspension rides on the deferral: with defer or gro_flush_timeout 0 IRQs are never held.
+        hold = int(knobs["timeout"]) if defer and gro else None
+        return NicPolicy(defer, gro, app_polls=True, hold_ns=hold)
+    return NicPolicy(app_polls=True, hold_ns=NEVER)  # kernel polling: unmask only when a poll finds nothing
+
+
 def apply(policy: Policy, cores: list[CoreInput], nic_sources: set[str]) -> Applied:
     """The replay input under `policy`."""
     known = {a.source for core in cores for a in core.arrivals}
@@ -90,6 +126,27 @@ def apply(policy: Policy, cores: list[CoreInput], nic_sources: set[str]) -> Appl
             return Applied(cores, [f"{policy.name} acts on NIC interrupts, and this trace has none on the serving "
                                    "cores (no hard IRQ whose NET_RX softirq polls a device in napi_poll; loopback "
                                    "traffic raises none): no change predicted"])
-        raise PolicyError(f"{policy.name} on NIC sources ({', '.join(sorted(nic_sources))}) is not modelled yet "
-                          "(issue 8)")
+        return _network(policy, cores, nic_sources)
     raise PolicyError(f"unknown policy {policy.name!r}; one of: {', '.join(POLICIES)}, all")
+
+
+def _network(policy: Policy, cores: list[CoreInput], nic_sources: set[str]) -> Applied:
+    """The NIC IRQs measured on the serving cores give way to each core's NIC queue, replayed
+    under the policy's knobs (kptrace.whatif.nic)."""
+    behaviour = nic_policy(policy.name, policy.params)
+    queued = [core for core in cores if core.nic_costs is not None]
+    if not queued:
+        raise PolicyError(f"{policy.name} on NIC sources ({', '.join(sorted(nic_sources))}): no NIC queue input on "
+                          "the serving cores (no complete NAPI poll of a device in their NET_RX softirqs there, or "
+                          "the replay was not given kptrace.whatif.inputs.nic_inputs)")
+    kept, _ = _without(cores, nic_sources)
+    kept = [replace(core, nic_policy=behaviour) if core.nic_costs is not None else core for core in kept]
+    costs = queued[0].nic_costs
+    knobs = NETWORK_DEFAULTS[policy.name] | {k: v for k, v in policy.params.items() if v is not None}
+    return Applied(kept, [
+        f"{', '.join(sorted(nic_sources))}: the NIC queue replayed under {policy.name} "
+        f"({', '.join(f'{k} {v}' for k, v in knobs.items()) or 'the paper semantics'}); per NAPI poll "
+        f"{costs.poll_fixed_ns:,.0f} ns + {costs.per_packet_ns:,.0f} ns per packet and "
+        f"{costs.indirect_per_packet_ns:,.0f} ns slowdown per packet in interrupt context (measured/estimated, "
+        f"CPU {queued[0].cpu}); added timer interrupts cost {costs.timer_handler_ns:,.0f} ns"],
+        key=frozenset({policy.name, *(f"{k}={v}" for k, v in sorted(knobs.items()))}))

@@ -7,6 +7,11 @@ then the loop work before it runs, then its demand;
 interrupts are taken as they arrive, stretch the work they land in by their direct cost, and a
 request they land in by their indirect cost. At saturation every request is ready at once, and
 the measured arrivals repeat with the trace's period for as long as the replay lasts.
+
+Under a network policy a core's NIC queue (kptrace.whatif.nic) replaces the NIC IRQs measured
+on it: the packets the trace's NAPI polls found arrive again, and the queue decides when an
+IRQ or timer interrupts and how much each poll costs; each request an epoll_wait returned
+first busy-polls the queue before it, when the policy polls from the syscall.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from kptrace.walker import Arrival, CoreWalker, direct_span
+from kptrace.whatif.nic import NicCosts, NicPolicy, NicQueue, epoll_poll
 
 #: The measured arrivals repeat at most this many times to cover a saturated replay.
 MAX_PERIODS = 4
@@ -36,6 +42,13 @@ class CoreInput:
     arrivals: tuple[Arrival, ...]
     #: Per source, the slowdown its measured hits left in each request's demand (inputs.hit_indirect).
     hit_indirect: dict[str, np.ndarray]
+    #: The NIC queue of this core (kptrace.whatif.inputs.nic_inputs): packet arrival times and
+    #: costs; `epoll` marks the requests an epoll_wait returned just before. None: no NIC.
+    nic_packets: np.ndarray | None = None
+    nic_costs: NicCosts | None = None
+    epoll: np.ndarray | None = None
+    #: Set by a network policy: the NIC queue is replayed under it (its measured IRQs removed).
+    nic_policy: NicPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -67,12 +80,21 @@ def replay_core(core: CoreInput, saturated: bool, record: bool = False) -> CoreR
         return direct_span(start_ts, arrival)
 
     walker = CoreWalker(arrivals, core.start_ns, take_and_record if record else None)
+    queue = None
+    if core.nic_policy is not None:
+        packets = core.nic_packets
+        if saturated:
+            packets = (packets[None, :] + core.period_ns * np.arange(MAX_PERIODS)[:, None]).ravel()
+        queue = walker.nic = NicQueue(packets.tolist(), core.nic_costs, core.nic_policy)
+        polls = core.epoll.tolist()
     n = len(core.demand_ns)
     starts, ends = np.empty(n, np.int64), np.empty(n, np.int64)
     ready, pre, wake, post, demand = (core.ready_ts.tolist(), core.pre_ns.tolist(), core.wake_ns.tolist(),
                                       core.post_ns.tolist(), core.demand_ns.tolist())
     for i in range(n):
         walker.work(pre[i], False)
+        if queue is not None and polls[i]:
+            epoll_poll(walker, queue, -1 if saturated else ready[i] - wake[i])
         if not saturated and ready[i] > walker.now:
             walker.idle_until(ready[i] - wake[i])
             walker.work(wake[i], False)
@@ -81,5 +103,6 @@ def replay_core(core: CoreInput, saturated: bool, record: bool = False) -> CoreR
         walker.work(demand[i], True)
         ends[i] = walker.now
     n_taken = int(np.searchsorted(np.fromiter((a.ts for a in arrivals), np.int64, len(arrivals)), walker.now))
+    n_taken += queue.fired if queue is not None else 0
     return CoreRun(starts=starts, ends=ends, busy_ns=walker.busy_ns, window_ns=walker.now - core.start_ns,
                    interrupts=n_taken, taken=tuple(taken))
