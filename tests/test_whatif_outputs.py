@@ -146,9 +146,9 @@ def test_a_trace_without_requests_gets_no_whatif_and_says_why(simulated, tmp_pat
 
 
 def test_a_policy_that_cannot_be_applied_leaves_a_note_not_a_failure(simulated, tmp_path):
-    """The disk IRQ made a NIC (a napi_poll of device eth0 in its chain): the network policies
-    are not modelled for NIC sources yet. Asked for by name, whatif() refuses; among the
-    defaults they are skipped with the reason, and the other policies are still predicted."""
+    """The disk IRQ made a NIC (a napi_poll of device eth0 in its chain) with no NIC queue the
+    replay can model (no packets per poll to read). Asked for by name, whatif() refuses; among
+    the defaults they are skipped with the reason, and the other policies are still predicted."""
     from kptrace.whatif import NETWORK_POLICIES, Policy
 
     lines = simulated.read_text().splitlines(keepends=True)
@@ -158,12 +158,12 @@ def test_a_policy_that_cannot_be_applied_leaves_a_note_not_a_failure(simulated, 
                                                "eth0 work 2 budget 64", line) if "irq_handler_exit" in line else "")
         for line in lines))
     analysis = analyze(nic)
-    with pytest.raises(PolicyError, match="coalesce on NIC sources .*not modelled yet"):
+    with pytest.raises(PolicyError, match="coalesce on NIC sources .*no NIC queue input"):
         whatif(analysis, [Policy("coalesce")], replicates=0)
     (result,) = whatif(analysis, replicates=2)
     assert [entry["policy"] for entry in result["policies"]] == ["vanilla", "move-irqs", "remove"]
     assert [entry["policy"] for entry in result["skipped"]] == list(NETWORK_POLICIES)
-    assert all("not modelled yet" in entry["reason"] for entry in result["skipped"])
+    assert all("no NIC queue input" in entry["reason"] for entry in result["skipped"])
     run_result = run("analyze", nic, "-o", tmp_path / "out", "--whatif", "coalesce")
     assert run_result.returncode == 0 and "Traceback" not in run_result.stderr, run_result.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())

@@ -19,7 +19,7 @@ from kptrace.analysis import Analysis
 from kptrace.attribute import Z95
 from kptrace.intervals import serving_load
 from kptrace.walker import Arrival
-from kptrace.whatif.inputs import arrivals, hit_indirect, indirect_per_hit, request_stream
+from kptrace.whatif.inputs import arrivals, hit_indirect, indirect_per_hit, nic_inputs, request_stream
 from kptrace.whatif.overhead import TracingCost, core_loads, summary, untraced
 from kptrace.whatif.policies import Policy, PolicyError, apply
 from kptrace.whatif.replay import CoreInput, CoreRun, replay_core
@@ -175,7 +175,7 @@ def predict(analysis: Analysis, tids: list[int], policies: list[Policy], nic_sou
     PolicyError when `strict`, else is listed under `skipped` with the reason. With a tracing
     `cost`, the policies replay the inputs with the trace's own overhead taken out
     (kptrace.whatif.overhead); the calibration always replays them as traced."""
-    traced = core_inputs(analysis, tids)
+    traced = nic_inputs(analysis, tids, core_inputs(analysis, tids), nic_sources)
     loads = core_loads(analysis, tids, traced)
     cores = untraced(traced, loads, cost) if cost else traced
     policies, skipped = applicable(policies, cores, nic_sources)
