@@ -18,7 +18,7 @@ from kptrace import tables
 from kptrace.analysis import analyze
 from kptrace.export import predicted_timeline, write_all
 from kptrace.simulate import Scenario, write_simulation
-from kptrace.whatif import PolicyError, whatif
+from kptrace.whatif import whatif
 
 KPTRACE = [sys.executable, "-m", "kptrace.cli"]
 
@@ -145,11 +145,11 @@ def test_a_trace_without_requests_gets_no_whatif_and_says_why(simulated, tmp_pat
         tmp_path / "out" / "report.html").read_text()
 
 
-def test_a_policy_that_cannot_be_applied_leaves_a_note_not_a_failure(simulated, tmp_path):
-    """The disk IRQ made a NIC (a napi_poll of device eth0 in its chain) with no NIC queue the
-    replay can model (no packets per poll to read). Asked for by name, whatif() refuses; among
-    the defaults they are skipped with the reason, and the other policies are still predicted."""
-    from kptrace.whatif import NETWORK_POLICIES, Policy
+def test_network_policies_are_predicted_on_a_nic_trace_and_drawn_by_analyze(simulated, tmp_path):
+    """The disk IRQ made a NIC (a napi_poll of device eth0, 2 packets, in its chain): the
+    network policies replay its NIC queue. whatif() predicts each of them, and `analyze
+    --whatif coalesce` writes them all and draws the predicted group."""
+    from kptrace.whatif import NETWORK_POLICIES
 
     lines = simulated.read_text().splitlines(keepends=True)
     nic = tmp_path / "nic.txt"
@@ -157,17 +157,12 @@ def test_a_policy_that_cannot_be_applied_leaves_a_note_not_a_failure(simulated, 
         line + (re.sub(r"irq_handler_exit:.*", "napi_poll: napi poll on napi struct 0000000012345678 for device "
                                                "eth0 work 2 budget 64", line) if "irq_handler_exit" in line else "")
         for line in lines))
-    analysis = analyze(nic)
-    with pytest.raises(PolicyError, match="coalesce on NIC sources .*no NIC queue input"):
-        whatif(analysis, [Policy("coalesce")], replicates=0)
-    (result,) = whatif(analysis, replicates=2)
-    assert [entry["policy"] for entry in result["policies"]] == ["vanilla", "move-irqs", "remove"]
-    assert [entry["policy"] for entry in result["skipped"]] == list(NETWORK_POLICIES)
-    assert all("no NIC queue input" in entry["reason"] for entry in result["skipped"])
+    (result,) = whatif(analyze(nic), replicates=2)
+    assert [entry["policy"] for entry in result["policies"]] == ["vanilla", "move-irqs", "remove", *NETWORK_POLICIES]
+    assert result["skipped"] == []
     run_result = run("analyze", nic, "-o", tmp_path / "out", "--whatif", "coalesce")
     assert run_result.returncode == 0 and "Traceback" not in run_result.stderr, run_result.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert [entry["policy"] for entry in summary["whatif"][0]["policies"]] == ["vanilla", "move-irqs", "remove"]
-    assert pl.read_parquet(tmp_path / "out" / "whatif.parquet").height == 3
-    assert any(note.startswith("no predicted: coalesce timeline group:") for note in summary["notes"])
-    assert "coalesce: not predicted:" in run_result.stdout
+    assert len(summary["whatif"][0]["policies"]) == 3 + len(NETWORK_POLICIES)
+    assert pl.read_parquet(tmp_path / "out" / "whatif.parquet").height == 3 + len(NETWORK_POLICIES)
+    assert not any(note.startswith("no predicted:") for note in summary["notes"])
