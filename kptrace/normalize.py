@@ -37,7 +37,9 @@ def _order(rows: pl.DataFrame, warnings: list[str]) -> pl.DataFrame:
     # Text rows carry their field text; binary rows are compared on every typed column.
     key = (["ts", "cpu", "tid", "event", "payload"] if "payload" in rows.columns
            else [c for c in rows.columns if c not in ("seq", "ts_resolution_ns")])
-    duplicates = int(rows.select(key).is_duplicated().sum())
+    # Only rows sharing a time and CPU can repeat each other: check those (few) on every key.
+    same_time = rows.filter(rows.select("ts", "cpu").is_duplicated())
+    duplicates = int(same_time.select(key).is_duplicated().sum())
     if duplicates:
         warnings.append(f"{duplicates} event rows repeat another row exactly (same time, CPU, task and "
                         "fields); kept, since microsecond timestamps can make real repeats identical")

@@ -63,8 +63,8 @@ def test_trace_dat_rows_equal_trace_cmd_report_of_the_same_file(name, tmp_path):
     _assert_same_rows(native.rows, text.rows, NOT_IN_REPORT)
     known = text.rows.filter(pl.col("subsystem") != "unknown")
     # Subsystems: the report names only the ones kptrace knows; those must agree.
-    pairs = native.rows.select("event", "subsystem").unique().join(
-        known.select("event", pl.col("subsystem").cast(pl.String)).unique(), on="event", suffix="_text")
+    as_text = [pl.col("event").cast(pl.String), pl.col("subsystem").cast(pl.String)]
+    pairs = native.rows.select(as_text).unique().join(known.select(as_text).unique(), on="event", suffix="_text")
     assert (pairs["subsystem"] == pairs["subsystem_text"]).all()
 
 

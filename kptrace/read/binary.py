@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from kptrace.read.fields import VECTOR_HANDLERS, state_letters
-from kptrace.read.formats import EventFormat, Field, PageHeader
+from kptrace.read.formats import EventFormat, Field, FormatTable, PageHeader
 from kptrace.read.pages import Pages, Records, join_pages, read_field_bytes, read_field_ints, walk
 from kptrace.schema import SOFTIRQ_NAMES
 
@@ -30,7 +30,7 @@ class Capture:
 
     byte_order: str  # "<" little endian, ">" big endian
     header: PageHeader
-    formats: dict[int, EventFormat]
+    formats: FormatTable
     comms: dict[int, str]
     buffers: list[tuple[str, list[tuple[int, bytes]]]]  # (instance name, [(cpu, pages)])
     warnings: list[str] = field(default_factory=list)
@@ -176,11 +176,11 @@ def _flags(flags: np.ndarray, preempt: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def _common(pages: Pages, rec: Records, formats: dict[int, EventFormat]) -> dict[str, np.ndarray]:
-    sample = next(iter(formats.values()))
+def _common(pages: Pages, rec: Records, formats: FormatTable) -> dict[str, np.ndarray]:
+    sample = formats.any()
     need = ("common_type", "common_flags", "common_preempt_count", "common_pid")
-    fields = {n: sample.field(n) for n in need}
-    if any(f is None for f in fields.values()):
+    fields = {n: sample.field(n) for n in need} if sample else {}
+    if not fields or any(f is None for f in fields.values()):
         raise ValueError("event formats lack the common fields (common_type, common_pid, ...)")
     values = {n: read_field_ints(pages, rec.pos, f) for n, f in fields.items()}
     return {"ts": rec.ts, "cpu": pages.cpu[rec.page], "tid": values["common_pid"].astype(np.int32),
@@ -193,8 +193,10 @@ _DTYPES = {"irq": pl.Int32, "vector": pl.Int32, "softirq_vec": pl.Int8, "napi_wo
            "target_cpu": pl.Int16, "orig_cpu": pl.Int16, "fd": pl.Int64, "count": pl.Int64, "ret": pl.Int64}
 
 
-def _typed(pages: Pages, rec: Records, types: np.ndarray, formats: dict[int, EventFormat]) -> pl.DataFrame:
-    """Typed columns of every record (`row` is its index), one event type at a time."""
+def _by_type(pages: Pages, rec: Records, common: dict[str, np.ndarray], formats: FormatTable,
+             ) -> tuple[pl.DataFrame, np.ndarray]:
+    """Every record as a typed row, grouped by event type; and each row's record index."""
+    types = common.pop("type")
     order = np.argsort(types, kind="stable")
     ids, starts = np.unique(types[order], return_index=True)
     bounds = np.append(starts, len(order))
@@ -202,16 +204,13 @@ def _typed(pages: Pages, rec: Records, types: np.ndarray, formats: dict[int, Eve
     for i, ident in enumerate(ids):
         rows = order[bounds[i]: bounds[i + 1]]
         fmt = formats.get(int(ident))
-        if fmt is None:
-            parts.append(pl.DataFrame({"row": rows, "event": f"unknown_event_{ident}", "subsystem": "unknown"}))
-            continue
-        columns = {k: v for k, v in _extractor(fmt)(pages, rec.pos[rows], fmt).items() if v is not None}
-        frame = pl.DataFrame({"row": rows, **columns}).with_columns(
-            event=pl.lit(fmt.name), subsystem=pl.lit(fmt.system))
-        parts.append(frame.with_columns([pl.col(c).cast(t) for c, t in _DTYPES.items() if c in columns]))
-    if not parts:
-        return pl.DataFrame({"row": np.zeros(0, np.int64)})
-    return pl.concat(parts, how="diagonal_relaxed").sort("row")
+        name, system = (fmt.name, fmt.system) if fmt else (f"unknown_event_{ident}", "unknown")
+        columns = {k: v for k, v in _extractor(fmt)(pages, rec.pos[rows], fmt).items() if v is not None} if fmt else {}
+        frame = pl.DataFrame({**{k: v[rows] for k, v in common.items()}, **columns})
+        parts.append(frame.with_columns(
+            [pl.col(c).cast(t) for c, t in _DTYPES.items() if c in columns],
+            event=pl.lit(name, pl.Categorical), subsystem=pl.lit(system, pl.Categorical)))
+    return pl.concat(parts, how="diagonal_relaxed"), order
 
 
 def _markers(pages: Pages, rec: Records) -> pl.DataFrame:
@@ -225,7 +224,7 @@ def _markers(pages: Pages, rec: Records) -> pl.DataFrame:
     return pl.DataFrame({
         "key": after * 2, "ts": ts, "cpu": pages.cpu[m],
         "value": pl.Series(rec.missed_counts).replace(-1, None),
-    }).with_columns(subsystem=pl.lit("kptrace"), event=pl.lit("lost_events"))
+    }).with_columns(subsystem=pl.lit("kptrace", pl.Categorical), event=pl.lit("lost_events", pl.Categorical))
 
 
 def _comm(tid: pl.Expr, comms: dict[int, str]) -> pl.Expr:
@@ -235,23 +234,25 @@ def _comm(tid: pl.Expr, comms: dict[int, str]) -> pl.Expr:
 
 
 def decode(capture: Capture) -> pl.DataFrame:
-    """Every record of every buffer as a typed row, in time order (`seq` numbers that order)."""
+    """Every record of every buffer as a typed row, in time order (`seq` numbers that order).
+
+    Rows are built grouped by event type, then put in time order by one gather: a record
+    before another of the same time keeps its place (page order), and a lost-events marker
+    comes just before the first record of the page that reported the loss.
+    """
     pages = join_pages([blob for _, blobs in capture.buffers for blob in blobs], capture.header, capture.byte_order)
     rec = walk(pages)
-    if not capture.formats or not len(rec.pos):
+    if not len(capture.formats) or not len(rec.pos):
         return pl.DataFrame()
     common = _common(pages, rec, capture.formats)
-    typed = _typed(pages, rec, common.pop("type"), capture.formats)
-    events = pl.DataFrame(common).with_columns(key=pl.int_range(pl.len(), dtype=pl.Int64) * 2 + 1)
-    events = pl.concat([events, typed.drop("row")], how="horizontal")
-    rows = pl.concat([events, _markers(pages, rec)], how="diagonal_relaxed")
-    return (
-        rows.sort("ts", "key")
-        .drop("key")
-        .with_columns(
-            seq=pl.int_range(1, pl.len() + 1, dtype=pl.Int64),
-            ts_resolution_ns=pl.lit(1, pl.Int64),
-            comm=_comm(pl.col("tid"), capture.comms),
-            tgid=pl.lit(None, pl.Int32),
-        )
+    rows, record = _by_type(pages, rec, common, capture.formats)
+    markers = _markers(pages, rec)
+    ts = np.concatenate([rec.ts[record], markers["ts"].to_numpy()])
+    key = np.concatenate([record * 2 + 1, markers["key"].to_numpy()])
+    rows = pl.concat([rows, markers.drop("key")], how="diagonal_relaxed")
+    return rows[np.lexsort((key, ts))].with_columns(
+        seq=pl.int_range(1, pl.len() + 1, dtype=pl.Int64),
+        ts_resolution_ns=pl.lit(1, pl.Int64),
+        comm=_comm(pl.col("tid"), capture.comms).cast(pl.Categorical),
+        tgid=pl.lit(None, pl.Int32),
     )

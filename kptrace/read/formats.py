@@ -79,6 +79,36 @@ def parse_format(text: str, system: str | None = None) -> EventFormat:
     return EventFormat(id=int(ident[1]), system=system or "unknown", name=name[1], fields=fields)
 
 
+class FormatTable:
+    """Event formats by id, parsed on first use: a trace.dat saves thousands, a trace uses few."""
+
+    _ID = re.compile(r"^ID:\s*(\d+)", re.MULTILINE)
+
+    def __init__(self) -> None:
+        self._texts: dict[int, tuple[str, str]] = {}
+        self._parsed: dict[int, EventFormat | None] = {}
+
+    def add(self, text: str, system: str) -> None:
+        if (ident := self._ID.search(text)) is not None:
+            self._texts[int(ident[1])] = (system, text)
+
+    def get(self, ident: int) -> EventFormat | None:
+        if ident not in self._parsed:
+            system, text = self._texts.get(ident, ("", ""))
+            try:
+                self._parsed[ident] = parse_format(text, system) if text else None
+            except ValueError:
+                self._parsed[ident] = None
+        return self._parsed[ident]
+
+    def any(self) -> EventFormat | None:
+        """Some parsable format (every one starts with the same common fields)."""
+        return next((f for f in map(self.get, self._texts) if f is not None), None)
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+
 @dataclass(frozen=True)
 class PageHeader:
     """Where a ring-buffer page keeps its start time, its commit word and its records."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kptrace.errors import TraceError
 from kptrace.read.binary import Capture, parse_cmdlines
-from kptrace.read.formats import check_header_event, parse_format, parse_header_page
+from kptrace.read.formats import FormatTable, check_header_event, parse_header_page
 
 _CPU_FILE = re.compile(r"^cpu(\d+)\.raw$")
 
@@ -27,14 +27,10 @@ def is_raw_dir(path: Path) -> bool:
     return path.is_dir() and (path / "header_page").is_file() and any(path.glob("cpu*.raw"))
 
 
-def _formats(directory: Path) -> dict:
-    formats = {}
+def _formats(directory: Path) -> FormatTable:
+    formats = FormatTable()
     for file in sorted(directory.glob("format/*/*/format")):
-        try:
-            fmt = parse_format(file.read_text(errors="replace"), file.parent.parent.name)
-        except ValueError:
-            continue
-        formats[fmt.id] = fmt
+        formats.add(file.read_text(errors="replace"), file.parent.parent.name)
     return formats
 
 

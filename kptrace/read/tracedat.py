@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import zstandard
 
 from kptrace.read.binary import Capture, parse_cmdlines
-from kptrace.read.formats import EventFormat, check_header_event, parse_format, parse_header_page
+from kptrace.read.formats import FormatTable, check_header_event, parse_header_page
 
 MAGIC = b"\x17\x08\x44tracing"
 
@@ -78,7 +78,7 @@ class _Meta:
 
     header_page: str = ""
     header_event: str = ""
-    formats: dict[int, EventFormat] | None = None
+    formats: FormatTable | None = None
     cmdlines: str = ""
 
 
@@ -95,16 +95,11 @@ def _skip_ftrace_formats(c: _Cursor) -> None:
 
 
 def _event_formats(c: _Cursor, meta: _Meta) -> None:
-    formats = {}
+    formats = FormatTable()
     for _ in range(c.num(4)):
         system = c.cstr()
         for _ in range(c.num(4)):
-            text = c.take(c.num(8)).decode("utf-8", "replace")
-            try:
-                fmt = parse_format(text, system)
-            except ValueError:
-                continue
-            formats[fmt.id] = fmt
+            formats.add(c.take(c.num(8)).decode("utf-8", "replace"), system)
     meta.formats = formats
 
 
