@@ -47,7 +47,13 @@ def parse_cmdlines(text: str) -> dict[int, str]:
 
 
 def _text(values: np.ndarray) -> pl.Series:
-    return pl.Series(values).cast(pl.String, strict=False)
+    """NUL-cut byte strings as text; invalid UTF-8 (a damaged record) decoded with U+FFFD."""
+    raw = pl.Series(values)
+    try:
+        return raw.cast(pl.String)
+    except pl.exceptions.PolarsError:
+        decoded = {b: b.decode("utf-8", "replace") for b in raw.unique().to_list()}
+        return raw.replace_strict(decoded, return_dtype=pl.String)
 
 
 def _int(pages: Pages, pos: np.ndarray, fmt: EventFormat, name: str) -> np.ndarray | None:
@@ -208,7 +214,7 @@ def _by_type(pages: Pages, rec: Records, common: dict[str, np.ndarray], formats:
         columns = {k: v for k, v in _extractor(fmt)(pages, rec.pos[rows], fmt).items() if v is not None} if fmt else {}
         frame = pl.DataFrame({**{k: v[rows] for k, v in common.items()}, **columns})
         parts.append(frame.with_columns(
-            [pl.col(c).cast(t) for c, t in _DTYPES.items() if c in columns],
+            [pl.col(c).cast(t, strict=False) for c, t in _DTYPES.items() if c in columns],
             event=pl.lit(name, pl.Categorical), subsystem=pl.lit(system, pl.Categorical)))
     return pl.concat(parts, how="diagonal_relaxed"), order
 

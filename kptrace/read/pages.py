@@ -63,6 +63,7 @@ def read_uint(data: np.ndarray, pos: np.ndarray, size: int, byte_order: str, sig
     if size not in (1, 2, 4, 8):
         raise ValueError(f"no integer of {size} bytes")
     kind = "i" if signed else "u"
+    pos = np.clip(pos, 0, len(data) - 8)  # a corrupt record reads garbage, never past the end
     aligned = min(size, 4)
     if len(pos) and not (pos & (aligned - 1)).any():
         return _aligned(data, pos, size, byte_order, kind)
@@ -146,7 +147,7 @@ def _times(page: np.ndarray, type_len: np.ndarray, delta: np.ndarray, array: np.
 def walk(pages: Pages) -> Records:
     """Every data record of every page, with its timestamp, and the pages that report losses."""
     page_ts, commit = _page_words(pages)
-    size = commit & _COMMIT_MASK
+    size = np.minimum(commit & _COMMIT_MASK, pages.header.data_size)
     page, offset, type_len, delta, array = _step_all(pages, size)
     ts = _times(page, type_len, delta, array, page_ts)
     data = type_len <= _MAX_DATA_TYPE
@@ -175,7 +176,7 @@ def read_field_bytes(pages: Pages, pos: np.ndarray, field: Field, limit: int = 2
         start, length = pos + field.offset, np.full(len(pos), field.size, dtype=np.int64)
     width = int(min(max(int(length.max(initial=0)), 1), limit))
     cols = np.arange(width)
-    raw = pages.data[np.minimum(start[:, None] + cols, len(pages.data) - 1)]
+    raw = pages.data[np.clip(start[:, None] + cols, 0, len(pages.data) - 1)]
     keep = cols < length[:, None]
     if field.is_text:
         keep &= np.cumsum(raw == 0, axis=1) == 0

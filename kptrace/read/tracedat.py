@@ -65,11 +65,22 @@ class _Cursor:
 
 
 def _decompressor(name: str):
+    """(packed bytes, unpacked size) -> bytes; a damaged chunk is a TraceDatError."""
     if name == "zstd":
-        return lambda chunk, size: zstandard.ZstdDecompressor().decompress(chunk, max_output_size=size)
-    if name == "zlib":
-        return lambda chunk, size: zlib.decompress(chunk)
-    raise TraceDatError(f"compression {name!r} is not supported (zstd, zlib, none are)")
+        def inflate(chunk: bytes, size: int) -> bytes:
+            return zstandard.ZstdDecompressor().decompress(chunk, max_output_size=size)
+    elif name == "zlib":
+        def inflate(chunk: bytes, size: int) -> bytes:
+            return zlib.decompress(chunk)
+    else:
+        raise TraceDatError(f"compression {name!r} is not supported (zstd, zlib, none are)")
+
+    def checked(chunk: bytes, size: int) -> bytes:
+        try:
+            return inflate(chunk, size)
+        except (zstandard.ZstdError, zlib.error) as exc:
+            raise TraceDatError(f"damaged {name} data ({exc})") from None
+    return checked
 
 
 @dataclass
