@@ -159,3 +159,9 @@ def test_damaged_compressed_chunks_are_a_one_line_error(tmp_path):
     with pytest.raises(TraceError) as error:
         read_any(damaged)
     assert "trace.dat" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_compressed_trace_dat_is_recognised_by_its_first_bytes_after_decompression(tmp_path):
+    compressed = read_any(DATA / "v6.dat.zst")
+    assert compressed.source_format == "trace.dat"
+    assert compressed.rows.equals(read_any(_unpacked("v6.dat", tmp_path)).rows)
