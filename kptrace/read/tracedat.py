@@ -21,8 +21,8 @@ from kptrace.read.formats import FormatTable, check_header_event, parse_header_p
 MAGIC = b"\x17\x08\x44tracing"
 
 # Option ids (trace-cmd.dat.v6/v7(5)).
-_DONE, _BUFFER, _TRACECLOCK = 0, 3, 4
-_HEADER_INFO, _FTRACE_EVENTS, _EVENT_FORMATS, _KALLSYMS, _PRINTK, _CMDLINES = 16, 17, 18, 19, 20, 21
+_DONE, _BUFFER = 0, 3
+_HEADER_INFO, _EVENT_FORMATS, _CMDLINES = 16, 18, 21
 _COMPRESSED = 1
 
 
@@ -164,7 +164,7 @@ def _section(c: _Cursor, inflate) -> tuple[int, _Cursor]:
     return ident, _Cursor(inflate(c.take(packed), unpacked), 0, c.order)
 
 
-def _chunks(c: _Cursor, size: int, inflate) -> bytes:
+def _chunks(c: _Cursor, inflate) -> bytes:
     """Version 7 compressed page data: a count, then (packed size, unpacked size, bytes) chunks."""
     out = []
     for _ in range(c.num(4)):
@@ -211,7 +211,7 @@ def _v7_buffer(c: _Cursor, body: _Cursor, inflate) -> tuple[str, list[tuple[int,
         cpu, offset, size = body.num(4), body.num(8), body.num(8)
         if not size:
             continue
-        data = _chunks(c.at(offset), size, inflate) if inflate and flags & _COMPRESSED else _span(c, offset, size)
+        data = _chunks(c.at(offset), inflate) if inflate and flags & _COMPRESSED else _span(c, offset, size)
         cpus.append((cpu, data))
     return name, cpus
 
