@@ -9,6 +9,13 @@ events/s for each, the ratio, and peak memory. Usage (root):
 
 or, with an existing pair: python benchmarks/ingest.py --text trace.txt --dat trace.dat
 
+--native times kptrace's native binary readers instead: reading the trace.dat (and, with --raw
+DIR, the same kind of pages saved in the collector's raw/ layout) against `trace-cmd report >
+/dev/null` of that trace.dat, and prints events/s, the ratio (target >= 10x) and the bytes per
+event of the reader's table and of the normalized event table (target <= 100 B/event):
+
+    python benchmarks/ingest.py --native [--dat trace.dat] [--raw DIR] [--repeats 3]
+
 --baseline DIR also times `kptrace ingest` from another kptrace source tree (e.g. `git archive`
 of an older commit unpacked in DIR) in the same alternation, so before and after are measured
 side by side under the same load. --stages adds, for each tree, the in-process time of each
@@ -114,6 +121,53 @@ print(json.dumps(seconds))
 """
 
 
+#: Native read of a binary trace in a fresh interpreter; prints seconds and table sizes as JSON.
+NATIVE = """
+import json, sys, time
+start = time.perf_counter()
+from kptrace.normalize import normalize
+from kptrace.read import read_any
+imported = time.perf_counter()
+raw = read_any(sys.argv[1])
+read = time.perf_counter()
+events = normalize(raw)
+done = time.perf_counter()
+print(json.dumps({"import": imported - start, "read": read - imported, "normalize": done - read,
+                  "events": events.meta["event_count"], "rows_bytes": raw.rows.estimated_size(),
+                  "table_bytes": events.events.estimated_size()}))
+"""
+
+
+def native_run(path: Path) -> dict:
+    result = subprocess.run([sys.executable, "-c", NATIVE, str(path.resolve())], check=True,
+                            capture_output=True, text=True)
+    return json.loads(result.stdout)
+
+
+def native(dat: Path, raw: Path | None, repeats: int) -> None:
+    """Native readers vs `trace-cmd report > /dev/null`, alternating, medians of `repeats`."""
+    inputs = {"kptrace native (trace.dat)": dat, **({"kptrace native (raw pages)": raw} if raw else {})}
+    runs: dict[str, list] = {name: [] for name in [*inputs, "trace-cmd report (trace.dat)"]}
+    for _ in range(repeats):
+        for name, path in inputs.items():
+            runs[name].append(native_run(path))
+        runs["trace-cmd report (trace.dat)"].append(timed(["trace-cmd", "report", "-i", str(dat)]))
+    report = statistics.median(runs["trace-cmd report (trace.dat)"])
+    first = runs["kptrace native (trace.dat)"][0]
+    events = first["events"]
+    print(f"trace: {events} events, {dat.stat().st_size / 1e6:.1f} MB trace.dat; {repeats} alternating runs each")
+    print(f"  trace-cmd report > /dev/null          median {report:6.2f} s wall  {events / report / 1e6:6.2f} M events/s")
+    for name in inputs:
+        read = statistics.median(r["read"] for r in runs[name])
+        norm = statistics.median(r["normalize"] for r in runs[name])
+        imp = statistics.median(r["import"] for r in runs[name])
+        r = runs[name][0]
+        print(f"  {name:<36} read {read:6.2f} s  {r['events'] / read / 1e6:6.2f} M events/s  "
+              f"({r['events'] / read / (events / report):5.1f}x trace-cmd); normalize {norm:.2f} s, "
+              f"import {imp:.2f} s; reader table {r['rows_bytes'] / r['events']:.0f} B/event, "
+              f"event table {r['table_bytes'] / r['events']:.0f} B/event (Polars estimated_size)")
+
+
 def in_tree(tree: Path | None) -> dict:
     """subprocess.run arguments that make `python` import kptrace from `tree` (None: as installed).
 
@@ -139,9 +193,14 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep the recorded trace.txt and trace.dat here")
     parser.add_argument("--baseline", type=Path, help="another kptrace source tree to time side by side")
     parser.add_argument("--stages", action="store_true", help="also time each ingest stage in-process")
+    parser.add_argument("--native", action="store_true", help="time the native binary readers instead")
+    parser.add_argument("--raw", type=Path, help="with --native: a raw/ pages directory to time too")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kptrace-bench-"))
     try:
+        if args.native:
+            native(args.dat or record(args.keep or work, args.events)[1], args.raw, args.repeats)
+            return
         text, dat = (args.text, args.dat) if args.text else record(args.keep or work, args.events)
         out = work / "ingested"
         kptrace_cmd = [sys.executable, "-m", "kptrace.cli", "ingest", str(text.resolve()), "-o", str(out)]

@@ -1,10 +1,10 @@
 """Normalize raw reader rows into the schema's event table, and describe the input in meta.json.
 
 The table's row order is the order of record, and later stages rely on it to break ties
-(kptrace.intervals numbers events by row): time, then input line (`line_no`, which the readers
-make unique across a bundle's files). Within one CPU the tracer writes events in the order
-they happened, so at microsecond resolution the line order is the true order of events that
-share a timestamp. Every summary here is sorted by its key, so meta.json is the same each run.
+(kptrace.intervals numbers events by row): time, then the readers' sequence number (`seq`: the
+input line for text, the record order for binary pages; unique across a bundle's files).
+Within one CPU the tracer writes events in the order they happened, so at microsecond
+resolution the input order is the true order of events that share a timestamp. Every summary here is sorted by its key, so meta.json is the same each run.
 """
 
 from __future__ import annotations
@@ -34,11 +34,16 @@ def _order(rows: pl.DataFrame, warnings: list[str]) -> pl.DataFrame:
     backwards = int((rows["ts"].diff() < 0).sum())
     if backwards:
         warnings.append(f"{backwards} lines were out of time order; sorted by timestamp")
-    duplicates = int(rows.select("ts", "cpu", "tid", "event", "payload").is_duplicated().sum())
+    # Text rows carry their field text; binary rows are compared on every typed column.
+    key = (["ts", "cpu", "tid", "event", "payload"] if "payload" in rows.columns
+           else [c for c in rows.columns if c not in ("seq", "ts_resolution_ns")])
+    # Only rows sharing a time and CPU can repeat each other: check those (few) on every key.
+    same_time = rows.filter(rows.select("ts", "cpu").is_duplicated())
+    duplicates = int(same_time.select(key).is_duplicated().sum())
     if duplicates:
         warnings.append(f"{duplicates} event rows repeat another row exactly (same time, CPU, task and "
                         "fields); kept, since microsecond timestamps can make real repeats identical")
-    return rows.sort("ts", "line_no", maintain_order=True) if backwards else rows
+    return rows.sort("ts", "seq", maintain_order=True) if backwards else rows
 
 
 def _per_cpu(events: pl.DataFrame) -> list[dict]:

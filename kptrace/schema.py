@@ -37,12 +37,12 @@ class Column:
 
 
 EVENT_COLUMNS: tuple[Column, ...] = (
-    Column("ts", pl.Int64(), "ns", "timestamp on the trace clock; resolution in meta.json `ts_resolution_ns`"),
+    Column("ts", pl.Int64(), "ns", "timestamp on the trace clock; resolution in meta.json `ts_resolution_ns` (1 ns from trace.dat and raw pages)"),
     Column("cpu", pl.Int16(), "", "CPU the event was recorded on"),
     Column("tid", pl.Int32(), "", "kernel task id (the `PID` of tracefs text); 0 is the idle task"),
     Column("tgid", pl.Int32(), "", "thread-group id (user-space pid) when the format carries it, else null"),
     Column("comm", pl.String(), "", "task name as the tracer printed it (`<...>` when unknown)"),
-    Column("subsystem", pl.Categorical(), "", "tracepoint system: irq, irq_vectors, napi, net, sched, syscalls, counter, ..."),
+    Column("subsystem", pl.Categorical(), "", "tracepoint system: irq, irq_vectors, napi, net, sched, syscalls, counter, ...; text formats that do not print it give `unknown` for events kptrace has no typed columns for, binary formats (trace.dat, raw pages) every event's own system"),
     Column("event", pl.Categorical(), "", "tracepoint name as tracefs names it (`sys_enter_read`, `local_timer_entry`); counters use the perf event name"),
     Column("irqs_off", pl.Boolean(), "", "interrupts disabled (flags column `d`/`D`); null when the format has no flags"),
     Column("bh_off", pl.Boolean(), "", "bottom halves disabled (flags `b`/`D`); null without flags"),
@@ -83,7 +83,7 @@ EVENT_COLUMNS: tuple[Column, ...] = (
     Column("ret", pl.Int64(), "", "syscall exit: return value (negative errno); irq_handler_exit: 1 handled, 0 unhandled"),
     # counters read by perf group-leader sampling
     Column("value", pl.Int64(), "event units", "counter delta read at this sample (cycles, instructions, ns of task-clock, ...)"),
-    Column("fields", pl.String(), "", "raw field text of events kptrace has no typed columns for; null otherwise"),
+    Column("fields", pl.String(), "", "raw field text of events kptrace has no typed columns for (binary formats: `name=value` of every field, integers in decimal, other arrays in hex); null otherwise"),
 )
 
 EVENT_SCHEMA: dict[str, pl.DataType] = {c.name: c.dtype for c in EVENT_COLUMNS}

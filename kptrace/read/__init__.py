@@ -1,26 +1,35 @@
-"""Readers: every input file kptrace accepts becomes raw event rows plus notes about the input.
+"""Readers: every input file kptrace accepts becomes typed event rows plus notes about the input.
 
 Only this package opens input files. A reader picks the format from the content, never the
 file name, and reports damage (unreadable lines, truncation, lost events) instead of hiding it.
+
+The contract every reader keeps (`READERS`): it says whether it recognises a file from its
+first bytes (after decompression), and returns a `RawTrace` whose rows carry the schema's
+columns it knows, `ts_resolution_ns`, and `seq`, a number that orders rows as the input
+recorded them (a line number for text, the time order of records for binary pages).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from kptrace.errors import TraceError
+from kptrace.read.binary import Capture, decode
 from kptrace.read.fields import type_fields
 from kptrace.read.lines import detect_format, split_lines
-from kptrace.read.source import read_source
+from kptrace.read.rawpages import is_raw_dir, read_raw_dir
+from kptrace.read.source import SourceBytes, as_text, looks_like_text, read_bytes
+from kptrace.read.tracedat import TraceDatError, is_tracedat, read_tracedat
 
 
 @dataclass
 class RawTrace:
-    """Typed event rows (schema columns plus `line_no`, `ts_resolution_ns`) and input notes."""
+    """Typed event rows (schema columns plus `seq`, `ts_resolution_ns`) and input notes."""
 
     rows: pl.DataFrame
     source_format: str
@@ -31,9 +40,9 @@ class RawTrace:
     manifest: dict | None = None
 
 
-def read_text_trace(path: str | Path) -> RawTrace:
-    """Read one tracefs, trace-cmd report or perf script text file (optionally compressed)."""
-    source = read_source(path)
+def _text_trace(source: SourceBytes) -> RawTrace:
+    """A tracefs, trace-cmd report or perf script text file."""
+    source = as_text(source)
     text = source.text
     warnings = list(source.warnings)
     if not text.endswith("\n"):
@@ -52,13 +61,68 @@ def read_text_trace(path: str | Path) -> RawTrace:
         warnings.append(f"skipped {split.unparsed_count} lines that are not {fmt} events, e.g. "
                         + "; ".join(split.unparsed_examples[:2]))
     return RawTrace(
-        rows=type_fields(split.rows),
+        rows=type_fields(split.rows).rename({"line_no": "seq"}),
         source_format=fmt,
         files=[str(source.path)],
         warnings=warnings,
         unparsed_count=split.unparsed_count,
         unparsed_examples=split.unparsed_examples,
     )
+
+
+def _binary_trace(capture: Capture, path: Path, source_format: str, warnings: list[str]) -> RawTrace:
+    """Rows decoded from ring-buffer pages; a capture without records is an error, as for text."""
+    rows = decode(capture)
+    if rows.filter(pl.col("subsystem").ne_missing("kptrace")).height == 0 if rows.height else True:
+        raise TraceError(path, f"no events found (read as {source_format})")
+    lost = rows.filter(pl.col("event") == "lost_events").height
+    return RawTrace(rows=rows, source_format=source_format, files=[str(path)],
+                    warnings=warnings + capture.warnings + (
+                        [f"{lost} ring-buffer pages follow lost events"] if lost else []))
+
+
+def _tracedat_trace(source: SourceBytes) -> RawTrace:
+    """A trace-cmd trace.dat (version 6 or 7)."""
+    try:
+        capture = read_tracedat(source.data)
+    except (TraceDatError, ValueError) as exc:
+        raise TraceError(source.path, f"trace.dat: {exc}") from None
+    return _binary_trace(capture, source.path, "trace.dat", list(source.warnings))
+
+
+def read_raw_pages(directory: str | Path) -> RawTrace:
+    """Raw tracefs ring-buffer pages in the collector's `raw/` layout (see kptrace.read.rawpages)."""
+    directory = Path(directory)
+    return _binary_trace(read_raw_dir(directory), directory, "raw-pages", [])
+
+
+@dataclass(frozen=True)
+class Reader:
+    """One file format: how to recognise it from its first bytes, and how to read it."""
+
+    name: str
+    recognises: Callable[[bytes], bool]
+    read: Callable[[SourceBytes], RawTrace]
+
+
+#: Tried in order; the first that recognises a file reads it.
+READERS = (
+    Reader("trace.dat", is_tracedat, _tracedat_trace),
+    Reader("text", looks_like_text, _text_trace),
+)
+
+
+def read_file(path: str | Path) -> RawTrace:
+    """Read one trace file (optionally compressed) with the reader that recognises it."""
+    source = read_bytes(path)
+    head = source.data[: 1 << 16]
+    reader = next((r for r in READERS if r.recognises(head)), READERS[-1])
+    return reader.read(source)
+
+
+def read_text_trace(path: str | Path) -> RawTrace:
+    """Read one tracefs, trace-cmd report or perf script text file (optionally compressed)."""
+    return _text_trace(read_bytes(path))
 
 
 def read_bundle(directory: str | Path) -> RawTrace:
@@ -70,21 +134,25 @@ def read_bundle(directory: str | Path) -> RawTrace:
     except json.JSONDecodeError as exc:
         raise TraceError(manifest_path, f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
     files = manifest.get("files") or {}
-    if not files.get("trace"):
-        raise TraceError(manifest_path, "names no trace file under files.trace")
-    parts = [read_text_trace(directory / files["trace"])]
+    raw = directory / "raw"
+    if is_raw_dir(raw):
+        parts = [read_raw_pages(raw)]
+    elif files.get("trace"):
+        parts = [read_file(directory / files["trace"])]
+    else:
+        raise TraceError(manifest_path, "names no trace file under files.trace, and the bundle has no raw/ pages")
     if files.get("perf_counters"):
         # Its tracepoint rows only anchor the samples and repeat events the trace already has.
         counters = read_text_trace(directory / files["perf_counters"])
         counters.rows = counters.rows.filter(pl.col("subsystem") == "counter")
         parts.append(counters)
-    line_offset = 0
+    seq_offset = 0
     frames = []
     for part in parts:
-        frames.append(part.rows.with_columns(pl.col("line_no") + line_offset))
-        line_offset += int(part.rows["line_no"].max() or 0)
+        frames.append(part.rows.with_columns(pl.col("seq").cast(pl.Int64) + seq_offset))
+        seq_offset += int(part.rows["seq"].max() or 0)
     return RawTrace(
-        rows=pl.concat(frames, how="diagonal_relaxed").sort("ts", "line_no", nulls_last=False),
+        rows=pl.concat(frames, how="diagonal_relaxed").sort("ts", "seq", nulls_last=False),
         source_format="kptrace-bundle (" + "+".join(p.source_format for p in parts) + ")",
         files=[f for p in parts for f in p.files],
         warnings=[w for p in parts for w in p.warnings],
@@ -95,8 +163,10 @@ def read_bundle(directory: str | Path) -> RawTrace:
 
 
 def read_any(path: str | Path) -> RawTrace:
-    """A bundle directory (with manifest.json) or a single trace text file."""
+    """A bundle directory (with manifest.json), a directory of raw pages, or one trace file."""
     path = Path(path)
     if path.is_dir() and (path / "manifest.json").exists():
         return read_bundle(path)
-    return read_text_trace(path)
+    if is_raw_dir(path):
+        return read_raw_pages(path)
+    return read_file(path)

@@ -101,19 +101,19 @@ def _net(f: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _state_letters(state: pl.Expr) -> pl.Expr:
-    """Raw numeric prev_state (trace-cmd -R) to the letters tracefs prints; letters pass through."""
-    number = state.str.to_integer(strict=False)
+def state_letters(number: pl.Expr) -> pl.Expr:
+    """Numeric prev_state (a binary record, trace-cmd -R) as the letters tracefs prints."""
     letters = pl.concat_str(
         [pl.when((number & (1 << i)) != 0).then(pl.lit(letter)) for i, letter in enumerate(_STATE_BITS)],
         separator="|", ignore_nulls=True,
     )
-    return (
-        pl.when(number.is_null()).then(state)
-        .when(number == 0).then(pl.lit("R"))
-        .when(number == _PREEMPTED_STATE).then(pl.lit("R+"))
-        .otherwise(letters)
-    )
+    return pl.when(number == 0).then(pl.lit("R")).when(number == _PREEMPTED_STATE).then(pl.lit("R+")).otherwise(letters)
+
+
+def _state_letters(state: pl.Expr) -> pl.Expr:
+    """prev_state text: numbers become letters (`state_letters`); letters pass through."""
+    number = state.str.to_integer(strict=False)
+    return pl.when(number.is_null()).then(state).otherwise(state_letters(number))
 
 
 def _sched_switch(f: pl.LazyFrame) -> pl.LazyFrame:

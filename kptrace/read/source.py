@@ -1,4 +1,8 @@
-"""Open a trace file as text, whatever its compression, or say clearly why it cannot be read."""
+"""Open a trace file, whatever its compression, or say clearly why it cannot be read.
+
+`read_bytes` gives the decompressed content for any reader to recognise by its first bytes;
+`read_source` is the text readers' view of it.
+"""
 
 from __future__ import annotations
 
@@ -74,8 +78,18 @@ def _decompress(path: Path, compression: str, warnings: list[str]) -> bytes:
     return b"".join(chunks)
 
 
-def read_source(path: str | Path) -> SourceText:
-    """Read ``path`` as UTF-8 text, decompressing gzip, zstd or xz by their magic bytes."""
+@dataclass
+class SourceBytes:
+    """Decompressed content of one input file and what went wrong while getting it."""
+
+    path: Path
+    data: bytes
+    compression: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_bytes(path: str | Path) -> SourceBytes:
+    """Read ``path``, decompressing gzip, zstd or xz by their magic bytes."""
     path = Path(path)
     if not path.exists():
         raise TraceError(path, "no such file")
@@ -91,12 +105,27 @@ def read_source(path: str | Path) -> SourceText:
         raw = _decompress(path, compression, warnings) if compression else path.read_bytes()
     except OSError as exc:
         raise TraceError(path, f"cannot read: {exc.strerror or exc}") from None
+    return SourceBytes(path=path, data=raw, compression=compression, warnings=warnings)
+
+
+def looks_like_text(head: bytes) -> bool:
+    """No NUL and under 1% control bytes in the first 64 KiB: text, not binary data."""
+    sample = head[: 1 << 16]
+    return b"\x00" not in sample and len(sample.translate(None, _TEXT_BYTES)) <= len(sample) // 100
+
+
+def as_text(source: SourceBytes) -> SourceText:
+    """The content as UTF-8 text, or a clear error when it holds no text trace."""
+    raw, path = source.data, source.path
     # isspace() stops at the first other byte, where strip() would copy the whole file.
     if not raw or raw.isspace():
         raise TraceError(path, "contains no trace lines")
-    sample = raw[: 1 << 16]
-    if b"\x00" in sample or len(sample.translate(None, _TEXT_BYTES)) > len(sample) // 100:
-        raise TraceError(path, "binary data, not trace text (a trace.dat needs `trace-cmd report` first; "
-                               "a perf.data needs `perf script`)")
+    if not looks_like_text(raw):
+        raise TraceError(path, "binary data, not trace text nor a trace.dat (a perf.data needs `perf script`)")
     text = raw.decode("utf-8", errors="replace")
-    return SourceText(path=path, text=text, compression=compression, warnings=warnings)
+    return SourceText(path=path, text=text, compression=source.compression, warnings=source.warnings)
+
+
+def read_source(path: str | Path) -> SourceText:
+    """Read ``path`` as UTF-8 text, decompressing gzip, zstd or xz by their magic bytes."""
+    return as_text(read_bytes(path))

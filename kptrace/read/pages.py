@@ -1,0 +1,183 @@
+"""Walk ring-buffer pages: every record's time and place, for all pages at once.
+
+A page is a header (start time, commit word) then records of 4-byte-aligned variable length,
+each starting with a 32-bit word: 5 bits of type/length and 27 bits of time delta. Records
+must be read in order within a page (each one's length says where the next starts), but pages
+are independent: so the walk takes one vectorised step per record slot across every page, and
+the number of Python iterations is the record count of the fullest page, not of the trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kptrace.read.formats import Field, PageHeader
+
+PADDING, TIME_EXTEND, TIME_STAMP = 29, 30, 31
+_MAX_DATA_TYPE = 28
+_TS_SHIFT = 27
+_MISSED_EVENTS = 1 << 31
+_MISSED_STORED = 1 << 30
+_COMMIT_MASK = (1 << 27) - 1
+
+
+@dataclass
+class Pages:
+    """Whole pages of one or more per-CPU buffers, in one flat byte array."""
+
+    data: np.ndarray  # uint8, n_pages * page_size, plus 8 bytes of slack for the last header word
+    cpu: np.ndarray  # int16 per page
+    header: PageHeader
+    byte_order: str  # "<" or ">"
+
+    @property
+    def count(self) -> int:
+        return len(self.cpu)
+
+
+@dataclass
+class Records:
+    """Data records in page order: where each one's bytes are and when it was written."""
+
+    page: np.ndarray  # int64 page index
+    pos: np.ndarray  # int64 byte offset of the record's data in Pages.data
+    ts: np.ndarray  # int64 ns on the trace clock
+    missed_pages: np.ndarray  # page indexes whose header says events were lost before them
+    missed_counts: np.ndarray  # int64 events lost (-1: the kernel did not count them)
+    missed_ts: np.ndarray  # start time of each of those pages
+
+
+def join_pages(blobs: list[tuple[int, bytes]], header: PageHeader, byte_order: str) -> Pages:
+    """Per-CPU byte strings (whole pages) as one array; a torn last page is dropped."""
+    size = header.page_size
+    whole = [(cpu, blob[: len(blob) // size * size]) for cpu, blob in blobs]
+    data = np.frombuffer(b"".join(b for _, b in whole) + bytes(8), dtype=np.uint8)
+    cpu = np.concatenate([np.full(len(b) // size, c, dtype=np.int16) for c, b in whole] or [np.zeros(0, np.int16)])
+    return Pages(data=data, cpu=cpu, header=header, byte_order=byte_order)
+
+
+def read_uint(data: np.ndarray, pos: np.ndarray, size: int, byte_order: str, signed: bool = False) -> np.ndarray:
+    """Integers of `size` bytes at each byte offset in `pos`, as int64 (u64 wraps, as C would)."""
+    if size not in (1, 2, 4, 8):
+        raise ValueError(f"no integer of {size} bytes")
+    kind = "i" if signed else "u"
+    pos = np.clip(pos, 0, len(data) - 8)  # a corrupt record reads garbage, never past the end
+    aligned = min(size, 4)
+    if len(pos) and not (pos & (aligned - 1)).any():
+        return _aligned(data, pos, size, byte_order, kind)
+    raw = data[pos[:, None] + np.arange(size)]
+    return np.ascontiguousarray(raw).view(f"{byte_order}{kind}{size}").ravel().astype(np.int64)
+
+
+def _aligned(data: np.ndarray, pos: np.ndarray, size: int, byte_order: str, kind: str) -> np.ndarray:
+    """`read_uint` through a typed view, when every offset is aligned (records are 4-aligned, so
+    8-byte fields are read as two 4-byte halves)."""
+    if size <= 4:
+        view = data[: len(data) // size * size].view(f"{byte_order}{kind}{size}")
+        return view[pos // size].astype(np.int64)
+    words = data[: len(data) // 4 * 4].view(f"{byte_order}u4")
+    first, second = words[pos // 4].astype(np.uint64), words[pos // 4 + 1].astype(np.uint64)
+    low, high = (first, second) if byte_order == "<" else (second, first)
+    return (low | (high << np.uint64(32))).view(np.int64)
+
+
+def _page_words(pages: Pages) -> tuple[np.ndarray, np.ndarray]:
+    """Each page's start time and commit word."""
+    h, start = pages.header, np.arange(pages.count, dtype=np.int64) * pages.header.page_size
+    ts = read_uint(pages.data, start + h.timestamp_offset, 8, pages.byte_order)
+    commit = read_uint(pages.data, start + h.commit_offset, h.commit_size, pages.byte_order)
+    return ts, commit
+
+
+def _split_word(word: np.ndarray, byte_order: str) -> tuple[np.ndarray, np.ndarray]:
+    """type_len and time_delta of record header words (bit order follows the byte order)."""
+    if byte_order == ">":
+        return word >> _TS_SHIFT, word & _COMMIT_MASK
+    return word & 31, word >> 5
+
+
+def _step_all(pages: Pages, size: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Every record header of every page: (page, offset, type_len, delta, array word).
+
+    One iteration reads the next record of every page that still has one.
+    """
+    words = pages.data[: len(pages.data) // 4 * 4].view(f"{pages.byte_order}u4")
+    start = np.arange(pages.count, dtype=np.int64) * pages.header.page_size + pages.header.data_offset
+    end = start + size
+    pos = start.copy()
+    active = np.flatnonzero(pos < end)
+    steps = []
+    while active.size:
+        p = pos[active]
+        word = words[p >> 2].astype(np.int64)
+        type_len, delta = _split_word(word, pages.byte_order)
+        array = words[(p >> 2) + 1].astype(np.int64)
+        nxt = np.where(type_len == 0, p + 8 + ((array - 4 + 3) & ~3), p + 4 + type_len * 4)
+        nxt = np.where(type_len == PADDING, np.where(delta == 0, end[active], p + 4 + array), nxt)
+        nxt = np.where(type_len >= TIME_EXTEND, p + 8, nxt)
+        steps.append((active, p, type_len, delta, array))
+        nxt = np.where(nxt > p, nxt, end[active])  # a corrupt length ends its page, never loops
+        pos[active] = nxt
+        active = active[nxt < end[active]]
+    if not steps:
+        return tuple(np.zeros(0, np.int64) for _ in range(5))
+    cols = [np.concatenate(c) for c in zip(*steps)]
+    order = np.argsort(cols[0], kind="stable")
+    return tuple(c[order].astype(np.int64) for c in cols)
+
+
+def _times(page: np.ndarray, type_len: np.ndarray, delta: np.ndarray, array: np.ndarray,
+           page_ts: np.ndarray) -> np.ndarray:
+    """Running time of every record: page start time plus the deltas so far, where a time
+    extend adds its high bits and an absolute time stamp restarts the count."""
+    stamp = type_len == TIME_STAMP
+    inc = np.where(type_len == TIME_EXTEND, delta + (array << _TS_SHIFT), delta)
+    inc = np.where(stamp, 0, inc)
+    first = np.ones(len(page), dtype=bool)
+    first[1:] = page[1:] != page[:-1]
+    restart = first | stamp
+    base = np.where(stamp, (page_ts[page] & ~((1 << 59) - 1)) | (array << _TS_SHIFT) | delta, page_ts[page])
+    running = np.cumsum(inc)
+    anchor = np.maximum.accumulate(np.where(restart, np.arange(len(page)), 0))
+    return base[anchor] + running - running[anchor] + inc[anchor]
+
+
+def walk(pages: Pages) -> Records:
+    """Every data record of every page, with its timestamp, and the pages that report losses."""
+    page_ts, commit = _page_words(pages)
+    size = np.minimum(commit & _COMMIT_MASK, pages.header.data_size)
+    page, offset, type_len, delta, array = _step_all(pages, size)
+    ts = _times(page, type_len, delta, array, page_ts)
+    data = type_len <= _MAX_DATA_TYPE
+    pos = np.where(type_len == 0, offset + 8, offset + 4)
+    missed = np.flatnonzero(commit & _MISSED_EVENTS)
+    stored = (commit[missed] & _MISSED_STORED) != 0
+    count_pos = missed * pages.header.page_size + pages.header.data_offset + size[missed]
+    counts = np.full(len(missed), -1, dtype=np.int64)
+    if stored.any():
+        counts[stored] = read_uint(pages.data, count_pos[stored], pages.header.commit_size, pages.byte_order)
+    return Records(page=page[data], pos=pos[data], ts=ts[data], missed_pages=missed, missed_counts=counts,
+                   missed_ts=page_ts[missed])
+
+
+def read_field_ints(pages: Pages, pos: np.ndarray, field: Field) -> np.ndarray:
+    return read_uint(pages.data, pos + field.offset, field.size, pages.byte_order, field.signed)
+
+
+def read_field_bytes(pages: Pages, pos: np.ndarray, field: Field, limit: int = 256) -> np.ndarray:
+    """A text or array field as fixed-width bytes (numpy `S` dtype), cut at the first NUL."""
+    if field.is_dynamic:
+        loc = read_uint(pages.data, pos + field.offset, 4, pages.byte_order)
+        start = pos + (loc & 0xFFFF) + (field.offset + field.size if field.type.startswith("__rel_loc") else 0)
+        length = loc >> 16
+    else:
+        start, length = pos + field.offset, np.full(len(pos), field.size, dtype=np.int64)
+    width = int(min(max(int(length.max(initial=0)), 1), limit))
+    cols = np.arange(width)
+    raw = pages.data[np.clip(start[:, None] + cols, 0, len(pages.data) - 1)]
+    keep = cols < length[:, None]
+    if field.is_text:
+        keep &= np.cumsum(raw == 0, axis=1) == 0
+    return np.ascontiguousarray(np.where(keep, raw, 0).astype(np.uint8)).view(f"S{width}").ravel()

@@ -1,0 +1,167 @@
+"""Native binary readers (trace.dat v6/v7, raw ring-buffer pages) against the text of the same data.
+
+The recordings in tests/data/binary/ were made on a real two-CPU machine by record.sh; each
+trace.dat comes with `trace-cmd report -N -t` of itself, and the raw pages with the instance's
+`trace` file read before the pages were consumed. The native table must hold exactly the rows
+the text readers get from that text: every event, timestamp and typed field.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+import zstandard
+
+from kptrace.errors import TraceError
+from kptrace.normalize import normalize
+from kptrace.read import read_any, read_text_trace
+from kptrace.schema import EVENT_COLUMNS
+
+DATA = Path(__file__).parent / "data" / "binary"
+FLAGS = ("irqs_off", "bh_off", "need_resched", "in_hardirq", "in_softirq", "in_nmi", "preempt_depth")
+#: Columns the text cannot be compared on: trace-cmd report prints no tgid and no flags without
+#: -l, and prints unknown events through their print format (the native `fields` are name=value).
+NOT_IN_REPORT = {"tgid", "fields", "subsystem", *FLAGS}
+RECORDINGS = ["v6", "v7-zstd", "v7-none", "v7-drops", "v6-extend"]
+
+
+def _unpacked(name: str, tmp_path: Path) -> Path:
+    """The recording as trace-cmd wrote it (some are committed zstd-compressed)."""
+    plain = DATA / name
+    if plain.exists():
+        return plain
+    out = tmp_path / name
+    with open(DATA / f"{name}.zst", "rb") as src, open(out, "wb") as dst:
+        zstandard.ZstdDecompressor().copy_stream(src, dst)
+    return out
+
+
+def _comparable(rows: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """The rows as strings, sorted on every column: equal frames hold equal multisets of rows."""
+    rows = rows.with_columns([pl.lit(None).alias(c) for c in columns if c not in rows.columns])
+    return rows.select([pl.col(c).cast(pl.String) for c in columns]).sort(columns, nulls_last=True)
+
+
+def _assert_same_rows(native: pl.DataFrame, text: pl.DataFrame, skip: set[str]) -> None:
+    columns = [c.name for c in EVENT_COLUMNS if c.name not in skip]
+    a, b = _comparable(native, columns), _comparable(text, columns)
+    assert a.height == b.height
+    for column in columns:
+        diff = pl.DataFrame({"native": a[column], "text": b[column]}).filter(
+            pl.col("native").ne_missing(pl.col("text")))
+        assert diff.height == 0, f"{column} differs:\n{diff.head()}"
+
+
+@pytest.mark.parametrize("name", RECORDINGS)
+def test_trace_dat_rows_equal_trace_cmd_report_of_the_same_file(name, tmp_path):
+    native = read_any(_unpacked(f"{name}.dat", tmp_path))
+    text = read_text_trace(DATA / f"{name}.report.txt.zst")
+    assert native.source_format == "trace.dat"
+    _assert_same_rows(native.rows, text.rows, NOT_IN_REPORT)
+    known = text.rows.filter(pl.col("subsystem") != "unknown")
+    # Subsystems: the report names only the ones kptrace knows; those must agree.
+    as_text = [pl.col("event").cast(pl.String), pl.col("subsystem").cast(pl.String)]
+    pairs = native.rows.select(as_text).unique().join(known.select(as_text).unique(), on="event", suffix="_text")
+    assert (pairs["subsystem"] == pairs["subsystem_text"]).all()
+
+
+def test_trace_dat_keeps_nanoseconds_and_both_instances(tmp_path):
+    rows = read_any(_unpacked("v7-zstd.dat", tmp_path)).rows.filter(pl.col("subsystem") != "kptrace")
+    assert (rows["ts"] % 1000 != 0).mean() > 0.9
+    assert rows["ts_resolution_ns"].unique().to_list() == [1]
+    # kptbin-b alone traced timer events; kptbin-a alone traced syscalls; both ran on two CPUs.
+    assert {"hrtimer_start", "sys_enter_read"} <= set(rows["event"].cast(pl.String))
+    assert sorted(rows["cpu"].unique().to_list()) == [0, 1]
+
+
+def test_time_extends_carry_gaps_longer_than_the_27_bit_delta(tmp_path):
+    rows = read_any(_unpacked("v6-extend.dat", tmp_path)).rows
+    gaps = rows["ts"].diff().drop_nulls()
+    assert (gaps > (1 << 27)).all()
+    assert rows["count"].to_list() == [12345] * 4
+
+
+def test_lost_events_are_accounted_per_cpu_as_the_text_reader_does(tmp_path):
+    native = normalize(read_any(_unpacked("v7-drops.dat", tmp_path))).meta
+    text = normalize(read_text_trace(DATA / "v7-drops.report.txt.zst")).meta
+    assert sum(c["lost_markers"] for c in native["per_cpu"]) > 0
+    assert native["per_cpu"] == text["per_cpu"]
+
+
+def test_unknown_events_keep_their_fields_in_name_value_form(tmp_path):
+    native = read_any(_unpacked("v7-zstd.dat", tmp_path)).rows.filter(pl.col("event") == "hrtimer_start")
+    text = read_text_trace(DATA / "v7-zstd.report.txt.zst").rows.filter(pl.col("event") == "hrtimer_start")
+    assert native.height == text.height > 0
+    expires = r"expires=(\d+)"
+    assert (native.sort("ts")["fields"].str.extract(expires).to_list()
+            == text.sort("ts")["fields"].str.extract(expires).to_list())
+    assert native["fields"].str.contains(r"^hrtimer=\d+ function=\d+ expires=\d+ softexpires=\d+ mode=\d+").all()
+
+
+def test_raw_pages_equal_the_instance_trace_text_with_flags():
+    native = read_any(DATA / "raw")
+    text = read_text_trace(DATA / "raw.tracefs.txt.zst")
+    assert native.source_format == "raw-pages"
+    # tracefs text prints microseconds (rounded to nearest, kernel ns2usecs) and task names from
+    # the kernel's cmdline cache.
+    rows = native.rows.with_columns((pl.col("ts") + 500) // 1000 * 1000)
+    _assert_same_rows(rows, text.rows, {"tgid", "fields", "subsystem", "comm"})
+
+
+def test_raw_pages_are_read_from_a_bundle_in_the_collector_layout(tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DATA / "raw", bundle / "raw")
+    (bundle / "manifest.json").write_text('{"files": {}}')
+    raw = read_any(bundle)
+    assert raw.source_format.startswith("kptrace-bundle (raw-pages")
+    assert raw.rows.height == read_any(DATA / "raw").rows.height
+
+
+@pytest.mark.parametrize("name", ["v7-none.dat", "v7-zstd.dat", "v6.dat"])
+@pytest.mark.parametrize("keep", [0.5, 0.02])
+def test_truncated_trace_dat_is_a_one_line_error(name, keep, tmp_path):
+    data = _unpacked(name, tmp_path).read_bytes()
+    cut = tmp_path / "cut.dat"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(TraceError) as error:
+        read_any(cut)
+    assert "trace.dat" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_corrupt_pages_give_rows_or_a_one_line_error_never_a_traceback(tmp_path):
+    """Random bytes over half of every page: records are garbage, but reading must not crash."""
+    import numpy as np
+
+    raw = tmp_path / "raw"
+    shutil.copytree(DATA / "raw", raw)
+    rng = np.random.default_rng(7)
+    for cpu_file in raw.glob("cpu*.raw"):
+        pages = np.frombuffer(cpu_file.read_bytes(), dtype=np.uint8).copy().reshape(-1, 4096)
+        pages[:, 2048:] = rng.integers(0, 256, size=(pages.shape[0], 2048), dtype=np.uint8)
+        pages[::3, 8:16] = rng.integers(0, 256, size=(len(pages[::3]), 8), dtype=np.uint8)  # commit words
+        cpu_file.write_bytes(pages.tobytes())
+    try:
+        rows = read_any(raw).rows
+    except TraceError as error:
+        assert "\n" not in str(error)
+    else:
+        assert rows.height > 0
+
+
+def test_damaged_compressed_chunks_are_a_one_line_error(tmp_path):
+    data = bytearray((DATA / "v7-zstd.dat").read_bytes())
+    data[-3000:-2000] = bytes(1000)  # zeroes over the last compressed page chunks
+    damaged = tmp_path / "damaged.dat"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(TraceError) as error:
+        read_any(damaged)
+    assert "trace.dat" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_compressed_trace_dat_is_recognised_by_its_first_bytes_after_decompression(tmp_path):
+    compressed = read_any(DATA / "v6.dat.zst")
+    assert compressed.source_format == "trace.dat"
+    assert compressed.rows.equals(read_any(_unpacked("v6.dat", tmp_path)).rows)
