@@ -102,5 +102,6 @@ def normalize(raw: RawTrace) -> Events:
     }
     if raw.manifest is not None:
         meta["bundle"] = {k: manifest.get(k) for k in ("created_utc", "hostname", "command", "counters",
-                                                       "not_recorded", "workload", "per_cpu", "events")}
+                                                       "not_recorded", "workload", "per_cpu", "events",
+                                                       "tracing_cost")}
     return Events(events=events, meta=meta)

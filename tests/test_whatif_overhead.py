@@ -94,3 +94,10 @@ def test_a_cost_recorded_in_the_bundle_is_used_and_cited():
     assert (cost.event_ns, cost.sample_ns) == (400.0, 1900.0) and "record time" in cost.source
     assert tracing_cost(meta, event_ns=100).event_ns == 100.0   # the command line wins
     assert tracing_cost({}) is None and tracing_cost({"bundle": {"tracing_cost": None}}) is None
+
+
+def test_an_analysis_without_events_is_not_corrected_and_says_why(simulated):
+    analysis = replace(simulated[0], events=None)
+    (result,) = whatif(analysis, [Policy("vanilla")], replicates=0, event_cost_ns=100)
+    assert result["tracing"]["corrected"] is False and "no event table" in result["tracing"]["note"]
+    assert "no event table" in render_whatif(result)

@@ -76,7 +76,7 @@ def predicted_timeline(analysis: Analysis, policy: str) -> tuple[tuple[pl.DataFr
     try:
         for server in servers(analysis):
             chosen = next(p for p in default_policies(analysis, server["cpus"]) if p.name == policy)
-            cores = apply(chosen, core_inputs(analysis, server["tids"]), nic).cores
+            cores = apply(chosen, core_inputs(analysis, server["tids"], nic), nic).cores
             # The replay's request order on each core: that of core_inputs' request stream.
             stream = request_stream(replace(analysis, requests=analysis.requests.filter(
                 pl.col("tid").is_in(server["tids"]))))

@@ -97,6 +97,8 @@ def core_loads(analysis: Analysis, tids: list[int], cores: list[CoreInput]) -> l
     """Counts per replayed time of each core (order as kptrace.whatif.predict.core_inputs). An
     event inside an arrival's chain belongs to that arrival; every other one to the request or
     the loop work whose window holds it (softirqs a request raised itself are part of its time)."""
+    if analysis.events is None:   # an analysis of intervals alone: nothing to count
+        return []
     requests = analysis.requests.filter(pl.col("tid").is_in(tids)).sort("cpu", "ts", "request_id")
     events = analysis.events.select("cpu", "ts", "tid", counter=pl.col("subsystem") == "counter")
     loads = []
@@ -127,7 +129,10 @@ def _less(times: np.ndarray, cost: np.ndarray) -> np.ndarray:
 
 
 def untraced(cores: list[CoreInput], loads: list[CoreLoad], cost: TracingCost) -> list[CoreInput]:
-    """The replay inputs with the recorded items' cost taken out (module docstring)."""
+    """The replay inputs with the recorded items' cost taken out (module docstring); as they
+    are when there was nothing to count."""
+    if not loads:
+        return cores
     out = []
     for core, load in zip(cores, loads):
         loop = load.loop_events * cost.event_ns + load.loop_samples * cost.sample_ns
@@ -151,6 +156,9 @@ def untraced(cores: list[CoreInput], loads: list[CoreLoad], cost: TracingCost) -
 def summary(cores: list[CoreInput], loads: list[CoreLoad], cost: TracingCost | None,
             corrected: list[CoreInput]) -> dict:
     """What the correction rests on and what it took out, per request (the JSON's `tracing`)."""
+    if not loads:
+        return {"corrected": False, "events_per_request": None, "samples_per_request": None,
+                "note": "not corrected for tracing overhead: the analysis has no event table to count events in"}
     n = sum(len(core.demand_ns) for core in cores)
     events = sum(int(l.request_events.sum() + l.loop_events.sum() + l.chain_events.sum()) for l in loads)
     samples = sum(int(l.request_samples.sum() + l.loop_samples.sum()) for l in loads)

@@ -31,8 +31,9 @@ PROVENANCE = ("modelled: a per-core replay of the measured request demands, loop
               "interrupt arrivals with their measured direct and estimated indirect costs")
 
 
-def core_inputs(analysis: Analysis, tids: list[int]) -> list[CoreInput]:
-    """The replay input of each core on which the given threads served requests."""
+def core_inputs(analysis: Analysis, tids: list[int], nic_sources: set[str] = frozenset()) -> list[CoreInput]:
+    """The replay input of each core on which the given threads served requests, with its NIC
+    queue where one of `nic_sources` polled a device there (inputs.nic_inputs)."""
     requests = analysis.requests.filter(pl.col("tid").is_in(tids))
     stream = request_stream(replace(analysis, requests=requests))
     cpus = sorted(stream["cpu"].unique().to_list())
@@ -53,7 +54,7 @@ def core_inputs(analysis: Analysis, tids: list[int]) -> list[CoreInput]:
                            .select("ts", "source", "handler_ns", "softirq_ns", "indirect_ns").iter_rows()),
             hit_indirect={source: _scatter(part, mine.height) for (source,), part in hits.group_by("source")},
         ))
-    return cores
+    return nic_inputs(analysis, tids, cores, nic_sources)
 
 
 def _scatter(hits: pl.DataFrame, n: int) -> np.ndarray:
@@ -175,7 +176,7 @@ def predict(analysis: Analysis, tids: list[int], policies: list[Policy], nic_sou
     PolicyError when `strict`, else is listed under `skipped` with the reason. With a tracing
     `cost`, the policies replay the inputs with the trace's own overhead taken out
     (kptrace.whatif.overhead); the calibration always replays them as traced."""
-    traced = nic_inputs(analysis, tids, core_inputs(analysis, tids), nic_sources)
+    traced = core_inputs(analysis, tids, nic_sources)
     loads = core_loads(analysis, tids, traced)
     cores = untraced(traced, loads, cost) if cost else traced
     policies, skipped = applicable(policies, cores, nic_sources)

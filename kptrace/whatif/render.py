@@ -43,6 +43,8 @@ def _tracing_line(tracing: dict | None) -> str:
     """Whether the trace's own overhead was taken out of the predictions (kptrace.whatif.overhead)."""
     if not tracing:
         return "tracing overhead: not assessed"
+    if tracing["events_per_request"] is None:
+        return f"tracing overhead: {tracing['note']}"
     held = (f"{tracing['events_per_request']:.1f} events and {tracing['samples_per_request']:.2f} counter samples "
             "per request on the serving cores")
     if not tracing["corrected"]:
