@@ -103,6 +103,8 @@ def unpack(archive: Path, into: Path, limits: Limits = Limits()) -> None:
     """Unpack `archive` into the existing folder `into`, member by member, or raise TraceError
     at the first member that is not safe to unpack or would pass a limit."""
     packed = archive.stat().st_size
+    # Stop copying once the ratio is passed, not after the member is written out.
+    by_ratio = max(limits.ratio_floor, int(limits.ratio * packed))
     total = 0
     count = 0
     try:
@@ -118,7 +120,7 @@ def unpack(archive: Path, into: Path, limits: Limits = Limits()) -> None:
                     except tarfile.FilterError as error:
                         problem = f"is refused by tarfile's data filter ({type(error).__name__})"
                 if problem:
-                    raise TraceError(archive, f"member {member.name!r} {problem}; refused, nothing unpacked")
+                    raise TraceError(archive, f"member {member.name!r} {problem}; refused, nothing kept")
                 target = into / member.name
                 if member.isdir():
                     target.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -127,12 +129,12 @@ def unpack(archive: Path, into: Path, limits: Limits = Limits()) -> None:
                     raise TraceError(archive, f"member {member.name!r} unpacks to {member.size:,} bytes, over the "
                                               f"{limits.member_bytes:,}-byte limit (a decompression bomb?); refused")
                 target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                budget = min(limits.member_bytes, limits.total_bytes - total)
+                budget = min(limits.member_bytes, limits.total_bytes - total, by_ratio - total)
                 total += _copy_counted(tar.extractfile(member), target, budget)
                 if total > limits.total_bytes:
                     raise TraceError(archive, f"unpacks to more than {limits.total_bytes:,} bytes (a decompression "
                                               "bomb?); refused")
-                if total > limits.ratio_floor and total > limits.ratio * packed:
+                if total > by_ratio:
                     raise TraceError(archive, f"unpacks to over {limits.ratio:.0f} times its {packed:,} bytes "
                                               "(a decompression bomb?); refused")
     except (tarfile.TarError, EOFError, lzma.LZMAError, zstandard.ZstdError, zlib.error, gzip.BadGzipFile) as error:
