@@ -14,6 +14,8 @@ resident set just before it, against the input's size on disk and decompressed.
 
     nice -n 19 python benchmarks/fuzz.py --inputs 10000 [--readers tracefs,perf] [--timeout 20]
     python benchmarks/fuzz.py --replay tests/data/fuzz-crashes      # re-run saved crash inputs
+    python benchmarks/fuzz.py --summarize WORKDIR                   # figures of a run, finished or not
+    python benchmarks/fuzz.py --curate WORKDIR                      # smallest input of each crash
 
 Crash inputs are saved once per (reader, exception, kptrace frame) into --crashes.
 tests/test_fuzz.py runs a small deterministic subset of the same generator under hypothesis.
@@ -382,6 +384,57 @@ def summarize(reader: str, records: list[dict]) -> dict:
     }
 
 
+def logged(workdir: Path) -> dict[str, list[dict]]:
+    """Each reader's finished inputs from a run's logs (a run still going, or stopped early);
+    an input started but never finished, other than the last, is a hang or a worker death."""
+    runs = {}
+    for log in sorted(workdir.glob("*.jsonl")):
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        finished = {r["index"]: r for r in lines if "outcome" in r}
+        started = [r["index"] for r in lines if r.get("started")]
+        for index in started[:-1]:
+            if index not in finished:
+                finished[index] = {"index": index, "outcome": "crash", "crash": "hang or worker death", "bytes": 0,
+                                   "text_bytes": 0, "seconds": 0, "peak_extra_kib": None}
+        runs[log.stem] = sorted(finished.values(), key=lambda r: r["index"])
+    return runs
+
+
+def _reads_in_time(reader: str, index: int, timeout: float = 20.0) -> bool:
+    """Whether an input a worker did not finish reads or is refused within `timeout` on its own."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = write_input(make_input(reader, random.Random(f"{reader}:{index}")), Path(scratch))
+        began = time.perf_counter()
+        try:
+            read_input(path)
+        except Exception:  # noqa: BLE001 - then it is a crash after all
+            return False
+        return time.perf_counter() - began < timeout
+
+
+def curate(workdir: Path, crashes: Path) -> None:
+    """Keep one input per (reader, crash): the smallest, rebuilt from its number, in `crashes`."""
+    shutil.rmtree(crashes, ignore_errors=True)
+    crashes.mkdir(parents=True)
+    lines = []
+    for reader, records in logged(workdir).items():
+        smallest: dict[str, dict] = {}
+        for r in records:
+            if r["outcome"] == "crash" and (r["crash"] not in smallest or r["bytes"] < smallest[r["crash"]]["bytes"]):
+                smallest[r["crash"]] = r
+        for crash, r in sorted(smallest.items()):
+            if r["crash"] == "hang or worker death" and _reads_in_time(reader, r["index"]):
+                continue  # the worker was ended from outside (every reader's at the same instant)
+            save_crash(make_input(reader, random.Random(f"{reader}:{r['index']}")), reader, r["index"], crashes)
+            lines.append(f"| `{reader}-{r['index']}` | {crash} | {r.get('detail', '').splitlines()[0][:110]} |")
+    (crashes / "README.md").write_text(
+        "# Inputs that crashed kptrace's readers\n\nFound by `benchmarks/fuzz.py` (input N of reader R is "
+        "`make_input(R, random.Random(f\"{R}:{N}\"))`); the smallest input of each distinct crash. "
+        "tests/test_fuzz.py replays them; `python benchmarks/fuzz.py --replay tests/data/fuzz-crashes` "
+        "says what each gives now.\n\n| input | crash (exception at kptrace frame) | message |\n|---|---|---|\n"
+        + "\n".join(lines) + "\n")
+
+
 def replay(directory: Path) -> int:
     """Re-read every saved crash input; print what each gives now. Exit 1 while any still crashes."""
     still = 0
@@ -405,6 +458,9 @@ def main() -> int:
     parser.add_argument("--crashes", type=Path, default=DATA / "fuzz-crashes")
     parser.add_argument("--workdir", type=Path, default=None, help="where the per-input logs go (default: a temp dir)")
     parser.add_argument("--replay", type=Path, help="re-read saved crash inputs instead of fuzzing")
+    parser.add_argument("--summarize", type=Path, metavar="WORKDIR", help="summarize a run's logs (partial too)")
+    parser.add_argument("--curate", type=Path, metavar="WORKDIR",
+                        help="keep the smallest input of each distinct crash of a run in --crashes")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
@@ -413,6 +469,12 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     if args.replay:
         return replay(args.replay)
+    if args.curate:
+        curate(args.curate, args.crashes)
+        return 0
+    if args.summarize:
+        print_table([summarize(reader, records) for reader, records in logged(args.summarize).items()])
+        return 0
     if args.worker:
         worker(args.worker, args.start, args.count, args.timeout, args.log, args.crashes)
         return 0
@@ -425,6 +487,12 @@ def main() -> int:
         summary["wall_s"] = round(time.monotonic() - began, 1)
         results.append(summary)
         print(json.dumps(summary), flush=True)
+    print_table(results)
+    return 0
+
+
+def print_table(results: list[dict]) -> None:
+    """The run side by side per reader, then each distinct crash."""
     print(f"\n{'reader':<10} {'inputs':>7} {'events':>7} {'refused':>8} {'crashes':>8} {'distinct':>9} "
           f"{'max s':>7} {'peak MiB':>9} {'x file':>7} {'x text':>7}")
     for s in results:
@@ -434,7 +502,6 @@ def main() -> int:
     for s in results:
         for crash, seen in s["distinct_crashes"].items():
             print(f"{s['reader']}: {crash} ({seen['count']} inputs, first #{seen['first_input']})")
-    return 0
 
 
 if __name__ == "__main__":
