@@ -444,7 +444,7 @@ def replay(directory: Path) -> int:
         try:
             outcome = read_input(path)
         except Exception as error:  # noqa: BLE001
-            outcome = f"CRASH {crash_signature(error)}: {str(error)[:120]}"
+            outcome = f"CRASH {crash_signature(error)}: {(str(error).splitlines() or [''])[0][:120]}"
             still += 1
         print(f"{case.name}: {outcome}")
     return 1 if still else 0
