@@ -34,18 +34,20 @@ def _warn(meta: dict) -> None:
 
 
 def _ingest(trace: Path, out: Path) -> dict:
+    from kptrace.archive import opened
     from kptrace.export.parquet import write_tables
     from kptrace.normalize import normalize
     from kptrace.read import read_any
 
-    normalized = normalize(read_any(trace))
+    with opened(trace, out) as readable:  # a bundle archive is unpacked safely into out, then removed
+        normalized = normalize(read_any(readable))
     write_tables(out, {"events": normalized.events}, normalized.meta)
     return normalized.meta
 
 
 @app.command()
 def ingest(
-    trace: Annotated[Path, typer.Argument(help="bundle directory, or tracefs / trace-cmd report / perf script text (.gz .zst .xz too)")],
+    trace: Annotated[Path, typer.Argument(help="bundle directory or archive (.tar.zst), or tracefs / trace-cmd report / perf script text (.gz .zst .xz too)")],
     out: Annotated[Path, typer.Option("-o", "--out", help="output directory for events.parquet and meta.json")],
 ) -> None:
     """Parse a trace into the typed event table (Parquet, zstd) and meta.json."""
@@ -65,6 +67,7 @@ def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = No
     """Analyze one input into `out`, what-if predictions included (and the `predicted` policy's
     replay as a timeline group); return its summary. Stage progress goes to stderr."""
     from kptrace.analysis import analyze as run_analysis
+    from kptrace.archive import opened
     from kptrace.export import write_all
     from kptrace.summary import build_summary
 
@@ -74,7 +77,8 @@ def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = No
         if not quiet:
             typer.echo(f"kptrace: [{time.monotonic() - started:5.1f} s] {trace.name}: {stage}", err=True)
 
-    analysis = run_analysis(trace, progress)
+    with opened(trace, out) as readable:  # a bundle archive is unpacked safely into out, then removed
+        analysis = run_analysis(readable, progress)
     _warn(analysis.meta)
     summary = build_summary(analysis)
     servers = len(summary["whatif"])
@@ -113,7 +117,7 @@ def _output_dirs(inputs: list[Path], out: Path) -> dict[Path, Path]:
 
 @app.command()
 def analyze(
-    trace: Annotated[Path, typer.Argument(help="bundle, trace text file, or a directory of them")],
+    trace: Annotated[Path, typer.Argument(help="bundle (or its .tar.zst), trace text file, or a directory of them")],
     out: Annotated[Path, typer.Option("-o", "--out", help="output directory")] = Path("kptrace-out"),
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress lines on stderr")] = False,

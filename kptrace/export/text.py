@@ -13,6 +13,7 @@ Payloads repeat (the same IRQ, syscall or switch), so each is formatted once and
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -150,3 +151,20 @@ FORMATTERS: dict[str, Callable[[list[Row], int], str]] = {
 }
 #: Timestamp resolution of each format as printed, ns.
 RESOLUTION_NS = {"tracefs": 1000, "trace-cmd": 1000, "perf": 1}
+
+
+#: What a terminal may act on rather than show: C0 controls but tab and newline, DEL, C1 controls
+#: (\x9b alone starts an escape sequence on some terminals), and the Unicode separators and
+#: bidirectional overrides that move or reorder the text around them.
+_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def terminal_safe(text: str) -> str:
+    """Text for a terminal: a trace's names may hold escape sequences (retitle the window, clear
+    the screen, fake a prompt); each such character is shown as its `\\xNN` escape instead."""
+    return _TERMINAL_UNSAFE.sub(_escape, text)
