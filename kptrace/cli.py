@@ -23,14 +23,22 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 COLLECTOR = Path(__file__).resolve().parent.parent / "collectors" / "kptrace-record"
 
 
+def _echo(text: str, err: bool = False) -> None:
+    """Print, with a trace's escape sequences and control characters shown as escapes: names and
+    fields come from whoever ran the traced programs (kptrace.export.text.terminal_safe)."""
+    from kptrace.export.text import terminal_safe
+
+    typer.echo(terminal_safe(str(text)), err=err)
+
+
 def _fail(error: Exception) -> None:
-    typer.echo(f"kptrace: error: {error}", err=True)
+    _echo(f"kptrace: error: {error}", err=True)
     raise typer.Exit(1)
 
 
 def _warn(meta: dict) -> None:
     for warning in meta["warnings"]:
-        typer.echo(f"kptrace: warning: {warning}", err=True)
+        _echo(f"kptrace: warning: {warning}", err=True)
 
 
 def _ingest(trace: Path, out: Path) -> dict:
@@ -56,7 +64,7 @@ def ingest(
     except TraceError as error:
         _fail(error)
     _warn(meta)
-    typer.echo(
+    _echo(
         f"{meta['event_count']} events (measured) from {meta['source_format']} over "
         f"{meta['duration_s']:.3f} s on {len(meta['per_cpu'])} CPUs; "
         f"{meta['unparsed_lines']} lines skipped -> {out}/events.parquet, {out}/meta.json"
@@ -75,7 +83,7 @@ def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = No
 
     def progress(stage: str) -> None:
         if not quiet:
-            typer.echo(f"kptrace: [{time.monotonic() - started:5.1f} s] {trace.name}: {stage}", err=True)
+            _echo(f"kptrace: [{time.monotonic() - started:5.1f} s] {trace.name}: {stage}", err=True)
 
     with opened(trace, out) as readable:  # a bundle archive is unpacked safely into out, then removed
         analysis = run_analysis(readable, progress)
@@ -134,7 +142,7 @@ def analyze(
     from kptrace.whatif import POLICIES
 
     if predicted is not None and predicted not in POLICIES:
-        typer.echo(f"kptrace: error: --whatif must be one of {', '.join(POLICIES)}", err=True)
+        _echo(f"kptrace: error: --whatif must be one of {', '.join(POLICIES)}", err=True)
         raise typer.Exit(2)
     inputs = _inputs(trace)
     if not inputs:
@@ -144,22 +152,22 @@ def analyze(
         try:
             summaries[str(item)] = _analyze_one(item, target, quiet or as_json, predicted)
         except TraceError as error:
-            typer.echo(f"kptrace: error: {error}", err=True)
+            _echo(f"kptrace: error: {error}", err=True)
             failed.append(item)
     if as_json and summaries:
         only = next(iter(summaries.values())) if len(inputs) == 1 else summaries
-        typer.echo(json.dumps(only, indent=2, default=str))
+        _echo(json.dumps(only, indent=2, default=str))
     elif summaries:
         for item, summary in summaries.items():
             if len(inputs) > 1:
-                typer.echo(f"\n=== {item}")
-            typer.echo(render_summary(summary))
+                _echo(f"\n=== {item}")
+            _echo(render_summary(summary))
             outputs = summary["outputs"]
-            typer.echo(f"\ntables: {outputs['directory']}/*.parquet, summary: {outputs['summary']}, "
+            _echo(f"\ntables: {outputs['directory']}/*.parquet, summary: {outputs['summary']}, "
                        f"report: {outputs['report']}, timeline (open in ui.perfetto.dev): {outputs['timeline']}")
     if failed:
         if len(inputs) > 1:
-            typer.echo(f"kptrace: error: {len(failed)} of {len(inputs)} inputs could not be analyzed: "
+            _echo(f"kptrace: error: {len(failed)} of {len(inputs)} inputs could not be analyzed: "
                        + ", ".join(item.name for item in failed), err=True)
         raise typer.Exit(1)
 
@@ -200,7 +208,7 @@ def whatif(
     from kptrace.whatif.render import render_whatif
 
     if policy != "all" and policy not in POLICIES:
-        typer.echo(f"kptrace: error: --policy must be one of {', '.join(POLICIES)}, all", err=True)
+        _echo(f"kptrace: error: --policy must be one of {', '.join(POLICIES)}, all", err=True)
         raise typer.Exit(2)
     knobs = {"defer": defer, "gro_flush_timeout": gro_flush_timeout, "usecs": usecs, "budget": budget,
              "prefer": prefer, "timeout": timeout}
@@ -216,10 +224,10 @@ def whatif(
     except (TraceError, PolicyError) as error:
         _fail(error)
     if as_json:
-        typer.echo(json.dumps(results[0] if len(results) == 1 else results, indent=2, default=str))
+        _echo(json.dumps(results[0] if len(results) == 1 else results, indent=2, default=str))
     else:
-        typer.echo("\n\n".join(render_whatif(result) for result in results))
-    typer.echo(f"kptrace: analysis {analysed - started:.1f} s, replay {time.monotonic() - analysed:.1f} s "
+        _echo("\n\n".join(render_whatif(result) for result in results))
+    _echo(f"kptrace: analysis {analysed - started:.1f} s, replay {time.monotonic() - analysed:.1f} s "
                f"({replicates} bootstrap replicates)", err=True)
 
 
@@ -244,7 +252,7 @@ def simulate(
     from kptrace.whatif import PolicyError
 
     if fmt not in FORMATTERS:
-        typer.echo(f"kptrace: error: --format must be one of {', '.join(FORMATTERS)}", err=True)
+        _echo(f"kptrace: error: --format must be one of {', '.join(FORMATTERS)}", err=True)
         raise typer.Exit(2)
     scenario = Scenario(duration_s=duration, seed=seed)
     if policy is not None:
@@ -255,7 +263,7 @@ def simulate(
         except PolicyError as error:
             _fail(error)
     path = write_simulation(out, scenario, fmt)
-    typer.echo(f"wrote {path} ({fmt}) and {out / 'truth.json'} (modelled ground truth)")
+    _echo(f"wrote {path} ({fmt}) and {out / 'truth.json'} (modelled ground truth)")
 
 
 @app.command()
@@ -271,7 +279,7 @@ def estimate(
         result = run_estimate(inputs)
     except TraceError as error:
         _fail(error)
-    typer.echo(json.dumps(result, indent=2) if as_json else render_estimate(result))
+    _echo(json.dumps(result, indent=2) if as_json else render_estimate(result))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)

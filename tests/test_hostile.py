@@ -196,6 +196,16 @@ def test_terminal_summary_passes_no_escape_sequence(hostile_outputs):
     assert safe.count("\n") == plain.count("\n")
 
 
+def test_kptrace_analyze_prints_no_escape_sequence_to_the_terminal(hostile_trace, tmp_path):
+    """The whole command, stdout and stderr (summary, what-if table, the reader's warning that
+    quotes the damaged line): no control character from the trace reaches the terminal."""
+    result = _cli("analyze", str(hostile_trace), "-o", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for stream in (result.stdout, result.stderr):
+        assert not TERMINAL_CONTROLS.search(stream)
+    assert "\\x1b" in result.stdout + result.stderr   # shown, as an escape
+
+
 def test_terminal_safe_keeps_printable_text_and_escapes_every_control():
     text = "µs ±95% naïve\tcol\n" + "".join(map(chr, range(0, 32))) + "\x7f\x9b[2J\u2028"
     safe = terminal_safe(text)
