@@ -125,25 +125,41 @@ def read_text_trace(path: str | Path) -> RawTrace:
     return _text_trace(read_bytes(path))
 
 
+def _bundle_member(directory: Path, manifest_path: Path, name: object) -> Path:
+    """A file the manifest names, which must be a relative path inside the bundle: a copied
+    bundle is untrusted, and its manifest must not make kptrace read /etc/passwd."""
+    if not isinstance(name, str):
+        raise TraceError(manifest_path, f"a file entry is not a file name: {name!r}"[:200])
+    path = (directory / name).resolve()
+    if not path.is_relative_to(directory.resolve()):
+        raise TraceError(manifest_path, f"names a file outside the bundle: {name!r}"[:200])
+    return path
+
+
 def read_bundle(directory: str | Path) -> RawTrace:
     """Read a kptrace-record bundle: its trace text, and counters sampled by perf if present."""
     directory = Path(directory)
     manifest_path = directory / "manifest.json"
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise TraceError(manifest_path, "not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise TraceError(manifest_path, f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    files = manifest.get("files") or {}
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict) or not isinstance(files or {}, dict):
+        raise TraceError(manifest_path, "not a kptrace manifest (a JSON object with a `files` object)")
+    files = files or {}
     raw = directory / "raw"
     if is_raw_dir(raw):
         parts = [read_raw_pages(raw)]
     elif files.get("trace"):
-        parts = [read_file(directory / files["trace"])]
+        parts = [read_file(_bundle_member(directory, manifest_path, files["trace"]))]
     else:
         raise TraceError(manifest_path, "names no trace file under files.trace, and the bundle has no raw/ pages")
     if files.get("perf_counters"):
         # Its tracepoint rows only anchor the samples and repeat events the trace already has.
-        counters = read_text_trace(directory / files["perf_counters"])
+        counters = read_text_trace(_bundle_member(directory, manifest_path, files["perf_counters"]))
         counters.rows = counters.rows.filter(pl.col("subsystem") == "counter")
         parts.append(counters)
     seq_offset = 0
