@@ -100,7 +100,8 @@ def _announce_start(path: Path) -> None:
     try:
         from distributed import get_worker
 
-        get_worker().log_event(STARTED_TOPIC, {"path": str(path)})
+        worker = get_worker()
+        worker.log_event(STARTED_TOPIC, {"path": str(path), "worker": worker.address})
     except (ImportError, ValueError):
         pass
 
