@@ -216,13 +216,13 @@ def test_a_worker_killed_mid_run_has_its_task_retried_on_the_other(tmp_path):
         fleet = subprocess.Popen([sys.executable, "-m", "kptrace.cli", "fleet", *map(str, traces), "-o", str(out),
                                   "--scheduler", address], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True)
-        deadline = time.monotonic() + 120
-        while not (busy := [w for w, keys in client.processing().items() if keys]):
+        deadline = time.monotonic() + 300
+        while not (running := client.get_events(STARTED_TOPIC)):  # a task has begun its analysis
             assert time.monotonic() < deadline and fleet.poll() is None, "no task started"
             time.sleep(0.1)
-        victim = busy[0]
-        time.sleep(1.0)  # well inside the task: each takes seconds
-        pid = client.scheduler_info()["workers"][victim]["pid"]
+        victim = running[0][1]["worker"]
+        time.sleep(0.5)  # well inside the task: each takes seconds
+        pid = client.run(os.getpid, workers=[victim])[victim]
         os.kill(pid, signal.SIGKILL)
         stdout, stderr = fleet.communicate(timeout=600)
         started = client.get_events(STARTED_TOPIC)
