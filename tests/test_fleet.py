@@ -31,9 +31,11 @@ from test_report import check_html, check_page, chromium, render  # noqa: F401 -
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "sample_traces" / "memcached-baseline"
-# One Polars thread everywhere: the what-if bootstrap bounds change with the thread count (a
-# determinism bug of kptrace.whatif, reported), and the equality tests compare runs exactly.
-ENV = os.environ | {"PYTHONPATH": str(ROOT), "POLARS_MAX_THREADS": "1"}
+# One Polars and one BLAS thread in every process (as Dask's nanny gives its workers): the what-if
+# bootstrap bounds change with BLAS threading (a determinism bug of kptrace.whatif, reported), and
+# the equality tests compare runs exactly.
+ENV = os.environ | {"PYTHONPATH": str(ROOT), "POLARS_MAX_THREADS": "1", "OMP_NUM_THREADS": "1",
+                    "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 GATHERED = ("attribution", "requests", "whatif")
 
 
