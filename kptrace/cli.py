@@ -172,6 +172,21 @@ def analyze(
         raise typer.Exit(1)
 
 
+@app.command()
+def fleet(
+    inputs: Annotated[list[Path], typer.Argument(help="bundles, trace files, or directories of them (paths the workers can read)")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="output directory: OUT/<input>/ per input, OUT/fleet/, fleet.json, fleet.html")],
+    scheduler: Annotated[str | None, typer.Option("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, tcp://HOST:PORT (default: a local cluster)")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="local cluster worker processes (default: one per core)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print fleet.json instead of the rankings")] = False,
+) -> None:
+    """Analyze many inputs in parallel on Dask, each as `analyze` would, and rank hosts, sources and
+    policies across them (docs/fleet.md). Exit 1 when some input failed (the others still run)."""
+    from kptrace.fleet import main
+
+    raise typer.Exit(main(inputs, out, scheduler, workers, as_json))
+
+
 def _policy_params(policy: str, source: str | None, to_cpu: int | None, knobs: dict) -> dict:
     """The parameters a policy takes, from the command line (named like the kernel's knobs)."""
     sources = [name for name in (source or "").split(",") if name]

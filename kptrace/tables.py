@@ -295,5 +295,86 @@ def tables_markdown() -> str:
     return DOC_HEAD + "\n" + body + DOC_TAIL
 
 
+
+# --------------------------------------------------------------------------- kptrace fleet (OUT/fleet/)
+# Kept apart from TABLES, which lists exactly what `kptrace analyze` writes for one input.
+
+#: Who each row of a fleet table comes from: read off the bundle's manifest and machine snapshot.
+FLEET_KEYS = (
+    Column("input", pl.String(), "", "the input's name: its output folder under OUT, unique within the run"),
+    Column("host", pl.String(), "", "host name from the bundle's manifest; `unknown` for a plain trace file"),
+    Column("kernel", pl.String(), "", "kernel release from the bundle's manifest; `unknown` for a plain trace file"),
+    Column("cpu_model", pl.String(), "", "`model name` from the bundle's `machine/cpuinfo.txt`; `unknown` when absent"),
+    Column("nic", pl.String(), "", "network devices that have a driver, `name (driver)` comma-separated, from the "
+                                   "bundle's `machine/net-devices.txt`; `unknown` when absent"),
+)
+
+_OVERVIEW = f"`requests.parquet` of the input, as `summary.json` (`requests.by_disrupted`) holds it"
+
+
+def _fleet_of(table: Table) -> Table:
+    """A per-input table gathered across the fleet: the input's keys, then the table's own columns."""
+    return Table(f"fleet/{table.name}", "kptrace/fleet/tables.py",
+                 f"input and row of its `{table.name}.parquet`", (*FLEET_KEYS, *table.columns))
+
+
+FLEET_REQUESTS = Table("fleet/requests", "kptrace/fleet/tables.py",
+                       "(input, clean or disrupted group of its requests)", (
+    *FLEET_KEYS,
+    Column("disrupted", pl.Boolean(), "", "a disruption's work ran inside these requests (`requests.disrupted`)"),
+    Column("requests", pl.UInt32(), "requests", f"requests in the group, from {_OVERVIEW}"),
+    Column("median_us", pl.Float64(), "µs", "median service time (`requests.dur`) of the group"),
+    Column("p99_us", pl.Float64(), "µs", "99th percentile service time of the group"),
+    Column("own_median_us", pl.Float64(), "µs", "median own time (`requests.own_ns`) of the group"),
+))
+
+FLEET_INPUTS = Table("fleet/inputs", "kptrace/fleet/tables.py", "input given to `kptrace fleet`", (
+    *FLEET_KEYS,
+    Column("path", pl.String(), "", "the input's path as the workers read it"),
+    Column("status", pl.String(), "", "`ok`, or `failed` (then `error` says why and the figures are null)"),
+    Column("error", pl.String(), "", "the one-line error of a failed input; null when ok"),
+    Column("events", pl.Int64(), "events", "events read from the input"),
+    Column("duration_s", pl.Float64(), "s", "length of the trace"),
+    Column("worst_cpu", pl.Int16(), "", "the CPU whose interrupt sources took the largest summed `capacity_loss`"),
+    Column("capacity_loss", pl.Float64(), "fraction",
+           "sum of `attribution.capacity_loss` over the sources of `worst_cpu` (each a fraction of that CPU's busy "
+           "time): the throughput interrupts cost the input while that CPU is its bottleneck", "modelled",
+           ci="capacity_loss_ci"),
+    _ci("capacity_loss_ci", "capacity_loss", "fraction", "modelled",
+        " (the sum of the sources' half-widths: an upper bound, as if their errors all went one way)"),
+    Column("top_source", pl.String(), "", "the source of `worst_cpu` with the largest `capacity_loss`"),
+))
+
+FLEET_TABLES: dict[str, Table] = {t.name: t for t in (_fleet_of(ATTRIBUTION), FLEET_REQUESTS, _fleet_of(WHATIF),
+                                                       FLEET_INPUTS)}
+
+FLEET_DOC_HEAD = """
+# The tables `kptrace fleet` writes
+
+`kptrace fleet INPUT... -o OUT` writes each input's own tables (above) into `OUT/<input>/` and
+gathers them across inputs into `OUT/fleet/` (`docs/fleet.md`). Every fleet table starts with
+the input's keys: {keys}.
+"""
+
+
+def fleet_table_markdown(table: Table) -> str:
+    """One fleet table's section: a gathered table names its per-input table rather than repeat it."""
+    own = table.columns[len(FLEET_KEYS):]
+    source = table.name.removeprefix("fleet/")
+    if source in TABLES and own == TABLES[source].columns:
+        return (f"## {table.name}.parquet (`{table.module}`)\nOne row per {table.row}: the keys, then every "
+                f"column of `{source}.parquet` above, same types, units and provenance.\n")
+    return table_markdown(Table(table.name, table.module, table.row, own))
+
+
+def fleet_tables_markdown() -> str:
+    """The fleet part of docs/tables.md."""
+    keys = ", ".join(f"`{c.name}` ({c.meaning})" for c in FLEET_KEYS)
+    return FLEET_DOC_HEAD.format(keys=keys) + "\n" + "\n".join(fleet_table_markdown(t) for t in FLEET_TABLES.values())
+
+
+DOC_TAIL += fleet_tables_markdown()
+
+
 if __name__ == "__main__":
     print(tables_markdown(), end="")
