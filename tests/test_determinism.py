@@ -66,3 +66,19 @@ def test_intervals_are_numbered_by_start_then_depth_then_record_order(two_runs):
     # The rule leaves no tie: a run whose switch-in the trace missed may cite the same row as
     # the recorded switch out that ends it, never the same pair of rows.
     assert intervals.select("seq", "end_seq").n_unique() == intervals.height
+
+
+def test_whatif_intervals_are_the_same_in_processes_with_different_string_hashing(tmp_path):
+    """The bootstrap draws per source in one fixed order: set iteration order follows string
+    hashing, which differs per process (PYTHONHASHSEED), and once moved the intervals."""
+    from kptrace.simulate import Scenario, write_simulation
+
+    trace = write_simulation(tmp_path / "sim", Scenario(duration_s=0.15, seed=6))
+    outputs = []
+    for hash_seed in ("1", "2"):
+        env = os.environ | {"PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(Path(kptrace.__file__).parent.parent)}
+        result = subprocess.run([sys.executable, "-m", "kptrace.cli", "whatif", str(trace), "--policy", "all",
+                                 "--json", "--replicates", "6"], capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout)
+    assert outputs[0] == outputs[1]

@@ -69,12 +69,8 @@ def local_run(inputs, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Pa
 
 
 def assert_same_table(fleet: pl.DataFrame, expected: pl.DataFrame, name: str) -> None:
-    """Exactly equal, but for the what-if bootstrap bounds: those vary from run to run of the same
-    input (by well under 1%; a determinism bug of kptrace.whatif, reported to the lead), so they
-    are held to 1% and everything else, the predictions included, to equality."""
-    bounds = [c for c in fleet.columns if name == "whatif" and c.endswith(("_lo", "_hi"))]
-    assert_frame_equal(fleet.drop(bounds), expected.drop(bounds), check_exact=True)
-    assert_frame_equal(fleet.select(bounds), expected.select(bounds), check_exact=False, rel_tol=1e-2)
+    """Exactly equal, the what-if bootstrap bounds included (same input, same output)."""
+    assert_frame_equal(fleet, expected, check_exact=True)
 
 
 def _analyzed_alone(inputs: Path, base: Path) -> dict[str, pl.DataFrame]:

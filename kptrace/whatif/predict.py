@@ -123,7 +123,7 @@ def _resampled(cores: list[CoreInput], rng: np.random.Generator, indirect: dict)
         for arrival in core.arrivals:
             by_source.setdefault(arrival.source, []).append(arrival)
         scale = {}
-        for source in by_source.keys() | core.hit_indirect.keys():
+        for source in sorted(by_source.keys() | core.hit_indirect.keys()):   # one draw order in every process
             estimate, half_width = indirect.get((core.cpu, source), (0.0, 0.0))
             scale[source] = max(0.0, 1 + rng.normal(0, half_width / Z95) / estimate) if estimate > 0 else 1.0
         drawn = {source: iter(rng.integers(0, len(items), len(items))) for source, items in by_source.items()}
