@@ -23,6 +23,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 COLLECTOR = Path(__file__).resolve().parent.parent / "collectors" / "kptrace-record"
 
 
+# The network policies' knobs, named like the kernel's (whatif and simulate --policy).
+Defer = Annotated[int | None, typer.Option("--defer", help="napi_defer_hard_irqs")]
+GroFlushTimeout = Annotated[int | None, typer.Option("--gro-flush-timeout", help="ns")]
+BusyPollUsecs = Annotated[int | None, typer.Option("--usecs", help="busy_poll_usecs")]
+BusyPollBudget = Annotated[int | None, typer.Option("--budget", help="busy_poll_budget")]
+PreferBusyPoll = Annotated[bool | None, typer.Option("--prefer", help="prefer_busy_poll")]
+IrqSuspendTimeout = Annotated[int | None, typer.Option("--timeout", help="irq-suspend-timeout, ns")]
+
+
 def _echo(text: str, err: bool = False) -> None:
     """Print, with a trace's escape sequences and control characters shown as escapes: names and
     fields come from whoever ran the traced programs (kptrace.export.text.terminal_safe)."""
@@ -202,12 +211,12 @@ def whatif(
                                         "irq-suspend | kernel-polling | all")] = "all",
     source: Annotated[str | None, typer.Option("--source", help="interrupt source(s), NAME[,NAME] (move-irqs, remove)")] = None,
     to_cpu: Annotated[int | None, typer.Option("--to-cpu", help="move-irqs: the CPU that takes them")] = None,
-    defer: Annotated[int | None, typer.Option("--defer", help="napi_defer_hard_irqs")] = None,
-    gro_flush_timeout: Annotated[int | None, typer.Option("--gro-flush-timeout", help="ns")] = None,
-    usecs: Annotated[int | None, typer.Option("--usecs", help="busy_poll_usecs")] = None,
-    budget: Annotated[int | None, typer.Option("--budget", help="busy_poll_budget")] = None,
-    prefer: Annotated[bool | None, typer.Option("--prefer", help="prefer_busy_poll")] = None,
-    timeout: Annotated[int | None, typer.Option("--timeout", help="irq-suspend-timeout, ns")] = None,
+    defer: Defer = None,
+    gro_flush_timeout: GroFlushTimeout = None,
+    usecs: BusyPollUsecs = None,
+    budget: BusyPollBudget = None,
+    prefer: PreferBusyPoll = None,
+    timeout: IrqSuspendTimeout = None,
     server: Annotated[str | None, typer.Option("--server", help="thread or process name, tid or pid (default: every epoll server)")] = None,
     replicates: Annotated[int, typer.Option("--replicates", help="bootstrap replicates for the 95% intervals")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="print the prediction as JSON (docs/whatif.md)")] = False,
@@ -254,12 +263,12 @@ def simulate(
     seed: Annotated[int, typer.Option("--seed")] = 1,
     policy: Annotated[str | None, typer.Option("--policy", help="add a NIC on every CPU, its queue under vanilla | "
                                                "coalesce | busy-poll | irq-suspend | kernel-polling")] = None,
-    defer: Annotated[int | None, typer.Option("--defer", help="napi_defer_hard_irqs")] = None,
-    gro_flush_timeout: Annotated[int | None, typer.Option("--gro-flush-timeout", help="ns")] = None,
-    usecs: Annotated[int | None, typer.Option("--usecs", help="busy_poll_usecs")] = None,
-    budget: Annotated[int | None, typer.Option("--budget", help="busy_poll_budget")] = None,
-    prefer: Annotated[bool | None, typer.Option("--prefer", help="prefer_busy_poll")] = None,
-    timeout: Annotated[int | None, typer.Option("--timeout", help="irq-suspend-timeout, ns")] = None,
+    defer: Defer = None,
+    gro_flush_timeout: GroFlushTimeout = None,
+    usecs: BusyPollUsecs = None,
+    budget: BusyPollBudget = None,
+    prefer: PreferBusyPoll = None,
+    timeout: IrqSuspendTimeout = None,
 ) -> None:
     """Write a synthetic epoll-server trace with known interrupt costs (truth.json) for tests and demos."""
     from kptrace.export.text import FORMATTERS

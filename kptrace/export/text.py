@@ -50,6 +50,8 @@ def _subsystem(event: str) -> str:
         return "sched"
     if event.rsplit("_", 1)[0] in VECTOR_HANDLERS:
         return "irq_vectors"
+    if event == "napi_poll":
+        return "napi"
     return "irq"
 
 
@@ -83,6 +85,8 @@ def _payload(style: str, event: str, fields: tuple) -> str:
     if event.startswith("sys_exit_"):
         ret = fields[0] & 0xFFFFFFFFFFFFFFFF
         return f"sys_{event.removeprefix('sys_exit_')} -> 0x{ret:x}" if ftrace else f"0x{ret:x}"
+    if event == "napi_poll":   # the kernel's own text, built by the simulator
+        return fields[0]
     if event == "irq_handler_entry":
         return "irq={} name={}".format(*fields)
     if event == "irq_handler_exit":
