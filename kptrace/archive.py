@@ -65,7 +65,7 @@ def is_archive(path: str | Path) -> bool:
     try:
         with open(path, "rb") as handle:
             header = _open_stream(handle).read(512)
-    except (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError):
+    except (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError, zlib.error):   # damaged data: not an archive
         return False
     return len(header) == 512 and header[_TAR_MAGIC_AT:_TAR_MAGIC_AT + 5] == b"ustar"
 

@@ -63,6 +63,17 @@ def test_binary_garbage_is_a_one_line_error(tmp_path):
     assert_one_line_error(*ingest(path, tmp_path)[:2], path, "binary data")
 
 
+def test_corrupt_gzip_data_is_a_one_line_error(tmp_path, real_lines):
+    """A valid gzip header over damaged deflate data (zlib.error, not an OSError) is refused
+    with one line, not a traceback."""
+    import gzip
+
+    packed = bytearray(gzip.compress("".join(real_lines).encode()))
+    packed[40:60] = bytes(b ^ 0xFF for b in packed[40:60])
+    path = write(tmp_path, "corrupt.txt.gz", bytes(packed))
+    assert_one_line_error(*ingest(path, tmp_path)[:2], path, "cannot decompress gzip data")
+
+
 def test_unknown_format_is_a_one_line_error(tmp_path):
     path = write(tmp_path, "table.csv", "ts,cpu,event\n1,0,irq\n2,1,irq\n")
     assert_one_line_error(*ingest(path, tmp_path)[:2], path, "unknown format")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import lzma
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def _decompress(path: Path, compression: str, warnings: list[str]) -> bytes:
         with opener(path, "rb") as stream:
             while chunk := stream.read(1 << 22):
                 chunks.append(chunk)
-    except (EOFError, OSError, lzma.LZMAError) as exc:
+    except (EOFError, OSError, lzma.LZMAError, zlib.error) as exc:   # zlib.error: corrupt deflate data
         if not chunks:
             raise TraceError(path, f"cannot decompress {compression} data ({exc})") from None
         warnings.append(f"{compression} stream is truncated or corrupt ({exc}); read the first "
