@@ -16,6 +16,7 @@ import socket
 import stat
 import struct
 import subprocess
+import tempfile
 import sys
 import textwrap
 import time
@@ -106,9 +107,18 @@ def _read(path: str) -> str | None:
         return f"<error {e.errno}>"
 
 
-def collector_instances() -> list[str]:
+def collector_instances(root: str = TRACEFS) -> list[str]:
     """The collector's instances (kptrace-<pid>); other tools' instances come and go on their own."""
-    return sorted(i for i in os.listdir(f"{TRACEFS}/instances") if re.fullmatch(r"kptrace-\d+", i))
+    return sorted(i for i in os.listdir(f"{root}/instances") if re.fullmatch(r"kptrace-\d+", i))
+
+
+def recording_root() -> str | None:
+    """The tracefs the collector records in: the default mount, else any other tracefs mount (such
+    as the one debugfs mounts at /sys/kernel/debug/tracing when perf touches it), as the
+    collector itself chooses; None while none is mounted."""
+    with open("/proc/self/mounts") as f:
+        found = [line.split()[1] for line in f if len(line.split()) > 2 and line.split()[2] == "tracefs"]
+    return TRACEFS if TRACEFS in found else (found[0] if found else None)
 
 
 def tracefs_state() -> dict:
@@ -153,12 +163,12 @@ def our_processes(marker: str) -> list[str]:
 def wait_for_instance(timeout: float = 10.0) -> str:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if tracefs_mounted():
-            inst = collector_instances()
+        if root := recording_root():
+            inst = collector_instances(root)
             # A new instance starts with tracing on; the collector turns it off, enables its events,
             # and turns it on again only once it is recording: wait for both.
-            if inst and (_read(f"{TRACEFS}/instances/{inst[0]}/events/sched/sched_switch/enable") == "1\n"
-                         and _read(f"{TRACEFS}/instances/{inst[0]}/tracing_on") == "1\n"):
+            if inst and (_read(f"{root}/instances/{inst[0]}/events/sched/sched_switch/enable") == "1\n"
+                         and _read(f"{root}/instances/{inst[0]}/tracing_on") == "1\n"):
                 return inst[0]
         time.sleep(0.05)
     raise AssertionError("the recorder never started recording")
@@ -562,7 +572,24 @@ def raw_timestamps(bundle: Path, man: dict, cpu: int) -> list[int]:
     return [t for at in range(0, len(data), size) for t in raw_page_timestamps(data[at:at + size], data_size)]
 
 
-def test_binary_capture_streams_more_than_the_ring_buffer_holds_and_loses_nothing(tmp_path):
+@pytest.fixture(scope="module")
+def events_dir():
+    """A tracefs to read the kernel's format files and event list from, for the tests' own
+    checks: the global mount if there is one; else (tracefs starts unmounted, as in CI) a mount
+    point of the tests' own, unmounted afterwards. Reading it changes no tracing state."""
+    if tracefs_mounted():
+        yield f"{TRACEFS}/events"
+        return
+    point = tempfile.mkdtemp(prefix="kptrace-test-tracefs.")
+    subprocess.run(["mount", "-t", "tracefs", "nodev", point], check=True)
+    try:
+        yield f"{point}/events"
+    finally:
+        subprocess.run(["umount", point], check=False)
+        os.rmdir(point)
+
+
+def test_binary_capture_streams_more_than_the_ring_buffer_holds_and_loses_nothing(tmp_path, events_dir):
     """--binary copies every event the kernel hands over (decoded count = the kernel's read count,
     per CPU), more than one ring buffer's worth, in time order, inside the recording window."""
     before = tracefs_state()
@@ -572,8 +599,8 @@ def test_binary_capture_streams_more_than_the_ring_buffer_holds_and_loses_nothin
     assert_state_unchanged(before)
     man = json.loads((out / "manifest.json").read_text())
     assert man["capture"] == "binary" and man["files"]["trace"] is None and man["files"]["raw"] == "raw"
-    assert (out / "raw" / "header_page").read_text() == _read(f"{TRACEFS}/events/header_page")
-    assert (out / "raw" / "header_event").read_text() == _read(f"{TRACEFS}/events/header_event")
+    assert (out / "raw" / "header_page").read_text() == _read(f"{events_dir}/header_page")
+    assert (out / "raw" / "header_event").read_text() == _read(f"{events_dir}/header_event")
     for name in man["events"]["enabled"]:
         system, event = name.split(":")
         assert (out / "raw" / "format" / system / event / "format").read_text().startswith(f"name: {event}\n")
@@ -647,14 +674,14 @@ PRESET_GLOBS["full"] = EVENT_GLOBS
 
 
 @pytest.mark.parametrize("preset", ["light", "requests", "full"])
-def test_preset_enables_exactly_its_events_and_the_trace_holds_no_other(tmp_path, preset):
+def test_preset_enables_exactly_its_events_and_the_trace_holds_no_other(tmp_path, preset, events_dir):
     out = tmp_path / preset
     r = record(out, "--preset", preset, "--no-perf", "--buffer-kb", "2048", "--", sys.executable, "-c",
                LOOPBACK_TRAFFIC, "0.3")
     assert r.returncode == 0, r.stderr
     man = json.loads((out / "manifest.json").read_text())
-    expected = sorted({os.path.relpath(d, f"{TRACEFS}/events").replace("/", ":")
-                       for g in PRESET_GLOBS[preset] for d in glob.glob(f"{TRACEFS}/events/{g}")
+    expected = sorted({os.path.relpath(d, events_dir).replace("/", ":")
+                       for g in PRESET_GLOBS[preset] for d in glob.glob(f"{events_dir}/{g}")
                        if os.path.isfile(f"{d}/enable")})
     assert sorted(man["events"]["enabled"]) == expected
     assert man["preset"] == preset

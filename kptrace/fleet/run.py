@@ -30,7 +30,9 @@ def open_client(scheduler: str | None, workers: int | None):
     one per core) that we own and close."""
     from distributed import Client, LocalCluster
 
-    logging.getLogger("distributed").setLevel(logging.ERROR)
+    # Cancelling tasks (Ctrl-C) makes the nannies log their CancelledError tracebacks at ERROR:
+    # an interrupted fleet says so in one line of its own instead.
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
     if scheduler is not None:
         try:
             return Client(scheduler, timeout=CONNECT_TIMEOUT), None
@@ -40,7 +42,7 @@ def open_client(scheduler: str | None, workers: int | None):
     # Each worker's Polars gets its share of the cores, so that workers do not oversubscribe them.
     threads = str(max(1, (os.cpu_count() or 1) // count))
     cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, memory_limit=MEMORY_PER_TASK,
-                           dashboard_address=None, silence_logs=logging.ERROR,
+                           dashboard_address=None, silence_logs=logging.CRITICAL,
                            env={"POLARS_MAX_THREADS": threads})
     return Client(cluster), cluster
 
