@@ -5,6 +5,7 @@ command scales from a laptop to a cluster, retries a task whose worker died, and
 from __future__ import annotations
 
 import logging
+import signal
 import os
 import sys
 import threading
@@ -41,9 +42,15 @@ def open_client(scheduler: str | None, workers: int | None):
     count = workers or os.cpu_count() or 1
     # Each worker's Polars gets its share of the cores, so that workers do not oversubscribe them.
     threads = str(max(1, (os.cpu_count() or 1) // count))
-    cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, memory_limit=MEMORY_PER_TASK,
-                           dashboard_address=None, silence_logs=logging.CRITICAL,
-                           env={"POLARS_MAX_THREADS": threads})
+    # Ctrl-C reaches the whole process group: the workers start with SIGINT ignored (inherited), so
+    # only this process handles it, cancels the tasks and closes the cluster, which ends them.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, memory_limit=MEMORY_PER_TASK,
+                               dashboard_address=None, silence_logs=logging.CRITICAL,
+                               env={"POLARS_MAX_THREADS": threads})
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return Client(cluster), cluster
 
 
