@@ -15,6 +15,7 @@ import polars as pl
 
 import kptrace
 from kptrace.read import RawTrace
+from kptrace.read.duty import recorded_windows, traced_seconds
 from kptrace.schema import conform
 
 #: The idle task is `<idle>` in tracefs and trace-cmd, `swapper` in perf: use one name.
@@ -81,6 +82,11 @@ def normalize(raw: RawTrace) -> Events:
     unknown = real.filter(pl.col("subsystem") == "unknown")["event"].unique().sort().to_list()
     resolution = raw.rows["ts_resolution_ns"].max()
     manifest = raw.manifest or {}
+    span_s = (int(real["ts"].max()) - int(real["ts"].min())) / 1e9
+    if len(windows := recorded_windows(manifest)) > 1:
+        warnings.append(f"duty-cycled recording: {len(windows)} windows, {traced_seconds(windows):.3f} s traced "
+                        f"in {span_s:.3f} s; intervals across the {len(windows) - 1} gaps are marked incomplete "
+                        "and rates are per traced second")
     meta = {
         "kptrace_version": kptrace.__version__,
         "source_format": raw.source_format,
@@ -89,7 +95,7 @@ def normalize(raw: RawTrace) -> Events:
         "ts_resolution_ns": int(resolution) if resolution is not None else None,
         "start_ns": int(real["ts"].min()),
         "end_ns": int(real["ts"].max()),
-        "duration_s": (int(real["ts"].max()) - int(real["ts"].min())) / 1e9,
+        "duration_s": traced_seconds(windows) if len(windows) > 1 else span_s,
         "event_count": real.height,
         "event_counts": dict(sorted(
             real.group_by(pl.col("event").cast(pl.String)).len().iter_rows(), key=lambda kv: kv[0]
@@ -100,6 +106,8 @@ def normalize(raw: RawTrace) -> Events:
         "unparsed_examples": raw.unparsed_examples,
         "warnings": warnings,
     }
+    if len(windows) > 1:
+        meta["windows"] = [{"start_ns": start, "end_ns": end} for start, end in windows]
     if raw.manifest is not None:
         meta["bundle"] = {k: manifest.get(k) for k in ("created_utc", "hostname", "command", "counters",
                                                        "not_recorded", "workload", "per_cpu", "events",

@@ -20,6 +20,7 @@ import polars as pl
 
 from kptrace.errors import TraceError
 from kptrace.read.binary import Capture, decode
+from kptrace.read.duty import gap_markers, recorded_windows
 from kptrace.read.fields import type_fields
 from kptrace.read.lines import detect_format, split_lines
 from kptrace.read.rawpages import is_raw_dir, read_raw_dir
@@ -167,6 +168,9 @@ def read_bundle(directory: str | Path) -> RawTrace:
     for part in parts:
         frames.append(part.rows.with_columns(pl.col("seq").cast(pl.Int64) + seq_offset))
         seq_offset += int(part.rows["seq"].max() or 0)
+    if len(windows := recorded_windows(manifest)) > 1:
+        cpus = pl.concat([f.select(pl.col("cpu").cast(pl.Int64)) for f in frames])["cpu"].drop_nulls().unique()
+        frames.append(gap_markers(windows, cpus.to_list(), seq_offset + 1))
     return RawTrace(
         rows=pl.concat(frames, how="diagonal_relaxed").sort("ts", "seq", nulls_last=False),
         source_format="kptrace-bundle (" + "+".join(p.source_format for p in parts) + ")",
