@@ -9,6 +9,9 @@ an order rotated from round to round (so slow drift does not favour one arm):
   light      kptrace-record --preset light
   requests   kptrace-record --preset requests
   full       kptrace-record --preset full
+  counters   kptrace-record --counters-only --serving-cpus <server cpu> (no tracing; not run unless named)
+  counters-requests  the same plus --requests-cmd, a bash script asking memcached for its get+set
+             count at every sample (docs/collector.md); not run unless named
   NAME       any extra arm given as --arm 'NAME=collector arguments'
              (e.g. --arm 'duty=--preset requests --binary --every 10 --for 1', with --seconds >= 300)
 
@@ -43,6 +46,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RECORDER = REPO / "collectors" / "kptrace-record"
 PRESET_ARMS = {"light": ["--preset", "light"], "requests": ["--preset", "requests"], "full": ["--preset", "full"]}
+COUNTERS_ARMS = ("counters", "counters-requests")
+#: What docs/collector.md gives as memcached's request counter for --requests-cmd: one bash, no other
+#: process; memcached's cumulative get + set count.
+MEMCACHED_REQUESTS = """#!/bin/bash
+exec 3<>"/dev/tcp/${1:-127.0.0.1}/${2:-11211}" || exit 1
+printf 'stats\\r\\nquit\\r\\n' >&3
+n=0
+while read -r _ key value; do
+    case $key in cmd_get|cmd_set) n=$((n + ${value//[^0-9]/})) ;; esac
+done <&3
+echo "$n"
+"""
 
 
 def wait_port(port: int) -> None:
@@ -88,19 +103,23 @@ def arms_from(args: argparse.Namespace) -> dict[str, list[str] | None]:
     for name in args.arms.split(","):
         if name == "control":
             arms[name] = None
+        elif name in COUNTERS_ARMS:
+            arms[name] = ["--counters-only"]
         elif name in PRESET_ARMS:
             arms[name] = PRESET_ARMS[name]
         elif name in extra:
             arms[name] = shlex.split(extra[name])
         else:
-            sys.exit(f"collector_overhead: unknown arm {name!r} (control, light, requests, full, or one given by --arm)")
+            sys.exit(f"collector_overhead: unknown arm {name!r} (control, light, requests, full, counters, "
+                     "counters-requests, or one given by --arm)")
     for name, value in extra.items():
         arms.setdefault(name, shlex.split(value))
     return arms
 
 
 def recorded_events(manifest: dict) -> int:
-    """Events the bundle holds: left in the buffer (text capture) plus handed to the streamer (binary)."""
+    """Events the bundle holds: left in the buffer (text capture) plus handed to the streamer (binary);
+    none for a counters-only bundle (per_cpu is empty)."""
     return sum((c.get("entries") or 0) + (c.get("read_events") or 0) for c in manifest["per_cpu"])
 
 
@@ -138,8 +157,15 @@ def main() -> int:
         subprocess.run(load_cmd(2), capture_output=True, check=True, timeout=60)
         common = ["--pid", str(mc.pid), "--buffer-kb", str(a.buffer_kb)] + (["--no-perf"] if a.no_perf else [])
         common += shlex.split(a.collector_args)
+        requests_script = tmp / "memcached-requests"
+        requests_script.write_text(MEMCACHED_REQUESTS)
+        requests_script.chmod(0o700)
+        counters_common = ["--serving-cpus", str(a.server_cpu)] + (["--no-perf"] if a.no_perf else [])
+        arms = {name: extra if name not in COUNTERS_ARMS else extra + counters_common + (
+            ["--requests-cmd", f"{requests_script} 127.0.0.1 {a.port}"] if name == "counters-requests" else [])
+            for name, extra in arms.items()}
         print(f"memcached -t 1 on CPU{a.server_cpu}, memcaslap -c {a.concurrency} -T 1 on CPU{load_cpu}, "
-              f"{a.seconds} s per run, {a.rounds} rounds; every collector arm: kptrace-record {' '.join(common)}")
+              f"{a.seconds} s per run, {a.rounds} rounds; every traced arm: kptrace-record {' '.join(common)}")
         for name, extra in arms.items():
             print(f"  arm {name:<10} {'no collector (A/A control)' if extra is None else ' '.join(extra)}")
         print(f"{'round':>5} {'arm':<10} {'ops/s':>8} {'base ops/s':>10} {'ratio':>6} {'us/req':>7} "
@@ -154,7 +180,9 @@ def main() -> int:
                     lost, per_req = 0, 0.0
                 else:
                     bundle = tmp / f"{name}-{i}"
-                    cmd = [sys.executable, str(RECORDER), "-q", "-o", str(bundle), *common, *extra, "--", *load]
+                    traced = "--counters-only" not in extra
+                    cmd = [sys.executable, str(RECORDER), "-q", "-o", str(bundle), *(common if traced else []), *extra,
+                           "--", *load]
                     ops, tps, us, r = measured(mc.pid, cmd, a.seconds + 600)
                     if r.returncode != 0:
                         sys.exit(f"collector_overhead: kptrace-record failed ({r.returncode}): {r.stderr.strip()}")

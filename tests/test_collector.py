@@ -376,7 +376,7 @@ def test_sigkill_then_next_run_cleans_up(tmp_path):
     time.sleep(0.3)
     p.kill()
     p.wait()
-    assert inst in os.listdir(f"{TRACEFS}/instances")  # left behind, as expected
+    assert inst in collector_instances(recording_root())  # left behind, as expected
     r = record(tmp_path / "next", "--no-perf", "--buffer-kb", "4096", "--duration", "0.3")
     assert r.returncode == 0, r.stderr
     assert f"removing stale tracefs instance {inst}" in r.stderr
@@ -386,10 +386,13 @@ def test_sigkill_then_next_run_cleans_up(tmp_path):
 
 
 def _in_private_ns(script: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    """Run a bash script in a private mount namespace with tracefs unmounted."""
+    """Run a bash script in a private mount namespace with tracefs unmounted (every mount of it,
+    such as the one under /sys/kernel/debug/tracing that perf's use of debugfs leaves)."""
     full = textwrap.dedent(f"""
         set -u
-        while grep -q ' {TRACEFS} tracefs ' /proc/mounts; do umount {TRACEFS} || exit 97; done
+        while point=$(grep ' tracefs ' /proc/mounts | head -1 | cut -d' ' -f2); [ -n "$point" ]; do
+            umount "$point" || exit 97
+        done
         R={RECORD}
         T={tmp_path}
     """) + textwrap.dedent(script)
@@ -705,3 +708,185 @@ def test_bad_mode_options_one_line_error(tmp_path, args, message):
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
     assert not (tmp_path / "b").exists()
+
+
+# ----------------------------------------------------------------- counters-only mode
+def counter_blocks(path: Path) -> list[tuple[int, str]]:
+    """counters/NAME.txt as [(t_ns, text)]: blocks, each an `@ <t_ns>` line and the file's text."""
+    blocks: list[tuple[int, list[str]]] = []
+    for line in path.read_text().splitlines():
+        if line.startswith("@ "):
+            blocks.append((int(line[2:]), []))
+        else:
+            assert blocks, f"{path} does not start with an @ line"
+            blocks[-1][1].append(line)
+    return [(t, "\n".join(lines)) for t, lines in blocks]
+
+
+def softirq_row(text: str, name: str) -> list[int]:
+    """One /proc/softirqs row's per-CPU counts."""
+    row = next(line for line in text.splitlines() if line.split(":")[0].strip() == name)
+    return [int(v) for v in row.split(":", 1)[1].split()]
+
+
+def tracefs_mount_lines() -> list[str]:
+    with open("/proc/self/mounts") as f:
+        return sorted(line for line in f if " tracefs " in line)
+
+
+def test_counters_only_samples_proc_and_perf_every_interval_without_tracing(tmp_path):
+    """--counters-only --duration 2: about 21 samples 100 ms apart on a grid that does not drift,
+    each a verbatim copy of /proc/interrupts, /proc/softirqs and /proc/stat; perf stat per CPU;
+    and no tracefs instance at any moment (tracefs not even mounted when it was not)."""
+    before, mounts_before = tracefs_state(), tracefs_mount_lines()
+    out = tmp_path / "counters"
+    p = subprocess.Popen([str(RECORD), "-q", "-o", str(out), "--counters-only", "--serving-cpus", "1",
+                          "--duration", "2"], stderr=subprocess.PIPE, text=True)
+    while p.poll() is None:
+        root = recording_root()
+        assert not (root and collector_instances(root)), "a counters-only run created a tracefs instance"
+        time.sleep(0.05)
+    assert p.returncode == 0, p.stderr.read()
+    assert_state_unchanged(before)
+    assert tracefs_mount_lines() == mounts_before
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["capture"] == "counters" and man["per_cpu"] == [] and man["lost_events_total"] == 0
+    assert man["preset"] is None and man["tracefs_instance"] is None
+    co = man["counters_only"]
+    assert co["interval_ms"] == 100 and co["clock"] == "CLOCK_MONOTONIC" and co["serving_cpus"] == [1]
+    assert co["requests_cmd"] is None and man["files"]["requests"] is None
+    files = {name: counter_blocks(out / man["files"][name]) for name in ("interrupts", "softirqs", "stat")}
+    assert {len(blocks) for blocks in files.values()} == {co["samples"]}
+    # 2 s at 100 ms: 21 samples (both ends); a loaded machine may skip late ticks, never add any
+    assert 15 <= co["samples"] <= 21, co["samples"]
+    stamps = [t for t, _ in files["stat"]]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert all(gap > 0 for gap in gaps)
+    assert abs((stamps[-1] - stamps[0]) / 1e9 - 2.0) < 0.05, stamps  # the last sample at the deadline
+    # on the grid that the first sample starts: each sample (its first read) within a few ms of a
+    # multiple of 100 ms from it, typically; a grid that drifted would wander off by the end
+    starts = [t for t, _ in files["interrupts"]][:-1]
+    off_grid = sorted(abs((t - starts[0] + 50_000_000) % 100_000_000 - 50_000_000) for t in starts)
+    assert off_grid[len(off_grid) // 2] < 10_000_000 and off_grid[int(0.8 * len(off_grid))] < 25_000_000, off_grid
+    assert man["duration_s"] == pytest.approx((stamps[-1] - stamps[0]) / 1e9, abs=0.01)
+    for (_, interrupts), (_, softirqs), (_, stat) in zip(*files.values()):
+        assert interrupts.split()[0] == "CPU0" and all(":" in row for row in interrupts.splitlines()[1:])
+        assert softirqs.split()[0] == "CPU0" and "NET_RX:" in softirqs
+        assert stat.startswith("cpu ") and "\nctxt " in stat
+    timer = [softirq_row(text, "TIMER") for _, text in files["softirqs"]]
+    assert all(all(b >= a for a, b in zip(x, y)) for x, y in zip(timer, timer[1:]))  # counters only grow
+    assert sum(timer[-1]) > sum(timer[0])
+    if perf_counts("task-clock"):
+        events = co["counters"]["events"]
+        assert co["counters"]["source"] in ("hardware-pmu", "software-only")
+        assert events == (["cycles", "instructions"] if co["counters"]["source"] == "hardware-pmu" else ["task-clock"])
+        assert co["perf_stat_start_ns"] < stamps[0]
+        rows = [line.split(",") for line in (out / man["files"]["perf_stat"]).read_text().splitlines()
+                if line and not line.startswith("#")]
+        assert {r[1] for r in rows if r[4] == events[0]} == {f"CPU{c}" for c in range(os.cpu_count())}
+        assert max(float(r[0]) for r in rows) >= 1.8  # perf's own clock: seconds since it started
+    summary = json.loads((out / "machine" / "summary.json").read_text())
+    assert summary["interrupts_before"] and summary["interrupts_after"]
+    assert not (out / "INCOMPLETE").exists()
+    assert modes(out) == ({0o700}, {0o600})
+    assert not our_processes(str(out))
+
+
+#: memcached's cumulative get + set count, as docs/collector.md gives it for --requests-cmd (one bash
+#: per sample, no other process).
+MEMCACHED_REQUESTS = """#!/bin/bash
+exec 3<>"/dev/tcp/${1:-127.0.0.1}/${2:-11211}" || exit 1
+printf 'stats\\r\\nquit\\r\\n' >&3
+n=0
+while read -r _ key value; do
+    case $key in cmd_get|cmd_set) n=$((n + ${value//[^0-9]/})) ;; esac
+done <&3
+echo "$n"
+"""
+
+
+def test_counters_only_request_counter_follows_a_real_memcached(tmp_path):
+    """--requests-cmd with the documented memcached script: requests.txt starts at memcached's
+    count before the load, never goes down, and ends with every request the load sent."""
+    for tool in ("memcached", "memcaslap", "bash"):
+        if shutil.which(tool) is None:
+            unavailable(f"needs {tool}")
+    script = tmp_path / "memcached-requests"
+    script.write_text(MEMCACHED_REQUESTS)
+    script.chmod(0o700)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(["memcached", "-u", "root", "-l", "127.0.0.1", "-p", str(port), "-t", "1", "-U", "0"])
+    try:
+        time.sleep(0.3)
+        out = tmp_path / "b"
+        r = record(out, "--counters-only", "--requests-cmd", f"{script} 127.0.0.1 {port}", "--", "memcaslap",
+                   "-s", f"127.0.0.1:{port}", "-x", "3000", "-c", "2", "-T", "1", timeout=120)
+    finally:
+        server.terminate()
+        server.wait()
+    assert r.returncode == 0, r.stderr
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["counters_only"]["requests_cmd"] == [str(script), "127.0.0.1", str(port)]
+    lines = [line.split() for line in (out / man["files"]["requests"]).read_text().splitlines()]
+    assert len(lines) == man["counters_only"]["samples"] >= 2
+    stamps = [int(t) for t, _ in lines]
+    assert stamps == sorted(stamps)
+    counts = [int(c) for _, c in lines if c != "-"]
+    assert len(counts) >= 0.8 * len(lines), lines  # '-' only when a run of the script failed
+    assert counts[0] == 0 and counts[-1] == 3000, (counts[0], counts[-1])
+    assert counts == sorted(counts)
+
+
+def test_counters_only_request_command_that_prints_no_count_is_refused(tmp_path):
+    out = tmp_path / "b"
+    r = record(out, "--counters-only", "--requests-cmd", "echo many", "--duration", "1")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "--requests-cmd did not print a count" in r.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--counters-only", "--preset", "light"], "--preset does not apply to --counters-only"),
+    (["--counters-only", "--binary"], "--binary does not apply to --counters-only"),
+    (["--counters-only", "--interval-ms", "5"], "--interval-ms must be"),
+    (["--serving-cpus", "1"], "--serving-cpus goes with --counters-only"),
+    (["--counters-only", "--serving-cpus", "one"], "--serving-cpus must look like"),
+])
+def test_counters_only_bad_options_one_line_error(tmp_path, args, message):
+    r = record(tmp_path / "b", *args, "--duration", "1")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
+    assert not (tmp_path / "b").exists()
+
+
+# ----------------------------------------------------------------- machine snapshot: network
+def test_machine_snapshot_holds_each_nics_polling_settings_and_queue_irqs(short_bundle):
+    """summary.json and the text files give, for this machine's NIC, what sysfs and /proc say now:
+    NAPI deferral, GRO flush timeout, threaded NAPI, RPS masks, the IRQs of its queues and where
+    each may run, and the busy-poll sysctls."""
+    nics = [d for d in sorted(glob.glob("/sys/class/net/*")) if os.path.exists(f"{d}/device")]
+    if not nics:
+        unavailable("no network device with a device link (a physical or virtio NIC)")
+    name = os.path.basename(nics[0])
+    summary = json.loads((short_bundle / "machine" / "summary.json").read_text())
+    [nic] = [n for n in summary["net_devices"] if n["name"] == name]
+    for key in ("napi_defer_hard_irqs", "gro_flush_timeout", "threaded"):
+        assert nic[key] == int(_read(f"/sys/class/net/{name}/{key}")), key
+    rx_queues = glob.glob(f"/sys/class/net/{name}/queues/rx-*")
+    assert sorted(nic["rps_cpus"]) == sorted(os.path.basename(q) for q in rx_queues)
+    assert summary["net_core_busy_poll"] == int(_read("/proc/sys/net/core/busy_poll"))
+    assert summary["net_core_busy_read"] == int(_read("/proc/sys/net/core/busy_read"))
+    # the queue IRQs: every /proc/irq/N whose handler is this NIC's (virtioK-input.0, eth0-TxRx-0, ...)
+    driver_names = {name, os.path.basename(os.path.realpath(f"/sys/class/net/{name}/device"))}
+    expected = sorted(int(d.split("/")[3]) for d in glob.glob("/proc/irq/[0-9]*/*/")
+                      if any(os.path.basename(d[:-1]).startswith(f"{n}-") for n in driver_names))
+    assert expected, "no IRQ handler named after the NIC"
+    assert set(expected) <= {i["irq"] for i in nic["irqs"]}
+    for irq in nic["irqs"]:
+        assert irq["smp_affinity_list"] == _read(f"/proc/irq/{irq['irq']}/smp_affinity_list").strip()
+    text = (short_bundle / "machine" / "nic-irqs.txt").read_text()
+    assert all(f"{name} {irq} " in text for irq in expected)
+    assert f"{name} " in (short_bundle / "machine" / "net-queues.txt").read_text()
+    assert f"threaded={nic['threaded']}" in (short_bundle / "machine" / "net-devices.txt").read_text()
