@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -174,8 +175,22 @@ def wait_for_instance(timeout: float = 10.0) -> str:
     raise AssertionError("the recorder never started recording")
 
 
+#: What most tests here were written against: continuous tracing of the full event set, as text.
+#: The default (the sampled preset, binary capture) has tests of its own.
+CONTINUOUS = ("--preset", "full")
+TEXT = ("--text",)
+
+
 def record(out: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([str(RECORD), "-q", "-o", str(out), *args], capture_output=True,
+    """Run the collector; options a test leaves out are the CONTINUOUS and TEXT ones, unless it
+    asks for the defaults (`--defaults`, removed before the run)."""
+    options = set(args[: args.index("--")] if "--" in args else args)
+    if "--defaults" in options:
+        args, extra = tuple(arg for arg in args if arg != "--defaults"), ()
+    else:
+        extra = ((() if options & {"--preset", "--events", "--counters-only"} else CONTINUOUS)
+                 + (() if options & {"--binary", "--text", "--counters-only"} else TEXT))
+    return subprocess.run([str(RECORD), "-q", "-o", str(out), *extra, *args], capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -353,7 +368,7 @@ def test_pid_filter_only_on_syscalls(tmp_path):
 def test_signal_mid_run_restores_state(tmp_path, sig, capture):
     before = tracefs_state()
     out = tmp_path / "b"
-    p = subprocess.Popen([str(RECORD), "-q", "-o", str(out), "--buffer-kb", "4096", capture,
+    p = subprocess.Popen([str(RECORD), "-q", "-o", str(out), "--buffer-kb", "4096", capture, *CONTINUOUS,
                           "--duration", "30"], stderr=subprocess.PIPE, text=True)
     wait_for_instance()
     time.sleep(0.5)
@@ -370,7 +385,7 @@ def test_signal_mid_run_restores_state(tmp_path, sig, capture):
 def test_sigkill_then_next_run_cleans_up(tmp_path):
     before = tracefs_state()
     out = tmp_path / "killed"
-    p = subprocess.Popen([str(RECORD), "-q", "-o", str(out), "--buffer-kb", "4096",
+    p = subprocess.Popen([str(RECORD), "-q", "-o", str(out), "--buffer-kb", "4096", *CONTINUOUS, *TEXT,
                           "--duration", "30"])
     inst = wait_for_instance()
     time.sleep(0.3)
@@ -429,7 +444,7 @@ def test_unmounted_sigkill_next_run_unmounts(tmp_path):
 
 def test_second_concurrent_run_refused(tmp_path):
     before = tracefs_state()
-    p = subprocess.Popen([str(RECORD), "-q", "-o", str(tmp_path / "a"), "--no-perf",
+    p = subprocess.Popen([str(RECORD), "-q", "-o", str(tmp_path / "a"), "--no-perf", *CONTINUOUS, *TEXT,
                           "--buffer-kb", "4096", "--duration", "30"])
     try:
         wait_for_instance()
@@ -475,7 +490,9 @@ def test_dry_run_changes_nothing(tmp_path):
     assert "plan" in r.stdout
     assert "sched:sched_switch" in r.stdout
     assert 'comm == "memcached"' in r.stdout
-    assert "trace.txt.zst" in r.stdout
+    # The defaults: the sampled preset, binary capture.
+    assert "preset:         sampled" in r.stdout and "0.2 s traced at the start of every 2 s" in r.stdout
+    assert "raw/" in r.stdout and "trace.txt.zst" not in r.stdout
     assert not out.exists()
     assert_state_unchanged(before)
 
@@ -506,6 +523,7 @@ def test_kptrace_record_traces_a_memcached_run_in_one_command(tmp_path):
         time.sleep(0.3)
         kptrace = [sys.executable, "-m", "kptrace.cli"]
         recorded = subprocess.run([*kptrace, "record", "-q", "-o", str(tmp_path / "b"), "--pid", str(server.pid),
+                                   *CONTINUOUS, *TEXT,
                                    "--buffer-kb", "16384", "--", "memcaslap", "-s", f"127.0.0.1:{port}",
                                    "-x", "2000", "-c", "2", "-T", "1"], capture_output=True, text=True, timeout=120)
         assert recorded.returncode == 0, recorded.stderr
@@ -664,6 +682,48 @@ def test_duty_cycling_traces_only_inside_its_windows(tmp_path):
         samples = [float(t) * 1e9 for t in re.findall(r"\s([\d.]+): +\d+ +syscalls:sys_exit_epoll", text)]
         assert samples and all(any(lo <= t <= hi for lo, hi in spans) for t in samples), (samples[:5], spans)
         assert all(any(lo <= t <= hi for t in samples) for lo, hi in spans[:3]), "perf sampled nothing in a window"
+
+
+def test_default_samples_the_requests_preset_in_binary_and_switches_its_events_off_between_windows(tmp_path):
+    """With no mode options the collector records the requests events 0.2 s of every 2 s, as raw
+    pages; between windows the events themselves are disabled (not only the buffer), which is what
+    makes sampling cheap. `kptrace ingest` reads the bundle as separate windows."""
+    before = tracefs_state()
+    out = tmp_path / "default"
+    poller = subprocess.Popen([sys.executable, "-c", EPOLL_LOOP])
+    seen, done = set(), threading.Event()
+
+    def watch():
+        while not done.is_set():
+            root = recording_root()
+            for inst in collector_instances(root) if root else []:
+                state = _read(f"{root}/instances/{inst}/events/syscalls/sys_exit_epoll_wait/enable")
+                if not state.startswith("<error"):  # the instance may be gone between listing and reading
+                    seen.add(state.strip())
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        r = record(out, "--defaults", "--no-perf", "--pid", str(poller.pid), "--duration", "4.5")
+    finally:
+        done.set()
+        watcher.join()
+        poller.kill()
+        poller.wait()
+    assert r.returncode == 0, r.stderr
+    assert_state_unchanged(before)
+    man = json.loads((out / "manifest.json").read_text())
+    assert (man["preset"], man["capture"], man["duty_cycle"]) == ("sampled", "binary", {"every_s": 2.0, "for_s": 0.2})
+    assert [w["index"] for w in man["windows"]] == [0, 1, 2], man["windows"]
+    assert seen == {"0", "1"}, seen
+    ingested = subprocess.run([sys.executable, "-m", "kptrace.cli", "ingest", str(out), "-o", str(tmp_path / "in")],
+                              capture_output=True, text=True)
+    assert ingested.returncode == 0, ingested.stderr
+    meta = json.loads((tmp_path / "in" / "meta.json").read_text())
+    assert len(meta["windows"]) == 3
+    assert meta["duration_s"] == pytest.approx(sum(w["end_ts"] - w["start_ts"] for w in man["windows"]), abs=1e-3)
+    assert meta["event_counts"].get("sys_exit_epoll_wait", 0) > 0
 
 
 # Each preset's events (system/event globs), as docs/collector.md lists them.

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import unavailable
-from test_collector import (LOOPBACK_TRAFFIC, RECORD, TRACEFS, assert_state_unchanged, collector_instances,
+from test_collector import (CONTINUOUS, LOOPBACK_TRAFFIC, RECORD, TRACEFS, assert_state_unchanged, collector_instances,
                             counter_blocks, decompress, our_processes, record, recording_root, require_root_tracefs,
                             tracefs_state, wait_for_instance, wait_lock_free)
 
@@ -81,8 +81,8 @@ def test_disk_full_mid_binary_run_stops_keeps_the_pages_and_analyze_reads_them(s
     INCOMPLETE, the pages copied before it) is read by kptrace analyze."""
     before = tracefs_state()
     out = small_disk / "b"
-    p = subprocess.Popen([str(RECORD), "-q", "-o", str(out), "--binary", "--no-perf", "--buffer-kb", "1024", "--",
-                          sys.executable, "-c", LOOPBACK_TRAFFIC, "30"], stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([str(RECORD), "-q", "-o", str(out), "--binary", *CONTINUOUS, "--no-perf", "--buffer-kb", "1024",
+                          "--", sys.executable, "-c", LOOPBACK_TRAFFIC, "30"], stderr=subprocess.PIPE, text=True)
     wait_for_instance()
     time.sleep(0.5)
     fill(small_disk / "filler")
@@ -292,7 +292,7 @@ def test_traced_command_that_does_not_exist_is_refused_before_anything_is_set_up
 
 
 # ----------------------------------------------------------------- two collectors at once
-@pytest.mark.parametrize("mode", [[], ["--counters-only"]])
+@pytest.mark.parametrize("mode", [list(CONTINUOUS), ["--counters-only"]], ids=["traced", "counters-only"])
 def test_two_collectors_started_together_one_records_the_other_exits_7(tmp_path, mode):
     before = tracefs_state()
     outs = [tmp_path / "one", tmp_path / "two"]
