@@ -1,0 +1,305 @@
+"""Analysis faults: the windows of a trace whose figures cannot be trusted, and what they touch.
+
+A damaged trace must never give a silently wrong number. Each detector below finds one fault
+from the normalized events and the interval table, as windows (DAMAGED_WINDOWS: cpu, tid,
+start_ns, end_ns, kind, detail; a null cpu or tid means every CPU or every task):
+
+- `lost_events`: the tracer dropped events on a CPU: from that CPU's last event before the
+  lost-event mark to the mark (dated by the first event after the gap).
+- `cpu_without_events`: a CPU the trace names (a wakeup's target_cpu, a migration, the bundle
+  manifest) has no event at all: its interrupts and tasks are unknown for the whole trace.
+- `buffer_wrapped`: a CPU's ring buffer overwrote its oldest events: from the trace start to
+  that CPU's first event.
+- `interrupt_without_exit`: a hard IRQ or softirq whose exit was never seen (the trace ends
+  inside it, or an edge is lost): from its entry to the next event on its CPU (the trace end).
+- `clock_order`: a task switched in after sleeping before the sched_waking that woke it, on
+  another CPU: one of the two CPUs' clocks went backwards. Every such case gives the window
+  from the switch-in to the waking on both CPUs; overlapping ones are merged.
+- `pid_reuse`: the name a tid carries in the kernel's own sched fields (sched_switch, waking)
+  changes: another process (or an exec) took the tid, so that tid's intervals across the
+  change are not one task's. The window runs from the last sight of the old name to the first
+  of the new one, for that tid on every CPU.
+- `counter_wrap`: a counter delta below 0 or at 2^47 or more (no real delta between two reads
+  comes near: 10 hours at 4 GHz): the epoll iteration it closes, from the previous read.
+- `counters_missing`: counter reads that should close an epoll iteration are absent: between
+  two reads on a CPU lie several epoll_wait returns (perf reads at each), or a CPU returns from
+  epoll_wait but has no read at all while others do.
+
+`mark_faults` adds the table to an Analysis, marks each request that overlaps a window
+(`damaged`, `fault_kinds`), counts windows and their covered time next to each attribution row
+(`damaged_windows`, `damaged_ns`), and adds one warning per fault kind to meta.json's warnings.
+The figures themselves are left as they are: the marks say which ones to distrust.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+
+from kptrace import tables
+from kptrace.requests import EPOLL
+
+if TYPE_CHECKING:
+    from kptrace.analysis import Analysis
+
+WINDOW_SCHEMA = tables.polars_schema("damaged_windows")
+#: A counter delta at or beyond this is a wrap or a damaged read, never a real count.
+WRAPPED_DELTA = 2**47
+#: What each fault kind means, for the warning line.
+FAULT_WORDS = {
+    "lost_events": "the tracer lost events",
+    "cpu_without_events": "a CPU the trace names has no events",
+    "buffer_wrapped": "a CPU's ring buffer overwrote its oldest events",
+    "interrupt_without_exit": "an interrupt's exit was never seen",
+    "clock_order": "timestamps go backwards across CPUs (a task ran before the wakeup that woke it)",
+    "pid_reuse": "a tid changed its task name mid-trace (pid reuse or exec)",
+    "counter_wrap": "a counter delta wrapped (negative or impossibly large)",
+    "counters_missing": "counter reads are missing at epoll_wait returns",
+}
+
+_EVENT = pl.col("event").cast(pl.String)
+_REAL = pl.col("subsystem").cast(pl.String) != "kptrace"
+
+
+def _windows(frame: pl.DataFrame | pl.LazyFrame, kind: str) -> pl.DataFrame:
+    """Typed as DAMAGED_WINDOWS; missing cpu/tid columns mean every CPU/task."""
+    frame = frame.lazy().with_columns(kind=pl.lit(kind))
+    present = frame.collect_schema().names()
+    return frame.select([(pl.col(c) if c in present else pl.lit(None)).cast(t).alias(c)
+                         for c, t in WINDOW_SCHEMA.items()]).collect()
+
+
+def _per_cpu(events: pl.DataFrame) -> pl.DataFrame:
+    """Events with their row (`seq`, the order of record) and the previous and next event's time on their CPU."""
+    return (events.select("cpu", "ts", "event", "subsystem", "value").with_row_index("seq")
+            .filter(pl.col("cpu").is_not_null()).sort("cpu", "seq")
+            .with_columns(prev_ts=pl.col("ts").shift(1).over("cpu"), next_ts=pl.col("ts").shift(-1).over("cpu")))
+
+
+def lost_event_windows(events: pl.DataFrame) -> pl.DataFrame:
+    marks = _per_cpu(events).filter(_EVENT == "lost_events")
+    count = pl.col("value").cast(pl.String)
+    return _windows(marks.select(
+        "cpu", start_ns=pl.coalesce("prev_ts", "ts"), end_ns="ts",
+        detail=pl.lit("the tracer lost ") + pl.when(pl.col("value").is_null()).then(pl.lit("an unknown number of"))
+        .otherwise(count) + pl.lit(" events on this CPU")), "lost_events")
+
+
+def cpu_windows(events: pl.DataFrame, meta: dict) -> pl.DataFrame:
+    """CPUs named but without events, and CPUs whose buffer wrapped (their trace starts late)."""
+    real = events.filter(_REAL)
+    present = set(real["cpu"].drop_nulls().to_list())
+    named = {}
+    for column, how in (("target_cpu", "a wakeup targets it"), ("orig_cpu", "a migration leaves it")):
+        for cpu in events[column].drop_nulls().unique().to_list():
+            named.setdefault(cpu, how)
+    for entry in (meta.get("bundle") or {}).get("per_cpu") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("cpu"), int):
+            named.setdefault(entry["cpu"], "the bundle manifest lists it")
+    missing = pl.DataFrame({"cpu": sorted(set(named) - present)}, schema={"cpu": pl.Int16})
+    absent = _windows(missing.with_columns(
+        start_ns=pl.lit(meta["start_ns"]), end_ns=pl.lit(meta["end_ns"]),
+        detail=pl.format("CPU {} has no events, yet {}: its interrupts and tasks are unknown", "cpu",
+                         pl.col("cpu").replace_strict(named, return_dtype=pl.String))), "cpu_without_events")
+    started = events.filter(_EVENT == "buffer_started").select("cpu").unique()
+    first = real.group_by("cpu").agg(first_ts=pl.col("ts").min())
+    wrapped = started.join(first, on="cpu").filter(pl.col("first_ts") > meta["start_ns"])
+    late = _windows(wrapped.select("cpu", start_ns=pl.lit(meta["start_ns"]), end_ns="first_ts",
+                                   detail=pl.lit("the ring buffer of this CPU wrapped: its events before are "
+                                                 "overwritten")), "buffer_wrapped")
+    return pl.concat([absent, late])
+
+
+def open_interrupt_windows(events: pl.DataFrame | None, intervals: pl.DataFrame, meta: dict) -> pl.DataFrame:
+    """Hard IRQs and softirqs without their exit: from the entry to the next event on the CPU
+    (without events: to the trace end)."""
+    following = (pl.DataFrame(schema={"seq": pl.UInt32, "next_ts": pl.Int64}) if events is None
+                 else _per_cpu(events).select(pl.col("seq").cast(pl.UInt32), "next_ts"))
+    open_ = (intervals.filter(pl.col("kind").is_in(["hardirq", "softirq"]) & ~pl.col("complete"))
+             .join(following, on="seq", how="left"))
+    return _windows(open_.select(
+        "cpu", start_ns="ts", end_ns=pl.coalesce("next_ts", pl.lit(meta["end_ns"])),
+        detail=pl.format("{} {} entered without a traced exit: its length is unknown", "kind", "name")),
+        "interrupt_without_exit")
+
+
+def _merge(windows: pl.DataFrame) -> pl.DataFrame:
+    """Overlapping windows of one (cpu, tid) merged into one, its detail counting what it joins."""
+    if windows.height == 0:
+        return windows
+    grouped = (windows.sort("cpu", "tid", "start_ns", "end_ns")
+               .with_columns(reach=pl.col("end_ns").cum_max().shift(1).over("cpu", "tid"))
+               .with_columns(group=(pl.col("reach").is_null() | (pl.col("start_ns") > pl.col("reach")))
+                             .cast(pl.UInt32).cum_sum()))
+    merged = grouped.group_by("group", maintain_order=True).agg(
+        pl.col("cpu", "tid", "kind").first(), start_ns=pl.col("start_ns").min(), end_ns=pl.col("end_ns").max(),
+        detail=pl.col("detail").first(), cases=pl.len())
+    return merged.with_columns(detail=pl.when(pl.col("cases") > 1).then(
+        pl.format("{} cases, the first: {}", "cases", "detail")).otherwise("detail")).select(list(WINDOW_SCHEMA))
+
+
+def clock_order_windows(events: pl.DataFrame, intervals: pl.DataFrame) -> pl.DataFrame:
+    """A task that slept (switched out in state S or D) is switched in again only after a
+    sched_waking of it, which may come while it still runs (it had set its sleeping state but not
+    yet switched out). When no waking lies between the start of the run that slept and the next
+    switch-in, and the first waking after it comes from another CPU, the two clocks disagree."""
+    rows = events.with_row_index("seq").select(
+        pl.col("seq").cast(pl.UInt32), "cpu", "ts", "event", "prev_pid", "prev_state", "next_pid", "task_pid")
+    wakings = rows.filter(_EVENT == "sched_waking").select(
+        tid="task_pid", waking_ts="ts", waking_cpu="cpu").sort("waking_ts")
+    if wakings.height == 0:
+        return _windows(pl.DataFrame(), "clock_order").clear()
+    switches = rows.filter(_EVENT == "sched_switch")
+    slept = switches.filter(~pl.col("prev_state").str.starts_with("R")).select(end_seq="seq", sleeper="prev_pid")
+    woken = switches.select("seq", woken="next_pid")
+    runs = (intervals.filter((pl.col("kind") == "running") & (pl.col("tid") != 0))
+            .join(woken, on="seq", how="left")
+            .sort("tid", "ts", "id")
+            .with_columns(next_ts=pl.col("ts").shift(-1).over("tid"), next_cpu=pl.col("cpu").shift(-1).over("tid"),
+                          next_switched_in=(pl.col("woken") == pl.col("tid")).shift(-1).over("tid"))
+            .join(slept, on="end_seq", how="inner")
+            .filter((pl.col("sleeper") == pl.col("tid")) & pl.col("next_switched_in").fill_null(False))
+            .select("tid", run_ts="ts", next_ts="next_ts", next_cpu="next_cpu")
+            .sort("next_ts"))
+    last = wakings.select("tid", last_waking_ts="waking_ts")
+    late = (runs.join_asof(last, left_on="next_ts", right_on="last_waking_ts", by="tid", strategy="backward",
+                           check_sortedness=False)
+            .join_asof(wakings, left_on="next_ts", right_on="waking_ts", by="tid", strategy="forward",
+                       allow_exact_matches=False, check_sortedness=False)
+            .filter((pl.col("last_waking_ts").is_null() | (pl.col("last_waking_ts") < pl.col("run_ts")))
+                    & (pl.col("waking_cpu") != pl.col("next_cpu"))))
+    detail = pl.format("tid {} switched in on CPU {} at {} ns, {} ns before the sched_waking on CPU {} that woke it",
+                       "tid", "next_cpu", "next_ts", pl.col("waking_ts") - pl.col("next_ts"), "waking_cpu")
+    both = pl.concat([late.select(cpu=cpu, start_ns="next_ts", end_ns="waking_ts", detail=detail)
+                      for cpu in ("next_cpu", "waking_cpu")])
+    return _merge(_windows(both, "clock_order"))
+
+
+def pid_reuse_windows(events: pl.DataFrame) -> pl.DataFrame:
+    """Changes of the name the kernel's sched fields give a tid (recorded at event time, unlike a
+    text trace's own task column, which the tracer fills in from a cache when it prints)."""
+    sched = events.with_row_index("seq").filter(_EVENT.str.starts_with("sched_"))
+    sightings = pl.concat([sched.select("seq", "ts", tid=pid, comm=comm) for pid, comm in
+                           (("prev_pid", "prev_comm"), ("next_pid", "next_comm"), ("task_pid", "task_comm"))])
+    changes = (sightings.drop_nulls().filter(pl.col("tid") != 0).sort("tid", "seq")
+               .with_columns(before=pl.col("comm").shift(1).over("tid"), last_ts=pl.col("ts").shift(1).over("tid"))
+               .filter(pl.col("before").is_not_null() & (pl.col("comm") != pl.col("before"))))
+    return _windows(changes.select(
+        "tid", start_ns="last_ts", end_ns="ts",
+        detail=pl.format("tid {} was '{}', then '{}': another task (pid reuse) or an exec; its intervals across "
+                         "the change are not one task's", "tid", "before", "comm")), "pid_reuse")
+
+
+def counter_windows(events: pl.DataFrame, meta: dict) -> pl.DataFrame:
+    """Wrapped counter deltas, and epoll iterations whose closing counter read is missing."""
+    reads = events.filter(pl.col("subsystem") == "counter").select(
+        "cpu", "ts", counter=_EVENT, value="value")
+    if reads.height == 0:
+        return _windows(pl.DataFrame(), "counter_wrap").clear()
+    reads = reads.sort("cpu", "counter", "ts").with_columns(prev_ts=pl.col("ts").shift(1).over("cpu", "counter"))
+    wrapped = _windows(reads.filter((pl.col("value") < 0) | (pl.col("value") >= WRAPPED_DELTA)).select(
+        "cpu", start_ns=pl.coalesce("prev_ts", pl.lit(meta["start_ns"])), end_ns="ts",
+        detail=pl.format("{} read a delta of {}: wrapped or damaged", "counter", "value")), "counter_wrap")
+    instants = reads.select("cpu", "ts").unique().sort("cpu", "ts").with_columns(
+        prev_ts=pl.col("ts").shift(1).over("cpu"))
+    exits = events.filter(_EVENT.is_in([f"sys_exit_{name}" for name in EPOLL])).select("cpu", exit_ts="ts")
+    closed = (exits.sort("exit_ts").join_asof(instants.sort("ts"), left_on="exit_ts", right_on="ts", by="cpu",
+                                              strategy="forward")
+              .filter(pl.col("exit_ts") > pl.col("prev_ts"))
+              .group_by("cpu", "prev_ts", "ts").agg(returns=pl.len()).filter(pl.col("returns") > 1))
+    gaps = _windows(closed.select(
+        "cpu", start_ns="prev_ts", end_ns="ts",
+        detail=pl.format("{} epoll_wait returns between two counter reads: the reads of the others are missing",
+                         "returns")), "counters_missing")
+    unread = (exits.join(instants.select("cpu").unique(), on="cpu", how="anti")
+              .group_by("cpu").agg(start_ns=pl.col("exit_ts").min(), end_ns=pl.col("exit_ts").max(), n=pl.len()))
+    absent = _windows(unread.select("cpu", "start_ns", "end_ns", detail=pl.format(
+        "{} epoll_wait returns on this CPU but no counter read, while other CPUs have them", "n")),
+        "counters_missing")
+    return pl.concat([wrapped, gaps, absent])
+
+
+def damaged_windows(events: pl.DataFrame | None, intervals: pl.DataFrame, meta: dict) -> pl.DataFrame:
+    """Every fault's windows, ordered by (start_ns, end_ns, cpu, tid, kind)."""
+    found = [open_interrupt_windows(events, intervals, meta)]
+    if events is not None:
+        found += [lost_event_windows(events), cpu_windows(events, meta), clock_order_windows(events, intervals),
+                  pid_reuse_windows(events), counter_windows(events, meta)]
+    return pl.concat(found).sort("start_ns", "end_ns", "cpu", "tid", "kind", nulls_last=True)
+
+
+def _touched(starts: np.ndarray, ends: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Whether each span [lo, hi] overlaps any window [start, end] (closed on both sides)."""
+    if len(starts) == 0:
+        return np.zeros(len(lo), dtype=bool)
+    order = np.argsort(starts, kind="stable")
+    reach = np.maximum.accumulate(ends[order])
+    opened = np.searchsorted(starts[order], hi, side="right")
+    return (opened > 0) & (reach[np.maximum(opened - 1, 0)] >= lo)
+
+
+def mark_requests(requests: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame:
+    """`fault_kinds`: the kinds of the windows a request overlaps in time on its CPU (any CPU when
+    it migrated) and its thread; `damaged`: it overlaps one."""
+    lo, hi = requests["ts"].to_numpy(), (requests["ts"] + requests["dur"]).to_numpy()
+    cpu, tid, migrated = requests["cpu"].to_numpy(), requests["tid"].to_numpy(), requests["migrated"].to_numpy()
+    kinds = np.empty((requests.height, 0), dtype=bool)
+    names = sorted(set(windows["kind"]))
+    for kind in names:
+        of_kind = windows.filter(pl.col("kind") == kind)
+        hit = np.zeros(requests.height, dtype=bool)
+        for (w_cpu, w_tid), group in of_kind.group_by("cpu", "tid"):
+            applies = ((w_cpu is None) | (cpu == w_cpu) | migrated) & ((w_tid is None) | (tid == w_tid))
+            hit |= applies & _touched(group["start_ns"].to_numpy(), group["end_ns"].to_numpy(), lo, hi)
+        kinds = np.column_stack([kinds, hit])
+    lists = [[name for name, on in zip(names, row, strict=True) if on] for row in kinds]
+    return requests.with_columns(
+        damaged=pl.Series(kinds.any(axis=1) if names else np.zeros(requests.height, dtype=bool)),
+        fault_kinds=pl.Series(lists, dtype=pl.List(pl.String)))
+
+
+def _covered_ns(starts: np.ndarray, ends: np.ndarray) -> int:
+    """Length of the union of windows [start, end]."""
+    if len(starts) == 0:
+        return 0
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], ends[order]
+    reach = np.concatenate([[starts[0]], np.maximum.accumulate(ends)[:-1]])
+    return int(np.clip(ends - np.maximum(starts, reach), 0, None).sum())
+
+
+def mark_attribution(attribution: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame:
+    """`damaged_windows` and `damaged_ns` of each row's CPU (windows for every CPU included)."""
+    per_cpu = {}
+    for cpu in attribution["cpu"].unique().to_list():
+        on_cpu = windows.filter(pl.col("cpu").is_null() | (pl.col("cpu") == cpu))
+        per_cpu[cpu] = (on_cpu.height, _covered_ns(on_cpu["start_ns"].to_numpy(), on_cpu["end_ns"].to_numpy()))
+    counts = pl.DataFrame([(cpu, n, ns) for cpu, (n, ns) in per_cpu.items()],
+                          schema={"cpu": pl.Int16, "damaged_windows": pl.UInt32, "damaged_ns": pl.Int64}, orient="row")
+    return attribution.join(counts, on="cpu", how="left", maintain_order="left")
+
+
+def fault_warnings(windows: pl.DataFrame, requests: pl.DataFrame | None) -> list[str]:
+    """One line per fault kind: where, how long, and how many requests it marks."""
+    lines = []
+    for kind in sorted(set(windows["kind"])):
+        of_kind = windows.filter(pl.col("kind") == kind)
+        cpus = sorted({"all" if c is None else str(c) for c in of_kind["cpu"].to_list()})
+        span = _covered_ns(of_kind["start_ns"].to_numpy(), of_kind["end_ns"].to_numpy())
+        marked = "" if requests is None else (
+            f"; {requests.filter(pl.col('fault_kinds').list.contains(kind)).height:,} requests marked damaged")
+        lines.append(f"{FAULT_WORDS[kind]}: {of_kind.height:,} damaged window(s) on CPU {', '.join(cpus)} "
+                     f"({span / 1e3:,.1f} µs){marked} (damaged_windows.parquet: {of_kind['detail'][0]})")
+    return lines
+
+
+def mark_faults(analysis: Analysis) -> Analysis:
+    """The analysis with its damaged windows, its requests and attribution marked, and a warning per fault."""
+    windows = damaged_windows(analysis.events, analysis.intervals, analysis.meta)
+    requests = None if analysis.requests is None else mark_requests(analysis.requests, windows)
+    meta = analysis.meta | {"warnings": [*analysis.meta["warnings"], *fault_warnings(windows, requests)]}
+    return replace(analysis, meta=meta, requests=requests, attribution=mark_attribution(analysis.attribution, windows),
+                   damaged_windows=windows)
