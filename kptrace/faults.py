@@ -15,10 +15,10 @@ start_ns, end_ns, kind, detail; a null cpu or tid means every CPU or every task)
 - `clock_order`: a task switched in after sleeping before the sched_waking that woke it, on
   another CPU: one of the two CPUs' clocks went backwards. Every such case gives the window
   from the switch-in to the waking on both CPUs; overlapping ones are merged.
-- `pid_reuse`: the name a tid carries in the kernel's own sched fields (sched_switch, waking)
-  changes: another process (or an exec) took the tid, so that tid's intervals across the
-  change are not one task's. The window runs from the last sight of the old name to the first
-  of the new one, for that tid on every CPU.
+- `pid_reuse`: a tid is seen again after its task exited (its last sched_switch out in state X
+  or Z): another task took the tid, so that tid's intervals across the change are not one
+  task's. The window runs from the exit to the first sight of the new task, for that tid on
+  every CPU. A reuse whose exit the trace lacks is not found (an exec renames a task too).
 - `counter_wrap`: a counter delta below 0 or at 2^47 or more (no real delta between two reads
   comes near: 10 hours at 4 GHz): the epoll iteration it closes, from the previous read.
 - `counters_missing`: counter reads that should close an epoll iteration are absent: between
@@ -55,13 +55,15 @@ FAULT_WORDS = {
     "buffer_wrapped": "a CPU's ring buffer overwrote its oldest events",
     "interrupt_without_exit": "an interrupt's exit was never seen",
     "clock_order": "timestamps go backwards across CPUs (a task ran before the wakeup that woke it)",
-    "pid_reuse": "a tid changed its task name mid-trace (pid reuse or exec)",
+    "pid_reuse": "a tid was used again after its task exited (pid reuse)",
     "counter_wrap": "a counter delta wrapped (negative or impossibly large)",
     "counters_missing": "counter reads are missing at epoll_wait returns",
 }
 
 _EVENT = pl.col("event").cast(pl.String)
 _REAL = pl.col("subsystem").cast(pl.String) != "kptrace"
+#: Events whose sched fields name a task (pid and comm) at the time they fire.
+_SIGHTINGS = ["sched_switch", "sched_waking", "sched_wakeup", "sched_wakeup_new", "sched_migrate_task"]
 
 
 def _windows(frame: pl.DataFrame | pl.LazyFrame, kind: str) -> pl.DataFrame:
@@ -73,9 +75,10 @@ def _windows(frame: pl.DataFrame | pl.LazyFrame, kind: str) -> pl.DataFrame:
 
 
 def _per_cpu(events: pl.DataFrame) -> pl.DataFrame:
-    """Events with their row (`seq`, the order of record) and the previous and next event's time on their CPU."""
+    """The tracer's events with their row (`seq`, the order of record) and the previous and next
+    event's time on their CPU; counter reads come from perf, not the tracer, and are left out."""
     return (events.select("cpu", "ts", "event", "subsystem", "value").with_row_index("seq")
-            .filter(pl.col("cpu").is_not_null()).sort("cpu", "seq")
+            .filter(pl.col("cpu").is_not_null() & (pl.col("subsystem") != "counter")).sort("cpu", "seq")
             .with_columns(prev_ts=pl.col("ts").shift(1).over("cpu"), next_ts=pl.col("ts").shift(-1).over("cpu")))
 
 
@@ -141,11 +144,12 @@ def _merge(windows: pl.DataFrame) -> pl.DataFrame:
         pl.format("{} cases, the first: {}", "cases", "detail")).otherwise("detail")).select(list(WINDOW_SCHEMA))
 
 
-def clock_order_windows(events: pl.DataFrame, intervals: pl.DataFrame) -> pl.DataFrame:
+def clock_order_windows(events: pl.DataFrame, intervals: pl.DataFrame, lost: pl.DataFrame) -> pl.DataFrame:
     """A task that slept (switched out in state S or D) is switched in again only after a
     sched_waking of it, which may come while it still runs (it had set its sleeping state but not
     yet switched out). When no waking lies between the start of the run that slept and the next
-    switch-in, and the first waking after it comes from another CPU, the two clocks disagree."""
+    switch-in, and the first waking after it comes from another CPU, the two clocks disagree,
+    unless events were lost (`lost`) meanwhile: then the waking may be what was lost."""
     rows = events.with_row_index("seq").select(
         pl.col("seq").cast(pl.UInt32), "cpu", "ts", "event", "prev_pid", "prev_state", "next_pid", "task_pid")
     wakings = rows.filter(_EVENT == "sched_waking").select(
@@ -171,26 +175,49 @@ def clock_order_windows(events: pl.DataFrame, intervals: pl.DataFrame) -> pl.Dat
                        allow_exact_matches=False, check_sortedness=False)
             .filter((pl.col("last_waking_ts").is_null() | (pl.col("last_waking_ts") < pl.col("run_ts")))
                     & (pl.col("waking_cpu") != pl.col("next_cpu"))))
+    explained = _touched(lost["start_ns"].to_numpy(), lost["end_ns"].to_numpy(),
+                         late["run_ts"].to_numpy(), late["waking_ts"].to_numpy())
+    late = late.filter(~pl.Series(explained))
     detail = pl.format("tid {} switched in on CPU {} at {} ns, {} ns before the sched_waking on CPU {} that woke it",
                        "tid", "next_cpu", "next_ts", pl.col("waking_ts") - pl.col("next_ts"), "waking_cpu")
-    both = pl.concat([late.select(cpu=cpu, start_ns="next_ts", end_ns="waking_ts", detail=detail)
-                      for cpu in ("next_cpu", "waking_cpu")])
-    return _merge(_windows(both, "clock_order"))
+    cases = pl.concat([late.select(cpu=cpu, start_ns="next_ts", end_ns="waking_ts", detail=detail)
+                       for cpu in ("next_cpu", "waking_cpu")] + _unpaired_wakeups(rows, lost))
+    return _merge(_windows(cases, "clock_order"))
+
+
+def _unpaired_wakeups(rows: pl.DataFrame, lost: pl.DataFrame) -> list[pl.DataFrame]:
+    """Each sched_waking of a task is followed by its sched_wakeup (on the CPU it wakes on)
+    before the next waking of it; two wakings, or two wakeups, in a row on different CPUs mean
+    the order across CPUs is broken where a clock jumped (unless events were lost there)."""
+    pairs = (rows.filter(_EVENT.is_in(["sched_waking", "sched_wakeup"]))
+             .select("seq", "ts", "cpu", "task_pid", event=_EVENT).sort("task_pid", "seq")
+             .with_columns(prev_event=pl.col("event").shift(1).over("task_pid"),
+                           prev_ts=pl.col("ts").shift(1).over("task_pid"), prev_cpu=pl.col("cpu").shift(1).over("task_pid"))
+             .filter((pl.col("event") == pl.col("prev_event")) & (pl.col("cpu") != pl.col("prev_cpu"))))
+    pairs = pairs.filter(~pl.Series(_touched(lost["start_ns"].to_numpy(), lost["end_ns"].to_numpy(),
+                                             pairs["prev_ts"].to_numpy(), pairs["ts"].to_numpy())))
+    detail = pl.format("tid {}: {} on CPU {} at {} ns and again on CPU {} at {} ns, with no counterpart between",
+                       "task_pid", "event", "prev_cpu", "prev_ts", "cpu", "ts")
+    return [pairs.select(cpu=cpu, start_ns="prev_ts", end_ns="ts", detail=detail) for cpu in ("prev_cpu", "cpu")]
 
 
 def pid_reuse_windows(events: pl.DataFrame) -> pl.DataFrame:
-    """Changes of the name the kernel's sched fields give a tid (recorded at event time, unlike a
-    text trace's own task column, which the tracer fills in from a cache when it prints)."""
-    sched = events.with_row_index("seq").filter(_EVENT.str.starts_with("sched_"))
-    sightings = pl.concat([sched.select("seq", "ts", tid=pid, comm=comm) for pid, comm in
-                           (("prev_pid", "prev_comm"), ("next_pid", "next_comm"), ("task_pid", "task_comm"))])
-    changes = (sightings.drop_nulls().filter(pl.col("tid") != 0).sort("tid", "seq")
-               .with_columns(before=pl.col("comm").shift(1).over("tid"), last_ts=pl.col("ts").shift(1).over("tid"))
-               .filter(pl.col("before").is_not_null() & (pl.col("comm") != pl.col("before"))))
-    return _windows(changes.select(
+    """A tid seen again after its task exited (switched out for the last time in state X or Z)
+    belongs to another task. Seen in the scheduler's own fields (sched_switch, wakeups,
+    migrations), which the kernel fills at event time; a name change alone is not counted, since
+    exec renames a task without a new tid."""
+    sched = events.with_row_index("seq").filter(_EVENT.is_in(_SIGHTINGS))
+    sightings = pl.concat([sched.select("seq", "ts", tid=pid, comm=comm, dead=dead) for pid, comm, dead in (
+        ("prev_pid", "prev_comm", pl.col("prev_state").str.contains("^[XZ]").fill_null(False)),
+        ("next_pid", "next_comm", pl.lit(False)), ("task_pid", "task_comm", pl.lit(False)))])
+    after_exit = (sightings.drop_nulls(["tid"]).filter(pl.col("tid") != 0).sort("tid", "seq")
+                  .with_columns(exited=pl.col("dead").shift(1).over("tid"), before=pl.col("comm").shift(1).over("tid"),
+                                last_ts=pl.col("ts").shift(1).over("tid"))
+                  .filter(pl.col("exited").fill_null(False)))
+    return _windows(after_exit.select(
         "tid", start_ns="last_ts", end_ns="ts",
-        detail=pl.format("tid {} was '{}', then '{}': another task (pid reuse) or an exec; its intervals across "
-                         "the change are not one task's", "tid", "before", "comm")), "pid_reuse")
+        detail=pl.format("tid {} exited as '{}', then '{}' ran under it: another task took the tid (pid reuse); "
+                         "its intervals across the change are not one task's", "tid", "before", "comm")), "pid_reuse")
 
 
 def counter_windows(events: pl.DataFrame, meta: dict) -> pl.DataFrame:
@@ -205,10 +232,13 @@ def counter_windows(events: pl.DataFrame, meta: dict) -> pl.DataFrame:
         detail=pl.format("{} read a delta of {}: wrapped or damaged", "counter", "value")), "counter_wrap")
     instants = reads.select("cpu", "ts").unique().sort("cpu", "ts").with_columns(
         prev_ts=pl.col("ts").shift(1).over("cpu"))
-    exits = events.filter(_EVENT.is_in([f"sys_exit_{name}" for name in EPOLL])).select("cpu", exit_ts="ts")
-    closed = (exits.sort("exit_ts").join_asof(instants.sort("ts"), left_on="exit_ts", right_on="ts", by="cpu",
-                                              strategy="forward")
-              .filter(pl.col("exit_ts") > pl.col("prev_ts"))
+    # A text trace rounds to its resolution, so a return may print up to that much after its read.
+    slack = meta.get("ts_resolution_ns") or 1
+    exits = events.filter(_EVENT.is_in([f"sys_exit_{name}" for name in EPOLL])).select(
+        "cpu", exit_ts="ts", earliest=pl.col("ts") - slack)
+    closed = (exits.sort("earliest").join_asof(instants.sort("ts"), left_on="earliest", right_on="ts", by="cpu",
+                                               strategy="forward", check_sortedness=False)
+              .filter(pl.col("prev_ts").is_not_null())
               .group_by("cpu", "prev_ts", "ts").agg(returns=pl.len()).filter(pl.col("returns") > 1))
     gaps = _windows(closed.select(
         "cpu", start_ns="prev_ts", end_ns="ts",
@@ -226,7 +256,8 @@ def damaged_windows(events: pl.DataFrame | None, intervals: pl.DataFrame, meta: 
     """Every fault's windows, ordered by (start_ns, end_ns, cpu, tid, kind)."""
     found = [open_interrupt_windows(events, intervals, meta)]
     if events is not None:
-        found += [lost_event_windows(events), cpu_windows(events, meta), clock_order_windows(events, intervals),
+        lost = lost_event_windows(events)
+        found += [lost, cpu_windows(events, meta), clock_order_windows(events, intervals, lost),
                   pid_reuse_windows(events), counter_windows(events, meta)]
     return pl.concat(found).sort("start_ns", "end_ns", "cpu", "tid", "kind", nulls_last=True)
 
@@ -291,8 +322,9 @@ def fault_warnings(windows: pl.DataFrame, requests: pl.DataFrame | None) -> list
         span = _covered_ns(of_kind["start_ns"].to_numpy(), of_kind["end_ns"].to_numpy())
         marked = "" if requests is None else (
             f"; {requests.filter(pl.col('fault_kinds').list.contains(kind)).height:,} requests marked damaged")
-        lines.append(f"{FAULT_WORDS[kind]}: {of_kind.height:,} damaged window(s) on CPU {', '.join(cpus)} "
-                     f"({span / 1e3:,.1f} µs){marked} (damaged_windows.parquet: {of_kind['detail'][0]})")
+        lines.append(f"damaged windows ({kind}): {FAULT_WORDS[kind]}: {of_kind.height:,} window(s) on CPU "
+                     f"{', '.join(cpus)}, {span / 1e3:,.1f} µs{marked}; damaged_windows.parquet lists them "
+                     f"(first: {of_kind['detail'][0]})")
     return lines
 
 
