@@ -313,25 +313,36 @@ def mark_attribution(attribution: pl.DataFrame, windows: pl.DataFrame) -> pl.Dat
     return attribution.join(counts, on="cpu", how="left", maintain_order="left")
 
 
-def fault_warnings(windows: pl.DataFrame, requests: pl.DataFrame | None) -> list[str]:
-    """One line per fault kind: where, how long, and how many requests it marks."""
-    lines = []
+def fault_overview(windows: pl.DataFrame | None, requests: pl.DataFrame | None) -> list[dict]:
+    """Per fault kind: its windows, the CPUs they lie on, the time they cover (ns), the requests
+    they mark (null without requests) and the first window's detail; for summary.json."""
+    if windows is None:
+        return []
+    rows = []
     for kind in sorted(set(windows["kind"])):
         of_kind = windows.filter(pl.col("kind") == kind)
-        cpus = sorted({"all" if c is None else str(c) for c in of_kind["cpu"].to_list()})
-        span = _covered_ns(of_kind["start_ns"].to_numpy(), of_kind["end_ns"].to_numpy())
-        marked = "" if requests is None else (
-            f"; {requests.filter(pl.col('fault_kinds').list.contains(kind)).height:,} requests marked damaged")
-        lines.append(f"damaged windows ({kind}): {FAULT_WORDS[kind]}: {of_kind.height:,} window(s) on CPU "
-                     f"{', '.join(cpus)}, {span / 1e3:,.1f} µs{marked}; damaged_windows.parquet lists them "
-                     f"(first: {of_kind['detail'][0]})")
-    return lines
+        rows.append({
+            "kind": kind, "meaning": FAULT_WORDS[kind], "windows": of_kind.height,
+            "cpus": sorted({"all" if c is None else str(c) for c in of_kind["cpu"].to_list()}),
+            "covered_ns": _covered_ns(of_kind["start_ns"].to_numpy(), of_kind["end_ns"].to_numpy()),
+            "requests_marked": None if requests is None or "fault_kinds" not in requests.columns
+            else requests.filter(pl.col("fault_kinds").list.contains(kind)).height,
+            "first": of_kind["detail"][0]})
+    return rows
+
+
+def fault_text(fault: dict) -> str:
+    """One fault kind in a line, for the warning and the printed summary."""
+    marked = "" if fault["requests_marked"] is None else f"; {fault['requests_marked']:,} requests marked damaged"
+    return (f"damaged windows ({fault['kind']}): {fault['meaning']}: {fault['windows']:,} window(s) on CPU "
+            f"{', '.join(fault['cpus'])}, {fault['covered_ns'] / 1e3:,.1f} µs{marked}; damaged_windows.parquet "
+            f"lists them (first: {fault['first']})")
 
 
 def mark_faults(analysis: Analysis) -> Analysis:
     """The analysis with its damaged windows, its requests and attribution marked, and a warning per fault."""
     windows = damaged_windows(analysis.events, analysis.intervals, analysis.meta)
     requests = None if analysis.requests is None else mark_requests(analysis.requests, windows)
-    meta = analysis.meta | {"warnings": [*analysis.meta["warnings"], *fault_warnings(windows, requests)]}
+    meta = analysis.meta | {"warnings": [*analysis.meta["warnings"], *map(fault_text, fault_overview(windows, requests))]}
     return replace(analysis, meta=meta, requests=requests, attribution=mark_attribution(analysis.attribution, windows),
                    damaged_windows=windows)

@@ -22,6 +22,7 @@ import zstandard
 from kptrace import tables
 from kptrace.analysis import analyze
 from kptrace.faults import FAULT_WORDS, WRAPPED_DELTA
+from kptrace.summary import build_summary
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_traces" / "memcached-diskirq-same-core"
 #: The slice of the sample's trace lines used (after its 12 header lines): 23 ms under load.
@@ -177,6 +178,20 @@ def test_a_cpu_without_events_is_one_window_over_the_whole_trace(tmp_path, sampl
     assert set(damaged.attribution["cpu"]) == {1}
 
 
+def test_a_wrapped_ring_buffer_marks_its_cpu_from_the_trace_start_to_its_first_event(tmp_path, sample, clean):
+    body = sample["body"]
+    # CPU0's buffer overwrote its first third: tracefs prints where what is left of it starts.
+    first = next(i for i in range(len(body) // 3, len(body)) if line_cpu(body[i]) == 0)
+    damaged_body = [line for i, line in enumerate(body) if line_cpu(line) != 0 or i >= first]
+    damaged_body.insert(damaged_body.index(body[first]), "##### CPU 0 buffer started ####\n")
+    damaged = analyze(bundle(tmp_path, sample, damaged_body))
+    assert windows(damaged) == [(0, None, damaged.meta["start_ns"], line_ts(body[first]), "buffer_wrapped")]
+    assert len(fault_lines(damaged, "buffer_wrapped")) == 1
+    # The server's CPU keeps its figures; its requests are marked only where they left CPU1.
+    assert damaged.requests["damaged"].to_list() == damaged.requests.select(
+        pl.col("migrated") & (pl.col("ts") <= line_ts(body[first]))).to_series().to_list()
+
+
 def _shift_cpu(body: list[str], cpu: int, lo: int, hi: int, by_us: int) -> list[str]:
     """Lines of `cpu` dated in [lo, hi] set back by `by_us`, then merged by time as the tracer prints."""
     def shifted(line: str) -> str:
@@ -299,3 +314,8 @@ def test_damaged_windows_are_written_with_the_declared_columns(tmp_path, sample)
         schema = pl.read_parquet_schema(tmp_path / "out" / f"{name}.parquet")
         assert list(schema.items()) == list(tables.written_schema(name).items())
     assert json.loads((tmp_path / "out" / "meta.json").read_text())["warnings"] == damaged.meta["warnings"]
+    summary = build_summary(damaged, predict=False)
+    assert summary["faults"] == [{
+        "kind": "cpu_without_events", "meaning": FAULT_WORDS["cpu_without_events"], "windows": 1, "cpus": ["0"],
+        "covered_ns": damaged.meta["end_ns"] - damaged.meta["start_ns"],
+        "requests_marked": int(damaged.requests["migrated"].sum()), "first": damaged.damaged_windows["detail"][0]}]
