@@ -62,6 +62,8 @@ FAULT_WORDS = {
 
 _EVENT = pl.col("event").cast(pl.String)
 _REAL = pl.col("subsystem").cast(pl.String) != "kptrace"
+#: The mark a duty-cycled recording puts on every CPU where a window starts after a gap.
+TRACE_GAP = "trace_gap"
 #: Events whose sched fields name a task (pid and comm) at the time they fire.
 _SIGHTINGS = ["sched_switch", "sched_waking", "sched_wakeup", "sched_wakeup_new", "sched_migrate_task"]
 
@@ -80,6 +82,15 @@ def _per_cpu(events: pl.DataFrame) -> pl.DataFrame:
     return (events.select("cpu", "ts", "event", "subsystem", "value").with_row_index("seq")
             .filter(pl.col("cpu").is_not_null() & (pl.col("subsystem") != "counter")).sort("cpu", "seq")
             .with_columns(prev_ts=pl.col("ts").shift(1).over("cpu"), next_ts=pl.col("ts").shift(-1).over("cpu")))
+
+
+def untraced_spans(events: pl.DataFrame) -> pl.DataFrame:
+    """Spans a CPU's trace does not cover by design: the gaps between the windows of a
+    duty-cycled recording (`trace_gap` marks, kptrace.read.duty), from the CPU's last event to
+    the mark. Not a fault: what they cut is incomplete already, and nothing is marked for them;
+    but a missing waking there proves nothing about clocks."""
+    marks = _per_cpu(events).filter(_EVENT == TRACE_GAP)
+    return marks.select("cpu", start_ns=pl.coalesce("prev_ts", "ts"), end_ns="ts")
 
 
 def lost_event_windows(events: pl.DataFrame) -> pl.DataFrame:
@@ -119,10 +130,12 @@ def cpu_windows(events: pl.DataFrame, meta: dict) -> pl.DataFrame:
 def open_interrupt_windows(events: pl.DataFrame | None, intervals: pl.DataFrame, meta: dict) -> pl.DataFrame:
     """Hard IRQs and softirqs without their exit: from the entry to the next event on the CPU
     (without events: to the trace end)."""
-    following = (pl.DataFrame(schema={"seq": pl.UInt32, "next_ts": pl.Int64}) if events is None
-                 else _per_cpu(events).select(pl.col("seq").cast(pl.UInt32), "next_ts"))
+    following = (pl.DataFrame(schema={"seq": pl.UInt32, "next_ts": pl.Int64, "next_event": pl.String})
+                 if events is None else _per_cpu(events).select(
+                     pl.col("seq").cast(pl.UInt32), "next_ts", next_event=_EVENT.shift(-1).over("cpu")))
+    # One cut by the gap between two windows of a duty-cycled recording is cut by design.
     open_ = (intervals.filter(pl.col("kind").is_in(["hardirq", "softirq"]) & ~pl.col("complete"))
-             .join(following, on="seq", how="left"))
+             .join(following, on="seq", how="left").filter(pl.col("next_event").ne_missing(TRACE_GAP)))
     return _windows(open_.select(
         "cpu", start_ns="ts", end_ns=pl.coalesce("next_ts", pl.lit(meta["end_ns"])),
         detail=pl.format("{} {} entered without a traced exit: its length is unknown", "kind", "name")),
@@ -144,12 +157,12 @@ def _merge(windows: pl.DataFrame) -> pl.DataFrame:
         pl.format("{} cases, the first: {}", "cases", "detail")).otherwise("detail")).select(list(WINDOW_SCHEMA))
 
 
-def clock_order_windows(events: pl.DataFrame, intervals: pl.DataFrame, lost: pl.DataFrame) -> pl.DataFrame:
+def clock_order_windows(events: pl.DataFrame, intervals: pl.DataFrame, unseen: pl.DataFrame) -> pl.DataFrame:
     """A task that slept (switched out in state S or D) is switched in again only after a
     sched_waking of it, which may come while it still runs (it had set its sleeping state but not
     yet switched out). When no waking lies between the start of the run that slept and the next
     switch-in, and the first waking after it comes from another CPU, the two clocks disagree,
-    unless events were lost (`lost`) meanwhile: then the waking may be what was lost."""
+    unless events were lost or not traced (`unseen`) meanwhile: then the waking may be there."""
     rows = events.with_row_index("seq").select(
         pl.col("seq").cast(pl.UInt32), "cpu", "ts", "event", "prev_pid", "prev_state", "next_pid", "task_pid")
     wakings = rows.filter(_EVENT == "sched_waking").select(
@@ -175,26 +188,26 @@ def clock_order_windows(events: pl.DataFrame, intervals: pl.DataFrame, lost: pl.
                        allow_exact_matches=False, check_sortedness=False)
             .filter((pl.col("last_waking_ts").is_null() | (pl.col("last_waking_ts") < pl.col("run_ts")))
                     & (pl.col("waking_cpu") != pl.col("next_cpu"))))
-    explained = _touched(lost["start_ns"].to_numpy(), lost["end_ns"].to_numpy(),
+    explained = _touched(unseen["start_ns"].to_numpy(), unseen["end_ns"].to_numpy(),
                          late["run_ts"].to_numpy(), late["waking_ts"].to_numpy())
     late = late.filter(~pl.Series(explained))
     detail = pl.format("tid {} switched in on CPU {} at {} ns, {} ns before the sched_waking on CPU {} that woke it",
                        "tid", "next_cpu", "next_ts", pl.col("waking_ts") - pl.col("next_ts"), "waking_cpu")
     cases = pl.concat([late.select(cpu=cpu, start_ns="next_ts", end_ns="waking_ts", detail=detail)
-                       for cpu in ("next_cpu", "waking_cpu")] + _unpaired_wakeups(rows, lost))
+                       for cpu in ("next_cpu", "waking_cpu")] + _unpaired_wakeups(rows, unseen))
     return _merge(_windows(cases, "clock_order"))
 
 
-def _unpaired_wakeups(rows: pl.DataFrame, lost: pl.DataFrame) -> list[pl.DataFrame]:
+def _unpaired_wakeups(rows: pl.DataFrame, unseen: pl.DataFrame) -> list[pl.DataFrame]:
     """Each sched_waking of a task is followed by its sched_wakeup (on the CPU it wakes on)
     before the next waking of it; two wakings, or two wakeups, in a row on different CPUs mean
-    the order across CPUs is broken where a clock jumped (unless events were lost there)."""
+    the order across CPUs is broken where a clock jumped (unless events went unseen there)."""
     pairs = (rows.filter(_EVENT.is_in(["sched_waking", "sched_wakeup"]))
              .select("seq", "ts", "cpu", "task_pid", event=_EVENT).sort("task_pid", "seq")
              .with_columns(prev_event=pl.col("event").shift(1).over("task_pid"),
                            prev_ts=pl.col("ts").shift(1).over("task_pid"), prev_cpu=pl.col("cpu").shift(1).over("task_pid"))
              .filter((pl.col("event") == pl.col("prev_event")) & (pl.col("cpu") != pl.col("prev_cpu"))))
-    pairs = pairs.filter(~pl.Series(_touched(lost["start_ns"].to_numpy(), lost["end_ns"].to_numpy(),
+    pairs = pairs.filter(~pl.Series(_touched(unseen["start_ns"].to_numpy(), unseen["end_ns"].to_numpy(),
                                              pairs["prev_ts"].to_numpy(), pairs["ts"].to_numpy())))
     detail = pl.format("tid {}: {} on CPU {} at {} ns and again on CPU {} at {} ns, with no counterpart between",
                        "task_pid", "event", "prev_cpu", "prev_ts", "cpu", "ts")
@@ -257,7 +270,8 @@ def damaged_windows(events: pl.DataFrame | None, intervals: pl.DataFrame, meta: 
     found = [open_interrupt_windows(events, intervals, meta)]
     if events is not None:
         lost = lost_event_windows(events)
-        found += [lost, cpu_windows(events, meta), clock_order_windows(events, intervals, lost),
+        unseen = pl.concat([lost.select("start_ns", "end_ns"), untraced_spans(events).select("start_ns", "end_ns")])
+        found += [lost, cpu_windows(events, meta), clock_order_windows(events, intervals, unseen),
                   pid_reuse_windows(events), counter_windows(events, meta)]
     return pl.concat(found).sort("start_ns", "end_ns", "cpu", "tid", "kind", nulls_last=True)
 

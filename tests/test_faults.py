@@ -305,6 +305,37 @@ def test_counter_reads_missing_on_a_cpu_mark_the_iterations_that_lost_them(tmp_p
                                       & ((pl.col("cpu") == 1) | pl.col("migrated")))
 
 
+def test_the_gaps_of_a_duty_cycled_recording_are_not_faults(tmp_path, sample):
+    """A recording in windows (kptrace.read.duty) leaves gaps on purpose, each marked by a
+    `trace_gap` row per CPU where the next window starts: what a gap cuts is no fault."""
+    from kptrace.analysis import analyze_events
+    from kptrace.normalize import normalize
+    from kptrace.read import read_any
+
+    normalized = normalize(read_any(bundle(tmp_path, sample)))
+    events = normalized.events.with_row_index("row")
+    start, end = events["ts"].min(), events["ts"].max()
+    gap = (start + (end - start) // 3, start + (end - start) // 2)
+    kept = events.filter((pl.col("ts") < gap[0]) | (pl.col("ts") >= gap[1]))
+    resumes = kept.filter(pl.col("ts") >= gap[1]).group_by("cpu").agg(pl.all().sort_by("row").first())
+
+    def analyzed(mark: str):
+        marks = resumes.with_columns(subsystem=pl.lit("kptrace"), event=pl.lit(mark), value=pl.lit(None),
+                                     row=pl.col("row") - 0.5)
+        rows = pl.concat([kept.with_columns(pl.col("row").cast(pl.Float64)),
+                          marks.select(kept.columns).with_columns(pl.col("row").cast(pl.Float64))],
+                         how="vertical_relaxed")
+        return analyze_events(rows.sort("row").drop("row").cast(dict(normalized.events.schema)), normalized.meta)
+
+    windowed = analyzed("trace_gap")
+    assert windowed.damaged_windows.height == 0 and windowed.requests.height > 1000
+    assert not windowed.requests["damaged"].any()
+    # The same gap as a loss is damage: one window per CPU, and what it cut.
+    lost = analyzed("lost_events").damaged_windows
+    assert lost.filter(pl.col("kind") == "lost_events")["cpu"].sort().to_list() == [0, 1]
+    assert set(lost["kind"]) - {"lost_events"} <= {"interrupt_without_exit"}
+
+
 def test_damaged_windows_are_written_with_the_declared_columns(tmp_path, sample):
     from kptrace.export.parquet import write_tables
 
