@@ -94,6 +94,8 @@ def untraced_spans(events: pl.DataFrame) -> pl.DataFrame:
 
 
 def lost_event_windows(events: pl.DataFrame) -> pl.DataFrame:
+    """Each lost-event mark: from its CPU's last event before the loss to the mark, which the
+    readers date by the first event after it."""
     marks = _per_cpu(events).filter(_EVENT == "lost_events")
     count = pl.col("value").cast(pl.String)
     return _windows(marks.select(
