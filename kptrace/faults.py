@@ -79,9 +79,12 @@ def _windows(frame: pl.DataFrame | pl.LazyFrame, kind: str) -> pl.DataFrame:
 def _per_cpu(events: pl.DataFrame) -> pl.DataFrame:
     """The tracer's events with their row (`seq`, the order of record) and the previous and next
     event's time on their CPU; counter reads come from perf, not the tracer, and are left out."""
-    return (events.select("cpu", "ts", "event", "subsystem", "value").with_row_index("seq")
-            .filter(pl.col("cpu").is_not_null() & (pl.col("subsystem") != "counter")).sort("cpu", "seq")
-            .with_columns(prev_ts=pl.col("ts").shift(1).over("cpu"), next_ts=pl.col("ts").shift(-1).over("cpu")))
+    # Rows are in the order of record, which a window over each CPU keeps: no sort needed.
+    return (events.lazy().select("cpu", "ts", "event", "subsystem", "value").with_row_index("seq")
+            .filter(pl.col("cpu").is_not_null() & (pl.col("subsystem") != "counter"))
+            .with_columns(prev_ts=pl.col("ts").shift(1).over("cpu"), next_ts=pl.col("ts").shift(-1).over("cpu"),
+                          next_event=pl.col("event").shift(-1).over("cpu"))
+            .collect())
 
 
 def untraced_spans(events: pl.DataFrame) -> pl.DataFrame:
@@ -134,7 +137,7 @@ def open_interrupt_windows(events: pl.DataFrame | None, intervals: pl.DataFrame,
     (without events: to the trace end)."""
     following = (pl.DataFrame(schema={"seq": pl.UInt32, "next_ts": pl.Int64, "next_event": pl.String})
                  if events is None else _per_cpu(events).select(
-                     pl.col("seq").cast(pl.UInt32), "next_ts", next_event=_EVENT.shift(-1).over("cpu")))
+                     pl.col("seq").cast(pl.UInt32), "next_ts", next_event=pl.col("next_event").cast(pl.String)))
     # One cut by the gap between two windows of a duty-cycled recording is cut by design.
     open_ = (intervals.filter(pl.col("kind").is_in(["hardirq", "softirq"]) & ~pl.col("complete"))
              .join(following, on="seq", how="left").filter(pl.col("next_event").ne_missing(TRACE_GAP)))
