@@ -11,6 +11,7 @@ import polars as pl
 
 from kptrace.attribute import (HARDWARE_COUNTERS, OUTLIER_FACTOR, attribute, counter_iterations, ipc_decomposition,
                                outlier_requests)
+from kptrace.faults import mark_faults
 from kptrace.intervals import build_intervals, missed_switches, serving_load
 from kptrace.normalize import normalize
 from kptrace.read import read_any
@@ -40,6 +41,7 @@ class Analysis:
     notes: list[str]
     ipc: pl.DataFrame | None = None
     request_counters: pl.DataFrame | None = None
+    damaged_windows: pl.DataFrame | None = None
 
     def tables(self) -> dict[str, pl.DataFrame]:
         tables = {"intervals": self.intervals, "disruptions": self.disruptions, "attribution": self.attribution}
@@ -51,6 +53,8 @@ class Analysis:
             tables |= {"request_counters": self.request_counters}
         if self.ipc is not None:
             tables |= {"ipc": self.ipc}
+        if self.damaged_windows is not None:
+            tables |= {"damaged_windows": self.damaged_windows}
         return tables
 
 
@@ -138,8 +142,8 @@ def analyze_intervals(intervals: pl.DataFrame, meta: dict | None = None, events:
     elif events is not None and requests is not None:
         notes.append("no IPC/IPQ decomposition: it needs cycles and instructions read at each epoll_wait return "
                      "(kptrace record does so where the CPU exposes a PMU; this trace has none)")
-    return Analysis(meta=meta, events=events, intervals=intervals, disruptions=chains, requests=requests,
-                    hits=hits, attribution=attribution, notes=notes, ipc=ipc, request_counters=counters)
+    return mark_faults(Analysis(meta=meta, events=events, intervals=intervals, disruptions=chains, requests=requests,
+                                hits=hits, attribution=attribution, notes=notes, ipc=ipc, request_counters=counters))
 
 
 def _recording_notes(events: pl.DataFrame) -> list[str]:

@@ -10,6 +10,7 @@ import polars as pl
 from kptrace import tables
 from kptrace.analysis import Analysis
 from kptrace.attribute import HARDWARE_COUNTERS
+from kptrace.faults import fault_overview
 from kptrace.whatif.render import render_whatif
 
 
@@ -125,6 +126,7 @@ def build_summary(analysis: Analysis, predict: bool = True) -> dict:
         },
         "notes": analysis.notes + ([why_none] if why_none else []),
         "warnings": meta["warnings"],
+        "faults": fault_overview(analysis.damaged_windows, analysis.requests),
         "attribution": declared("attribution", analysis.attribution.drop("direct_provenance", "indirect_provenance")),
         "requests": {"provenance": f"{tables.column('requests', 'dur').provenance} from syscall events; "
                                    "service time in µs", "by_disrupted": request_overview(analysis.requests)},

@@ -25,6 +25,8 @@ class Table:
     module: str
     row: str
     columns: tuple[Column, ...]
+    #: Columns kptrace/faults.py appends after the stage has built the table (written, not built).
+    marks: tuple[Column, ...] = ()
 
 
 def _ci(name: str, of: str, unit: str, provenance: str, how: str = "") -> Column:
@@ -117,6 +119,11 @@ REQUESTS = Table("requests", "kptrace/requests.py",
     Column("sources", pl.List(pl.String()), "", "source of each disruption with work inside it, sorted"),
     Column("disrupted", pl.Boolean(), "", "a disruption's work ran inside it"),
     Column("irq_interval_ids", pl.List(pl.UInt32()), "", "`intervals.id` of the hard IRQs inside it (timeline flows)"),
+), marks=(
+    Column("damaged", pl.Boolean(), "", "it overlaps a `damaged_windows` row (on its CPU, any CPU when it migrated, "
+                                        "and its thread): its figures may be wrong"),
+    Column("fault_kinds", pl.List(pl.String()), "", "the `kind` of each damaged window it overlaps, sorted; empty "
+                                                    "when clean"),
 ))
 
 REQUEST_HITS = Table("request_hits", "kptrace/requests.py", "(request, disruption with work inside it)", (
@@ -183,6 +190,23 @@ ATTRIBUTION = Table("attribution", "kptrace/attribute.py", "(cpu, interrupt sour
     Column("indirect_provenance", pl.String(), "",
            "`indirect_per_irq_ns`'s provenance and meaning as declared here, or why there is no estimate",
            "estimated"),
+), marks=(
+    Column("damaged_windows", pl.UInt32(), "windows", "`damaged_windows` rows on this CPU (or on every CPU): its "
+                                                      "figures rest partly on a damaged trace when not 0"),
+    Column("damaged_ns", pl.Int64(), "ns", "time of the trace those windows cover on this CPU (their union)"),
+))
+
+DAMAGED_WINDOWS = Table("damaged_windows", "kptrace/faults.py",
+                        "window of the trace that a fault makes untrustworthy (`kptrace/faults.py` says how each "
+                        "kind is found), ordered by (start_ns, end_ns, cpu, tid, kind)", (
+    Column("cpu", pl.Int16(), "", "CPU the window lies on; null: every CPU"),
+    Column("tid", pl.Int32(), "", "the one task it concerns (`pid_reuse`); null: every task"),
+    Column("start_ns", pl.Int64(), "ns", f"start, {_TIME}"),
+    Column("end_ns", pl.Int64(), "ns", "end (inclusive; a window may be a single instant)"),
+    Column("kind", pl.String(), "", "`lost_events`, `cpu_without_events`, `buffer_wrapped`, `interrupt_without_exit`, "
+                                    "`clock_order`, `pid_reuse`, `counter_wrap` or `counters_missing`"),
+    Column("detail", pl.String(), "", "what was found, in words (merged `clock_order` windows: how many cases, "
+                                      "and the first)"),
 ))
 
 IPC = Table("ipc", "kptrace/attribute.py",
@@ -228,12 +252,12 @@ WHATIF = Table("whatif", "kptrace/whatif/predict.py",
 EVENTS = Table("events", "kptrace/schema.py", "trace event (`docs/schema.md`)", EVENT_COLUMNS)
 
 TABLES: dict[str, Table] = {t.name: t for t in (EVENTS, INTERVALS, DISRUPTIONS, REQUESTS, REQUEST_HITS,
-                                                 REQUEST_COUNTERS, ATTRIBUTION, IPC, WHATIF)}
+                                                 REQUEST_COUNTERS, ATTRIBUTION, IPC, WHATIF, DAMAGED_WINDOWS)}
 
 
 def columns(table: str) -> tuple[Column, ...]:
-    """The declared columns of `table`, in order."""
-    return TABLES[table].columns
+    """The declared columns of `table` as written, in order: the stage's, then the fault marks."""
+    return TABLES[table].columns + TABLES[table].marks
 
 
 def column(table: str, name: str) -> Column:
@@ -245,7 +269,13 @@ def column(table: str, name: str) -> Column:
 
 
 def polars_schema(table: str) -> dict[str, pl.DataType]:
-    """{column: dtype} in order, for stage modules to build and cast their output with."""
+    """{column: dtype} in order, for stage modules to build and cast their output with (without
+    the fault marks, which kptrace/faults.py adds after them)."""
+    return {c.name: c.dtype for c in TABLES[table].columns}
+
+
+def written_schema(table: str) -> dict[str, pl.DataType]:
+    """{column: dtype} of the file `analyze` writes: the stage's columns, then the fault marks."""
     return {c.name: c.dtype for c in columns(table)}
 
 
@@ -285,7 +315,8 @@ def table_markdown(table: Table) -> str:
     """One table's section of docs/tables.md."""
     rows = [f"## {table.name}.parquet (`{table.module}`)", f"One row per {table.row}.", "",
             "| column | type | unit | provenance | meaning |", "|---|---|---|---|---|"]
-    rows += [f"| `{c.name}` | {c.dtype} | {c.unit} | {c.provenance} | {c.meaning} |" for c in table.columns]
+    rows += [f"| `{c.name}` | {c.dtype} | {c.unit} | {c.provenance} | {c.meaning} |"
+             for c in table.columns + table.marks]
     return "\n".join(rows) + "\n"
 
 
@@ -315,7 +346,7 @@ _OVERVIEW = f"`requests.parquet` of the input, as `summary.json` (`requests.by_d
 def _fleet_of(table: Table) -> Table:
     """A per-input table gathered across the fleet: the input's keys, then the table's own columns."""
     return Table(f"fleet/{table.name}", "kptrace/fleet/tables.py",
-                 f"input and row of its `{table.name}.parquet`", (*FLEET_KEYS, *table.columns))
+                 f"input and row of its `{table.name}.parquet`", (*FLEET_KEYS, *columns(table.name)))
 
 
 FLEET_REQUESTS = Table("fleet/requests", "kptrace/fleet/tables.py",
@@ -361,7 +392,7 @@ def fleet_table_markdown(table: Table) -> str:
     """One fleet table's section: a gathered table names its per-input table rather than repeat it."""
     own = table.columns[len(FLEET_KEYS):]
     source = table.name.removeprefix("fleet/")
-    if source in TABLES and own == TABLES[source].columns:
+    if source in TABLES and own == columns(source):
         return (f"## {table.name}.parquet (`{table.module}`)\nOne row per {table.row}: the keys, then every "
                 f"column of `{source}.parquet` above, same types, units and provenance.\n")
     return table_markdown(Table(table.name, table.module, table.row, own))

@@ -1,0 +1,367 @@
+"""Analysis faults: the windows of a trace whose figures cannot be trusted, and what they touch.
+
+A damaged trace must never give a silently wrong number. Each detector below finds one fault
+from the normalized events and the interval table, as windows (DAMAGED_WINDOWS: cpu, tid,
+start_ns, end_ns, kind, detail; a null cpu or tid means every CPU or every task):
+
+- `lost_events`: the tracer dropped events on a CPU: from that CPU's last event before the
+  lost-event mark to the mark (dated by the first event after the gap).
+- `cpu_without_events`: a CPU the trace names (a wakeup's target_cpu, a migration, the bundle
+  manifest) has no event at all: its interrupts and tasks are unknown for the whole trace.
+- `buffer_wrapped`: a CPU's ring buffer overwrote its oldest events: from the trace start to
+  that CPU's first event.
+- `interrupt_without_exit`: a hard IRQ or softirq whose exit was never seen (the trace ends
+  inside it, or an edge is lost): from its entry to the next event on its CPU (the trace end).
+- `clock_order`: a task switched in after sleeping before the sched_waking that woke it, on
+  another CPU: one of the two CPUs' clocks went backwards. Every such case gives the window
+  from the switch-in to the waking on both CPUs; overlapping ones are merged.
+- `pid_reuse`: a tid is seen again after its task exited (its last sched_switch out in state X
+  or Z): another task took the tid, so that tid's intervals across the change are not one
+  task's. The window runs from the exit to the first sight of the new task, for that tid on
+  every CPU. A reuse whose exit the trace lacks is not found (an exec renames a task too).
+- `counter_wrap`: a counter delta below 0 or at 2^47 or more (no real delta between two reads
+  comes near: 10 hours at 4 GHz): the epoll iteration it closes, from the previous read.
+- `counters_missing`: counter reads that should close an epoll iteration are absent: between
+  two reads on a CPU lie several epoll_wait returns (perf reads at each), or a CPU returns from
+  epoll_wait but has no read at all while others do.
+
+`mark_faults` adds the table to an Analysis, marks each request that overlaps a window
+(`damaged`, `fault_kinds`), counts windows and their covered time next to each attribution row
+(`damaged_windows`, `damaged_ns`), and adds one warning per fault kind to meta.json's warnings.
+The figures themselves are left as they are: the marks say which ones to distrust.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+
+from kptrace import tables
+from kptrace.requests import EPOLL
+
+if TYPE_CHECKING:
+    from kptrace.analysis import Analysis
+
+WINDOW_SCHEMA = tables.polars_schema("damaged_windows")
+#: A counter delta at or beyond this is a wrap or a damaged read, never a real count.
+WRAPPED_DELTA = 2**47
+#: What each fault kind means, for the warning line.
+FAULT_WORDS = {
+    "lost_events": "the tracer lost events",
+    "cpu_without_events": "a CPU the trace names has no events",
+    "buffer_wrapped": "a CPU's ring buffer overwrote its oldest events",
+    "interrupt_without_exit": "an interrupt's exit was never seen",
+    "clock_order": "timestamps go backwards across CPUs (a task ran before the wakeup that woke it)",
+    "pid_reuse": "a tid was used again after its task exited (pid reuse)",
+    "counter_wrap": "a counter delta wrapped (negative or impossibly large)",
+    "counters_missing": "counter reads are missing at epoll_wait returns",
+}
+
+_EVENT = pl.col("event").cast(pl.String)
+_REAL = pl.col("subsystem").cast(pl.String) != "kptrace"
+#: The mark a duty-cycled recording puts on every CPU where a window starts after a gap.
+TRACE_GAP = "trace_gap"
+#: Events whose sched fields name a task (pid and comm) at the time they fire.
+_SIGHTINGS = ["sched_switch", "sched_waking", "sched_wakeup", "sched_wakeup_new", "sched_migrate_task"]
+
+
+def _windows(frame: pl.DataFrame | pl.LazyFrame, kind: str) -> pl.DataFrame:
+    """Typed as DAMAGED_WINDOWS; missing cpu/tid columns mean every CPU/task."""
+    frame = frame.lazy().with_columns(kind=pl.lit(kind))
+    present = frame.collect_schema().names()
+    return frame.select([(pl.col(c) if c in present else pl.lit(None)).cast(t).alias(c)
+                         for c, t in WINDOW_SCHEMA.items()]).collect()
+
+
+def _per_cpu(events: pl.DataFrame) -> pl.DataFrame:
+    """The tracer's events with their row (`seq`, the order of record) and the previous and next
+    event's time on their CPU; counter reads come from perf, not the tracer, and are left out."""
+    # Rows are in the order of record, which a window over each CPU keeps: no sort needed.
+    return (events.lazy().select("cpu", "ts", "event", "subsystem", "value").with_row_index("seq")
+            .filter(pl.col("cpu").is_not_null() & (pl.col("subsystem") != "counter"))
+            .with_columns(prev_ts=pl.col("ts").shift(1).over("cpu"), next_ts=pl.col("ts").shift(-1).over("cpu"),
+                          next_event=pl.col("event").shift(-1).over("cpu"))
+            .collect())
+
+
+def untraced_spans(events: pl.DataFrame) -> pl.DataFrame:
+    """Spans a CPU's trace does not cover by design: the gaps between the windows of a
+    duty-cycled recording (`trace_gap` marks, kptrace.read.duty), from the CPU's last event to
+    the mark. Not a fault: what they cut is incomplete already, and nothing is marked for them;
+    but a missing waking there proves nothing about clocks."""
+    marks = _per_cpu(events).filter(_EVENT == TRACE_GAP)
+    return marks.select("cpu", start_ns=pl.coalesce("prev_ts", "ts"), end_ns="ts")
+
+
+def lost_event_windows(events: pl.DataFrame) -> pl.DataFrame:
+    """Each lost-event mark: from its CPU's last event before the loss to the mark, which the
+    readers date by the first event after it."""
+    marks = _per_cpu(events).filter(_EVENT == "lost_events")
+    count = pl.col("value").cast(pl.String)
+    return _windows(marks.select(
+        "cpu", start_ns=pl.coalesce("prev_ts", "ts"), end_ns="ts",
+        detail=pl.lit("the tracer lost ") + pl.when(pl.col("value").is_null()).then(pl.lit("an unknown number of"))
+        .otherwise(count) + pl.lit(" events on this CPU")), "lost_events")
+
+
+def cpu_windows(events: pl.DataFrame, meta: dict) -> pl.DataFrame:
+    """CPUs named but without events, and CPUs whose buffer wrapped (their trace starts late)."""
+    real = events.filter(_REAL)
+    present = set(real["cpu"].drop_nulls().to_list())
+    named = {}
+    for column, how in (("target_cpu", "a wakeup targets it"), ("orig_cpu", "a migration leaves it")):
+        for cpu in events[column].drop_nulls().unique().to_list():
+            named.setdefault(cpu, how)
+    for entry in (meta.get("bundle") or {}).get("per_cpu") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("cpu"), int):
+            named.setdefault(entry["cpu"], "the bundle manifest lists it")
+    missing = pl.DataFrame({"cpu": sorted(set(named) - present)}, schema={"cpu": pl.Int16})
+    absent = _windows(missing.with_columns(
+        start_ns=pl.lit(meta["start_ns"]), end_ns=pl.lit(meta["end_ns"]),
+        detail=pl.format("CPU {} has no events, yet {}: its interrupts and tasks are unknown", "cpu",
+                         pl.col("cpu").replace_strict(named, return_dtype=pl.String))), "cpu_without_events")
+    started = events.filter(_EVENT == "buffer_started").select("cpu").unique()
+    first = real.group_by("cpu").agg(first_ts=pl.col("ts").min())
+    wrapped = started.join(first, on="cpu").filter(pl.col("first_ts") > meta["start_ns"])
+    late = _windows(wrapped.select("cpu", start_ns=pl.lit(meta["start_ns"]), end_ns="first_ts",
+                                   detail=pl.lit("the ring buffer of this CPU wrapped: its events before are "
+                                                 "overwritten")), "buffer_wrapped")
+    return pl.concat([absent, late])
+
+
+def open_interrupt_windows(events: pl.DataFrame | None, intervals: pl.DataFrame, meta: dict) -> pl.DataFrame:
+    """Hard IRQs and softirqs without their exit: from the entry to the next event on the CPU
+    (without events: to the trace end)."""
+    following = (pl.DataFrame(schema={"seq": pl.UInt32, "next_ts": pl.Int64, "next_event": pl.String})
+                 if events is None else _per_cpu(events).select(
+                     pl.col("seq").cast(pl.UInt32), "next_ts", next_event=pl.col("next_event").cast(pl.String)))
+    # One cut by the gap between two windows of a duty-cycled recording is cut by design.
+    open_ = (intervals.filter(pl.col("kind").is_in(["hardirq", "softirq"]) & ~pl.col("complete"))
+             .join(following, on="seq", how="left").filter(pl.col("next_event").ne_missing(TRACE_GAP)))
+    return _windows(open_.select(
+        "cpu", start_ns="ts", end_ns=pl.coalesce("next_ts", pl.lit(meta["end_ns"])),
+        detail=pl.format("{} {} entered without a traced exit: its length is unknown", "kind", "name")),
+        "interrupt_without_exit")
+
+
+def _merge(windows: pl.DataFrame) -> pl.DataFrame:
+    """Overlapping windows of one (cpu, tid) merged into one, its detail counting what it joins."""
+    if windows.height == 0:
+        return windows
+    grouped = (windows.sort("cpu", "tid", "start_ns", "end_ns")
+               .with_columns(reach=pl.col("end_ns").cum_max().shift(1).over("cpu", "tid"))
+               .with_columns(group=(pl.col("reach").is_null() | (pl.col("start_ns") > pl.col("reach")))
+                             .cast(pl.UInt32).cum_sum()))
+    merged = grouped.group_by("group", maintain_order=True).agg(
+        pl.col("cpu", "tid", "kind").first(), start_ns=pl.col("start_ns").min(), end_ns=pl.col("end_ns").max(),
+        detail=pl.col("detail").first(), cases=pl.len())
+    return merged.with_columns(detail=pl.when(pl.col("cases") > 1).then(
+        pl.format("{} cases, the first: {}", "cases", "detail")).otherwise("detail")).select(list(WINDOW_SCHEMA))
+
+
+def clock_order_windows(events: pl.DataFrame, intervals: pl.DataFrame, unseen: pl.DataFrame) -> pl.DataFrame:
+    """A task that slept (switched out in state S or D) is switched in again only after a
+    sched_waking of it, which may come while it still runs (it had set its sleeping state but not
+    yet switched out). When no waking lies between the start of the run that slept and the next
+    switch-in, and the first waking after it comes from another CPU, the two clocks disagree,
+    unless events were lost or not traced (`unseen`) meanwhile: then the waking may be there."""
+    rows = events.with_row_index("seq").select(
+        pl.col("seq").cast(pl.UInt32), "cpu", "ts", "event", "prev_pid", "prev_state", "next_pid", "task_pid")
+    wakings = rows.filter(_EVENT == "sched_waking").select(
+        tid="task_pid", waking_ts="ts", waking_cpu="cpu").sort("waking_ts")
+    if wakings.height == 0:
+        return _windows(pl.DataFrame(), "clock_order").clear()
+    switches = rows.filter(_EVENT == "sched_switch")
+    slept = switches.filter(~pl.col("prev_state").str.starts_with("R")).select(end_seq="seq", sleeper="prev_pid")
+    woken = switches.select("seq", woken="next_pid")
+    runs = (intervals.filter((pl.col("kind") == "running") & (pl.col("tid") != 0))
+            .join(woken, on="seq", how="left")
+            .sort("tid", "ts", "id")
+            .with_columns(next_ts=pl.col("ts").shift(-1).over("tid"), next_cpu=pl.col("cpu").shift(-1).over("tid"),
+                          next_switched_in=(pl.col("woken") == pl.col("tid")).shift(-1).over("tid"))
+            .join(slept, on="end_seq", how="inner")
+            .filter((pl.col("sleeper") == pl.col("tid")) & pl.col("next_switched_in").fill_null(False))
+            .select("tid", run_ts="ts", next_ts="next_ts", next_cpu="next_cpu")
+            .sort("next_ts"))
+    last = wakings.select("tid", last_waking_ts="waking_ts")
+    late = (runs.join_asof(last, left_on="next_ts", right_on="last_waking_ts", by="tid", strategy="backward",
+                           check_sortedness=False)
+            .join_asof(wakings, left_on="next_ts", right_on="waking_ts", by="tid", strategy="forward",
+                       allow_exact_matches=False, check_sortedness=False)
+            .filter((pl.col("last_waking_ts").is_null() | (pl.col("last_waking_ts") < pl.col("run_ts")))
+                    & (pl.col("waking_cpu") != pl.col("next_cpu"))))
+    explained = _touched(unseen["start_ns"].to_numpy(), unseen["end_ns"].to_numpy(),
+                         late["run_ts"].to_numpy(), late["waking_ts"].to_numpy())
+    late = late.filter(~pl.Series(explained))
+    detail = pl.format("tid {} switched in on CPU {} at {} ns, {} ns before the sched_waking on CPU {} that woke it",
+                       "tid", "next_cpu", "next_ts", pl.col("waking_ts") - pl.col("next_ts"), "waking_cpu")
+    cases = pl.concat([late.select(cpu=cpu, start_ns="next_ts", end_ns="waking_ts", detail=detail)
+                       for cpu in ("next_cpu", "waking_cpu")] + _unpaired_wakeups(rows, unseen))
+    return _merge(_windows(cases, "clock_order"))
+
+
+def _unpaired_wakeups(rows: pl.DataFrame, unseen: pl.DataFrame) -> list[pl.DataFrame]:
+    """Each sched_waking of a task is followed by its sched_wakeup (on the CPU it wakes on)
+    before the next waking of it; two wakings, or two wakeups, in a row on different CPUs mean
+    the order across CPUs is broken where a clock jumped (unless events went unseen there)."""
+    pairs = (rows.filter(_EVENT.is_in(["sched_waking", "sched_wakeup"]))
+             .select("seq", "ts", "cpu", "task_pid", event=_EVENT).sort("task_pid", "seq")
+             .with_columns(prev_event=pl.col("event").shift(1).over("task_pid"),
+                           prev_ts=pl.col("ts").shift(1).over("task_pid"), prev_cpu=pl.col("cpu").shift(1).over("task_pid"))
+             .filter((pl.col("event") == pl.col("prev_event")) & (pl.col("cpu") != pl.col("prev_cpu"))))
+    pairs = pairs.filter(~pl.Series(_touched(unseen["start_ns"].to_numpy(), unseen["end_ns"].to_numpy(),
+                                             pairs["prev_ts"].to_numpy(), pairs["ts"].to_numpy())))
+    detail = pl.format("tid {}: {} on CPU {} at {} ns and again on CPU {} at {} ns, with no counterpart between",
+                       "task_pid", "event", "prev_cpu", "prev_ts", "cpu", "ts")
+    return [pairs.select(cpu=cpu, start_ns="prev_ts", end_ns="ts", detail=detail) for cpu in ("prev_cpu", "cpu")]
+
+
+def pid_reuse_windows(events: pl.DataFrame) -> pl.DataFrame:
+    """A tid seen again after its task exited (switched out for the last time in state X or Z)
+    belongs to another task. Seen in the scheduler's own fields (sched_switch, wakeups,
+    migrations), which the kernel fills at event time; a name change alone is not counted, since
+    exec renames a task without a new tid."""
+    sched = events.with_row_index("seq").filter(_EVENT.is_in(_SIGHTINGS))
+    sightings = pl.concat([sched.select("seq", "ts", tid=pid, comm=comm, dead=dead) for pid, comm, dead in (
+        ("prev_pid", "prev_comm", pl.col("prev_state").str.contains("^[XZ]").fill_null(False)),
+        ("next_pid", "next_comm", pl.lit(False)), ("task_pid", "task_comm", pl.lit(False)))])
+    after_exit = (sightings.drop_nulls(["tid"]).filter(pl.col("tid") != 0).sort("tid", "seq")
+                  .with_columns(exited=pl.col("dead").shift(1).over("tid"), before=pl.col("comm").shift(1).over("tid"),
+                                last_ts=pl.col("ts").shift(1).over("tid"))
+                  .filter(pl.col("exited").fill_null(False)))
+    return _windows(after_exit.select(
+        "tid", start_ns="last_ts", end_ns="ts",
+        detail=pl.format("tid {} exited as '{}', then '{}' ran under it: another task took the tid (pid reuse); "
+                         "its intervals across the change are not one task's", "tid", "before", "comm")), "pid_reuse")
+
+
+def counter_windows(events: pl.DataFrame, meta: dict) -> pl.DataFrame:
+    """Wrapped counter deltas, and epoll iterations whose closing counter read is missing."""
+    reads = events.filter(pl.col("subsystem") == "counter").select(
+        "cpu", "ts", counter=_EVENT, value="value")
+    if reads.height == 0:
+        return _windows(pl.DataFrame(), "counter_wrap").clear()
+    reads = reads.sort("cpu", "counter", "ts").with_columns(prev_ts=pl.col("ts").shift(1).over("cpu", "counter"))
+    wrapped = _windows(reads.filter((pl.col("value") < 0) | (pl.col("value") >= WRAPPED_DELTA)).select(
+        "cpu", start_ns=pl.coalesce("prev_ts", pl.lit(meta["start_ns"])), end_ns="ts",
+        detail=pl.format("{} read a delta of {}: wrapped or damaged", "counter", "value")), "counter_wrap")
+    instants = reads.select("cpu", "ts").unique().sort("cpu", "ts").with_columns(
+        prev_ts=pl.col("ts").shift(1).over("cpu"))
+    # A text trace rounds to its resolution, so a return may print up to that much after its read.
+    slack = meta.get("ts_resolution_ns") or 1
+    exits = events.filter(_EVENT.is_in([f"sys_exit_{name}" for name in EPOLL])).select(
+        "cpu", exit_ts="ts", earliest=pl.col("ts") - slack)
+    closed = (exits.sort("earliest").join_asof(instants.sort("ts"), left_on="earliest", right_on="ts", by="cpu",
+                                               strategy="forward", check_sortedness=False)
+              .filter(pl.col("prev_ts").is_not_null())
+              .group_by("cpu", "prev_ts", "ts").agg(returns=pl.len()).filter(pl.col("returns") > 1))
+    gaps = _windows(closed.select(
+        "cpu", start_ns="prev_ts", end_ns="ts",
+        detail=pl.format("{} epoll_wait returns between two counter reads: the reads of the others are missing",
+                         "returns")), "counters_missing")
+    unread = (exits.join(instants.select("cpu").unique(), on="cpu", how="anti")
+              .group_by("cpu").agg(start_ns=pl.col("exit_ts").min(), end_ns=pl.col("exit_ts").max(), n=pl.len()))
+    absent = _windows(unread.select("cpu", "start_ns", "end_ns", detail=pl.format(
+        "{} epoll_wait returns on this CPU but no counter read, while other CPUs have them", "n")),
+        "counters_missing")
+    return pl.concat([wrapped, gaps, absent])
+
+
+def damaged_windows(events: pl.DataFrame | None, intervals: pl.DataFrame, meta: dict) -> pl.DataFrame:
+    """Every fault's windows, ordered by (start_ns, end_ns, cpu, tid, kind)."""
+    found = [open_interrupt_windows(events, intervals, meta)]
+    if events is not None:
+        lost = lost_event_windows(events)
+        unseen = pl.concat([lost.select("start_ns", "end_ns"), untraced_spans(events).select("start_ns", "end_ns")])
+        found += [lost, cpu_windows(events, meta), clock_order_windows(events, intervals, unseen),
+                  pid_reuse_windows(events), counter_windows(events, meta)]
+    return pl.concat(found).sort("start_ns", "end_ns", "cpu", "tid", "kind", nulls_last=True)
+
+
+def _touched(starts: np.ndarray, ends: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Whether each span [lo, hi] overlaps any window [start, end] (closed on both sides)."""
+    if len(starts) == 0:
+        return np.zeros(len(lo), dtype=bool)
+    order = np.argsort(starts, kind="stable")
+    reach = np.maximum.accumulate(ends[order])
+    opened = np.searchsorted(starts[order], hi, side="right")
+    return (opened > 0) & (reach[np.maximum(opened - 1, 0)] >= lo)
+
+
+def mark_requests(requests: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame:
+    """`fault_kinds`: the kinds of the windows a request overlaps in time on its CPU (any CPU when
+    it migrated) and its thread; `damaged`: it overlaps one."""
+    lo, hi = requests["ts"].to_numpy(), (requests["ts"] + requests["dur"]).to_numpy()
+    cpu, tid, migrated = requests["cpu"].to_numpy(), requests["tid"].to_numpy(), requests["migrated"].to_numpy()
+    kinds = np.empty((requests.height, 0), dtype=bool)
+    names = sorted(set(windows["kind"]))
+    for kind in names:
+        of_kind = windows.filter(pl.col("kind") == kind)
+        hit = np.zeros(requests.height, dtype=bool)
+        for (w_cpu, w_tid), group in of_kind.group_by("cpu", "tid"):
+            applies = ((w_cpu is None) | (cpu == w_cpu) | migrated) & ((w_tid is None) | (tid == w_tid))
+            hit |= applies & _touched(group["start_ns"].to_numpy(), group["end_ns"].to_numpy(), lo, hi)
+        kinds = np.column_stack([kinds, hit])
+    lists = [[name for name, on in zip(names, row, strict=True) if on] for row in kinds]
+    return requests.with_columns(
+        damaged=pl.Series(kinds.any(axis=1) if names else np.zeros(requests.height, dtype=bool)),
+        fault_kinds=pl.Series(lists, dtype=pl.List(pl.String)))
+
+
+def _covered_ns(starts: np.ndarray, ends: np.ndarray) -> int:
+    """Length of the union of windows [start, end]."""
+    if len(starts) == 0:
+        return 0
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], ends[order]
+    reach = np.concatenate([[starts[0]], np.maximum.accumulate(ends)[:-1]])
+    return int(np.clip(ends - np.maximum(starts, reach), 0, None).sum())
+
+
+def mark_attribution(attribution: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame:
+    """`damaged_windows` and `damaged_ns` of each row's CPU (windows for every CPU included)."""
+    per_cpu = {}
+    for cpu in attribution["cpu"].unique().to_list():
+        on_cpu = windows.filter(pl.col("cpu").is_null() | (pl.col("cpu") == cpu))
+        per_cpu[cpu] = (on_cpu.height, _covered_ns(on_cpu["start_ns"].to_numpy(), on_cpu["end_ns"].to_numpy()))
+    counts = pl.DataFrame([(cpu, n, ns) for cpu, (n, ns) in per_cpu.items()],
+                          schema={"cpu": pl.Int16, "damaged_windows": pl.UInt32, "damaged_ns": pl.Int64}, orient="row")
+    return attribution.join(counts, on="cpu", how="left", maintain_order="left")
+
+
+def fault_overview(windows: pl.DataFrame | None, requests: pl.DataFrame | None) -> list[dict]:
+    """Per fault kind: its windows, the CPUs they lie on, the time they cover (ns), the requests
+    they mark (null without requests) and the first window's detail; for summary.json."""
+    if windows is None:
+        return []
+    rows = []
+    for kind in sorted(set(windows["kind"])):
+        of_kind = windows.filter(pl.col("kind") == kind)
+        rows.append({
+            "kind": kind, "meaning": FAULT_WORDS[kind], "windows": of_kind.height,
+            "cpus": sorted({"all" if c is None else str(c) for c in of_kind["cpu"].to_list()}),
+            "covered_ns": _covered_ns(of_kind["start_ns"].to_numpy(), of_kind["end_ns"].to_numpy()),
+            "requests_marked": None if requests is None or "fault_kinds" not in requests.columns
+            else requests.filter(pl.col("fault_kinds").list.contains(kind)).height,
+            "first": of_kind["detail"][0]})
+    return rows
+
+
+def fault_text(fault: dict) -> str:
+    """One fault kind in a line, for the warning and the printed summary."""
+    marked = "" if fault["requests_marked"] is None else f"; {fault['requests_marked']:,} requests marked damaged"
+    return (f"damaged windows ({fault['kind']}): {fault['meaning']}: {fault['windows']:,} window(s) on CPU "
+            f"{', '.join(fault['cpus'])}, {fault['covered_ns'] / 1e3:,.1f} µs{marked}; damaged_windows.parquet "
+            f"lists them (first: {fault['first']})")
+
+
+def mark_faults(analysis: Analysis) -> Analysis:
+    """The analysis with its damaged windows, its requests and attribution marked, and a warning per fault."""
+    windows = damaged_windows(analysis.events, analysis.intervals, analysis.meta)
+    requests = None if analysis.requests is None else mark_requests(analysis.requests, windows)
+    meta = analysis.meta | {"warnings": [*analysis.meta["warnings"], *map(fault_text, fault_overview(windows, requests))]}
+    return replace(analysis, meta=meta, requests=requests, attribution=mark_attribution(analysis.attribution, windows),
+                   damaged_windows=windows)
