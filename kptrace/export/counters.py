@@ -88,7 +88,7 @@ def render_counters(summary: dict) -> str:
                      + ("n/a" if group["capacity_gain_without_irqs"] is None else
                         f"{group['capacity_gain_without_irqs']:+.1%} 95% [{glo:+.1%}, {ghi:+.1%}]")
                      + " (estimated)" + "".join(f"\n  ! {m}" for m in group["messages"]))
-    lines += [f"estimate: none - {w}" for w in estimate.get("warnings", []) if not estimate.get("groups")]
+    lines += [f"estimate: {'none - ' if not estimate.get('groups') else 'note: '}{w}" for w in estimate.get("warnings", [])]
     return "\n".join(lines)
 
 
@@ -143,7 +143,7 @@ def _thin(frame: pl.DataFrame) -> pl.DataFrame:
 def rate_chart(frame: pl.DataFrame) -> alt.FacetChart:
     return (alt.Chart(alt.Data(values=frame.to_dicts()))
             .mark_line(interpolate="step-after", strokeWidth=1.2)
-            .encode(x=alt.X("time_s:Q", title="time since the first sample, s"),
+            .encode(x=alt.X("time_s:Q", title="time since the first sample, s", scale=alt.Scale(nice=False)),
                     y=alt.Y("rate_per_s:Q", title="interrupts per second"),
                     color=alt.Color("source:N", title="source"),
                     tooltip=["cpu:N", "source:N", "time_s:Q", alt.Tooltip("rate_per_s:Q", format=",.0f")])
@@ -157,7 +157,7 @@ def rate_chart(frame: pl.DataFrame) -> alt.FacetChart:
 def busy_chart(frame: pl.DataFrame) -> alt.Chart:
     return (alt.Chart(alt.Data(values=frame.to_dicts()))
             .mark_line(interpolate="step-after", strokeWidth=1.2)
-            .encode(x=alt.X("time_s:Q", title="time since the first sample, s"),
+            .encode(x=alt.X("time_s:Q", title="time since the first sample, s", scale=alt.Scale(nice=False)),
                     y=alt.Y("busy_pct:Q", title="busy share of the interval, %"),
                     color=alt.Color("cpu:N", title="CPU"),
                     tooltip=["cpu:N", "time_s:Q", alt.Tooltip("busy_pct:Q", format=".0f"),
@@ -166,6 +166,26 @@ def busy_chart(frame: pl.DataFrame) -> alt.Chart:
                         title=alt.TitleParams("Busy share of each CPU over time (measured)",
                                               subtitle="/proc/stat: user+nice+system+irq+softirq ticks (10 ms) "
                                                        "over the interval; steal apart")))
+
+
+def estimate_html(estimate: dict) -> str:
+    """The estimate over the bundle's 1 s windows (estimated, 95% intervals), or why there is none."""
+    items = []
+    for group in estimate.get("groups", []):
+        unit = "cycles" if group["unit"] == "cycles" else "ns of busy time"
+        if group["cost_per_irq"] is None:
+            items.append(f"<li>{group['runs']} windows: no estimate</li>")
+        else:
+            lo, hi = group["cost_per_irq_ci"]
+            gain, (glo, ghi) = group["capacity_gain_without_irqs"], group["capacity_gain_without_irqs_ci"]
+            items.append(f"<li>{group['runs']} windows of 1 s: <b>{group['cost_per_irq']:,.0f} {unit} per IRQ</b> "
+                         f"(95% [{lo:,.0f}, {hi:,.0f}]); capacity gain without IRQs "
+                         + ("n/a" if gain is None else f"<b>{gain:+.1%}</b> (95% [{glo:+.1%}, {ghi:+.1%}])") + "</li>")
+        items += [f"<li class=missing>{_esc(m)}</li>" for m in group["messages"]]
+    items += [f"<li>{_esc(w)}</li>" for w in estimate.get("warnings", [])]
+    return ("<section><h2>Interrupt cost (estimated, <code>kptrace estimate</code> over the bundle's windows)</h2>"
+            f"<ul>{''.join(items)}</ul><p class=provenance><b>estimated</b>: cost per request against IRQs per request across "
+            "windows (docs/estimate.md); the figures need windows whose IRQ rate varies at a fixed load.</p></section>")
 
 
 def render_report(analysis: CountersAnalysis, summary: dict) -> str:
@@ -184,7 +204,7 @@ def render_report(analysis: CountersAnalysis, summary: dict) -> str:
     requests = summary["requests"]
     served = "none counted" if requests is None else f"{requests['per_s']:,.0f} per s (measured)"
     notes = "".join(f"<li>{_esc(w)}</li>" for w in summary["warnings"]) or "<li>none</li>"
-    body = (f"<section><h2>Per CPU (measured, means over the bundle)</h2><table><tr><th>CPU</th>"
+    body = (estimate_html(summary.get("estimate") or {}) + f"<section><h2>Per CPU (measured, means over the bundle)</h2><table><tr><th>CPU</th>"
             "<th class=num>busy<span class=unit>% of time</span></th><th class=num>steal<span class=unit>% of time"
             "</span></th><th class=num>device IRQs<span class=unit>per s</span></th><th>busiest devices</th></tr>"
             f"{rows}</table><p>Requests: {served}"
