@@ -6,7 +6,6 @@ It records real counts; it is not the collector (which checks, locks and restore
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -67,7 +66,6 @@ def record_counters(out: Path, seconds: float, serving_cpus: list[int] | None = 
                   "machine_summary": "machine/summary.json"},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    os.chmod(out / "manifest.json", 0o644)
     return out
 
 

@@ -13,19 +13,20 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import require_tools, unavailable
 from counters_sampler import record_counters, record_memcached_lab
-from kptrace.counters import analyze_counters, summarize
+from kptrace.counters import analyze_counters
 from kptrace.estimate import estimate
 from kptrace.estimate.inputs import parse_cpu_list, read_counters_windows
 from kptrace.errors import TraceError
-from kptrace.read.counters import USER_HZ, WRAP, is_counters_bundle, read_counters_bundle
+from kptrace.read.counters import USER_HZ, WRAP, interval_deltas, is_counters_bundle, read_counters_bundle
 from test_report import check_page, chromium, render  # noqa: F401 (chromium is a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,6 +217,20 @@ def test_a_cpu_missing_from_a_sample_leaves_its_intervals_around_it_out(live, tm
         pl.col("cpu") != LAST_CPU).height
 
 
+@settings(max_examples=200, deadline=None)
+@given(start=st.integers(0, 2 ** 40), steps=st.lists(st.integers(0, WRAP // 2 - 1), min_size=1, max_size=40))
+def test_32_bit_counts_give_the_true_increments_however_often_they_wrap(start, steps):
+    """A per-CPU IRQ count is the true count modulo 2^32: the deltas must still be the true steps."""
+    true = [start]
+    for step in steps:
+        true.append(true[-1] + step)
+    seen = pl.DataFrame({"sample": range(len(true)), "t_ns": [i * 100_000_000 for i in range(len(true))],
+                         "count": [c % WRAP for c in true]}, schema={"sample": pl.Int32, "t_ns": pl.Int64, "count": pl.Int64})
+    warnings: list[str] = []
+    assert interval_deltas(seen, (), "x", warnings)["delta"].to_list() == steps
+    assert bool(warnings) == any(a % WRAP > b % WRAP for a, b in zip(true, true[1:]))
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda b: (b / "counters" / "stat.txt").write_text("cpu0 1 2 3\n"), "expected '@ <t_ns>' before the first sample"),
     (lambda b: (b / "counters" / "softirqs.txt").unlink(), "missing: the manifest names it"),
@@ -249,6 +264,15 @@ def test_analyze_writes_tables_summary_and_report(live, tmp_path):
     mine = next(c for c in summary["cpus"] if c["cpu"] == LAST_CPU)
     assert f"CPU {LAST_CPU}: busy {mine['busy_share']:.1%} of its time" in done.stdout
     assert f"requests: {summary['requests']['total']:,} served" in done.stdout
+
+
+def test_analyze_json_is_the_summary_it_writes(live, tmp_path):
+    done = kptrace("analyze", str(live), "-o", str(tmp_path / "out"), "--json")
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert printed.pop("outputs")["report"] == str(tmp_path / "out" / "report.html")
+    assert printed == written
 
 
 def test_analyze_prints_names_from_the_bundle_terminal_safe(live, tmp_path):
@@ -305,7 +329,7 @@ def test_estimate_refuses_without_serving_cpus_or_requests(live, tmp_path):
     manifest["counters_only"]["serving_cpus"] = None
     (anonymous / "manifest.json").write_text(json.dumps(manifest))
     done = kptrace("estimate", str(anonymous))
-    assert done.returncode == 1 and "give --serving-cpus LIST" in done.stderr and done.stderr.count("\n") == 1
+    assert done.returncode == 1 and "kptrace estimate --serving-cpus LIST" in done.stderr and done.stderr.count("\n") == 1
     assert kptrace("estimate", str(anonymous), "--serving-cpus", str(LAST_CPU)).returncode == 0
     silent = copy_of(live, tmp_path / "b")
     manifest = json.loads((silent / "manifest.json").read_text())

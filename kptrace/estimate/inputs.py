@@ -172,8 +172,8 @@ def read_counters_windows(bundle: Path, serving_cpus: list[int] | None = None) -
     options = data.manifest.get("counters_only") or {}
     serving = serving_cpus or options.get("serving_cpus")
     if not serving:
-        raise TraceError(bundle, "no serving CPUs: the manifest names none; give --serving-cpus LIST "
-                                 "(the CPUs that run the server)")
+        raise TraceError(bundle, "no serving CPUs (the CPUs that run the server): the manifest names none; "
+                                 "give them with `kptrace estimate --serving-cpus LIST`")
     if data.requests is None:
         raise TraceError(bundle, "no request count (recorded without --requests-cmd): nothing to divide the "
                                  "cost by, so no estimate")
