@@ -347,6 +347,19 @@ def test_serving_cpus_override_the_manifest(live):
         assert both["busy_s"].to_list() == pytest.approx((mine["busy_s"] + other["busy_s"]).to_list())
 
 
+def test_perf_intervals_are_summed_into_the_window_they_end_in(live, tmp_path):
+    """This VM has no PMU, so perf's real task-clock lines stand in for cycles (relabelled in a
+    copy): per CPU under -a, task-clock counts wall time, so a 1 s window must sum to ~1000 msec."""
+    if read_counters_bundle(live).perf_stat is None:
+        unavailable("perf stat did not run here")
+    relabelled = copy_of(live, tmp_path)
+    csv = relabelled / "perf-stat.csv"
+    csv.write_text(csv.read_text().replace(",cycles,", ",not-cycles,").replace(",task-clock,", ",cycles,"))
+    runs, warnings = read_counters_windows(relabelled)
+    assert not any("no cycles" in w for w in warnings)
+    assert runs["cycles"].to_list() == pytest.approx((runs["seconds"] * 1000).to_list(), rel=0.15)
+
+
 @pytest.fixture(scope="module")
 def memcached_lab(tmp_path_factory) -> Path:
     """memcached on the disk-IRQ core, a disk writer paced through four rates: a real bundle."""

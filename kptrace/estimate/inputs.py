@@ -198,7 +198,7 @@ def read_counters_windows(bundle: Path, serving_cpus: list[int] | None = None) -
                          seconds=pl.col("seconds") / len(serving), cores=pl.lit(float(len(serving))),
                          requests="requests", busy_s="busy_s", irqs="irqs",
                          t0_ns="t0_ns", t1_ns="t1_ns", *[pl.col(c) for c in usable.columns if c.startswith("irqs.")])
-    runs = runs.with_columns(pl.exclude("run", "group").cast(pl.Float64))
+    runs = runs.with_columns(pl.exclude("run", "group", "t0_ns", "t1_ns").cast(pl.Float64))
     counters = _perf_totals(data.perf_stat, runs, serving)
     if counters is None:
         warnings.append("no cycles or instructions (perf counted none on the serving CPUs): cost in busy time, "
