@@ -182,15 +182,17 @@ def read_counters_windows(bundle: Path, serving_cpus: list[int] | None = None) -
         raise TraceError(bundle, f"serving CPU(s) {sorted(set(serving) - known)} are not in the bundle "
                                  f"(it has {sorted(known)})")
     warnings = list(data.warnings)
-    per_window = max(1, round(WINDOW_S * 1000 / (options.get("interval_ms") or 100)))
     intervals = _serving_intervals(data, serving, warnings)
-    windows = (intervals.with_columns(window=(pl.col("sample") - 1) // per_window)
-               .group_by("window").agg(pl.len().alias("intervals"), pl.col("complete").all(),
-                                       pl.col("t0_ns").min(), pl.col("t1_ns").max(),
+    window_ns = int(WINDOW_S * 1e9)
+    windows = (intervals.with_columns(window=(pl.col("t1_ns") - pl.col("t0_ns").min()) // window_ns)
+               .group_by("window").agg(pl.col("complete").all(), pl.col("t0_ns").min(), pl.col("t1_ns").max(),
                                        pl.col("seconds", "busy_s", "requests", "irqs").sum(),
                                        pl.col("^irqs\\..*$").sum())
                .sort("window"))
-    usable = windows.filter(pl.col("complete"), pl.col("intervals") == per_window, pl.col("requests") > 0)
+    # a window counts when it spans (nearly) WINDOW_S: the collector skips late ticks, so the
+    # number of samples in a window varies, its measured length does not
+    usable = windows.filter(pl.col("complete"), pl.col("t1_ns") - pl.col("t0_ns") >= 0.9 * window_ns,
+                            pl.col("requests") > 0)
     if usable.height < windows.height:
         warnings.append(f"{windows.height - usable.height} of {windows.height} windows of {WINDOW_S:g} s left out "
                         "(partial, or an interval without busy time, IRQs or a request count)")
@@ -213,7 +215,7 @@ def _serving_intervals(data, serving: list[int], warnings: list[str]) -> pl.Data
     busy = (cpu_busy(data.stat, warnings).filter(pl.col("cpu").is_in(serving))
             .group_by("t1_ns").agg(pl.col("busy_s", "seconds").sum(), pl.len().alias("busy_cpus")))
     stat_samples = data.stat.select("sample", "t_ns").unique().rename({"t_ns": "t1_ns"})
-    busy = busy.join(stat_samples, on="t1_ns")
+    busy = busy.join(stat_samples, on="t1_ns").drop("t1_ns")
     irqs = (irq_rates(data.interrupts, []).filter(pl.col("kind") == "device", pl.col("cpu").is_in(serving)))
     irq_samples = data.interrupts.select("sample", "t_ns").unique().rename({"t_ns": "t1_ns"})
     irqs = irqs.join(irq_samples, on="t1_ns")
@@ -222,7 +224,7 @@ def _serving_intervals(data, serving: list[int], warnings: list[str]) -> pl.Data
                  .pivot(on="source", index="sample", values="count"))
     by_source = by_source.rename({c: f"irqs.{c}" for c in by_source.columns if c != "sample"})
     requests = interval_deltas(data.requests, (), "requests.txt", warnings).select(
-        "sample", "t0_ns", requests="delta")
+        "sample", "t0_ns", "t1_ns", requests="delta")
     return (requests.join(busy, on="sample", how="left").join(irq_total, on="sample", how="left")
             .join(by_source, on="sample", how="left")
             .with_columns(complete=(pl.col("busy_cpus") == len(serving)).fill_null(False)

@@ -56,6 +56,9 @@ def read_counters_bundle(bundle: Path) -> CountersBundle:
     manifest = _manifest(bundle)
     files = manifest.get("files") or {}
     warnings: list[str] = []
+    if (bundle / "INCOMPLETE").exists():
+        warnings.append("INCOMPLETE: the recording was killed or is still running; the whole samples written "
+                        "so far are read")
     parsed = {}
     for name, parse in (("interrupts", _per_cpu_table), ("softirqs", _per_cpu_table), ("stat", _stat_table)):
         path = bundle / (files.get(name) or f"counters/{name}.txt")
