@@ -139,8 +139,10 @@ def test_perf_stat_intervals_are_read_per_cpu_when_perf_runs(live):
         unavailable("perf stat did not run here")
     clock = bundle.perf_stat.filter(pl.col("event") == "task-clock")
     assert sorted(clock["cpu"].unique().to_list()) == list(range(os.cpu_count()))
-    # task-clock under -a counts the interval's wall time per CPU: ~100 ms (in msec) each
-    assert clock["value"].median() == pytest.approx(100, rel=0.2)
+    # task-clock under -a counts each interval's wall time per CPU (msec): placed on the samples'
+    # clock, consecutive lines are that far apart (perf's timer runs late on a loaded machine)
+    spaced = clock.sort("cpu", "t_ns").with_columns(gap_ms=pl.col("t_ns").diff().over("cpu") / 1e6).drop_nulls()
+    assert ((spaced["value"] - spaced["gap_ms"]).abs() / spaced["gap_ms"]).median() < 0.1
 
 
 def test_same_bundle_gives_the_same_tables(live):
