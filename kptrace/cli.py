@@ -147,9 +147,13 @@ def analyze(
     analyzed entry by entry, each into its own folder of OUT; when some fail, the others are
     still analyzed and the exit code is 1. Exit 0 on
     success, 1 when an input cannot be used, 2 on bad usage."""
+    from kptrace.read.counters import is_counters_bundle
     from kptrace.summary import render_summary
     from kptrace.whatif import POLICIES
 
+    if is_counters_bundle(trace):  # counters only, no trace: rates and busy time (docs/counters.md)
+        from kptrace.export.counters import analyze_command
+        raise typer.Exit(analyze_command(trace, out, as_json))
     if predicted is not None and predicted not in POLICIES:
         _echo(f"kptrace: error: --whatif must be one of {', '.join(POLICIES)}", err=True)
         raise typer.Exit(2)
@@ -294,13 +298,16 @@ def simulate(
 def estimate(
     inputs: Annotated[list[Path], typer.Argument(help="runs tables (CSV) and/or counters bundles (docs/estimate.md)")],
     as_json: Annotated[bool, typer.Option("--json", help="print the estimate as JSON (docs/estimate.md)")] = False,
+    serving_cpus: Annotated[str | None, typer.Option("--serving-cpus", metavar="LIST", help=(
+        "CPUs that run the server, e.g. 1 or 0,2-3: overrides a counters-only bundle's manifest"))] = None,
 ) -> None:
     """Estimate what an interrupt costs and what removing them would win, from counters of several runs."""
     from kptrace.estimate import estimate as run_estimate
+    from kptrace.estimate.inputs import parse_cpu_list
     from kptrace.estimate.render import render_estimate
 
     try:
-        result = run_estimate(inputs)
+        result = run_estimate(inputs, parse_cpu_list(serving_cpus) if serving_cpus else None)
     except TraceError as error:
         _fail(error)
     _echo(json.dumps(result, indent=2) if as_json else render_estimate(result))

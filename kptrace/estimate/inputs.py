@@ -12,18 +12,26 @@ from pathlib import Path
 
 import polars as pl
 
+from kptrace.counters import cpu_busy, irq_rates
 from kptrace.errors import TraceError
+from kptrace.read.counters import interval_deltas, is_counters_bundle, read_counters_bundle
 
 REQUIRED = ("run", "group", "seconds", "cores", "requests", "irqs")
 COST_COLUMNS = ("busy_s", "cycles")
 NUMERIC = ("seconds", "cores", "requests", "busy_s", "cycles", "instructions", "irqs")
+#: A counters-only bundle's 100 ms samples are summed into windows this long (docs/estimate.md).
+WINDOW_S = 1.0
 
 
-def read_inputs(paths: list[Path]) -> tuple[pl.DataFrame, list[str]]:
-    """All inputs as one runs frame, and the warnings their reading raised (what a bundle lacks)."""
+def read_inputs(paths: list[Path], serving_cpus: list[int] | None = None) -> tuple[pl.DataFrame, list[str]]:
+    """All inputs as one runs frame, and the warnings their reading raised (what a bundle lacks).
+    `serving_cpus` overrides the serving CPUs a counters-only bundle's manifest names."""
     frames, warnings = [], []
     for path in paths:
-        if path.is_dir():
+        if is_counters_bundle(path):
+            frame, missing = read_counters_windows(path, serving_cpus)
+            warnings += [f"{path}: {text}" for text in missing]
+        elif path.is_dir():
             frame, missing = read_bundle(path)
             warnings += [f"{path}: {text}" for text in missing]
         else:
@@ -133,3 +141,105 @@ def _perf_stat_totals(path: Path, cpu: int) -> dict[str, float]:
     totals = (stat.filter(pl.col("cpu") == f"CPU{cpu}", pl.col("event").is_in(["cycles", "instructions"]))
               .group_by("event").agg(pl.col("count").cast(pl.Float64, strict=False).sum()))
     return dict(totals.iter_rows())
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """`1,3-5` -> [1, 3, 4, 5] (the kernel's cpulist format); anything else is a one-line error."""
+    cpus: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            low, _, high = part.partition("-")
+            cpus += range(int(low), int(high or low) + 1)
+    except ValueError:
+        raise TraceError("--serving-cpus", f"expected a CPU list like 1 or 0,2-3, got {text!r}") from None
+    if not cpus:
+        raise TraceError("--serving-cpus", "empty CPU list")
+    return sorted(set(cpus))
+
+
+def read_counters_windows(bundle: Path, serving_cpus: list[int] | None = None) -> tuple[pl.DataFrame, list[str]]:
+    """A counters-only bundle as runs: one per WINDOW_S window of its samples.
+
+    Why windows and not the whole bundle as one run: the fit needs several runs whose IRQs per
+    request differ, and a long run's IRQ rate wanders; why not the 100 ms samples themselves:
+    /proc/stat counts busy time in 10 ms ticks, so a 100 ms window's busy time is only good to
+    +-10%, a 1 s window's to +-1%. A window counts only if every interval in it has busy time,
+    IRQs and requests for every serving CPU (a partial last window, a reset counter or a failed
+    request command drop it, with a warning). Busy time and IRQs (device IRQs: numbered lines of
+    /proc/interrupts) are summed over the serving CPUs; cycles and instructions too, where perf
+    counted them."""
+    data = read_counters_bundle(bundle)
+    options = data.manifest.get("counters_only") or {}
+    serving = serving_cpus or options.get("serving_cpus")
+    if not serving:
+        raise TraceError(bundle, "no serving CPUs (the CPUs that run the server): the manifest names none; "
+                                 "give them with `kptrace estimate --serving-cpus LIST`")
+    if data.requests is None:
+        raise TraceError(bundle, "no request count (recorded without --requests-cmd): nothing to divide the "
+                                 "cost by, so no estimate")
+    known = set(data.stat["cpu"].unique().to_list())
+    if not set(serving) <= known:
+        raise TraceError(bundle, f"serving CPU(s) {sorted(set(serving) - known)} are not in the bundle "
+                                 f"(it has {sorted(known)})")
+    warnings = list(data.warnings)
+    intervals = _serving_intervals(data, serving, warnings)
+    window_ns = int(WINDOW_S * 1e9)
+    windows = (intervals.with_columns(window=(pl.col("t1_ns") - pl.col("t0_ns").min()) // window_ns)
+               .group_by("window").agg(pl.col("complete").all(), pl.col("t0_ns").min(), pl.col("t1_ns").max(),
+                                       pl.col("seconds", "busy_s", "requests", "irqs").sum(),
+                                       pl.col("^irqs\\..*$").sum())
+               .sort("window"))
+    # a window counts when it spans (nearly) WINDOW_S: the collector skips late ticks, so the
+    # number of samples in a window varies, its measured length does not
+    usable = windows.filter(pl.col("complete"), pl.col("t1_ns") - pl.col("t0_ns") >= 0.9 * window_ns,
+                            pl.col("requests") > 0)
+    if usable.height < windows.height:
+        warnings.append(f"{windows.height - usable.height} of {windows.height} windows of {WINDOW_S:g} s left out "
+                        "(partial, or an interval without busy time, IRQs or a request count)")
+    runs = usable.select(run=pl.format(f"{bundle.name}#{{}}", "window"), group=pl.lit(bundle.parent.name or "bundles"),
+                         seconds=pl.col("seconds") / len(serving), cores=pl.lit(float(len(serving))),
+                         requests="requests", busy_s="busy_s", irqs="irqs",
+                         t0_ns="t0_ns", t1_ns="t1_ns", *[pl.col(c) for c in usable.columns if c.startswith("irqs.")])
+    runs = runs.with_columns(pl.exclude("run", "group", "t0_ns", "t1_ns").cast(pl.Float64))
+    counters = _perf_totals(data.perf_stat, runs, serving)
+    if counters is None:
+        warnings.append("no cycles or instructions (perf counted none on the serving CPUs): cost in busy time, "
+                        "no IPC/IPQ")
+        return runs.drop("t0_ns", "t1_ns"), warnings
+    return runs.join(counters, on="run", how="left").drop("t0_ns", "t1_ns"), warnings
+
+
+def _serving_intervals(data, serving: list[int], warnings: list[str]) -> pl.DataFrame:
+    """Per sample interval: busy seconds, device IRQs (total and per source) and requests, summed
+    over the serving CPUs; `complete` when each serving CPU had every count."""
+    busy = (cpu_busy(data.stat, warnings).filter(pl.col("cpu").is_in(serving))
+            .group_by("t1_ns").agg(pl.col("busy_s", "seconds").sum(), pl.len().alias("busy_cpus")))
+    stat_samples = data.stat.select("sample", "t_ns").unique().rename({"t_ns": "t1_ns"})
+    busy = busy.join(stat_samples, on="t1_ns").drop("t1_ns")
+    irqs = (irq_rates(data.interrupts, []).filter(pl.col("kind") == "device", pl.col("cpu").is_in(serving)))
+    irq_samples = data.interrupts.select("sample", "t_ns").unique().rename({"t_ns": "t1_ns"})
+    irqs = irqs.join(irq_samples, on="t1_ns")
+    irq_total = irqs.group_by("sample").agg(irqs=pl.col("count").sum(), irqs_complete=pl.col("count").is_not_null().all())
+    by_source = (irqs.group_by("sample", "source").agg(pl.col("count").sum())
+                 .pivot(on="source", index="sample", values="count"))
+    by_source = by_source.rename({c: f"irqs.{c}" for c in by_source.columns if c != "sample"})
+    requests = interval_deltas(data.requests, (), "requests.txt", warnings).select(
+        "sample", "t0_ns", "t1_ns", requests="delta")
+    return (requests.join(busy, on="sample", how="left").join(irq_total, on="sample", how="left")
+            .join(by_source, on="sample", how="left")
+            .with_columns(complete=(pl.col("busy_cpus") == len(serving)).fill_null(False)
+                          & pl.col("irqs_complete").fill_null(False) & pl.col("requests").is_not_null()))
+
+
+def _perf_totals(perf: pl.DataFrame | None, runs: pl.DataFrame, serving: list[int]) -> pl.DataFrame | None:
+    """cycles and instructions of the serving CPUs per window (perf's intervals ending inside it)."""
+    if perf is None or runs.is_empty():
+        return None
+    counted = perf.filter(pl.col("cpu").is_in(serving), pl.col("event").is_in(["cycles", "instructions"]),
+                          pl.col("value").is_not_null())
+    if counted.is_empty():
+        return None
+    windows = runs.select("run", "t0_ns", "t1_ns").sort("t0_ns")
+    placed = (counted.sort("t_ns").join_asof(windows, left_on="t_ns", right_on="t0_ns")
+              .filter(pl.col("t_ns") <= pl.col("t1_ns")))
+    return placed.pivot(on="event", index="run", values="value", aggregate_function="sum")
