@@ -47,12 +47,25 @@ def parse_cmdlines(text: str) -> dict[int, str]:
     return comms
 
 
+def _distinct(values: np.ndarray, objects: bool = True) -> tuple[list | pa.Array, np.ndarray]:
+    """The distinct values (as Python objects, or an Arrow array) and each value's index among
+    them, found by hashing rather than sorting: a trace repeats a few names a million times."""
+    if values.dtype.kind == "S":
+        values = np.ascontiguousarray(values)
+        array = pa.FixedSizeBinaryArray.from_buffers(pa.binary(values.itemsize), len(values), [None, pa.py_buffer(values)])
+    else:
+        array = pa.array(values)
+    encoded = array.dictionary_encode()
+    which = encoded.indices.to_numpy().astype(np.uint32)
+    return (encoded.dictionary.to_pylist() if objects else encoded.dictionary), which
+
+
 def _text(values: np.ndarray) -> pl.Series:
     """NUL-cut byte strings as text, each distinct value decoded once (invalid UTF-8, a damaged
-    record, with U+FFFD): a trace repeats a few task and device names a million times."""
-    distinct, which = np.unique(values, return_inverse=True)
-    names = pl.Series([v.decode("utf-8", "replace") for v in distinct], dtype=pl.String)
-    return names.gather(which.astype(np.uint32).ravel())
+    record, with U+FFFD)."""
+    distinct, which = _distinct(values)
+    names = pl.Series([v.partition(b"\0")[0].decode("utf-8", "replace") for v in distinct], dtype=pl.String)
+    return names.gather(which)
 
 
 def _int(pages: Pages, pos: np.ndarray, fmt: EventFormat, name: str) -> np.ndarray | None:
@@ -126,21 +139,56 @@ def _sys_exit(p, pos, fmt):
     return {"ret": _int(p, pos, fmt, "ret")}
 
 
+def _field_text(p: Pages, pos: np.ndarray, f: Field) -> pl.Series:
+    """One field of every record as text: strings as they are, integers in decimal (a u64 as
+    unsigned), other arrays in hex."""
+    if f.is_text:
+        return _text(read_field_bytes(p, pos, f))
+    if f.is_array or f.size not in (1, 2, 4, 8):
+        return pl.from_arrow(pa.array(read_field_bytes(p, pos, f))).bin.encode("hex")
+    ints = read_field_ints(p, pos, f)
+    distinct, which = _distinct(ints if f.signed or f.size < 8 else ints.view(np.uint64))
+    if len(distinct) > len(ints) // 4:  # mostly unique: format every value
+        return pl.Series(ints if f.signed or f.size < 8 else ints.view(np.uint64)).cast(pl.String)
+    return pl.Series([str(v) for v in distinct], dtype=pl.String).gather(which)
+
+
 def _generic(p: Pages, pos: np.ndarray, fmt: EventFormat) -> dict:
-    """`name=value ...` of every field, for events without typed columns."""
-    parts = []
+    """`name=value ...` of every field, for events without typed columns. Records repeat (the
+    same flags, devices, sizes): the text is made once per distinct record content."""
+    if not fmt.own_fields:
+        return {"fields": pl.repeat("", len(pos), dtype=pl.String, eager=True)}
+    distinct, which = _distinct(_record_content(p, pos, fmt.own_fields), objects=False)
+    example = np.zeros(len(distinct), dtype=np.int64)
+    example[which] = np.arange(len(pos))  # any record with that content
+    return {"fields": _fields_text(p, pos[example], fmt).gather(which)}
+
+
+def _record_content(p: Pages, pos: np.ndarray, fields: tuple[Field, ...]) -> np.ndarray:
+    """Each record's own fields as one byte string (fixed part, then every dynamic array's
+    content), so equal strings mean equal field values."""
+    start = min(f.offset for f in fields)
+    width = max(f.offset + f.size for f in fields) - start
+    fixed = p.data[np.clip(pos[:, None] + start + np.arange(width), 0, len(p.data) - 1)]
+    dynamic = [read_field_bytes(p, pos, f).view(np.uint8).reshape(len(pos), -1) for f in fields if f.is_dynamic]
+    parts = np.ascontiguousarray(np.hstack([fixed, *dynamic]))
+    return parts.view(f"S{parts.shape[1]}").ravel()
+
+
+def _fields_text(p: Pages, pos: np.ndarray, fmt: EventFormat) -> pl.Series:
+    """The `name=value ...` text of each record; a field with one value in every record is
+    written once as literal text."""
+    parts: list[str | pl.Series] = []
     for f in fmt.own_fields:
-        if f.is_text:
-            value = _text(read_field_bytes(p, pos, f))
-        elif f.is_array or f.size not in (1, 2, 4, 8):
-            value = pl.Series(read_field_bytes(p, pos, f)).bin.encode("hex")
-        else:
-            ints = pl.Series(read_field_ints(p, pos, f))
-            value = (ints if f.signed or f.size < 8 else ints.reinterpret(signed=False)).cast(pl.String)
-        parts.append(pl.lit(f"{f.name}=") + pl.lit(value).fill_null(""))
-    if not parts:
-        return {"fields": pl.Series([""] * len(pos), dtype=pl.String)}
-    return {"fields": pl.select(pl.concat_str(parts, separator=" ")).to_series()}
+        value = _field_text(p, pos, f).fill_null("")
+        constant = value.n_unique() == 1
+        head = f"{' ' if parts else ''}{f.name}=" + (value[0] if constant else "")
+        parts.append(parts.pop() + head if parts and isinstance(parts[-1], str) else head)
+        if not constant:
+            parts.append(value)
+    if len(parts) == 1:
+        return pl.repeat(parts[0], len(pos), dtype=pl.String, eager=True)
+    return pl.select(pl.concat_str([pl.lit(part) for part in parts])).to_series()
 
 
 _Extractor = Callable[[Pages, np.ndarray, EventFormat], dict]
@@ -231,12 +279,14 @@ def _time_order(pages: Pages, rec: Records) -> _Rows:
 
 def _placed(rows: _Rows, at: np.ndarray, values: pl.Series) -> pl.Series:
     """`values` put at rows `at` of a table column, null elsewhere."""
-    where = np.zeros(rows.count, dtype=np.uint32)
-    where[at] = np.arange(len(at), dtype=np.uint32)
-    if len(at) == rows.count:
-        return values.gather(where)
     empty = np.ones(rows.count, dtype=bool)
     empty[at] = False
+    if (values.dtype.is_numeric() or values.dtype == pl.Boolean) and not values.null_count():
+        full = np.zeros(rows.count, dtype=values.to_numpy().dtype)
+        full[at] = values.to_numpy()
+        return _masked(full, empty) if len(at) < rows.count else pl.Series(full)
+    where = np.zeros(rows.count, dtype=np.uint32)
+    where[at] = np.arange(len(at), dtype=np.uint32)
     return values.gather(_masked(where, empty))
 
 
@@ -276,9 +326,9 @@ def _record_columns(pages: Pages, rec: Records, rows: _Rows, formats: FormatTabl
 def _comm(tid: np.ndarray, null: np.ndarray, comms: dict[int, str]) -> pl.Series:
     """Task names as trace-cmd prints them: saved cmdlines, `<idle>` for 0, else `<...>`;
     each distinct task looked up once."""
-    distinct, which = np.unique(tid, return_inverse=True)
-    names = pl.Series(["<idle>" if t == 0 else comms.get(int(t), "<...>") for t in distinct], dtype=pl.Categorical)
-    return names.gather(_masked(which.astype(np.uint32).ravel(), null))
+    distinct, which = _distinct(tid)
+    names = pl.Series(["<idle>" if t == 0 else comms.get(t, "<...>") for t in distinct], dtype=pl.Categorical)
+    return names.gather(_masked(which, null))
 
 
 def decode(capture: Capture) -> pl.DataFrame:

@@ -63,7 +63,8 @@ def read_uint(data: np.ndarray, pos: np.ndarray, size: int, byte_order: str, sig
     if size not in (1, 2, 4, 8):
         raise ValueError(f"no integer of {size} bytes")
     kind = "i" if signed else "u"
-    pos = np.clip(pos, 0, len(data) - 8)  # a corrupt record reads garbage, never past the end
+    if len(pos) and (pos.min() < 0 or pos.max() > len(data) - 8):
+        pos = np.clip(pos, 0, len(data) - 8)  # a corrupt record reads garbage, never past the end
     aligned = min(size, 4)
     if len(pos) and not (pos & (aligned - 1)).any():
         return _aligned(data, pos, size, byte_order, kind)
