@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from kptrace.read.fields import VECTOR_HANDLERS, state_letters
 from kptrace.read.formats import EventFormat, Field, FormatTable, PageHeader
-from kptrace.read.pages import Pages, Records, join_pages, read_field_bytes, read_field_ints, walk
+from kptrace.read.pages import Pages, Records, byte_matrix, join_pages, read_field_bytes, read_field_ints, walk
 from kptrace.schema import EVENT_SCHEMA, SOFTIRQ_NAMES
 
 # Bits of a record's common_flags (kernel trace_entry flags, include/linux/trace_events.h).
@@ -169,7 +169,7 @@ def _record_content(p: Pages, pos: np.ndarray, fields: tuple[Field, ...]) -> np.
     content), so equal strings mean equal field values."""
     start = min(f.offset for f in fields)
     width = max(f.offset + f.size for f in fields) - start
-    fixed = p.data[np.clip(pos[:, None] + start + np.arange(width), 0, len(p.data) - 1)]
+    fixed = byte_matrix(p.data, pos + start, width)
     dynamic = [read_field_bytes(p, pos, f).view(np.uint8).reshape(len(pos), -1) for f in fields if f.is_dynamic]
     parts = np.ascontiguousarray(np.hstack([fixed, *dynamic]))
     return parts.view(f"S{parts.shape[1]}").ravel()

@@ -169,6 +169,14 @@ def walk(pages: Pages) -> Records:
                    missed_ts=page_ts[missed])
 
 
+def byte_matrix(data: np.ndarray, start: np.ndarray, width: int) -> np.ndarray:
+    """`width` bytes from each offset in `start`, one row each (bytes past the end read as 0)."""
+    index = start[:, None] + np.arange(width)
+    if len(start) and (start.min() < 0 or start.max() + width > len(data)):
+        return np.where((index >= 0) & (index < len(data)), data[np.clip(index, 0, len(data) - 1)], 0).astype(np.uint8)
+    return data[index]
+
+
 def read_field_ints(pages: Pages, pos: np.ndarray, field: Field) -> np.ndarray:
     return read_uint(pages.data, pos + field.offset, field.size, pages.byte_order, field.signed)
 
@@ -183,7 +191,7 @@ def read_field_bytes(pages: Pages, pos: np.ndarray, field: Field, limit: int = 2
         start, length = pos + field.offset, np.full(len(pos), field.size, dtype=np.int64)
     width = int(min(max(int(length.max(initial=0)), 1), limit))
     cols = np.arange(width)
-    raw = pages.data[np.clip(start[:, None] + cols, 0, len(pages.data) - 1)]
+    raw = byte_matrix(pages.data, start, width)
     keep = cols < length[:, None]
     if field.is_text:
         keep &= np.cumsum(raw == 0, axis=1) == 0
