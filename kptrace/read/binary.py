@@ -35,6 +35,7 @@ class Capture:
     comms: dict[int, str]
     buffers: list[tuple[str, list[tuple[int, bytes]]]]  # (instance name, [(cpu, pages)])
     warnings: list[str] = field(default_factory=list)
+    header_texts: dict[str, str] = field(default_factory=dict)  # header_page, header_event as saved
 
 
 def parse_cmdlines(text: str) -> dict[int, str]:
@@ -47,24 +48,36 @@ def parse_cmdlines(text: str) -> dict[int, str]:
     return comms
 
 
-def _distinct(values: np.ndarray, objects: bool = True) -> tuple[list | pa.Array, np.ndarray]:
-    """The distinct values (as Python objects, or an Arrow array) and each value's index among
-    them, found by hashing rather than sorting: a trace repeats a few names a million times."""
-    if values.dtype.kind == "S":
-        values = np.ascontiguousarray(values)
-        array = pa.FixedSizeBinaryArray.from_buffers(pa.binary(values.itemsize), len(values), [None, pa.py_buffer(values)])
-    else:
-        array = pa.array(values)
-    encoded = array.dictionary_encode()
-    which = encoded.indices.to_numpy().astype(np.uint32)
-    return (encoded.dictionary.to_pylist() if objects else encoded.dictionary), which
+def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values and each value's index among them, without sorting every value: a
+    trace repeats a few tasks, names and sizes a million times. Integers in a small range are
+    counted in a bitmap; byte strings are grouped by a hash, checked exactly afterwards."""
+    if values.dtype.kind == "i" and len(values) and int(values.max()) - int(values.min()) < 1 << 22:
+        low = values.min()
+        present = np.zeros(int(values.max() - low) + 1, dtype=bool)
+        present[values - low] = True
+        return np.flatnonzero(present) + low, (np.cumsum(present) - 1)[values - low].astype(np.uint32)
+    if values.dtype.kind != "S" or not len(values):
+        distinct, which = np.unique(values, return_inverse=True)
+        return distinct, which.astype(np.uint32).ravel()
+    width = -(-values.itemsize // 8) * 8
+    words = np.zeros((len(values), width), dtype=np.uint8)
+    words[:, : values.itemsize] = values.view(np.uint8).reshape(len(values), -1)
+    digest = np.zeros(len(values), dtype=np.uint64)
+    for column in words.view(np.uint64).T:
+        digest = (digest ^ column) * np.uint64(0x100000001B3)
+    _, first, which = np.unique(digest, return_index=True, return_inverse=True)
+    if not (values[first][which] == values).all():  # two contents shared a hash: sort them instead
+        distinct, which = np.unique(values, return_inverse=True)
+        return distinct, which.astype(np.uint32).ravel()
+    return values[first], which.astype(np.uint32).ravel()
 
 
 def _text(values: np.ndarray) -> pl.Series:
     """NUL-cut byte strings as text, each distinct value decoded once (invalid UTF-8, a damaged
     record, with U+FFFD)."""
     distinct, which = _distinct(values)
-    names = pl.Series([v.partition(b"\0")[0].decode("utf-8", "replace") for v in distinct], dtype=pl.String)
+    names = pl.Series([v.partition(b"\0")[0].decode("utf-8", "replace") for v in distinct.tolist()], dtype=pl.String)
     return names.gather(which)
 
 
@@ -150,7 +163,7 @@ def _field_text(p: Pages, pos: np.ndarray, f: Field) -> pl.Series:
     distinct, which = _distinct(ints if f.signed or f.size < 8 else ints.view(np.uint64))
     if len(distinct) > len(ints) // 4:  # mostly unique: format every value
         return pl.Series(ints if f.signed or f.size < 8 else ints.view(np.uint64)).cast(pl.String)
-    return pl.Series([str(v) for v in distinct], dtype=pl.String).gather(which)
+    return pl.Series([str(v) for v in distinct.tolist()], dtype=pl.String).gather(which)
 
 
 def _generic(p: Pages, pos: np.ndarray, fmt: EventFormat) -> dict:
@@ -158,7 +171,7 @@ def _generic(p: Pages, pos: np.ndarray, fmt: EventFormat) -> dict:
     same flags, devices, sizes): the text is made once per distinct record content."""
     if not fmt.own_fields:
         return {"fields": pl.repeat("", len(pos), dtype=pl.String, eager=True)}
-    distinct, which = _distinct(_record_content(p, pos, fmt.own_fields), objects=False)
+    distinct, which = _distinct(_record_content(p, pos, fmt.own_fields))
     example = np.zeros(len(distinct), dtype=np.int64)
     example[which] = np.arange(len(pos))  # any record with that content
     return {"fields": _fields_text(p, pos[example], fmt).gather(which)}
@@ -327,7 +340,7 @@ def _comm(tid: np.ndarray, null: np.ndarray, comms: dict[int, str]) -> pl.Series
     """Task names as trace-cmd prints them: saved cmdlines, `<idle>` for 0, else `<...>`;
     each distinct task looked up once."""
     distinct, which = _distinct(tid)
-    names = pl.Series(["<idle>" if t == 0 else comms.get(t, "<...>") for t in distinct], dtype=pl.Categorical)
+    names = pl.Series(["<idle>" if t == 0 else comms.get(t, "<...>") for t in distinct.tolist()], dtype=pl.Categorical)
     return names.gather(_masked(which, null))
 
 
