@@ -223,3 +223,44 @@ def test_big_endian_pages_decode_to_the_same_rows(name, tmp_path):
     big = decode(_big_endian(capture))
     assert big.height == little.height > 0
     assert big.equals(little)
+
+
+def _four_byte_commit(capture):
+    """The capture's pages in a 32-bit kernel's page layout (derived, not recorded): a 4-byte
+    commit word, so records start at byte 12 instead of 16. The records themselves are kept as
+    the 64-bit kernel wrote them (their formats say so)."""
+    import dataclasses
+
+    import numpy as np
+
+    from kptrace.read.formats import PageHeader
+
+    h = capture.header
+    narrow = PageHeader(timestamp_offset=0, commit_offset=8, commit_size=4, data_offset=12,
+                        data_size=h.page_size - 12)
+    buffers = []
+    for name, per_cpu in capture.buffers:
+        out = []
+        for cpu, blob in per_cpu:
+            pages = np.frombuffer(blob[: len(blob) // h.page_size * h.page_size], np.uint8).reshape(-1, h.page_size)
+            commit = pages[:, h.commit_offset: h.commit_offset + 8].copy().view("<u8").ravel()
+            assert (commit & ((1 << 27) - 1) <= h.data_size).all() and not (commit >> 32).any()
+            new = np.zeros_like(pages)
+            new[:, :8] = pages[:, :8]
+            new[:, 8:12] = commit.astype("<u4").view(np.uint8).reshape(-1, 4)
+            new[:, 12: 12 + h.data_size] = pages[:, h.data_offset:]
+            out.append((cpu, new.tobytes()))
+        buffers.append((name, out))
+    return dataclasses.replace(capture, header=narrow, buffers=buffers)
+
+
+@pytest.mark.parametrize("name", ["v7-zstd.dat", "v6-extend.dat"])
+def test_a_four_byte_commit_word_page_layout_decodes_to_the_same_rows(name, tmp_path):
+    from kptrace.read.binary import decode
+    from kptrace.read.source import read_bytes
+    from kptrace.read.tracedat import read_tracedat
+
+    capture = read_tracedat(read_bytes(_unpacked(name, tmp_path)).data)
+    assert capture.header.commit_size == 8
+    little = decode(capture)
+    assert decode(_four_byte_commit(capture)).equals(little)
