@@ -53,7 +53,7 @@ def join_pages(blobs: list[tuple[int, bytes]], header: PageHeader, byte_order: s
     """Per-CPU byte strings (whole pages) as one array; a torn last page is dropped."""
     size = header.page_size
     whole = [(cpu, blob[: len(blob) // size * size]) for cpu, blob in blobs]
-    data = np.frombuffer(b"".join(b for _, b in whole) + bytes(8), dtype=np.uint8)
+    data = np.frombuffer(b"".join([*(b for _, b in whole), bytes(8)]), dtype=np.uint8)  # one copy
     cpu = np.concatenate([np.full(len(b) // size, c, dtype=np.int16) for c, b in whole] or [np.zeros(0, np.int16)])
     return Pages(data=data, cpu=cpu, header=header, byte_order=byte_order)
 
