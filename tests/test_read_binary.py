@@ -194,7 +194,8 @@ def _big_endian(capture):
     swap(stored * h.page_size + h.data_offset + (commit[stored] & ((1 << 27) - 1)), h.commit_size)
     header = _record_words(pages, np.minimum(commit & ((1 << 27) - 1), h.data_size)) * 4
     word = pages.data[: len(pages.data) // 4 * 4].view("<u4")[header // 4].astype(np.uint32)
-    out[header[:, None] + np.arange(4)] = (((word & 31) << 27) | (word >> 5)).astype(">u4").view(np.uint8).reshape(-1, 4)
+    swapped = (((word & 31) << 27) | (word >> 5)).astype(">u4")
+    out[header[:, None] + np.arange(4)] = swapped.view(np.uint8).reshape(-1, 4)
     with_array = ((word & 31) == 0) | ((word & 31) >= 29)
     swap(header[with_array] + 4, 4)
     rec = walk(pages)

@@ -106,8 +106,10 @@ def _vector(p, pos, fmt):
 
 def _softirq(p, pos, fmt):
     vec = _int(p, pos, fmt, "vec")
-    names = None if vec is None else _SOFTIRQS.gather(_masked(vec.astype(np.uint32), (vec < 0) | (vec >= len(SOFTIRQ_NAMES))))
-    return {"softirq_vec": vec, "softirq": names}
+    if vec is None:
+        return {"softirq_vec": None, "softirq": None}
+    unknown = (vec < 0) | (vec >= len(SOFTIRQ_NAMES))
+    return {"softirq_vec": vec, "softirq": _SOFTIRQS.gather(_masked(np.where(unknown, 0, vec).astype(np.uint32), unknown))}
 
 
 def _napi(p, pos, fmt):
