@@ -9,12 +9,14 @@ events/s for each, the ratio, and peak memory. Usage (root):
 
 or, with an existing pair: python benchmarks/ingest.py --text trace.txt --dat trace.dat
 
---native times kptrace's native binary readers instead: reading the trace.dat (and, with --raw
-DIR, the same kind of pages saved in the collector's raw/ layout) against `trace-cmd report >
-/dev/null` of that trace.dat, and prints events/s, the ratio (target >= 10x) and the bytes per
-event of the reader's table and of the normalized event table (target <= 100 B/event):
+--native times every reader (read, then normalize, each in a fresh interpreter) against
+`trace-cmd report > /dev/null` of the trace.dat: the trace.dat natively, its pages in the
+collector's raw/ layout, its `trace-cmd report` text, and optionally tracefs text (--text) and
+perf script text (--perf, with `perf script` of --perf-data beside it); prints a Markdown
+table of events/s, the ratio to trace-cmd (target >= 10x) and bytes per event (Polars
+estimated_size of the normalized table, target <= 100; and peak RSS growth):
 
-    python benchmarks/ingest.py --native [--dat trace.dat] [--raw DIR] [--repeats 3]
+    python benchmarks/ingest.py --native --dat trace.dat [--text T] [--perf P --perf-data D] [--repeats 3]
 
 --baseline DIR also times `kptrace ingest` from another kptrace source tree (e.g. `git archive`
 of an older commit unpacked in DIR) in the same alternation, so before and after are measured
@@ -121,20 +123,30 @@ print(json.dumps(seconds))
 """
 
 
-#: Native read of a binary trace in a fresh interpreter; prints seconds and table sizes as JSON.
+#: One read + normalize in a fresh interpreter; prints seconds, table sizes and memory as JSON.
+#: Memory: `estimated_size()` of the normalized event table (Polars' count of its buffers), and
+#: the peak RSS above the RSS after imports (ru_maxrss), after the read and after normalize.
 NATIVE = """
-import json, sys, time
+import json, resource, sys, time
 start = time.perf_counter()
 from kptrace.normalize import normalize
 from kptrace.read import read_any
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = rss()
 imported = time.perf_counter()
 raw = read_any(sys.argv[1])
 read = time.perf_counter()
+read_peak = peak()
 events = normalize(raw)
 done = time.perf_counter()
 print(json.dumps({"import": imported - start, "read": read - imported, "normalize": done - read,
                   "events": events.meta["event_count"], "rows_bytes": raw.rows.estimated_size(),
-                  "table_bytes": events.events.estimated_size()}))
+                  "table_bytes": events.events.estimated_size(), "read_rss": read_peak - base,
+                  "total_rss": peak() - base}))
 """
 
 
@@ -144,28 +156,67 @@ def native_run(path: Path) -> dict:
     return json.loads(result.stdout)
 
 
-def native(dat: Path, raw: Path | None, repeats: int) -> None:
-    """Native readers vs `trace-cmd report > /dev/null`, alternating, medians of `repeats`."""
-    inputs = {"kptrace native (trace.dat)": dat, **({"kptrace native (raw pages)": raw} if raw else {})}
-    runs: dict[str, list] = {name: [] for name in [*inputs, "trace-cmd report (trace.dat)"]}
+def raw_pages_of(dat: Path, out: Path) -> Path:
+    """The pages of a trace.dat's first buffer in the collector's raw/ layout (same data, the
+    raw-pages reader's container), for timing that reader on the same events."""
+    from kptrace.read.source import read_bytes
+    from kptrace.read.tracedat import read_tracedat
+
+    capture = read_tracedat(read_bytes(dat).data)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in capture.header_texts.items():
+        (out / name).write_text(text)
+    for ident, (system, text) in capture.formats.texts().items():
+        directory = out / "format" / system / f"event{ident}"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "format").write_text(text)
+    for cpu, pages in capture.buffers[0][1]:
+        (out / f"cpu{cpu}.raw").write_bytes(pages)
+    (out / "saved_cmdlines").write_text("".join(f"{pid} {comm}\n" for pid, comm in capture.comms.items()))
+    return out
+
+
+def native(dat: Path, raw: Path | None, texts: dict[str, Path], perf_data: Path | None, repeats: int,
+           work: Path) -> None:
+    """Every reader vs `trace-cmd report > /dev/null` (and `perf script`), alternating, medians.
+
+    The trace-cmd report text is made from the trace.dat, and raw pages from its pages, so these
+    three hold the same events; tracefs text and perf script text are other recordings (--text,
+    --perf), timed for their events/s.
+    """
+    report_text = work / "report.txt"
+    with open(report_text, "w") as out:
+        subprocess.run(["trace-cmd", "report", "-i", str(dat)], check=True, stdout=out)
+    inputs = {"trace.dat (native)": dat, "raw pages (native)": raw or raw_pages_of(dat, work / "raw"),
+              "trace-cmd report text": report_text, **texts}
+    tools = {"trace-cmd report > /dev/null": ["trace-cmd", "report", "-i", str(dat)],
+             **({"perf script > /dev/null": ["perf", "script", "-i", str(perf_data)]} if perf_data else {})}
+    runs: dict[str, list] = {name: [] for name in [*inputs, *tools]}
     for _ in range(repeats):
         for name, path in inputs.items():
             runs[name].append(native_run(path))
-        runs["trace-cmd report (trace.dat)"].append(timed(["trace-cmd", "report", "-i", str(dat)]))
-    report = statistics.median(runs["trace-cmd report (trace.dat)"])
-    first = runs["kptrace native (trace.dat)"][0]
-    events = first["events"]
-    print(f"trace: {events} events, {dat.stat().st_size / 1e6:.1f} MB trace.dat; {repeats} alternating runs each")
-    print(f"  trace-cmd report > /dev/null          median {report:6.2f} s wall  {events / report / 1e6:6.2f} M events/s")
+        for name, command in tools.items():
+            runs[name].append(timed(command))
+    report = statistics.median(runs["trace-cmd report > /dev/null"])
+    events = runs["trace.dat (native)"][0]["events"]
+    print(f"trace.dat: {events} events, {dat.stat().st_size / 1e6:.1f} MB; {repeats} alternating runs, medians; "
+          f"import time excluded; B/event = Polars estimated_size of the normalized event table / events; "
+          f"RSS/event = peak RSS above the post-import RSS / events")
+    print(f"| input | events | read s | read M ev/s | x trace-cmd | +normalize s | table B/ev | read RSS B/ev | total RSS B/ev |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| trace-cmd report > /dev/null | {events} | {report:.2f} | {events / report / 1e6:.2f} | 1.0 | | | | |")
+    for name, command in tools.items():
+        if name.startswith("perf"):
+            t = statistics.median(runs[name])
+            print(f"| {name} ({perf_data.name}) | | {t:.2f} | | | | | | |")
     for name in inputs:
-        read = statistics.median(r["read"] for r in runs[name])
-        norm = statistics.median(r["normalize"] for r in runs[name])
-        imp = statistics.median(r["import"] for r in runs[name])
         r = runs[name][0]
-        print(f"  {name:<36} read {read:6.2f} s  {r['events'] / read / 1e6:6.2f} M events/s  "
-              f"({r['events'] / read / (events / report):5.1f}x trace-cmd); normalize {norm:.2f} s, "
-              f"import {imp:.2f} s; reader table {r['rows_bytes'] / r['events']:.0f} B/event, "
-              f"event table {r['table_bytes'] / r['events']:.0f} B/event (Polars estimated_size)")
+        read = statistics.median(x["read"] for x in runs[name])
+        norm = statistics.median(x["normalize"] for x in runs[name])
+        rate = r["events"] / read
+        print(f"| {name} | {r['events']} | {read:.2f} | {rate / 1e6:.2f} | {rate / (events / report):.1f} | "
+              f"{norm:.2f} | {r['table_bytes'] / r['events']:.0f} | {r['read_rss'] / r['events']:.0f} | "
+              f"{r['total_rss'] / r['events']:.0f} |")
 
 
 def in_tree(tree: Path | None) -> dict:
@@ -194,12 +245,17 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another kptrace source tree to time side by side")
     parser.add_argument("--stages", action="store_true", help="also time each ingest stage in-process")
     parser.add_argument("--native", action="store_true", help="time the native binary readers instead")
-    parser.add_argument("--raw", type=Path, help="with --native: a raw/ pages directory to time too")
+    parser.add_argument("--raw", type=Path, help="with --native: a raw/ pages directory (default: made from --dat)")
+    parser.add_argument("--perf", type=Path, help="with --native: a perf script text file to time too")
+    parser.add_argument("--perf-data", type=Path, help="with --native: the perf.data to time `perf script` on")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kptrace-bench-"))
     try:
         if args.native:
-            native(args.dat or record(args.keep or work, args.events)[1], args.raw, args.repeats)
+            texts = {**({"tracefs text": args.text} if args.text else {}),
+                     **({"perf script text": args.perf} if args.perf else {})}
+            native(args.dat or record(args.keep or work, args.events)[1], args.raw, texts, args.perf_data,
+                   args.repeats, work)
             return
         text, dat = (args.text, args.dat) if args.text else record(args.keep or work, args.events)
         out = work / "ingested"

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from kptrace.read.fields import VECTOR_HANDLERS, state_letters
 from kptrace.read.formats import EventFormat, Field, FormatTable, PageHeader
-from kptrace.read.pages import Pages, Records, join_pages, read_field_bytes, read_field_ints, walk
-from kptrace.schema import SOFTIRQ_NAMES
+from kptrace.read.pages import Pages, Records, byte_matrix, join_pages, read_field_bytes, read_field_ints, walk
+from kptrace.schema import EVENT_SCHEMA, SOFTIRQ_NAMES
 
 # Bits of a record's common_flags (kernel trace_entry flags, include/linux/trace_events.h).
 _IRQS_OFF, _RESCHED_LAZY, _NEED_RESCHED, _HARDIRQ, _SOFTIRQ, _PREEMPT_RESCHED, _NMI, _BH_OFF = (
@@ -34,6 +35,7 @@ class Capture:
     comms: dict[int, str]
     buffers: list[tuple[str, list[tuple[int, bytes]]]]  # (instance name, [(cpu, pages)])
     warnings: list[str] = field(default_factory=list)
+    header_texts: dict[str, str] = field(default_factory=dict)  # header_page, header_event as saved
 
 
 def parse_cmdlines(text: str) -> dict[int, str]:
@@ -46,14 +48,37 @@ def parse_cmdlines(text: str) -> dict[int, str]:
     return comms
 
 
+def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values and each value's index among them, without sorting every value: a
+    trace repeats a few tasks, names and sizes a million times. Integers in a small range are
+    counted in a bitmap; byte strings are grouped by a hash, checked exactly afterwards."""
+    if values.dtype.kind == "i" and len(values) and int(values.max()) - int(values.min()) < 1 << 22:
+        low = values.min()
+        present = np.zeros(int(values.max() - low) + 1, dtype=bool)
+        present[values - low] = True
+        return np.flatnonzero(present) + low, (np.cumsum(present) - 1)[values - low].astype(np.uint32)
+    if values.dtype.kind != "S" or not len(values):
+        distinct, which = np.unique(values, return_inverse=True)
+        return distinct, which.astype(np.uint32).ravel()
+    width = -(-values.itemsize // 8) * 8
+    words = np.zeros((len(values), width), dtype=np.uint8)
+    words[:, : values.itemsize] = values.view(np.uint8).reshape(len(values), -1)
+    digest = np.zeros(len(values), dtype=np.uint64)
+    for column in words.view(np.uint64).T:
+        digest = (digest ^ column) * np.uint64(0x100000001B3)
+    _, first, which = np.unique(digest, return_index=True, return_inverse=True)
+    if not (values[first][which] == values).all():  # two contents shared a hash: sort them instead
+        distinct, which = np.unique(values, return_inverse=True)
+        return distinct, which.astype(np.uint32).ravel()
+    return values[first], which.astype(np.uint32).ravel()
+
+
 def _text(values: np.ndarray) -> pl.Series:
-    """NUL-cut byte strings as text; invalid UTF-8 (a damaged record) decoded with U+FFFD."""
-    raw = pl.Series(values)
-    try:
-        return raw.cast(pl.String)
-    except pl.exceptions.PolarsError:
-        decoded = {b: b.decode("utf-8", "replace") for b in raw.unique().to_list()}
-        return raw.replace_strict(decoded, return_dtype=pl.String)
+    """NUL-cut byte strings as text, each distinct value decoded once (invalid UTF-8, a damaged
+    record, with U+FFFD)."""
+    distinct, which = _distinct(values)
+    names = pl.Series([v.partition(b"\0")[0].decode("utf-8", "replace") for v in distinct.tolist()], dtype=pl.String)
+    return names.gather(which)
 
 
 def _int(pages: Pages, pos: np.ndarray, fmt: EventFormat, name: str) -> np.ndarray | None:
@@ -81,9 +106,10 @@ def _vector(p, pos, fmt):
 
 def _softirq(p, pos, fmt):
     vec = _int(p, pos, fmt, "vec")
-    names = None if vec is None else pl.Series(vec).replace_strict(
-        dict(enumerate(SOFTIRQ_NAMES)), default=None, return_dtype=pl.String)
-    return {"softirq_vec": vec, "softirq": names}
+    if vec is None:
+        return {"softirq_vec": None, "softirq": None}
+    unknown = (vec < 0) | (vec >= len(SOFTIRQ_NAMES))
+    return {"softirq_vec": vec, "softirq": _SOFTIRQS.gather(_masked(np.where(unknown, 0, vec).astype(np.uint32), unknown))}
 
 
 def _napi(p, pos, fmt):
@@ -128,21 +154,56 @@ def _sys_exit(p, pos, fmt):
     return {"ret": _int(p, pos, fmt, "ret")}
 
 
+def _field_text(p: Pages, pos: np.ndarray, f: Field) -> pl.Series:
+    """One field of every record as text: strings as they are, integers in decimal (a u64 as
+    unsigned), other arrays in hex."""
+    if f.is_text:
+        return _text(read_field_bytes(p, pos, f))
+    if f.is_array or f.size not in (1, 2, 4, 8):
+        return pl.from_arrow(pa.array(read_field_bytes(p, pos, f))).bin.encode("hex")
+    ints = read_field_ints(p, pos, f)
+    distinct, which = _distinct(ints if f.signed or f.size < 8 else ints.view(np.uint64))
+    if len(distinct) > len(ints) // 4:  # mostly unique: format every value
+        return pl.Series(ints if f.signed or f.size < 8 else ints.view(np.uint64)).cast(pl.String)
+    return pl.Series([str(v) for v in distinct.tolist()], dtype=pl.String).gather(which)
+
+
 def _generic(p: Pages, pos: np.ndarray, fmt: EventFormat) -> dict:
-    """`name=value ...` of every field, for events without typed columns."""
-    parts = []
+    """`name=value ...` of every field, for events without typed columns. Records repeat (the
+    same flags, devices, sizes): the text is made once per distinct record content."""
+    if not fmt.own_fields:
+        return {"fields": pl.repeat("", len(pos), dtype=pl.String, eager=True)}
+    distinct, which = _distinct(_record_content(p, pos, fmt.own_fields))
+    example = np.zeros(len(distinct), dtype=np.int64)
+    example[which] = np.arange(len(pos))  # any record with that content
+    return {"fields": _fields_text(p, pos[example], fmt).gather(which)}
+
+
+def _record_content(p: Pages, pos: np.ndarray, fields: tuple[Field, ...]) -> np.ndarray:
+    """Each record's own fields as one byte string (fixed part, then every dynamic array's
+    content), so equal strings mean equal field values."""
+    start = min(f.offset for f in fields)
+    width = max(f.offset + f.size for f in fields) - start
+    fixed = byte_matrix(p.data, pos + start, width)
+    dynamic = [read_field_bytes(p, pos, f).view(np.uint8).reshape(len(pos), -1) for f in fields if f.is_dynamic]
+    parts = np.ascontiguousarray(np.hstack([fixed, *dynamic]))
+    return parts.view(f"S{parts.shape[1]}").ravel()
+
+
+def _fields_text(p: Pages, pos: np.ndarray, fmt: EventFormat) -> pl.Series:
+    """The `name=value ...` text of each record; a field with one value in every record is
+    written once as literal text."""
+    parts: list[str | pl.Series] = []
     for f in fmt.own_fields:
-        if f.is_text:
-            value = _text(read_field_bytes(p, pos, f))
-        elif f.is_array or f.size not in (1, 2, 4, 8):
-            value = pl.Series(read_field_bytes(p, pos, f)).bin.encode("hex")
-        else:
-            ints = pl.Series(read_field_ints(p, pos, f))
-            value = (ints if f.signed or f.size < 8 else ints.reinterpret(signed=False)).cast(pl.String)
-        parts.append(pl.lit(f"{f.name}=") + pl.lit(value).fill_null(""))
-    if not parts:
-        return {"fields": pl.Series([""] * len(pos), dtype=pl.String)}
-    return {"fields": pl.select(pl.concat_str(parts, separator=" ")).to_series()}
+        value = _field_text(p, pos, f).fill_null("")
+        constant = value.n_unique() == 1
+        head = f"{' ' if parts else ''}{f.name}=" + (value[0] if constant else "")
+        parts.append(parts.pop() + head if parts and isinstance(parts[-1], str) else head)
+        if not constant:
+            parts.append(value)
+    if len(parts) == 1:
+        return pl.repeat(parts[0], len(pos), dtype=pl.String, eager=True)
+    return pl.select(pl.concat_str([pl.lit(part) for part in parts])).to_series()
 
 
 _Extractor = Callable[[Pages, np.ndarray, EventFormat], dict]
@@ -169,6 +230,14 @@ def _extractor(fmt: EventFormat) -> _Extractor:
     return _generic
 
 
+def _masked(values: np.ndarray, null: np.ndarray) -> pl.Series:
+    """A Series of `values`, null where `null` is set."""
+    return pl.from_arrow(pa.array(values, mask=null)) if null.any() else pl.Series(values)
+
+
+_SOFTIRQS = pl.Series(SOFTIRQ_NAMES, dtype=pl.Categorical)
+
+
 def _flags(flags: np.ndarray, preempt: np.ndarray) -> dict[str, np.ndarray]:
     """The irq-info columns, bit by bit as the kernel prints its flags letters."""
     return {
@@ -189,76 +258,118 @@ def _common(pages: Pages, rec: Records, formats: FormatTable) -> dict[str, np.nd
     if not fields or any(f is None for f in fields.values()):
         raise ValueError("event formats lack the common fields (common_type, common_pid, ...)")
     values = {n: read_field_ints(pages, rec.pos, f) for n, f in fields.items()}
-    return {"ts": rec.ts, "cpu": pages.cpu[rec.page], "tid": values["common_pid"].astype(np.int32),
-            "type": values["common_type"], **_flags(values["common_flags"], values["common_preempt_count"])}
+    return {"tid": values["common_pid"].astype(np.int32), "type": values["common_type"],
+            **_flags(values["common_flags"], values["common_preempt_count"])}
 
 
-_DTYPES = {"irq": pl.Int32, "vector": pl.Int32, "softirq_vec": pl.Int8, "napi_work": pl.Int32,
-           "napi_budget": pl.Int32, "len": pl.Int32, "prev_pid": pl.Int32, "next_pid": pl.Int32,
-           "prev_prio": pl.Int16, "next_prio": pl.Int16, "task_pid": pl.Int32, "task_prio": pl.Int16,
-           "target_cpu": pl.Int16, "orig_cpu": pl.Int16, "fd": pl.Int64, "count": pl.Int64, "ret": pl.Int64}
+@dataclass
+class _Rows:
+    """Where every record and every lost-events marker goes in the time-ordered table."""
+
+    ts: np.ndarray  # of every row
+    record_row: np.ndarray  # the row of each record (records in page order)
+    marker_row: np.ndarray  # the row of each lost-events marker
+
+    @property
+    def count(self) -> int:
+        return len(self.ts)
 
 
-def _by_type(pages: Pages, rec: Records, common: dict[str, np.ndarray], formats: FormatTable,
-             ) -> tuple[pl.DataFrame, np.ndarray]:
-    """Every record as a typed row, grouped by event type; and each row's record index."""
+def _time_order(pages: Pages, rec: Records) -> _Rows:
+    """Rows in time order: a record before another of the same time keeps its place (page
+    order), and a lost-events marker comes just before the first record of the page that
+    reported the loss. Each CPU's pages are already in time order, so a stable sort on time
+    alone merges these sorted runs."""
+    after = np.searchsorted(rec.page, rec.missed_pages)
+    nearest = np.minimum(after, max(len(rec.page) - 1, 0))
+    same_cpu = (after < len(rec.page)) & (pages.cpu[rec.page[nearest]] == pages.cpu[rec.missed_pages])
+    marker_ts = np.where(same_cpu, rec.ts[nearest], rec.missed_ts)
+    slot_ts = np.insert(rec.ts, after, marker_ts)  # slots in page order, each marker before its record
+    is_marker = np.insert(np.zeros(len(rec.ts), dtype=bool), after, True)
+    order = np.argsort(slot_ts, kind="stable")
+    row_of_slot = np.empty(len(order), dtype=np.int64)
+    row_of_slot[order] = np.arange(len(order))
+    return _Rows(ts=slot_ts[order], record_row=row_of_slot[~is_marker], marker_row=row_of_slot[is_marker])
+
+
+def _placed(rows: _Rows, at: np.ndarray, values: pl.Series) -> pl.Series:
+    """`values` put at rows `at` of a table column, null elsewhere."""
+    empty = np.ones(rows.count, dtype=bool)
+    empty[at] = False
+    if (values.dtype.is_numeric() or values.dtype == pl.Boolean) and not values.null_count():
+        full = np.zeros(rows.count, dtype=values.to_numpy().dtype)
+        full[at] = values.to_numpy()
+        return _masked(full, empty) if len(at) < rows.count else pl.Series(full)
+    where = np.zeros(rows.count, dtype=np.uint32)
+    where[at] = np.arange(len(at), dtype=np.uint32)
+    return values.gather(_masked(where, empty))
+
+
+def _record_columns(pages: Pages, rec: Records, rows: _Rows, formats: FormatTable) -> dict[str, pl.Series]:
+    """Common and typed columns of every record, each built once at full length."""
+    common = _common(pages, rec, formats)
     types = common.pop("type")
+    out = {name: _placed(rows, rows.record_row, pl.Series(values)) for name, values in common.items()}
     order = np.argsort(types, kind="stable")
     ids, starts = np.unique(types[order], return_index=True)
     bounds = np.append(starts, len(order))
-    parts = []
+    parts: dict[str, list[tuple[np.ndarray, pl.Series]]] = {}
+    names, systems = [], []
     for i, ident in enumerate(ids):
-        rows = order[bounds[i]: bounds[i + 1]]
+        records = order[bounds[i]: bounds[i + 1]]
         fmt = formats.get(int(ident))
-        name, system = (fmt.name, fmt.system) if fmt else (f"unknown_event_{ident}", "unknown")
-        columns = {k: v for k, v in _extractor(fmt)(pages, rec.pos[rows], fmt).items() if v is not None} if fmt else {}
-        frame = pl.DataFrame({**{k: v[rows] for k, v in common.items()}, **columns})
-        parts.append(frame.with_columns(
-            [pl.col(c).cast(t, strict=False) for c, t in _DTYPES.items() if c in columns],
-            event=pl.lit(name, pl.Categorical), subsystem=pl.lit(system, pl.Categorical)))
-    return pl.concat(parts, how="diagonal_relaxed"), order
+        names.append(fmt.name if fmt else f"unknown_event_{ident}")
+        systems.append(fmt.system if fmt else "unknown")
+        columns = _extractor(fmt)(pages, rec.pos[records], fmt) if fmt else {}
+        for column, values in columns.items():
+            if values is not None:
+                series = pl.Series(values) if isinstance(values, np.ndarray) else values
+                parts.setdefault(column, []).append((rows.record_row[records], series.cast(
+                    EVENT_SCHEMA.get(column, series.dtype), strict=False)))
+    for column, pieces in parts.items():
+        at = np.concatenate([a for a, _ in pieces])
+        out[column] = _placed(rows, at, pl.concat([v for _, v in pieces]))
+    kind = np.searchsorted(ids, types).astype(np.uint32)  # each record's type, as an index into ids
+    for column, labels in (("event", names), ("subsystem", systems)):
+        labels = pl.Series([*labels, "lost_events" if column == "event" else "kptrace"], dtype=pl.Categorical)
+        where = np.full(rows.count, len(ids), dtype=np.uint32)
+        where[rows.record_row] = kind
+        out[column] = labels.gather(where)
+    return out
 
 
-def _markers(pages: Pages, rec: Records) -> pl.DataFrame:
-    """One `lost_events` row per page that follows a loss, dated by that page's first record."""
-    m = rec.missed_pages
-    after = np.searchsorted(rec.page, m)
-    has_next = after < len(rec.page)
-    nearest = np.minimum(after, max(len(rec.page) - 1, 0))
-    same_cpu = (after < len(rec.page)) & (pages.cpu[rec.page[nearest]] == pages.cpu[m]) if len(rec.page) else after < 0
-    ts = np.where(same_cpu, rec.ts[nearest] if len(rec.ts) else 0, rec.missed_ts)
-    return pl.DataFrame({
-        "key": after * 2, "ts": ts, "cpu": pages.cpu[m],
-        "value": pl.Series(rec.missed_counts).replace(-1, None),
-    }).with_columns(subsystem=pl.lit("kptrace", pl.Categorical), event=pl.lit("lost_events", pl.Categorical))
-
-
-def _comm(tid: pl.Expr, comms: dict[int, str]) -> pl.Expr:
-    """Task names as trace-cmd prints them: saved cmdlines, `<idle>` for 0, else `<...>`."""
-    return (pl.when(tid.is_null()).then(pl.lit(None, pl.String)).when(tid == 0).then(pl.lit("<idle>"))
-            .otherwise(tid.replace_strict(comms, default="<...>", return_dtype=pl.String)))
+def _comm(tid: np.ndarray, null: np.ndarray, comms: dict[int, str]) -> pl.Series:
+    """Task names as trace-cmd prints them: saved cmdlines, `<idle>` for 0, else `<...>`;
+    each distinct task looked up once."""
+    distinct, which = _distinct(tid)
+    names = pl.Series(["<idle>" if t == 0 else comms.get(t, "<...>") for t in distinct.tolist()], dtype=pl.Categorical)
+    return names.gather(_masked(which, null))
 
 
 def decode(capture: Capture) -> pl.DataFrame:
     """Every record of every buffer as a typed row, in time order (`seq` numbers that order).
 
-    Rows are built grouped by event type, then put in time order by one gather: a record
-    before another of the same time keeps its place (page order), and a lost-events marker
-    comes just before the first record of the page that reported the loss.
+    Each column is built once at its full length: every event type's values are gathered
+    from the pages and put straight at their rows of the time-ordered table.
     """
     pages = join_pages([blob for _, blobs in capture.buffers for blob in blobs], capture.header, capture.byte_order)
     rec = walk(pages)
     if not len(capture.formats) or not len(rec.pos):
         return pl.DataFrame()
-    common = _common(pages, rec, capture.formats)
-    rows, record = _by_type(pages, rec, common, capture.formats)
-    markers = _markers(pages, rec)
-    ts = np.concatenate([rec.ts[record], markers["ts"].to_numpy()])
-    key = np.concatenate([record * 2 + 1, markers["key"].to_numpy()])
-    rows = pl.concat([rows, markers.drop("key")], how="diagonal_relaxed")
-    return rows[np.lexsort((key, ts))].with_columns(
-        seq=pl.int_range(1, pl.len() + 1, dtype=pl.Int64),
-        ts_resolution_ns=pl.lit(1, pl.Int64),
-        comm=_comm(pl.col("tid"), capture.comms).cast(pl.Categorical),
-        tgid=pl.lit(None, pl.Int32),
-    )
+    rows = _time_order(pages, rec)
+    columns = _record_columns(pages, rec, rows, capture.formats)
+    cpu = np.empty(rows.count, dtype=np.int16)
+    cpu[rows.record_row] = pages.cpu[rec.page]
+    cpu[rows.marker_row] = pages.cpu[rec.missed_pages]
+    marker = np.zeros(rows.count, dtype=bool)
+    marker[rows.marker_row] = True
+    if len(rows.marker_row):
+        count = rec.missed_counts
+        columns["value"] = _placed(rows, rows.marker_row, _masked(count, count < 0))
+    return pl.DataFrame({
+        "ts": rows.ts, "cpu": cpu, **columns,
+        "seq": np.arange(1, rows.count + 1, dtype=np.int64),
+        "ts_resolution_ns": pl.repeat(1, rows.count, dtype=pl.Int64, eager=True),
+        "comm": _comm(columns["tid"].fill_null(0).to_numpy(), marker, capture.comms),
+        "tgid": pl.repeat(None, rows.count, dtype=pl.Int32, eager=True),
+    })

@@ -101,6 +101,10 @@ class FormatTable:
                 self._parsed[ident] = None
         return self._parsed[ident]
 
+    def texts(self) -> dict[int, tuple[str, str]]:
+        """(system, format file text) by event id, as saved."""
+        return dict(self._texts)
+
     def any(self) -> EventFormat | None:
         """Some parsable format (every one starts with the same common fields)."""
         return next((f for f in map(self.get, self._texts) if f is not None), None)

@@ -53,7 +53,7 @@ def join_pages(blobs: list[tuple[int, bytes]], header: PageHeader, byte_order: s
     """Per-CPU byte strings (whole pages) as one array; a torn last page is dropped."""
     size = header.page_size
     whole = [(cpu, blob[: len(blob) // size * size]) for cpu, blob in blobs]
-    data = np.frombuffer(b"".join(b for _, b in whole) + bytes(8), dtype=np.uint8)
+    data = np.frombuffer(b"".join([*(b for _, b in whole), bytes(8)]), dtype=np.uint8)  # one copy
     cpu = np.concatenate([np.full(len(b) // size, c, dtype=np.int16) for c, b in whole] or [np.zeros(0, np.int16)])
     return Pages(data=data, cpu=cpu, header=header, byte_order=byte_order)
 
@@ -63,7 +63,8 @@ def read_uint(data: np.ndarray, pos: np.ndarray, size: int, byte_order: str, sig
     if size not in (1, 2, 4, 8):
         raise ValueError(f"no integer of {size} bytes")
     kind = "i" if signed else "u"
-    pos = np.clip(pos, 0, len(data) - 8)  # a corrupt record reads garbage, never past the end
+    if len(pos) and (pos.min() < 0 or pos.max() > len(data) - 8):
+        pos = np.clip(pos, 0, len(data) - 8)  # a corrupt record reads garbage, never past the end
     aligned = min(size, 4)
     if len(pos) and not (pos & (aligned - 1)).any():
         return _aligned(data, pos, size, byte_order, kind)
@@ -98,34 +99,31 @@ def _split_word(word: np.ndarray, byte_order: str) -> tuple[np.ndarray, np.ndarr
     return word & 31, word >> 5
 
 
-def _step_all(pages: Pages, size: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Every record header of every page: (page, offset, type_len, delta, array word).
+def _record_words(pages: Pages, size: np.ndarray) -> np.ndarray:
+    """The word index (byte offset / 4) of every record header, in page order.
 
-    One iteration reads the next record of every page that still has one.
+    One iteration reads the next record of every page that still has one, and marks where it
+    starts; the marks, read back in address order, are every record in page order (pages are
+    disjoint and a page's records only move forward), so no sort is needed.
     """
     words = pages.data[: len(pages.data) // 4 * 4].view(f"{pages.byte_order}u4")
     start = np.arange(pages.count, dtype=np.int64) * pages.header.page_size + pages.header.data_offset
     end = start + size
     pos = start.copy()
     active = np.flatnonzero(pos < end)
-    steps = []
+    starts = np.zeros(len(words), dtype=bool)
     while active.size:
         p = pos[active]
-        word = words[p >> 2].astype(np.int64)
-        type_len, delta = _split_word(word, pages.byte_order)
+        starts[p >> 2] = True
+        type_len, delta = _split_word(words[p >> 2].astype(np.int64), pages.byte_order)
         array = words[(p >> 2) + 1].astype(np.int64)
         nxt = np.where(type_len == 0, p + 8 + ((array - 4 + 3) & ~3), p + 4 + type_len * 4)
         nxt = np.where(type_len == PADDING, np.where(delta == 0, end[active], p + 4 + array), nxt)
         nxt = np.where(type_len >= TIME_EXTEND, p + 8, nxt)
-        steps.append((active, p, type_len, delta, array))
         nxt = np.where(nxt > p, nxt, end[active])  # a corrupt length ends its page, never loops
         pos[active] = nxt
         active = active[nxt < end[active]]
-    if not steps:
-        return tuple(np.zeros(0, np.int64) for _ in range(5))
-    cols = [np.concatenate(c) for c in zip(*steps)]
-    order = np.argsort(cols[0], kind="stable")
-    return tuple(c[order].astype(np.int64) for c in cols)
+    return np.flatnonzero(starts)
 
 
 def _times(page: np.ndarray, type_len: np.ndarray, delta: np.ndarray, array: np.ndarray,
@@ -134,9 +132,13 @@ def _times(page: np.ndarray, type_len: np.ndarray, delta: np.ndarray, array: np.
     extend adds its high bits and an absolute time stamp restarts the count."""
     stamp = type_len == TIME_STAMP
     inc = np.where(type_len == TIME_EXTEND, delta + (array << _TS_SHIFT), delta)
-    inc = np.where(stamp, 0, inc)
     first = np.ones(len(page), dtype=bool)
     first[1:] = page[1:] != page[:-1]
+    if not stamp.any():  # the usual case: every page counts from its own start time
+        running = np.cumsum(inc)
+        before_page = np.maximum.accumulate(np.where(first, running - inc, 0))
+        return page_ts[page] + running - before_page
+    inc[stamp] = 0
     restart = first | stamp
     base = np.where(stamp, (page_ts[page] & ~((1 << 59) - 1)) | (array << _TS_SHIFT) | delta, page_ts[page])
     running = np.cumsum(inc)
@@ -148,7 +150,12 @@ def walk(pages: Pages) -> Records:
     """Every data record of every page, with its timestamp, and the pages that report losses."""
     page_ts, commit = _page_words(pages)
     size = np.minimum(commit & _COMMIT_MASK, pages.header.data_size)
-    page, offset, type_len, delta, array = _step_all(pages, size)
+    word = _record_words(pages, size)
+    words = pages.data[: len(pages.data) // 4 * 4].view(f"{pages.byte_order}u4")
+    type_len, delta = _split_word(words[word].astype(np.int64), pages.byte_order)
+    array = words[word + 1].astype(np.int64)
+    offset = word * 4
+    page = offset // pages.header.page_size
     ts = _times(page, type_len, delta, array, page_ts)
     data = type_len <= _MAX_DATA_TYPE
     pos = np.where(type_len == 0, offset + 8, offset + 4)
@@ -160,6 +167,14 @@ def walk(pages: Pages) -> Records:
         counts[stored] = read_uint(pages.data, count_pos[stored], pages.header.commit_size, pages.byte_order)
     return Records(page=page[data], pos=pos[data], ts=ts[data], missed_pages=missed, missed_counts=counts,
                    missed_ts=page_ts[missed])
+
+
+def byte_matrix(data: np.ndarray, start: np.ndarray, width: int) -> np.ndarray:
+    """`width` bytes from each offset in `start`, one row each (bytes past the end read as 0)."""
+    index = start[:, None] + np.arange(width)
+    if len(start) and (start.min() < 0 or start.max() + width > len(data)):
+        return np.where((index >= 0) & (index < len(data)), data[np.clip(index, 0, len(data) - 1)], 0).astype(np.uint8)
+    return data[index]
 
 
 def read_field_ints(pages: Pages, pos: np.ndarray, field: Field) -> np.ndarray:
@@ -176,7 +191,7 @@ def read_field_bytes(pages: Pages, pos: np.ndarray, field: Field, limit: int = 2
         start, length = pos + field.offset, np.full(len(pos), field.size, dtype=np.int64)
     width = int(min(max(int(length.max(initial=0)), 1), limit))
     cols = np.arange(width)
-    raw = pages.data[np.clip(start[:, None] + cols, 0, len(pages.data) - 1)]
+    raw = byte_matrix(pages.data, start, width)
     keep = cols < length[:, None]
     if field.is_text:
         keep &= np.cumsum(raw == 0, axis=1) == 0

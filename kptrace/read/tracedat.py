@@ -233,4 +233,5 @@ def read_tracedat(data: bytes) -> Capture:
         raise TraceDatError("holds no page header description or no event formats")
     check_header_event(meta.header_event)
     return Capture(byte_order=c.order, header=parse_header_page(meta.header_page), formats=meta.formats,
-                   comms=parse_cmdlines(meta.cmdlines), buffers=[b for b in buffers if b[1]])
+                   comms=parse_cmdlines(meta.cmdlines), buffers=[b for b in buffers if b[1]],
+                   header_texts={"header_page": meta.header_page, "header_event": meta.header_event})
