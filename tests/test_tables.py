@@ -152,7 +152,7 @@ def _written_cases() -> list:
 @pytest.mark.parametrize(("source", "table"), _written_cases())
 def test_written_columns_and_types_equal_the_declaration(written, source, table):
     schema = pl.read_parquet_schema(written[source] / f"{table}.parquet")
-    assert list(schema.items()) == list(tables.polars_schema(table).items())
+    assert list(schema.items()) == list(tables.written_schema(table).items())
 
 
 @pytest.fixture(scope="module")
