@@ -60,6 +60,15 @@ def _per_cpu(events: pl.DataFrame) -> list[dict]:
     return stats.to_dicts()
 
 
+def _accounting(raw: RawTrace, events: pl.DataFrame) -> dict:
+    """Where every input line (or binary record) went: `input` = `events` + `markers` +
+    `unreadable` + `ignored` + `repeated`, so that nothing is lost without a count."""
+    markers = events.filter(pl.col("subsystem") == "kptrace").height
+    return {"unit": raw.unit, "input": raw.units, "events": events.height - markers,
+            "markers": markers if raw.unit == "lines" else 0, "unreadable": raw.unparsed_count,
+            "ignored": raw.ignored_count, "repeated": raw.repeated_count}
+
+
 def normalize(raw: RawTrace) -> Events:
     """Conform to the schema, order by time, and summarise what the input held and lacked."""
     warnings = list(raw.warnings)
@@ -98,6 +107,7 @@ def normalize(raw: RawTrace) -> Events:
         "unknown_events": unknown,
         "unparsed_lines": raw.unparsed_count,
         "unparsed_examples": raw.unparsed_examples,
+        "input_accounting": _accounting(raw, events),
         "warnings": warnings,
     }
     if raw.manifest is not None:

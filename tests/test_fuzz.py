@@ -41,15 +41,7 @@ SUBSET = settings(max_examples=25, derandomize=True, deadline=INPUT_DEADLINE, da
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
-#: Reader bugs the fuzzing found and the readers do not fix yet (docs/hardening.md, issue 11): a
-#: strict cast of an out-of-range number (tid, cpu, lost count, payload field) raises instead of
-#: counting the line unreadable. Each test below fails until its bug is fixed (strict xfail).
-CAST_OVERFLOW = pytest.mark.xfail(strict=True, reason="reader bug: strict casts of out-of-range numbers "
-                                  "(lines.py _typed/markers, fields.py extractors) raise; docs/hardening.md")
-
-
-@pytest.mark.parametrize("reader", [pytest.param(r, marks=CAST_OVERFLOW) if r in ("tracefs", "perf", "bundle") else r
-                                    for r in fuzz.READERS])
+@pytest.mark.parametrize("reader", fuzz.READERS)
 def test_damaged_and_hostile_inputs_are_read_or_refused_never_a_crash(reader, tmp_path_factory):
     @SUBSET
     @given(seed=st.integers(min_value=0, max_value=2**32 - 1))
@@ -61,7 +53,6 @@ def test_damaged_and_hostile_inputs_are_read_or_refused_never_a_crash(reader, tm
     one_input()
 
 
-@CAST_OVERFLOW
 def test_saved_crash_inputs_are_now_read_or_refused():
     """Every input the longer fuzz run saw crash kptrace (tests/data/fuzz-crashes/README.md)."""
     cases = sorted(p for p in (DATA / "fuzz-crashes").iterdir() if p.is_dir())
@@ -164,8 +155,6 @@ def test_every_line_of_a_damaged_real_trace_is_an_event_a_marker_or_counted_unre
         assert counts["markers"] == 30
 
 
-@pytest.mark.xfail(strict=True, reason="reader bug: a cut last line is warned about but not counted in "
-                   "unparsed_lines (docs/hardening.md)")
 def test_an_incomplete_last_line_is_counted_as_unreadable(real_lines, tmp_path):
     """A file cut mid-line (a copy interrupted, a disk full): the cut line is unreadable, and
     meta.json counts it with the others (today: only a warning says so; docs/hardening.md)."""
@@ -174,8 +163,6 @@ def test_an_incomplete_last_line_is_counted_as_unreadable(real_lines, tmp_path):
     assert counts["events"] + counts["markers"] + counts["unreadable"] + counts["ignorable"] == counts["lines"], counts
 
 
-@pytest.mark.xfail(strict=True, reason="reader bug: one NUL byte in the first 64 KiB makes source.py refuse the "
-                   "whole file as binary (docs/hardening.md)")
 def test_one_nul_byte_loses_one_line_not_the_whole_trace(real_lines, tmp_path):
     """A single flipped bit can turn a space into NUL; the trace is still text (docs/hardening.md)."""
     lines = real_lines["tracefs"][:]
