@@ -1,10 +1,14 @@
-"""Fuzz every text reader and the bundle reader with damaged copies of real traces.
+"""Fuzz every reader (text, bundle, trace.dat, raw pages) with damaged copies of real traces.
 
-Each input is a window of real lines (tests/data, recorded by tests/data/record-test-data.sh)
+A text input is a window of real lines (tests/data, recorded by tests/data/record-test-data.sh)
 damaged the way files get damaged or made hostile on purpose: bytes flipped, lines cut, fields
 dropped, numbers blown up, markers forged, invalid UTF-8, terminal escapes, a compression layer
-cut short; bundles also get forged manifests. Input `i` of a reader is made by
-`random.Random(f"{reader}:{i}")`, so any input can be rebuilt from its number.
+cut short; bundles also get forged manifests. A binary input is a real recording of
+tests/data/binary (trace.dat v6 and v7, raw ring-buffer pages) with its structure lied about:
+bits flipped in page data, page commits and timestamps forged, every number the trace.dat
+reader reads (counts, sizes, offsets) replaced by 0, huge or off-by-one values, format
+descriptions with wrong offsets and sizes, formats missing, files cut. Input `i` of a reader is
+made by `random.Random(f"{reader}:{i}")`, so any input can be rebuilt from its number.
 
 An input passes when kptrace reads it into events or refuses it with its one-line TraceError.
 Anything else is a crash; an input that runs past --timeout seconds is a hang (a watchdog ends
@@ -39,6 +43,7 @@ import time
 import traceback
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 import zstandard
 
@@ -47,7 +52,11 @@ DATA = ROOT / "tests" / "data"
 #: The real recording each text reader's inputs start from.
 SEED_FILES = {"tracefs": "tracefs.txt.zst", "trace-cmd": "tracecmd.txt.zst", "trace-cmd-raw": "tracecmd-raw.txt.zst",
               "perf": "perf.txt.zst", "perf-counters": "perf-counters.txt.zst"}
-READERS = ("tracefs", "trace-cmd", "perf", "bundle")
+READERS = ("tracefs", "trace-cmd", "perf", "bundle", "trace.dat", "raw-pages")
+BINARY = DATA / "binary"
+#: The real trace.dat recordings the trace.dat inputs start from (record.sh): v6, v7 uncompressed,
+#: v7 with zstd sections, v7 with dropped events, v6 with time-extend records.
+TRACEDAT_SEEDS = ("v6.dat.zst", "v7-none.dat.zst", "v7-zstd.dat", "v7-drops.dat.zst", "v6-extend.dat.zst")
 #: Content chosen by whoever ran the traced programs (docs/hardening.md).
 HOSTILE = [b"<script>alert(1)</script>", b'"; rm -rf /', b"\xff\xfe\xc3(", bytes(range(1, 9)) + bytes(range(14, 22)),
            b"\x1b]0;pwned\x07\x1b[2J", b"\x1b[31mred\x1b[0m", b"' OR 1=1 --", b"{{7*7}}", b"%s%n%x", b"\\x00",
@@ -210,8 +219,192 @@ def _manifest(rng: random.Random, has_counters: bool) -> bytes:
     return text
 
 
+# --------------------------------------------------------------------------------- binary readers
+
+#: Values a forged number takes: nothing, one, off by one, a page, and past every sane bound.
+def _lies(value: int, size: int) -> list[int]:
+    top = (1 << (8 * size)) - 1
+    return [0, 1, max(value - 1, 0), min(value + 1, top), min(value + 4096, top), top, top >> 1,
+            min(value * 2, top), (1 << 31) & top, 7 & top]
+
+
+class TraceDatSeed(NamedTuple):
+    """A real trace.dat and where its structure is: every number the reader reads (position,
+    size), the page data of each CPU, and the page header layout."""
+
+    data: bytes
+    numbers: tuple[tuple[int, int], ...]
+    pages: tuple[tuple[int, int], ...]  # (offset, size) of each CPU's page data, when stored plainly
+    page_size: int
+    commit: tuple[int, int]  # offset and size of the commit word in a page header
+    formats: tuple[tuple[int, int], ...]  # spans of `offset:N;` / `size:N;` digits in format texts
+
+
+def _read_numbers(data: bytes) -> list[tuple[int, int]]:
+    """Every (position, size) at which the trace.dat reader reads a number from the file itself
+    (not from a decompressed section): counts, sizes, offsets, ids."""
+    from kptrace.read import tracedat
+
+    seen: list[tuple[int, int]] = []
+    original = tracedat._Cursor.num
+
+    def recording(cursor, size):
+        if cursor.data is data:
+            seen.append((cursor.pos, size))
+        return original(cursor, size)
+
+    tracedat._Cursor.num = recording
+    try:
+        tracedat.read_tracedat(data)
+    finally:
+        tracedat._Cursor.num = original
+    return sorted(set(seen))
+
+
+@cache
+def tracedat_seed(name: str) -> TraceDatSeed:
+    import re
+
+    from kptrace.read.tracedat import read_tracedat
+
+    raw = (BINARY / name).read_bytes()
+    data = zstandard.ZstdDecompressor().stream_reader(raw).read() if name.endswith(".zst") else raw
+    capture = read_tracedat(data)
+    pages = tuple((at, len(blob)) for _, blobs in capture.buffers for _, blob in blobs
+                  if (at := data.find(blob[:256])) >= 0)
+    header = capture.header
+    formats = tuple(m.span(1) for m in re.finditer(rb"(?:offset|size):(\d+);", data[: 1 << 24]))
+    return TraceDatSeed(data=data, numbers=tuple(_read_numbers(data)), pages=pages, page_size=header.page_size,
+                        commit=(header.commit_offset, header.commit_size), formats=formats)
+
+
+def _flip(data: bytearray, at: int, rng: random.Random) -> None:
+    if 0 <= at < len(data):
+        data[at] ^= 1 << rng.randrange(8)
+
+
+def _put(data: bytearray, at: int, size: int, value: int, order: str = "little") -> None:
+    if 0 <= at and at + size <= len(data):
+        data[at: at + size] = value.to_bytes(size, order)
+
+
+def _damage_pages(data: bytearray, start: int, length: int, page_size: int, commit: tuple[int, int],
+                  rng: random.Random) -> None:
+    """Lie inside ring-buffer pages: flipped record words, a forged commit or page time."""
+    pages = max(1, length // page_size)
+    page = start + rng.randrange(pages) * page_size
+    what = rng.randrange(5)
+    if what == 0:  # the commit word: 0, past the page, huge, the missed-events bits
+        at, size = page + commit[0], commit[1]
+        value = int.from_bytes(data[at: at + size], "little") if at + size <= len(data) else 0
+        _put(data, at, size, rng.choice(_lies(value & ((1 << 27) - 1), size) + [page_size, page_size + 64,
+                                                                                (3 << 30) | (value & 0xFFF)]))
+    elif what == 1:  # the page's start time
+        _put(data, page, 8, rng.choice([0, (1 << 64) - 1, 1 << 63, rng.getrandbits(64)]))
+    elif what == 2:  # record header words near the start of the page
+        for _ in range(rng.randint(1, 6)):
+            _flip(data, page + 16 + rng.randrange(min(256, page_size - 16)), rng)
+    elif what == 3:  # a record's type/length word set to padding, time-extend, or a huge array length
+        at = page + 16 + 4 * rng.randrange(min(64, (page_size - 16) // 4))
+        _put(data, at, 4, rng.choice([29, 30, 31, 0, (rng.getrandbits(27) << 5) | rng.choice([0, 29, 30, 31])]))
+        if rng.random() < 0.5:
+            _put(data, at + 4, 4, rng.choice([0, 3, 0xFFFFFFFF, 1 << 20, page_size]))
+    else:  # random bytes anywhere in the page data
+        for _ in range(rng.randint(1, 30)):
+            _put(data, start + rng.randrange(length), 1, rng.randrange(256))
+
+
+def _tracedat_input(rng: random.Random) -> dict[str, bytes]:
+    seed = tracedat_seed(rng.choice(TRACEDAT_SEEDS))
+    data = bytearray(seed.data)
+    for _ in range(rng.choice([1, 1, 2, 3, 6])):
+        what = rng.randrange(10)
+        if what <= 1 and seed.numbers:  # a count, size or offset the reader trusts
+            at, size = rng.choice(seed.numbers)
+            _put(data, at, size, rng.choice(_lies(int.from_bytes(data[at: at + size], "little"), size)))
+        elif 2 <= what <= 5 and seed.pages:
+            start, length = rng.choice(seed.pages)
+            _damage_pages(data, start, length, seed.page_size, seed.commit, rng)
+        elif what == 6 and seed.formats:  # a field's offset or size in an event format (same width:
+            a, b = rng.choice(seed.formats)  # a longer text would shift every offset after it)
+            data[a:b] = rng.choice([b"0" * (b - a), b"9" * (b - a), b"%d" % rng.randrange(10 ** (b - a))]).rjust(b - a, b"0")
+        elif what == 7:  # a bit anywhere before the page data (headers, formats, options)
+            _flip(data, rng.randrange(min(len(data), min((s for s, _ in seed.pages), default=len(data)))), rng)
+        elif what == 8:  # the version, byte order or page size in the file header
+            at = rng.choice([len(b"\x17\x08\x44tracing"), 12, 13, 14, 15])
+            _flip(data, at, rng)
+        else:  # the file cut short: mostly in its page data (a copy interrupted), else anywhere
+            pages_start = min((start for start, _ in seed.pages), default=len(data) // 2)
+            data = data[: rng.randrange(pages_start if rng.random() < 0.8 and pages_start < len(data) else 0,
+                                        len(data))]
+    packed, suffix = bytes(data), ".dat"
+    if rng.random() < 0.1:
+        packed, suffix = zstandard.ZstdCompressor(level=1).compress(packed), ".dat.zst"
+    return {"trace" + suffix: packed}
+
+
+@cache
+def raw_seed() -> dict[str, bytes]:
+    """The real raw/ directory: cpuN.raw pages, header_page, header_event, format files."""
+    return {str(p.relative_to(BINARY / "raw")): p.read_bytes()
+            for p in sorted((BINARY / "raw").rglob("*")) if p.is_file()}
+
+
+def _raw_pages_input(rng: random.Random) -> dict[str, bytes]:
+    """A window of real pages per CPU with their formats, lied about."""
+    import re
+
+    files = dict(raw_seed())
+    page_size = 4096
+    for name in [n for n in files if n.endswith(".raw")]:
+        pages = len(files[name]) // page_size
+        first = rng.randrange(pages)
+        files[name] = files[name][first * page_size: (first + rng.randint(1, pages - first)) * page_size]
+    formats = [n for n in files if n.endswith("/format")]
+    for _ in range(rng.choice([1, 1, 2, 3, 6])):
+        what = rng.randrange(8)
+        cpu = rng.choice([n for n in files if n.endswith(".raw")] or [None])
+        if what <= 2 and cpu and files[cpu]:
+            data = bytearray(files[cpu])
+            _damage_pages(data, 0, len(data), page_size, (8, 8), rng)
+            files[cpu] = bytes(data)
+        elif what == 3 and cpu:  # a CPU file cut mid-page, or with garbage after its pages
+            files[cpu] = (files[cpu][: rng.randrange(len(files[cpu]) + 1)] if rng.random() < 0.5
+                          else files[cpu] + rng.randbytes(rng.randrange(1, 5000)))
+        elif what == 4 and formats:  # a format file's offsets, sizes, id or text damaged
+            name = rng.choice(formats)
+            text = files[name]
+            spans = [m.span(1) for m in re.finditer(rb"(?:offset|size|signed|ID):\s*(\d+)", text)]
+            if spans and rng.random() < 0.8:
+                a, b = rng.choice(spans)
+                text = text[:a] + rng.choice(BIG_NUMBERS + [b"0", b"3", b"4095", b"4096", b"7"]) + text[b:]
+            else:
+                text = text[: rng.randrange(len(text) + 1)] + rng.choice(HOSTILE)
+            files[name] = text
+        elif what == 5 and formats:  # a format missing: its records have an unknown event id
+            del files[rng.choice(formats)]
+            formats = [n for n in files if n.endswith("/format")]
+        elif what == 6:  # the page header description
+            text = files["header_page"]
+            spans = [m.span(1) for m in re.finditer(rb"(?:offset|size):(\d+)", text)]
+            a, b = rng.choice(spans)
+            files["header_page"] = text[:a] + rng.choice(BIG_NUMBERS + [b"0", b"4", b"16", b"4096"]) + text[b:]
+        else:  # the event header description, or saved command lines with hostile names
+            if rng.random() < 0.5:
+                files["header_event"] = files["header_event"][: rng.randrange(len(files["header_event"]) + 1)]
+            else:
+                files["saved_cmdlines"] = b"".join(b"%d %s\n" % (rng.randrange(1 << 22), rng.choice(HOSTILE))
+                                                   for _ in range(rng.randint(1, 20)))
+    return files
+
+
 def make_input(reader: str, rng: random.Random) -> dict[str, bytes]:
-    """The files of one input: {relative name: bytes}; a bundle's include manifest.json."""
+    """The files of one input: {relative name: bytes}; a bundle's include manifest.json, a raw
+    pages input is a directory (header_page, cpuN.raw, format/...)."""
+    if reader == "trace.dat":
+        return _tracedat_input(rng)
+    if reader == "raw-pages":
+        return _raw_pages_input(rng)
     big = rng.random() < 0.05
     if reader == "bundle":
         counters = rng.random() < 0.6
@@ -230,8 +423,17 @@ def make_input(reader: str, rng: random.Random) -> dict[str, bytes]:
 def write_input(files: dict[str, bytes], directory: Path) -> Path:
     """Lay the files out under `directory`; return the path kptrace is given."""
     for name, data in files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
         (directory / name).write_bytes(data)
-    return directory if "manifest.json" in files else directory / next(iter(files))
+    return input_path(directory)
+
+
+def input_path(directory: Path) -> Path:
+    """What kptrace is given for an input laid out in `directory`: the folder for a bundle or raw
+    pages, else its one file."""
+    if (directory / "manifest.json").exists() or any(directory.glob("cpu*.raw")) or (directory / "format").is_dir():
+        return directory
+    return next(p for p in sorted(directory.iterdir()) if p.is_file())
 
 
 def read_input(path: Path) -> str:
@@ -439,8 +641,7 @@ def replay(directory: Path) -> int:
     """Re-read every saved crash input; print what each gives now. Exit 1 while any still crashes."""
     still = 0
     for case in sorted(p for p in directory.iterdir() if p.is_dir()):
-        entries = [p for p in case.iterdir()]
-        path = case if (case / "manifest.json").exists() else entries[0]
+        path = input_path(case)
         try:
             outcome = read_input(path)
         except Exception as error:  # noqa: BLE001
