@@ -11,12 +11,15 @@ descriptions with wrong offsets and sizes, formats missing, files cut. Input `i`
 made by `random.Random(f"{reader}:{i}")`, so any input can be rebuilt from its number.
 
 An input passes when kptrace reads it into events or refuses it with its one-line TraceError.
-Anything else is a crash; an input that runs past --timeout seconds is a hang (a watchdog ends
-the worker process, the driver notes the input and carries on from the next one). Memory: the
+Anything else is a crash. Time: an input that uses more than --timeout seconds of CPU (the
+worker's, all threads) is a hang, stopped by a profiling timer; one stuck inside native code
+past --wall-timeout seconds of wall time is ended by a watchdog (the driver notes the input and
+carries on from the next one). CPU time, not wall time, because the run is meant to go at the
+lowest priority on a shared machine, where wall time measures the other jobs. Memory: the
 peak resident set of the worker during the input (VmHWM, reset before each input) above its
 resident set just before it, against the input's size on disk and decompressed.
 
-    nice -n 19 python benchmarks/fuzz.py --inputs 10000 [--readers tracefs,perf] [--timeout 20]
+    nice -n 19 python benchmarks/fuzz.py --inputs 10000 [--readers tracefs,perf] [--timeout 20] [--wall-timeout 600]
     python benchmarks/fuzz.py --replay tests/data/fuzz-crashes      # re-run saved crash inputs
     python benchmarks/fuzz.py --summarize WORKDIR                   # figures of a run, finished or not
     python benchmarks/fuzz.py --curate WORKDIR                      # smallest input of each crash
@@ -57,7 +60,7 @@ BINARY = DATA / "binary"
 #: The real trace.dat recordings the trace.dat inputs start from (record.sh): v6, v7 uncompressed,
 #: v7 with zstd sections, v7 with dropped events, v6 with time-extend records.
 TRACEDAT_SEEDS = ("v6.dat.zst", "v7-none.dat.zst", "v7-zstd.dat", "v7-drops.dat.zst", "v6-extend.dat.zst")
-#: Content chosen by whoever ran the traced programs (docs/hardening.md).
+#: Content chosen by whoever ran the traced programs (docs/reliability.md).
 HOSTILE = [b"<script>alert(1)</script>", b'"; rm -rf /', b"\xff\xfe\xc3(", bytes(range(1, 9)) + bytes(range(14, 22)),
            b"\x1b]0;pwned\x07\x1b[2J", b"\x1b[31mred\x1b[0m", b"' OR 1=1 --", b"{{7*7}}", b"%s%n%x", b"\\x00",
            b"\xe2\x80\xae\xe2\x80\x8b", b"-1", b"a" * 300, b":", b"[", b"(", b"->", b"==>", b"=", b"\t"]
@@ -480,9 +483,22 @@ def save_crash(files: dict[str, bytes], reader: str, index: int, crashes: Path) 
     return target
 
 
-def worker(reader: str, start: int, count: int, timeout: float, log: Path, crashes: Path) -> None:
-    """Run inputs start..start+count-1, one JSON line each into `log`; the watchdog kills the
-    process when one input runs past `timeout` (the driver reads `log` to see which)."""
+class TooSlow(Exception):
+    """An input used more CPU time than its bound."""
+
+
+def _too_slow(signum, frame):
+    raise TooSlow
+
+
+def worker(reader: str, start: int, count: int, timeout: float, log: Path, crashes: Path,
+           wall_timeout: float = 600.0) -> None:
+    """Run inputs start..start+count-1, one JSON line each into `log`. An input past `timeout`
+    CPU seconds is stopped and logged as a hang; the watchdog kills the process when one runs
+    past `wall_timeout` (the driver reads `log` to see which)."""
+    import signal
+
+    signal.signal(signal.SIGPROF, _too_slow)
     read_input(write_input(make_input(reader, random.Random(f"{reader}:warm")), Path(tempfile.mkdtemp())))
     seen: set[str] = set()
     with log.open("a") as out, tempfile.TemporaryDirectory() as scratch:
@@ -495,19 +511,25 @@ def worker(reader: str, start: int, count: int, timeout: float, log: Path, crash
             out.flush()
             exact = _reset_peak()
             before = _rss_kib("VmRSS")
-            faulthandler.dump_traceback_later(timeout, exit=True)
-            began = time.perf_counter()
+            faulthandler.dump_traceback_later(wall_timeout, exit=True)
+            began, cpu = time.perf_counter(), time.process_time()
+            signal.setitimer(signal.ITIMER_PROF, timeout)
             record = {"index": index, "bytes": sum(map(len, files.values()))}
             try:
                 record["outcome"] = read_input(path)
+            except TooSlow:
+                record["outcome"], record["crash"] = "crash", f"hang (over {timeout:g} CPU s)"
+                record["saved"] = str(save_crash(files, reader, index, crashes))
             except Exception as error:  # noqa: BLE001 - a crash is what the fuzzer looks for
                 record["outcome"], record["crash"] = "crash", crash_signature(error)
                 record["detail"] = str(error)[:200]
                 if record["crash"] not in seen:
                     seen.add(record["crash"])
                     record["saved"] = str(save_crash(files, reader, index, crashes))
+            signal.setitimer(signal.ITIMER_PROF, 0)
             faulthandler.cancel_dump_traceback_later()
             record["seconds"] = round(time.perf_counter() - began, 4)
+            record["cpu_seconds"] = round(time.process_time() - cpu, 4)
             record["peak_extra_kib"] = max(0, _rss_kib("VmHWM") - before) if exact else None
             record["text_bytes"] = _text_bytes(files)
             out.write(json.dumps(record) + "\n")
@@ -533,7 +555,7 @@ def _text_bytes(files: dict[str, bytes]) -> int:
     return total
 
 
-def drive(reader: str, inputs: int, timeout: float, workdir: Path, crashes: Path) -> list[dict]:
+def drive(reader: str, inputs: int, timeout: float, workdir: Path, crashes: Path, wall_timeout: float) -> list[dict]:
     """Run a reader's inputs in worker processes, restarting after the input that hung or died."""
     log = workdir / f"{reader}.jsonl"
     log.unlink(missing_ok=True)
@@ -541,7 +563,8 @@ def drive(reader: str, inputs: int, timeout: float, workdir: Path, crashes: Path
     start = 0
     while start < inputs:
         result = subprocess.run([sys.executable, __file__, "--worker", reader, "--start", str(start),
-                                 "--count", str(inputs - start), "--timeout", str(timeout), "--log", str(log),
+                                 "--count", str(inputs - start), "--timeout", str(timeout), "--wall-timeout", str(wall_timeout),
+                                 "--log", str(log),
                                  "--crashes", str(crashes)], capture_output=True, text=True)
         records = [json.loads(line) for line in log.read_text().splitlines()]
         finished = [r for r in records if "outcome" in r and r["index"] >= start]
@@ -557,7 +580,7 @@ def drive(reader: str, inputs: int, timeout: float, workdir: Path, crashes: Path
         files = make_input(reader, random.Random(f"{reader}:{last}"))
         kind = "hang" if "Timeout" in result.stderr else f"died (exit {result.returncode})"
         done.append({"index": last, "outcome": "crash", "crash": kind, "bytes": sum(map(len, files.values())),
-                     "saved": str(save_crash(files, reader, last, crashes)), "seconds": timeout,
+                     "saved": str(save_crash(files, reader, last, crashes)), "seconds": wall_timeout,
                      "detail": result.stderr.strip().splitlines()[-1][:200] if result.stderr.strip() else ""})
         start = last + 1
     return done
@@ -577,6 +600,7 @@ def summarize(reader: str, records: list[dict]) -> dict:
         "crashes": sum(len(v) for v in crashes.values()),
         "distinct_crashes": {k: {"count": len(v), "first_input": v[0]} for k, v in sorted(crashes.items())},
         "max_seconds": max((r["seconds"] for r in records), default=0),
+        "max_cpu_seconds": max((r.get("cpu_seconds", 0) for r in records), default=0),
         "max_peak_extra_mib": round(max((r["peak_extra_kib"] for r in measured), default=0) / 1024, 1),
         "max_ratio_to_file_64k_plus": round(max((r["peak_extra_kib"] * 1024 / r["bytes"] for r in big
                                                  if r["bytes"] >= 64 << 10), default=0), 1),
@@ -655,7 +679,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--inputs", type=int, default=10_000, help="inputs per reader")
     parser.add_argument("--readers", default=",".join(READERS))
-    parser.add_argument("--timeout", type=float, default=20.0, help="seconds one input may take before it is a hang")
+    parser.add_argument("--timeout", type=float, default=20.0, help="CPU seconds one input may take: past it, a hang")
+    parser.add_argument("--wall-timeout", type=float, default=600.0,
+                        help="wall seconds after which a worker stuck in one input is ended")
     parser.add_argument("--crashes", type=Path, default=DATA / "fuzz-crashes")
     parser.add_argument("--workdir", type=Path, default=None, help="where the per-input logs go (default: a temp dir)")
     parser.add_argument("--replay", type=Path, help="re-read saved crash inputs instead of fuzzing")
@@ -677,14 +703,14 @@ def main() -> int:
         print_table([summarize(reader, records) for reader, records in logged(args.summarize).items()])
         return 0
     if args.worker:
-        worker(args.worker, args.start, args.count, args.timeout, args.log, args.crashes)
+        worker(args.worker, args.start, args.count, args.timeout, args.log, args.crashes, args.wall_timeout)
         return 0
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kptrace-fuzz-"))
     workdir.mkdir(parents=True, exist_ok=True)
     results = []
     for reader in args.readers.split(","):
         began = time.monotonic()
-        summary = summarize(reader, drive(reader, args.inputs, args.timeout, workdir, args.crashes))
+        summary = summarize(reader, drive(reader, args.inputs, args.timeout, workdir, args.crashes, args.wall_timeout))
         summary["wall_s"] = round(time.monotonic() - began, 1)
         results.append(summary)
         print(json.dumps(summary), flush=True)
@@ -695,10 +721,11 @@ def main() -> int:
 def print_table(results: list[dict]) -> None:
     """The run side by side per reader, then each distinct crash."""
     print(f"\n{'reader':<10} {'inputs':>7} {'events':>7} {'refused':>8} {'crashes':>8} {'distinct':>9} "
-          f"{'max s':>7} {'peak MiB':>9} {'x file':>7} {'x text':>7}")
+          f"{'max s':>7} {'max cpu s':>9} {'peak MiB':>9} {'x file':>7} {'x text':>7}")
     for s in results:
         print(f"{s['reader']:<10} {s['inputs']:>7} {s['events']:>7} {s['refused']:>8} {s['crashes']:>8} "
-              f"{len(s['distinct_crashes']):>9} {s['max_seconds']:>7.2f} {s['max_peak_extra_mib']:>9.1f} "
+              f"{len(s['distinct_crashes']):>9} {s['max_seconds']:>7.2f} {s['max_cpu_seconds']:>9.2f} "
+              f"{s['max_peak_extra_mib']:>9.1f} "
               f"{s['max_ratio_to_file_64k_plus']:>7.1f} {s['max_ratio_to_text_64k_plus']:>7.1f}")
     for s in results:
         for crash, seen in s["distinct_crashes"].items():

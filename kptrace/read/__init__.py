@@ -104,7 +104,10 @@ def _binary_trace(capture: Capture, path: Path, source_format: str, warnings: li
     (a damaged record, or a format file missing): it cannot be decoded, so it is counted
     unreadable with examples, never an event of an invented name.
     """
-    rows = decode(capture)
+    try:
+        rows = decode(capture)
+    except ValueError as exc:  # the decoder's word for pages or formats it cannot use
+        raise TraceError(path, f"{source_format}: {exc}") from None
     if not rows.height:
         raise TraceError(path, f"no events found (read as {source_format})")
     records = rows.filter(pl.col("subsystem").ne_missing("kptrace")).height
@@ -173,7 +176,7 @@ def read_text_trace(path: str | Path) -> RawTrace:
 def _bundle_member(directory: Path, manifest_path: Path, name: object) -> Path:
     """A file the manifest names, which must be a relative path inside the bundle: a copied
     bundle is untrusted, and its manifest must not make kptrace read /etc/passwd."""
-    if not isinstance(name, str):
+    if not isinstance(name, str) or "\x00" in name:
         raise TraceError(manifest_path, f"a file entry is not a file name: {name!r}"[:200])
     path = (directory / name).resolve()
     if not path.is_relative_to(directory.resolve()):
