@@ -49,8 +49,7 @@ HUGE_OFFSET = pytest.mark.xfail(strict=True, reason="reader bug: formats.py acce
 HUGE_OFFSET_CASES = ("raw-pages-4", "raw-pages-58", "raw-pages-173", "raw-pages-276")
 
 
-@pytest.mark.parametrize("reader", [pytest.param(r, marks=HUGE_OFFSET) if r == "raw-pages" else r
-                                    for r in fuzz.READERS])
+@pytest.mark.parametrize("reader", fuzz.READERS)
 def test_damaged_and_hostile_inputs_are_read_or_refused_never_a_crash(reader, tmp_path_factory):
     @SUBSET
     @given(seed=st.integers(min_value=0, max_value=2**32 - 1))
