@@ -296,3 +296,19 @@ def test_damaged_bundle_archives_are_unpacked_or_refused_never_a_crash(small_arc
     outside = {p.relative_to(folder).parts[0] for p in folder.rglob("*")}
     assert outside <= {"bundle.tar.zst", "out"}
     assert not list((folder / "out").glob(".unpacked-*"))  # the private folder is always removed
+
+
+def test_a_busy_thread_named_with_control_characters_does_not_make_its_trace_unreadable(real_lines, tmp_path):
+    """A traced program chooses its own name: 16 control characters on the busiest thread's
+    lines (a quarter of them or more) must not get the whole trace refused as binary data."""
+    from collections import Counter
+
+    lines = real_lines["tracefs"]
+    busiest, _ = Counter(line[:16] for line in lines if not line.startswith(b"#")).most_common(1)[0]
+    control = bytes(range(1, 9)) + bytes(range(14, 22))
+    renamed = [control + line[16:] if line[:16] == busiest else line for line in lines]
+    assert sum(line[:16] == control for line in renamed) * 4 >= len(renamed)
+    good, counts = account(b"".join(lines), tmp_path / "good.txt"), account(b"".join(renamed), tmp_path / "renamed.txt")
+    assert (counts["events"], counts["unreadable"]) == (good["events"], good["unreadable"])
+    events = normalize(read_any(tmp_path / "renamed.txt")).events
+    assert events.filter(pl.col("comm") == control.decode()).height > 0
