@@ -43,10 +43,10 @@ SUBSET = settings(max_examples=25, derandomize=True, deadline=INPUT_DEADLINE, da
 #: task's files) and not fixed yet: each test marked with it fails until its bug is fixed
 #: (strict xfail). docs/reliability.md names them.
 HUGE_OFFSET = pytest.mark.xfail(strict=True, reason="reader bug: formats.py accepts a header_page or event format "
-                                "offset past Int64 (offset:18446744073709551616); numpy arithmetic on it raises "
+                                "offset or size past Int64 (offset:18446744073709551616); numpy arithmetic on it raises "
                                 "OverflowError in pages.py read_uint/_page_words (docs/reliability.md)")
 #: The saved inputs of that bug.
-HUGE_OFFSET_CASES = ("raw-pages-4", "raw-pages-58", "raw-pages-173", "raw-pages-276")
+HUGE_OFFSET_CASES = ("raw-pages-4", "raw-pages-58", "raw-pages-173", "raw-pages-276", "raw-pages-316")
 
 
 @pytest.mark.parametrize("reader", fuzz.READERS)
