@@ -312,3 +312,12 @@ def test_a_busy_thread_named_with_control_characters_does_not_make_its_trace_unr
     assert (counts["events"], counts["unreadable"]) == (good["events"], good["unreadable"])
     events = normalize(read_any(tmp_path / "renamed.txt")).events
     assert events.filter(pl.col("comm") == control.decode()).height > 0
+
+
+@pytest.mark.xfail(strict=True, reason="reader bug: a trace.dat buffer option naming CPU 4294967295 makes "
+                   "pages.py join_pages raise OverflowError (np.full int16); tracedat.py should refuse a CPU id "
+                   "past Int16 (docs/reliability.md)")
+def test_trace_dat_naming_a_cpu_past_int16_is_read_or_refused(tmp_path):
+    """Input 4857 of the longer run's trace.dat reader, rebuilt from its number (1.2 MB: not kept)."""
+    path = fuzz.write_input(fuzz.make_input("trace.dat", random.Random("trace.dat:4857")), tmp_path)
+    assert fuzz.read_input(path) in ("events", "refused")
