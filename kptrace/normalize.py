@@ -15,7 +15,7 @@ import polars as pl
 
 import kptrace
 from kptrace.read import RawTrace
-from kptrace.read.duty import recorded_windows, traced_seconds
+from kptrace.read.duty import GAP_EVENT, recorded_windows, traced_seconds
 from kptrace.schema import conform
 
 #: The idle task is `<idle>` in tracefs and trace-cmd, `swapper` in perf: use one name.
@@ -61,6 +61,17 @@ def _per_cpu(events: pl.DataFrame) -> list[dict]:
     return stats.to_dicts()
 
 
+def _accounting(raw: RawTrace, events: pl.DataFrame) -> dict:
+    """Where every input line (or binary record) went: `input` = `events` + `markers` +
+    `unreadable` + `ignored` + `repeated`, so that nothing is lost without a count."""
+    marks = events.filter(pl.col("subsystem") == "kptrace")
+    # A duty cycle's gap marks stand for no input line or record (kptrace.read.duty).
+    markers = marks.filter(pl.col("event") != GAP_EVENT).height
+    return {"unit": raw.unit, "input": raw.units, "events": events.height - marks.height,
+            "markers": markers if raw.unit == "lines" else 0, "unreadable": raw.unparsed_count,
+            "ignored": raw.ignored_count, "repeated": raw.repeated_count}
+
+
 def normalize(raw: RawTrace) -> Events:
     """Conform to the schema, order by time, and summarise what the input held and lacked."""
     warnings = list(raw.warnings)
@@ -104,6 +115,7 @@ def normalize(raw: RawTrace) -> Events:
         "unknown_events": unknown,
         "unparsed_lines": raw.unparsed_count,
         "unparsed_examples": raw.unparsed_examples,
+        "input_accounting": _accounting(raw, events),
         "warnings": warnings,
     }
     if len(windows) > 1:

@@ -79,8 +79,11 @@ def test_duty_cycled_bundle_counts_only_traced_time(duty):
     assert meta["duration_s"] == pytest.approx(traced)
     assert meta["duration_s"] == pytest.approx(span - GAP_S, abs=1e-5)
     assert any(w.startswith("duty-cycled recording: 2 windows") for w in meta["warnings"])
-    # The gap is not a loss: no lost-event warning or count comes from it.
+    # The gap is not a loss: no lost-event warning or count comes from it, and its marks stand
+    # for no input line (every line is still accounted for).
     assert all(c["lost_markers"] == 0 for c in meta["per_cpu"])
+    acc = meta["input_accounting"]
+    assert acc["input"] == acc["events"] + acc["markers"] + acc["unreadable"] + acc["ignored"] + acc["repeated"]
 
 
 def test_no_complete_interval_spans_a_gap_between_windows(duty, tmp_path):

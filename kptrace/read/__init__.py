@@ -21,7 +21,7 @@ import polars as pl
 from kptrace.errors import TraceError
 from kptrace.read.binary import Capture, decode
 from kptrace.read.duty import gap_markers, recorded_windows
-from kptrace.read.fields import type_fields
+from kptrace.read.fields import OUT_OF_RANGE, type_fields
 from kptrace.read.lines import detect_format, split_lines
 from kptrace.read.rawpages import is_raw_dir, read_raw_dir
 from kptrace.read.source import SourceBytes, as_text, looks_like_text, read_bytes
@@ -39,47 +39,95 @@ class RawTrace:
     unparsed_count: int = 0
     unparsed_examples: list[str] = field(default_factory=list)
     manifest: dict | None = None
+    #: What the input was counted in ("lines" of text, "records" of ring-buffer pages), how many
+    #: it held, and how many carry no event by design (headers, comments, blank lines; a
+    #: bundle's counter-file tracepoints that repeat the trace). With `unparsed_count` and the
+    #: event and marker rows they account for every one (docs/reliability.md).
+    unit: str = "lines"
+    units: int = 0
+    ignored_count: int = 0
+    repeated_count: int = 0
+
+
+def _cut_last_line(text: str) -> tuple[str, str | None]:
+    """The text up to its last newline, and the incomplete line after it (None when none)."""
+    if text.endswith("\n"):
+        return text, None
+    cut = text.rfind("\n") + 1
+    return text[:cut], text[cut:]
+
+
+def _out_of_range_examples(rows: pl.DataFrame) -> list[str]:
+    return [f"line {n}: {event}: {payload} (a number too large for its field)"[:200]
+            for n, event, payload in rows.select("line_no", "event", "payload").head(3).iter_rows()]
 
 
 def _text_trace(source: SourceBytes) -> RawTrace:
-    """A tracefs, trace-cmd report or perf script text file."""
+    """A tracefs, trace-cmd report or perf script text file; every line is an event, a marker,
+    ignorable, or counted unreadable with examples (a cut last line, a number out of range too)."""
     source = as_text(source)
-    text = source.text
     warnings = list(source.warnings)
-    if not text.endswith("\n"):
-        cut = text.rfind("\n") + 1
-        warnings.append(f"last line is incomplete (file ends mid-line); dropped: {text[cut:][:80]!r}")
-        text = text[:cut]
+    text, cut = _cut_last_line(source.text)
+    if cut is not None:
+        warnings.append(f"last line is incomplete (file ends mid-line); counted unreadable: {cut[:80]!r}")
     fmt = detect_format(text)
     if fmt is None:
         raise TraceError(source.path, "unknown format: no line looks like tracefs text, "
                                       "`trace-cmd report` or `perf script` output")
     split = split_lines(text, fmt)
-    if split.rows.filter(pl.col("subsystem").ne_missing("kptrace")).height == 0:
-        raise TraceError(source.path, f"no events found (read as {fmt}; "
-                                      f"{split.unparsed_count} lines not understood)")
-    if split.unparsed_count:
-        warnings.append(f"skipped {split.unparsed_count} lines that are not {fmt} events, e.g. "
-                        + "; ".join(split.unparsed_examples[:2]))
+    rows = type_fields(split.rows)
+    damaged = rows.filter(OUT_OF_RANGE)
+    rows = rows.filter(~pl.col(OUT_OF_RANGE)).drop(OUT_OF_RANGE)
+    unparsed = split.unparsed_count + damaged.height + (cut is not None)
+    examples = split.unparsed_examples + _out_of_range_examples(damaged)
+    if cut is not None:
+        examples.append(f"line {split.lines + 1} (incomplete): {cut[:160]}")
+    if rows.filter(pl.col("subsystem").ne_missing("kptrace")).height == 0:
+        raise TraceError(source.path, f"no events found (read as {fmt}; {unparsed} lines not understood)")
+    if unparsed:
+        warnings.append(f"skipped {unparsed} lines that are not {fmt} events, e.g. " + "; ".join(examples[:2]))
     return RawTrace(
-        rows=type_fields(split.rows).rename({"line_no": "seq"}),
+        rows=rows.rename({"line_no": "seq"}),
         source_format=fmt,
         files=[str(source.path)],
         warnings=warnings,
-        unparsed_count=split.unparsed_count,
-        unparsed_examples=split.unparsed_examples,
+        unparsed_count=unparsed,
+        unparsed_examples=examples[:3],
+        units=split.lines + (cut is not None),
+        ignored_count=split.ignored_count,
     )
 
 
 def _binary_trace(capture: Capture, path: Path, source_format: str, warnings: list[str]) -> RawTrace:
-    """Rows decoded from ring-buffer pages; a capture without records is an error, as for text."""
-    rows = decode(capture)
-    if rows.filter(pl.col("subsystem").ne_missing("kptrace")).height == 0 if rows.height else True:
+    """Rows decoded from ring-buffer pages; a capture without records is an error, as for text.
+
+    Every data record is an event row, except one whose event id has no format in the capture
+    (a damaged record, or a format file missing): it cannot be decoded, so it is counted
+    unreadable with examples, never an event of an invented name.
+    """
+    try:
+        rows = decode(capture)
+    except ValueError as exc:  # the decoder's word for pages or formats it cannot use
+        raise TraceError(path, f"{source_format}: {exc}") from None
+    if not rows.height:
         raise TraceError(path, f"no events found (read as {source_format})")
+    records = rows.filter(pl.col("subsystem").ne_missing("kptrace")).height
+    undecodable = rows.filter(pl.col("event").cast(pl.String).str.starts_with("unknown_event_")
+                              & (pl.col("subsystem") == "unknown"))
+    if undecodable.height:
+        rows = rows.join(undecodable.select("seq"), on="seq", how="anti", maintain_order="left")
+        warnings = warnings + [f"skipped {undecodable.height} records with an event id the capture has no format "
+                               f"for, e.g. {', '.join(undecodable['event'].unique(maintain_order=True).head(3))}"]
+    if rows.filter(pl.col("subsystem").ne_missing("kptrace")).height == 0:
+        raise TraceError(path, f"no events found (read as {source_format}; "
+                               f"{undecodable.height} records with no event format)")
     lost = rows.filter(pl.col("event") == "lost_events").height
+    examples = [f"record {seq} on CPU {cpu} at {ts} ns: {event} (no format for this event id)"
+                for seq, cpu, ts, event in undecodable.select("seq", "cpu", "ts", "event").head(3).iter_rows()]
     return RawTrace(rows=rows, source_format=source_format, files=[str(path)],
                     warnings=warnings + capture.warnings + (
-                        [f"{lost} ring-buffer pages follow lost events"] if lost else []))
+                        [f"{lost} ring-buffer pages follow lost events"] if lost else []),
+                    unparsed_count=undecodable.height, unparsed_examples=examples, unit="records", units=records)
 
 
 def _tracedat_trace(source: SourceBytes) -> RawTrace:
@@ -129,7 +177,7 @@ def read_text_trace(path: str | Path) -> RawTrace:
 def _bundle_member(directory: Path, manifest_path: Path, name: object) -> Path:
     """A file the manifest names, which must be a relative path inside the bundle: a copied
     bundle is untrusted, and its manifest must not make kptrace read /etc/passwd."""
-    if not isinstance(name, str):
+    if not isinstance(name, str) or "\x00" in name:
         raise TraceError(manifest_path, f"a file entry is not a file name: {name!r}"[:200])
     path = (directory / name).resolve()
     if not path.is_relative_to(directory.resolve()):
@@ -161,7 +209,8 @@ def read_bundle(directory: str | Path) -> RawTrace:
     if files.get("perf_counters"):
         # Its tracepoint rows only anchor the samples and repeat events the trace already has.
         counters = read_text_trace(_bundle_member(directory, manifest_path, files["perf_counters"]))
-        counters.rows = counters.rows.filter(pl.col("subsystem") == "counter")
+        samples = counters.rows.filter(pl.col("subsystem") == "counter")
+        counters.repeated_count, counters.rows = counters.rows.height - samples.height, samples
         parts.append(counters)
     seq_offset = 0
     frames = []
@@ -179,6 +228,10 @@ def read_bundle(directory: str | Path) -> RawTrace:
         unparsed_count=sum(p.unparsed_count for p in parts),
         unparsed_examples=[e for p in parts for e in p.unparsed_examples][:3],
         manifest=manifest,
+        unit="+".join(dict.fromkeys(p.unit for p in parts)),
+        units=sum(p.units for p in parts),
+        ignored_count=sum(p.ignored_count for p in parts),
+        repeated_count=sum(p.repeated_count for p in parts),
     )
 
 

@@ -61,44 +61,50 @@ def _field(pattern: str) -> pl.Expr:
     return pl.col("payload").str.extract(pattern)
 
 
+#: Set by an extractor on a row whose payload prints a number too large for its typed column.
+OUT_OF_RANGE = "out_of_range"
+
+
+def _numbers(f: pl.LazyFrame, parse: Callable[[pl.Expr], pl.Expr] | None = None, **texts: tuple[pl.Expr, type]
+             ) -> pl.LazyFrame:
+    """Type number texts (`name=(text, dtype)`); a number that does not fit (a damaged or forged
+    line, `vec=10^22`) leaves its column null and sets `OUT_OF_RANGE`, never raises."""
+    typed = {name: (parse(text) if parse else text).cast(dtype, strict=False) for name, (text, dtype) in texts.items()}
+    bad = pl.any_horizontal([text.is_not_null() & typed[name].is_null() for name, (text, _) in texts.items()])
+    return f.with_columns(**typed, **{OUT_OF_RANGE: bad})
+
+
 def _irq_entry(f: pl.LazyFrame) -> pl.LazyFrame:
-    return f.with_columns(irq=_field(r"irq=(\d+)").cast(pl.Int32), irq_name=_field(r"name=(.*)$"))
+    return _numbers(f.with_columns(irq_name=_field(r"name=(.*)$")), irq=(_field(r"irq=(\d+)"), pl.Int32))
 
 
 def _irq_exit(f: pl.LazyFrame) -> pl.LazyFrame:
     ret = _field(r"ret=(\w+)")
-    return f.with_columns(
-        irq=_field(r"irq=(\d+)").cast(pl.Int32),
+    return _numbers(f, irq=(_field(r"irq=(\d+)"), pl.Int32)).with_columns(
         ret=pl.when(ret == "handled").then(1).when(ret == "unhandled").then(0)
         .otherwise(ret.str.to_integer(strict=False)),
     )
 
 
 def _vector(f: pl.LazyFrame) -> pl.LazyFrame:
-    return f.with_columns(vector=_field(r"vector=(\d+)").cast(pl.Int32))
+    return _numbers(f, vector=(_field(r"vector=(\d+)"), pl.Int32))
 
 
 def _softirq(f: pl.LazyFrame) -> pl.LazyFrame:
-    vec = _field(r"vec=(\d+)").cast(pl.Int8)
-    return f.with_columns(
-        softirq_vec=vec,
-        softirq=vec.cast(pl.Int64).replace_strict(dict(enumerate(SOFTIRQ_NAMES)), default=None, return_dtype=pl.String),
+    return _numbers(f, softirq_vec=(_field(r"vec=(\d+)"), pl.Int8)).with_columns(
+        softirq=pl.col("softirq_vec").cast(pl.Int64).replace_strict(
+            dict(enumerate(SOFTIRQ_NAMES)), default=None, return_dtype=pl.String),
     )
 
 
 def _napi(f: pl.LazyFrame) -> pl.LazyFrame:
-    return f.with_columns(
-        dev=_field(r"(?:for device |dev_name=)(\S+)"),
-        napi_work=_field(r"work[ =](\d+)").cast(pl.Int32),
-        napi_budget=_field(r"budget[ =](\d+)").cast(pl.Int32),
-    )
+    return _numbers(f.with_columns(dev=_field(r"(?:for device |dev_name=)(\S+)")),
+                    napi_work=(_field(r"work[ =](\d+)"), pl.Int32),
+                    napi_budget=(_field(r"budget[ =](\d+)"), pl.Int32))
 
 
 def _net(f: pl.LazyFrame) -> pl.LazyFrame:
-    return f.with_columns(
-        dev=_field(r"(?:^|\s)(?:dev|name)=(\S+)"),
-        len=_field(r"\blen=(\d+)").cast(pl.Int32),
-    )
+    return _numbers(f.with_columns(dev=_field(r"(?:^|\s)(?:dev|name)=(\S+)")), len=(_field(r"\blen=(\d+)"), pl.Int32))
 
 
 def state_letters(number: pl.Expr) -> pl.Expr:
@@ -131,11 +137,9 @@ def _sched_switch(f: pl.LazyFrame) -> pl.LazyFrame:
     f = f.with_columns(named=named, plugin=plugin).with_columns(
         [pl.coalesce(pl.col("named").struct.field(n), pl.col("plugin").struct.field(n)).alias(n) for n in names]
     ).with_columns(prev_state=pl.coalesce(pl.col("named").struct.field("prev_state"), plugin_state))
-    return f.drop("named", "plugin").with_columns(
-        prev_pid=pl.col("prev_pid").cast(pl.Int32), next_pid=pl.col("next_pid").cast(pl.Int32),
-        prev_prio=pl.col("prev_prio").cast(pl.Int16), next_prio=pl.col("next_prio").cast(pl.Int16),
-        prev_state=_state_letters(pl.col("prev_state")),
-    )
+    f = f.drop("named", "plugin").with_columns(prev_state=_state_letters(pl.col("prev_state")))
+    return _numbers(f, **{n: (pl.col(n), pl.Int32 if n.endswith("pid") else pl.Int16)
+                          for n in ("prev_pid", "next_pid", "prev_prio", "next_prio")})
 
 
 def _sched_task(f: pl.LazyFrame) -> pl.LazyFrame:
@@ -153,23 +157,19 @@ def _sched_task(f: pl.LazyFrame) -> pl.LazyFrame:
         orig_cpu=pl.col("named").struct.field("orig_cpu"),
         dest_cpu=pl.col("named").struct.field("dest_cpu"),
     )
-    return f.drop("named", "plugin").with_columns(
-        task_pid=pl.col("task_pid").cast(pl.Int32),
-        task_prio=pl.col("task_prio").cast(pl.Int16),
-        target_cpu=pl.coalesce("target_cpu", "dest_cpu").cast(pl.Int16),
-        orig_cpu=pl.col("orig_cpu").cast(pl.Int16),
-    ).drop("dest_cpu")
+    return _numbers(f.drop("named", "plugin"), task_pid=(pl.col("task_pid"), pl.Int32),
+                    task_prio=(pl.col("task_prio"), pl.Int16),
+                    target_cpu=(pl.coalesce("target_cpu", "dest_cpu"), pl.Int16),
+                    orig_cpu=(pl.col("orig_cpu"), pl.Int16)).drop("dest_cpu")
 
 
 def _sys_enter(f: pl.LazyFrame) -> pl.LazyFrame:
-    return f.with_columns(
-        fd=_integer(_field(r"(?:^|[\s,])(?:fd|epfd)(?::\s*|=)" + _NUM)),
-        count=_integer(_field(r"\b(?:count|len|size|maxevents|vlen)(?::\s*|=)" + _NUM)),
-    )
+    return _numbers(f, _integer, fd=(_field(r"(?:^|[\s,])(?:fd|epfd)(?::\s*|=)" + _NUM), pl.Int64),
+                    count=(_field(r"\b(?:count|len|size|maxevents|vlen)(?::\s*|=)" + _NUM), pl.Int64))
 
 
 def _sys_exit(f: pl.LazyFrame) -> pl.LazyFrame:
-    return f.with_columns(ret=_integer(_field(r"(?:^|ret=)" + _NUM + r"\s*$")))
+    return _numbers(f, _integer, ret=(_field(r"(?:^|ret=)" + _NUM + r"\s*$"), pl.Int64))
 
 
 def _untyped(f: pl.LazyFrame) -> pl.LazyFrame:
@@ -208,7 +208,8 @@ def _family() -> pl.Expr:
 
 
 def type_fields(rows: pl.DataFrame) -> pl.DataFrame:
-    """Add typed columns to raw event rows, one extractor per family of events.
+    """Add typed columns to raw event rows, one extractor per family of events; `OUT_OF_RANGE`
+    marks rows whose payload holds a number too large for its column (unreadable lines).
 
     The extractors see only each row's position and payload: splitting and re-joining just
     those (rather than whole rows) is most of what makes this cheap.
@@ -219,7 +220,7 @@ def type_fields(rows: pl.DataFrame) -> pl.DataFrame:
         _EXTRACTORS[family](part.lazy())
         for (family,), part in keyed.partition_by("family", as_dict=True).items()
     ]
-    if not parts:
-        return rows
-    typed = pl.concat(parts, how="diagonal_relaxed").sort("row").drop("row", "family", "payload").collect()
+    parts.append(pl.LazyFrame(schema={"row": pl.UInt32, OUT_OF_RANGE: pl.Boolean}))  # the column, always
+    typed = pl.concat(parts, how="diagonal_relaxed").sort("row").drop("row", "family", "payload", strict=False)
+    typed = typed.with_columns(pl.col(OUT_OF_RANGE).fill_null(False)).collect()
     return rows.drop("family").hstack(typed.get_columns())

@@ -53,13 +53,23 @@ _MARKER = (
 _IGNORABLE = r"^\s*(?:#.*|cpus=\d+|version = \S+|CPU \d+ is empty|)\s*$"
 
 
+#: The largest whole second whose nanoseconds fit Int64: a later timestamp cannot be stored.
+MAX_SECONDS = (2**63 - 1) // 1_000_000_000 - 1
+
+
 @dataclass
 class SplitLines:
-    """Event rows with their raw payload, plus what could not be read."""
+    """Event rows with their raw payload, plus what could not be read.
+
+    Every line is counted once: `lines` = event rows + marker rows + `unparsed_count` +
+    `ignored_count` (headers, comments, blank lines), so nothing is lost without a count.
+    """
 
     rows: pl.DataFrame
     unparsed_count: int
     unparsed_examples: list[str]
+    lines: int = 0
+    ignored_count: int = 0
 
 
 def lines_frame(text: str) -> pl.LazyFrame:
@@ -80,9 +90,10 @@ def lines_frame(text: str) -> pl.LazyFrame:
 
 
 def _split_lines(text: str) -> pl.LazyFrame:
-    """`lines_frame` by `str.split`, for any text (stripping the carriage return of CRLF lines)."""
+    """`lines_frame` by `str.split`, for any text (stripping the carriage return of CRLF lines);
+    the newline that ends the last line starts no line, as in the CSV reader."""
     return (
-        pl.LazyFrame({"line": pl.Series([text]).str.split("\n").explode()})
+        pl.LazyFrame({"line": pl.Series([text.removesuffix("\n")]).str.split("\n").explode()})
         .with_row_index("line_no", offset=1)
         .with_columns(pl.col("line").str.strip_suffix("\r"))
     )
@@ -104,12 +115,22 @@ def detect_format(text: str, sample_lines: int = 2000) -> str | None:
     return tied[0]
 
 
+def _seconds_ns(seconds: pl.Expr) -> pl.Expr:
+    """Whole seconds (text) as ns; null when the number does not fit Int64 ns (a damaged line)."""
+    sec = seconds.cast(pl.Int64, strict=False)
+    return pl.when(sec <= MAX_SECONDS).then(sec * 1_000_000_000)
+
+
 def _time_ns(frame: pl.LazyFrame) -> pl.LazyFrame:
     return frame.with_columns(
-        ts=pl.col("sec").cast(pl.Int64) * 1_000_000_000
-        + pl.col("frac").str.pad_end(9, "0").cast(pl.Int64),
+        ts=_seconds_ns(pl.col("sec")) + pl.col("frac").str.pad_end(9, "0").cast(pl.Int64),
         ts_resolution_ns=pl.lit(10, pl.Int64).pow(9 - pl.col("frac").str.len_chars()),
     )
+
+
+def _out_of_range(text: pl.Expr, typed: pl.Expr) -> pl.Expr:
+    """A number was printed but does not fit its column: the line is damaged, not a null field."""
+    return text.is_not_null() & typed.is_null()
 
 
 def _flags(frame: pl.LazyFrame) -> pl.LazyFrame:
@@ -154,10 +175,11 @@ _TEXT_COLUMNS = ("line_no", "comm", "tid", "tgid", "cpu", "flags", "sec", "frac"
                  "subsystem", "event", "payload")
 
 
-def _by_regex(lines: pl.DataFrame, fmt: str) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.DataFrame]:
+def _by_regex(lines: pl.DataFrame, fmt: str) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.DataFrame, int]:
     """The reference parser: the full line regex, then the marker regex on what it rejects.
 
-    Returns event rows (as `_TEXT_COLUMNS`), marker rows, and the lines that are neither.
+    Returns event rows (as `_TEXT_COLUMNS`), marker rows, the lines that are neither, and how
+    many of the rest are ignorable (headers, comments, blank lines).
     """
     parsed = lines.with_columns(prefix=pl.col("line").str.extract_groups(FORMAT_LINES[fmt])).with_columns(
         is_event=pl.col("prefix").struct.field("sec").is_not_null()
@@ -176,18 +198,23 @@ def _by_regex(lines: pl.DataFrame, fmt: str) -> tuple[pl.LazyFrame, pl.LazyFrame
         is_marker=pl.col("marker").struct.field("lost_cpu").is_not_null()
         | pl.col("marker").struct.field("started_cpu").is_not_null(),
     )
-    markers = others.lazy().filter("is_marker").select(
-        "line_no", pl.col("marker").struct.unnest()
-    ).select(
-        "line_no",
-        cpu=pl.coalesce("lost_cpu", "started_cpu").cast(pl.Int16),
+    cpu, count = pl.coalesce("lost_cpu", "started_cpu"), pl.coalesce("lost", "dropped")
+    markers = others.filter("is_marker").select("line", "line_no", pl.col("marker").struct.unnest()).select(
+        "line", "line_no",
+        cpu=cpu.cast(pl.Int16, strict=False),
         subsystem=pl.lit("kptrace"),
         event=pl.when(pl.col("started_cpu").is_not_null()).then(pl.lit("buffer_started"))
         .otherwise(pl.lit("lost_events")),
-        value=pl.coalesce("lost", "dropped").cast(pl.Int64),
+        value=count.cast(pl.Int64, strict=False),
+        damaged=_out_of_range(cpu, cpu.cast(pl.Int16, strict=False))
+        | _out_of_range(count, count.cast(pl.Int64, strict=False)),
     )
-    unparsed = others.filter(~pl.col("is_marker") & ~pl.col("line").str.contains(_IGNORABLE))
-    return events, markers, unparsed.select("line_no", "line")
+    ignorable = others.filter(~pl.col("is_marker")).select(
+        "line_no", "line", ignorable=pl.col("line").str.contains(_IGNORABLE))
+    unparsed = pl.concat([ignorable.filter(~pl.col("ignorable")).drop("ignorable"),
+                          markers.filter("damaged").select("line_no", "line")]).sort("line_no")
+    ignored = int(ignorable["ignorable"].sum())
+    return events, markers.filter(~pl.col("damaged")).drop("line", "damaged").lazy(), unparsed, ignored
 
 
 def _find(text: pl.Expr, pattern: str) -> pl.Expr:
@@ -268,7 +295,7 @@ def _fast_prefix(frame: pl.LazyFrame, layout: TracefsLayout) -> pl.LazyFrame:
         else pl.lit(None, pl.Int32),
         cpu=line.str.slice(cpu + 1, 3).cast(pl.Int16),
         flags=line.str.slice(cpu + 6, layout.flags) if layout.flags else pl.lit(None, pl.String),
-        ts=_span(line, start, c("colon") - start - 7).str.strip_chars_start().cast(pl.Int64) * 1_000_000_000
+        ts=_seconds_ns(_span(line, start, c("colon") - start - 7).str.strip_chars_start())
         + _span(line, c("colon") - 6, pl.lit(6)).cast(pl.Int64) * 1000,
         ts_resolution_ns=pl.lit(1000, pl.Int64),
         rest=line.str.slice(c("colon") + 2).str.strip_chars_start(),
@@ -322,19 +349,25 @@ def _fast_rows(lines: pl.DataFrame, layout: TracefsLayout | None) -> pl.DataFram
     """Event rows the fast path reads completely, as `_TYPED_COLUMNS` (no line when no layout)."""
     if layout is None:
         return pl.DataFrame({"line_no": []}, schema={"line_no": pl.UInt32})
-    rows = _fast_event(_fast_prefix(lines.lazy(), layout)).filter("ok")
+    # A timestamp too large for Int64 ns (null ts) is left to the regex, which counts it unreadable.
+    rows = _fast_event(_fast_prefix(lines.lazy(), layout)).filter(pl.col("ok") & pl.col("ts").is_not_null())
     return rows.with_columns(value=pl.lit(None, pl.Int64)).select(_TYPED_COLUMNS).collect()
 
 
+_PREFIX_NUMBERS = {"tid": pl.Int32, "cpu": pl.Int16, "value": pl.Int64}
+
+
 def _typed(events: pl.LazyFrame) -> pl.LazyFrame:
-    """Type the regex parser's text columns."""
+    """Type the regex parser's text columns; `damaged` marks a prefix number too large for its
+    column (a tid past Int32, a time past Int64 ns), which makes the line unreadable."""
+    typed = {name: pl.col(name).cast(dtype, strict=False) for name, dtype in _PREFIX_NUMBERS.items()}
     return _time_ns(events).with_columns(
-        tid=pl.col("tid").cast(pl.Int32),
-        cpu=pl.col("cpu").cast(pl.Int16),
+        **typed,
         tgid=pl.col("tgid").cast(pl.Int32, strict=False),
         comm=pl.col("comm").str.strip_chars(),
-        value=pl.col("value").cast(pl.Int64),
-    ).select(_TYPED_COLUMNS)
+        damaged=pl.any_horizontal([_out_of_range(pl.col(n), typed[n]) for n in typed])
+        | pl.col("ts").is_null(),
+    ).select(*_TYPED_COLUMNS, "damaged")
 
 
 def split_lines(text: str, fmt: str) -> SplitLines:
@@ -344,17 +377,23 @@ def split_lines(text: str, fmt: str) -> SplitLines:
     reference regex parser reads every line the fast path does not take, so what a line
     yields never depends on the fast path.
     """
-    lines = lines_frame(text).collect()
+    every = lines_frame(text).collect()
+    # A NUL byte has no place in trace text: that line is damaged (the rest of the file is read).
+    has_nul = every["line"].str.contains("\x00", literal=True)
+    lines, nul_lines = (every.filter(~has_nul), every.filter(has_nul)) if has_nul.any() else (every, every.clear())
     layout = tracefs_layout(lines["line"].head(2000)) if fmt == "tracefs" else None
     fast = _fast_rows(lines, layout)
     rest = lines.join(fast.select("line_no"), on="line_no", how="anti", maintain_order="left") if fast.height else lines
-    slow, markers, unparsed = _by_regex(rest, fmt)
+    slow, markers, unparsed, ignored = _by_regex(rest, fmt)
     slow = _typed(slow).collect()
-    # A prefix followed by no readable event name (a line cut after its timestamp) is not an event.
-    nameless = slow.filter(pl.col("event").is_null())
-    if nameless.height:
-        slow = slow.filter(pl.col("event").is_not_null())
-        unparsed = pl.concat([unparsed, rest.join(nameless.select("line_no"), on="line_no").select(unparsed.columns)]
+    # A prefix followed by no readable event name (a line cut after its timestamp) or holding a
+    # number too large for its column is not an event.
+    broken = slow.filter(pl.col("event").is_null() | pl.col("damaged"))
+    slow = slow.drop("damaged")
+    if broken.height or nul_lines.height:
+        slow = slow.join(broken.select("line_no"), on="line_no", how="anti", maintain_order="left")
+        unparsed = pl.concat([unparsed, nul_lines.select(unparsed.columns),
+                              rest.join(broken.select("line_no"), on="line_no").select(unparsed.columns)]
                              ).sort("line_no")
     events = _flags(pl.concat([fast.lazy(), slow.lazy()]) if fast.height else slow.lazy()).select(
         "line_no", "ts", "ts_resolution_ns", "cpu", "tid", "tgid", "comm", "subsystem", "event",
@@ -372,6 +411,8 @@ def split_lines(text: str, fmt: str) -> SplitLines:
         rows=rows,
         unparsed_count=unparsed.height,
         unparsed_examples=[f"line {n}: {line[:160]}" for n, line in unparsed.head(3).iter_rows()],
+        lines=every.height,
+        ignored_count=ignored,
     )
 
 
