@@ -5,8 +5,7 @@ Every input is a real recording from tests/data (text lines, trace.dat, raw page
 way files get damaged or made hostile on purpose. kptrace must read it into events or refuse it
 with its one-line TraceError, within a time bound, and hold no more than a stated multiple of its
 size in memory. Inputs the longer run found crashing are kept in tests/data/fuzz-crashes/ and
-replayed. Bugs found in files this suite does not own (the binary readers) are strict xfails
-naming the bug, so that each fails loudly the day it is fixed and its mark must go.
+replayed.
 """
 
 from __future__ import annotations
@@ -39,15 +38,6 @@ SUBSET = settings(max_examples=25, derandomize=True, deadline=INPUT_DEADLINE, da
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
-#: Reader bugs the fuzzing found in the binary readers (kptrace/read/formats.py, pages.py: not this
-#: task's files) and not fixed yet: each test marked with it fails until its bug is fixed
-#: (strict xfail). docs/reliability.md names them.
-HUGE_OFFSET = pytest.mark.xfail(strict=True, reason="reader bug: formats.py accepts a header_page or event format "
-                                "offset or size past Int64 (offset:18446744073709551616); numpy arithmetic on it raises "
-                                "OverflowError in pages.py read_uint/_page_words (docs/reliability.md)")
-#: The saved inputs of that bug.
-HUGE_OFFSET_CASES = ("raw-pages-4", "raw-pages-58", "raw-pages-173", "raw-pages-276", "raw-pages-316")
-
 
 @pytest.mark.parametrize("reader", fuzz.READERS)
 def test_damaged_and_hostile_inputs_are_read_or_refused_never_a_crash(reader, tmp_path_factory):
@@ -69,8 +59,7 @@ def test_the_longer_runs_crash_inputs_are_kept():
     assert {name.rsplit("-", 1)[0] for name in SAVED_CRASHES} >= {"tracefs", "trace-cmd", "perf", "bundle", "raw-pages"}
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=HUGE_OFFSET) if c in HUGE_OFFSET_CASES else c
-                                  for c in SAVED_CRASHES])
+@pytest.mark.parametrize("case", SAVED_CRASHES)
 def test_saved_crash_input_is_now_read_or_refused(case):
     """An input the longer fuzz run saw crash kptrace (tests/data/fuzz-crashes/README.md)."""
     assert fuzz.read_input(fuzz.input_path(DATA / "fuzz-crashes" / case)) in ("events", "refused")
@@ -314,9 +303,6 @@ def test_a_busy_thread_named_with_control_characters_does_not_make_its_trace_unr
     assert events.filter(pl.col("comm") == control.decode()).height > 0
 
 
-@pytest.mark.xfail(strict=True, reason="reader bug: a trace.dat buffer option naming CPU 4294967295 makes "
-                   "pages.py join_pages raise OverflowError (np.full int16); tracedat.py should refuse a CPU id "
-                   "past Int16 (docs/reliability.md)")
 def test_trace_dat_naming_a_cpu_past_int16_is_read_or_refused(tmp_path):
     """Input 4857 of the longer run's trace.dat reader, rebuilt from its number (1.2 MB: not kept)."""
     path = fuzz.write_input(fuzz.make_input("trace.dat", random.Random("trace.dat:4857")), tmp_path)

@@ -59,14 +59,21 @@ class EventFormat:
         return tuple(f for f in self.fields if not f.name.startswith("common_"))
 
 
+#: No field of a record, nor a ring-buffer page, comes near this many bytes; a format that says
+#: otherwise is damaged (and numpy offsets computed from it would overflow).
+_MAX_FIELD_BYTES = 1 << 20
+
+
 def _field(match: re.Match) -> Field:
+    offset, size = int(match["offset"]), int(match["size"])
+    if not (0 <= offset < _MAX_FIELD_BYTES and 0 <= size < _MAX_FIELD_BYTES):
+        raise ValueError(f"a field at offset {offset} of size {size}: past any record (a damaged format)"[:200])
     decl = match["decl"].strip()
     array = _ARRAY.search(decl)
     head = decl[: array.start()] if array else decl
     name = head.split()[-1].lstrip("*")
     type_ = head[: head.rstrip().rfind(name)].strip() + (array.group(0) if array else "")
-    return Field(name=name, type=type_, offset=int(match["offset"]), size=int(match["size"]),
-                 signed=match["signed"] == "1")
+    return Field(name=name, type=type_, offset=offset, size=size, signed=match["signed"] == "1")
 
 
 def parse_format(text: str, system: str | None = None) -> EventFormat:
@@ -134,6 +141,9 @@ def parse_header_page(text: str) -> PageHeader:
     missing = {"timestamp", "commit", "data"} - set(fields)
     if missing:
         raise ValueError(f"header_page lacks {', '.join(sorted(missing))}")
+    if fields["commit"].size not in (4, 8) or fields["timestamp"].size != 8:
+        raise ValueError(f"header_page: a {fields['commit'].size}-byte commit or {fields['timestamp'].size}-byte "
+                         "timestamp (a kernel writes 4 or 8, and 8)")
     return PageHeader(fields["timestamp"].offset, fields["commit"].offset, fields["commit"].size,
                       fields["data"].offset, fields["data"].size)
 

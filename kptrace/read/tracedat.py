@@ -30,6 +30,10 @@ def is_tracedat(head: bytes) -> bool:
     return head.startswith(MAGIC)
 
 
+#: CPU ids are kept as Int16 (kptrace.schema).
+_MAX_CPU = (1 << 15) - 1
+
+
 class TraceDatError(ValueError):
     """The file is not a trace.dat this reader understands, or is cut short."""
 
@@ -211,6 +215,8 @@ def _v7_buffer(c: _Cursor, body: _Cursor, inflate) -> tuple[str, list[tuple[int,
         cpu, offset, size = body.num(4), body.num(8), body.num(8)
         if not size:
             continue
+        if cpu > _MAX_CPU:
+            raise TraceDatError(f"buffer {name!r} names CPU {cpu}, past any machine's (a damaged file)"[:200])
         data = _chunks(c.at(offset), inflate) if inflate and flags & _COMPRESSED else _span(c, offset, size)
         cpus.append((cpu, data))
     return name, cpus
