@@ -10,7 +10,7 @@ an order rotated from round to round (so slow drift does not favour one arm):
   requests   kptrace-record --preset requests
   full       kptrace-record --preset full
   counters   kptrace-record --counters-only --serving-cpus <server cpu> (no tracing; not run unless named)
-  counters-requests  the same plus --requests-cmd, a bash script asking memcached for its get+set
+  counters-requests  the same plus --requests-cmd collectors/memcached-requests, asking memcached for its get+set
              count at every sample (docs/collector.md); not run unless named
   NAME       any extra arm given as --arm 'NAME=collector arguments'
              (e.g. --arm 'duty=--preset requests --binary --every 10 --for 1', with --seconds >= 300)
@@ -47,17 +47,8 @@ REPO = Path(__file__).resolve().parents[1]
 RECORDER = REPO / "collectors" / "kptrace-record"
 PRESET_ARMS = {"light": ["--preset", "light"], "requests": ["--preset", "requests"], "full": ["--preset", "full"]}
 COUNTERS_ARMS = ("counters", "counters-requests")
-#: What docs/collector.md gives as memcached's request counter for --requests-cmd: one bash, no other
-#: process; memcached's cumulative get + set count.
-MEMCACHED_REQUESTS = """#!/bin/bash
-exec 3<>"/dev/tcp/${1:-127.0.0.1}/${2:-11211}" || exit 1
-printf 'stats\\r\\nquit\\r\\n' >&3
-n=0
-while read -r _ key value; do
-    case $key in cmd_get|cmd_set) n=$((n + ${value//[^0-9]/})) ;; esac
-done <&3
-echo "$n"
-"""
+#: memcached's request counter for --requests-cmd (docs/collector.md).
+MEMCACHED_REQUESTS = REPO / "collectors" / "memcached-requests"
 
 
 def wait_port(port: int) -> None:
@@ -157,12 +148,9 @@ def main() -> int:
         subprocess.run(load_cmd(2), capture_output=True, check=True, timeout=60)
         common = ["--pid", str(mc.pid), "--buffer-kb", str(a.buffer_kb)] + (["--no-perf"] if a.no_perf else [])
         common += shlex.split(a.collector_args)
-        requests_script = tmp / "memcached-requests"
-        requests_script.write_text(MEMCACHED_REQUESTS)
-        requests_script.chmod(0o700)
         counters_common = ["--serving-cpus", str(a.server_cpu)] + (["--no-perf"] if a.no_perf else [])
         arms = {name: extra if name not in COUNTERS_ARMS else extra + counters_common + (
-            ["--requests-cmd", f"{requests_script} 127.0.0.1 {a.port}"] if name == "counters-requests" else [])
+            ["--requests-cmd", f"{MEMCACHED_REQUESTS} 127.0.0.1 {a.port}"] if name == "counters-requests" else [])
             for name, extra in arms.items()}
         print(f"memcached -t 1 on CPU{a.server_cpu}, memcaslap -c {a.concurrency} -T 1 on CPU{load_cpu}, "
               f"{a.seconds} s per run, {a.rounds} rounds; every traced arm: kptrace-record {' '.join(common)}")

@@ -852,17 +852,8 @@ def test_counters_only_samples_proc_and_perf_every_interval_without_tracing(tmp_
     assert not our_processes(str(out))
 
 
-#: memcached's cumulative get + set count, as docs/collector.md gives it for --requests-cmd (one bash
-#: per sample, no other process).
-MEMCACHED_REQUESTS = """#!/bin/bash
-exec 3<>"/dev/tcp/${1:-127.0.0.1}/${2:-11211}" || exit 1
-printf 'stats\\r\\nquit\\r\\n' >&3
-n=0
-while read -r _ key value; do
-    case $key in cmd_get|cmd_set) n=$((n + ${value//[^0-9]/})) ;; esac
-done <&3
-echo "$n"
-"""
+#: memcached's cumulative get + set count for --requests-cmd, as docs/collector.md gives it.
+MEMCACHED_REQUESTS = REPO / "collectors" / "memcached-requests"
 
 
 def test_counters_only_request_counter_follows_a_real_memcached(tmp_path):
@@ -871,9 +862,6 @@ def test_counters_only_request_counter_follows_a_real_memcached(tmp_path):
     for tool in ("memcached", "memcaslap", "bash"):
         if shutil.which(tool) is None:
             unavailable(f"needs {tool}")
-    script = tmp_path / "memcached-requests"
-    script.write_text(MEMCACHED_REQUESTS)
-    script.chmod(0o700)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -881,14 +869,14 @@ def test_counters_only_request_counter_follows_a_real_memcached(tmp_path):
     try:
         time.sleep(0.3)
         out = tmp_path / "b"
-        r = record(out, "--counters-only", "--requests-cmd", f"{script} 127.0.0.1 {port}", "--", "memcaslap",
+        r = record(out, "--counters-only", "--requests-cmd", f"{MEMCACHED_REQUESTS} 127.0.0.1 {port}", "--", "memcaslap",
                    "-s", f"127.0.0.1:{port}", "-x", "3000", "-c", "2", "-T", "1", timeout=120)
     finally:
         server.terminate()
         server.wait()
     assert r.returncode == 0, r.stderr
     man = json.loads((out / "manifest.json").read_text())
-    assert man["counters_only"]["requests_cmd"] == [str(script), "127.0.0.1", str(port)]
+    assert man["counters_only"]["requests_cmd"] == [str(MEMCACHED_REQUESTS), "127.0.0.1", str(port)]
     lines = [line.split() for line in (out / man["files"]["requests"]).read_text().splitlines()]
     assert len(lines) == man["counters_only"]["samples"] >= 2
     stamps = [int(t) for t, _ in lines]
