@@ -68,8 +68,7 @@ def read_uint(data: np.ndarray, pos: np.ndarray, size: int, byte_order: str, sig
     aligned = min(size, 4)
     if len(pos) and not (pos & (aligned - 1)).any():
         return _aligned(data, pos, size, byte_order, kind)
-    raw = data[pos[:, None] + np.arange(size)]
-    return np.ascontiguousarray(raw).view(f"{byte_order}{kind}{size}").ravel().astype(np.int64)
+    return byte_matrix(data, pos, size).view(f"{byte_order}{kind}{size}").ravel().astype(np.int64)
 
 
 def _aligned(data: np.ndarray, pos: np.ndarray, size: int, byte_order: str, kind: str) -> np.ndarray:
@@ -170,11 +169,17 @@ def walk(pages: Pages) -> Records:
 
 
 def byte_matrix(data: np.ndarray, start: np.ndarray, width: int) -> np.ndarray:
-    """`width` bytes from each offset in `start`, one row each (bytes past the end read as 0)."""
-    index = start[:, None] + np.arange(width)
+    """`width` bytes from each offset in `start`, one row each (bytes past the end read as 0).
+
+    The data is seen as overlapping `width`-byte items, one starting at every byte, so taking
+    the rows is one gather of whole items rather than of `width` separate bytes each."""
     if len(start) and (start.min() < 0 or start.max() + width > len(data)):
+        index = start[:, None] + np.arange(width)
         return np.where((index >= 0) & (index < len(data)), data[np.clip(index, 0, len(data) - 1)], 0).astype(np.uint8)
-    return data[index]
+    if width > len(data):
+        return np.zeros((0, width), dtype=np.uint8)
+    items = np.ndarray(buffer=data, dtype=f"V{width}", shape=(len(data) - width + 1,), strides=(1,))
+    return items[start].view(np.uint8).reshape(len(start), width)
 
 
 def read_field_ints(pages: Pages, pos: np.ndarray, field: Field) -> np.ndarray:
@@ -190,9 +195,9 @@ def read_field_bytes(pages: Pages, pos: np.ndarray, field: Field, limit: int = 2
     else:
         start, length = pos + field.offset, np.full(len(pos), field.size, dtype=np.int64)
     width = int(min(max(int(length.max(initial=0)), 1), limit))
-    cols = np.arange(width)
     raw = byte_matrix(pages.data, start, width)
-    keep = cols < length[:, None]
+    keep = np.arange(width) < length[:, None]
     if field.is_text:
-        keep &= np.cumsum(raw == 0, axis=1) == 0
-    return np.ascontiguousarray(np.where(keep, raw, 0).astype(np.uint8)).view(f"S{width}").ravel()
+        keep &= np.logical_and.accumulate(raw != 0, axis=1)
+    raw[~keep] = 0
+    return raw.view(f"S{width}").ravel()
