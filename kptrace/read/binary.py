@@ -341,22 +341,34 @@ def _in_time_order(rec: Records, rows: _Rows) -> Records:
 def _numbers(rows: _Rows, pieces: list[tuple[np.ndarray, np.ndarray]], kind: np.dtype) -> pl.Series:
     """A numeric column of numpy type `kind` from (rows, values) pieces, null elsewhere; a
     value out of the type's range is null, as a non-strict cast makes it."""
+    if len(pieces) == 1 and len(pieces[0][0]) == rows.count and _fits(pieces[0][1], kind):
+        return pl.Series(pieces[0][1].astype(kind, copy=False))  # every row, in order
     full = np.zeros(rows.count, dtype=kind)
     valid = np.zeros(rows.count, dtype=bool)
     for at, values in pieces:
-        fits = np.ones(len(values), dtype=bool)
-        if kind.kind == "i" and kind.itemsize < values.itemsize:
+        if _fits(values, kind):
+            full[at] = values
+            valid[at] = True
+        else:
             bounds = np.iinfo(kind)
             fits = (values >= bounds.min) & (values <= bounds.max)
-        full[at] = np.where(fits, values, 0)
-        valid[at] = fits
+            full[at[fits]] = values[fits]
+            valid[at[fits]] = True
     return _masked(full, valid)
+
+
+def _fits(values: np.ndarray, kind: np.dtype) -> bool:
+    """Every value is in the range of numpy type `kind`."""
+    if kind.kind != "i" or kind.itemsize >= values.itemsize or not len(values):
+        return True
+    bounds = np.iinfo(kind)
+    return bool(values.min() >= bounds.min and values.max() <= bounds.max)
 
 
 def _texts(rows: _Rows, pieces: list[tuple[np.ndarray, _Coded]], dtype: pl.DataType) -> pl.Series:
     """A text column from (rows, coded values) pieces, null elsewhere: one gather of all the
     pieces' distinct values by a full-length index."""
-    distinct = pl.concat([coded.distinct.cast(dtype, strict=False) for _, coded in pieces])
+    distinct = pl.concat([coded.distinct.cast(dtype, strict=False) for _, coded in pieces], rechunk=True)
     where = np.zeros(rows.count, dtype=np.uint32)
     valid = np.zeros(rows.count, dtype=bool)
     offset = 0

@@ -76,9 +76,10 @@ def _aligned(data: np.ndarray, pos: np.ndarray, size: int, byte_order: str, kind
     8-byte fields are read as two 4-byte halves)."""
     if size <= 4:
         view = data[: len(data) // size * size].view(f"{byte_order}{kind}{size}")
-        return view[pos // size].astype(np.int64)
+        return view[pos >> (size.bit_length() - 1)].astype(np.int64)
     words = data[: len(data) // 4 * 4].view(f"{byte_order}u4")
-    first, second = words[pos // 4].astype(np.uint64), words[pos // 4 + 1].astype(np.uint64)
+    index = pos >> 2
+    first, second = words[index].astype(np.uint64), words[index + 1].astype(np.uint64)
     low, high = (first, second) if byte_order == "<" else (second, first)
     return (low | (high << np.uint64(32))).view(np.int64)
 
