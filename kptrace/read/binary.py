@@ -17,7 +17,8 @@ import pyarrow as pa
 
 from kptrace.read.fields import VECTOR_HANDLERS, state_letters
 from kptrace.read.formats import EventFormat, Field, FormatTable, PageHeader
-from kptrace.read.pages import Pages, Records, byte_matrix, join_pages, read_field_bytes, read_field_ints, walk
+from kptrace.read.pages import (Pages, Records, byte_matrix, join_pages, read_field_bytes, read_field_ints,
+                                read_fields_native, walk)
 from kptrace.schema import EVENT_SCHEMA, SOFTIRQ_NAMES
 
 # Bits of a record's common_flags (kernel trace_entry flags, include/linux/trace_events.h).
@@ -292,8 +293,10 @@ def _common(pages: Pages, rec: Records, formats: FormatTable) -> dict[str, np.nd
     fields = {n: sample.field(n) for n in need} if sample else {}
     if not fields or any(f is None for f in fields.values()):
         raise ValueError("event formats lack the common fields (common_type, common_pid, ...)")
-    values = {n: read_field_ints(pages, rec.pos, f) for n, f in fields.items()}
-    return {"tid": values["common_pid"].astype(np.int32), "type": values["common_type"],
+    if any(f.size not in (1, 2, 4, 8) for f in fields.values()):
+        raise ValueError("event formats give a common field a size other than 1, 2, 4 or 8 bytes")
+    values = dict(zip(fields, read_fields_native(pages, rec.pos, list(fields.values()))))
+    return {"tid": values["common_pid"].astype(np.int32), "type": values["common_type"].astype(np.int64),
             **_flags(values["common_flags"], values["common_preempt_count"])}
 
 

@@ -104,25 +104,24 @@ def _record_words(pages: Pages, size: np.ndarray) -> np.ndarray:
 
     One iteration reads the next record of every page that still has one, and marks where it
     starts; the marks, read back in address order, are every record in page order (pages are
-    disjoint and a page's records only move forward), so no sort is needed.
+    disjoint and a page's records only move forward), so no sort is needed. The pages still
+    being walked are kept packed, so each step touches only them.
     """
     words = pages.data[: len(pages.data) // 4 * 4].view(f"{pages.byte_order}u4")
     start = np.arange(pages.count, dtype=np.int64) * pages.header.page_size + pages.header.data_offset
-    end = start + size
-    pos = start.copy()
-    active = np.flatnonzero(pos < end)
+    busy = size > 0
+    pos, end = start[busy], start[busy] + size[busy]
     starts = np.zeros(len(words), dtype=bool)
-    while active.size:
-        p = pos[active]
-        starts[p >> 2] = True
-        type_len, delta = _split_word(words[p >> 2].astype(np.int64), pages.byte_order)
-        array = words[(p >> 2) + 1].astype(np.int64)
-        nxt = np.where(type_len == 0, p + 8 + ((array - 4 + 3) & ~3), p + 4 + type_len * 4)
-        nxt = np.where(type_len == PADDING, np.where(delta == 0, end[active], p + 4 + array), nxt)
-        nxt = np.where(type_len >= TIME_EXTEND, p + 8, nxt)
-        nxt = np.where(nxt > p, nxt, end[active])  # a corrupt length ends its page, never loops
-        pos[active] = nxt
-        active = active[nxt < end[active]]
+    while pos.size:
+        word = pos >> 2
+        starts[word] = True
+        type_len, delta = _split_word(words[word].astype(np.int64), pages.byte_order)
+        array = words[word + 1].astype(np.int64)
+        nxt = np.where(type_len == 0, pos + 8 + ((array - 4 + 3) & ~3), pos + 4 + type_len * 4)
+        nxt = np.where(type_len == PADDING, np.where(delta == 0, end, pos + 4 + array), nxt)
+        nxt = np.where(type_len >= TIME_EXTEND, pos + 8, nxt)
+        going = (nxt > pos) & (nxt < end)  # a corrupt length ends its page, never loops
+        pos, end = nxt[going], end[going]
     return np.flatnonzero(starts)
 
 
@@ -181,6 +180,15 @@ def byte_matrix(data: np.ndarray, start: np.ndarray, width: int) -> np.ndarray:
         return np.zeros((0, width), dtype=np.uint8)
     items = np.ndarray(buffer=data, dtype=f"V{width}", shape=(len(data) - width + 1,), strides=(1,))
     return items[start].view(np.uint8).reshape(len(start), width)
+
+
+def read_fields_native(pages: Pages, pos: np.ndarray, fields: list[Field]) -> list[np.ndarray]:
+    """Several integer fields of every record, each in its own width, from one gather of the
+    bytes they span (the common fields every record starts with are read this way)."""
+    low = min(f.offset for f in fields)
+    block = byte_matrix(pages.data, pos + low, max(f.offset + f.size for f in fields) - low)
+    return [np.ascontiguousarray(block[:, f.offset - low: f.offset - low + f.size])
+            .view(f"{pages.byte_order}{'i' if f.signed else 'u'}{f.size}").ravel() for f in fields]
 
 
 def read_field_ints(pages: Pages, pos: np.ndarray, field: Field) -> np.ndarray:
