@@ -17,8 +17,8 @@ import pyarrow as pa
 
 from kptrace.read.fields import VECTOR_HANDLERS, state_letters
 from kptrace.read.formats import EventFormat, Field, FormatTable, PageHeader
-from kptrace.read.pages import (Pages, Records, byte_matrix, join_pages, read_field_bytes, read_field_ints,
-                                read_fields_native, walk)
+from kptrace.read.pages import (MAX_SPAN, Pages, Records, byte_matrix, gathered, join_pages, read_field_bytes,
+                                read_field_ints, read_fields_native, record_span, walk)
 from kptrace.schema import EVENT_SCHEMA, SOFTIRQ_NAMES
 
 # Bits of a record's common_flags (kernel trace_entry flags, include/linux/trace_events.h).
@@ -388,6 +388,13 @@ def _numpy_type(column: str, values: np.ndarray) -> np.dtype:
     return values.dtype if dtype is None else pl.Series(dtype=dtype).to_numpy().dtype
 
 
+def _compact(pages: Pages, pos: np.ndarray, fmt: EventFormat) -> tuple[Pages, np.ndarray]:
+    """One event type's records side by side, unless one spans past MAX_SPAN (a damaged
+    record): its fields are then read where they are."""
+    span = record_span(pages, pos, fmt.fields)
+    return gathered(pages, pos, span) if span <= MAX_SPAN else (pages, pos)
+
+
 def _record_columns(pages: Pages, rec: Records, rows: _Rows, formats: FormatTable) -> dict[str, pl.Series]:
     """Common and typed columns of every record (`rec` in time order), each built once at
     full length."""
@@ -404,7 +411,7 @@ def _record_columns(pages: Pages, rec: Records, rows: _Rows, formats: FormatTabl
         fmt = formats.get(int(ident))
         names.append(fmt.name if fmt else f"unknown_event_{ident}")
         systems.append(fmt.system if fmt else "unknown")
-        columns = _extractor(fmt)(pages, rec.pos[records], fmt) if fmt else {}
+        columns = _extractor(fmt)(*_compact(pages, rec.pos[records], fmt), fmt) if fmt else {}
         for column, values in columns.items():
             if values is not None:
                 parts.setdefault(column, []).append((rows.record_row[records], values))

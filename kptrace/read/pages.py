@@ -16,6 +16,10 @@ import numpy as np
 from kptrace.read.formats import Field, PageHeader
 
 PADDING, TIME_EXTEND, TIME_STAMP = 29, 30, 31
+#: Zero bytes after the last page: reading the last header word, or a record's span up to
+#: MAX_SPAN bytes, never runs past the data.
+MAX_SPAN = 1024
+SLACK = MAX_SPAN + 8
 _MAX_DATA_TYPE = 28
 _TS_SHIFT = 27
 _MISSED_EVENTS = 1 << 31
@@ -27,7 +31,7 @@ _COMMIT_MASK = (1 << 27) - 1
 class Pages:
     """Whole pages of one or more per-CPU buffers, in one flat byte array."""
 
-    data: np.ndarray  # uint8, n_pages * page_size, plus 8 bytes of slack for the last header word
+    data: np.ndarray  # uint8, n_pages * page_size, then SLACK zero bytes
     cpu: np.ndarray  # int16 per page
     header: PageHeader
     byte_order: str  # "<" or ">"
@@ -53,7 +57,7 @@ def join_pages(blobs: list[tuple[int, bytes]], header: PageHeader, byte_order: s
     """Per-CPU byte strings (whole pages) as one array; a torn last page is dropped."""
     size = header.page_size
     whole = [(cpu, blob[: len(blob) // size * size]) for cpu, blob in blobs]
-    data = np.frombuffer(b"".join([*(b for _, b in whole), bytes(8)]), dtype=np.uint8)  # one copy
+    data = np.frombuffer(b"".join([*(b for _, b in whole), bytes(SLACK)]), dtype=np.uint8)  # one copy
     cpu = np.concatenate([np.full(len(b) // size, c, dtype=np.int16) for c, b in whole] or [np.zeros(0, np.int16)])
     return Pages(data=data, cpu=cpu, header=header, byte_order=byte_order)
 
@@ -180,6 +184,29 @@ def byte_matrix(data: np.ndarray, start: np.ndarray, width: int) -> np.ndarray:
         return np.zeros((0, width), dtype=np.uint8)
     items = np.ndarray(buffer=data, dtype=f"V{width}", shape=(len(data) - width + 1,), strides=(1,))
     return items[start].view(np.uint8).reshape(len(start), width)
+
+
+def record_span(pages: Pages, pos: np.ndarray, fields: tuple[Field, ...]) -> int:
+    """Bytes from the start of these records that hold all their `fields`, dynamic arrays
+    included (as far as `read_field_bytes` reads them)."""
+    span = max((f.offset + f.size for f in fields), default=0)
+    for f in fields:
+        if f.is_dynamic and len(pos):
+            loc = read_uint(pages.data, pos + f.offset, 4, pages.byte_order)
+            start = (loc & 0xFFFF) + (f.offset + f.size if f.type.startswith("__rel_loc") else 0)
+            span = max(span, int((start + np.minimum(loc >> 16, 256)).max()))
+    return span
+
+
+def gathered(pages: Pages, pos: np.ndarray, span: int) -> tuple[Pages, np.ndarray]:
+    """The first `span` bytes of each record copied side by side (8-aligned, so each field keeps
+    its alignment), and their new offsets: one pass over scattered records, after which every
+    field of them is read from memory the cache already holds."""
+    stride = -(-span // 8) * 8
+    block = byte_matrix(pages.data, pos, stride).ravel()
+    data = np.concatenate([block, np.zeros(SLACK, dtype=np.uint8)])
+    return Pages(data=data, cpu=pages.cpu[:0], header=pages.header, byte_order=pages.byte_order), \
+        np.arange(len(pos), dtype=np.int64) * stride
 
 
 def read_fields_native(pages: Pages, pos: np.ndarray, fields: list[Field]) -> list[np.ndarray]:
