@@ -402,8 +402,13 @@ def _record_columns(pages: Pages, rec: Records, rows: _Rows, formats: FormatTabl
     types = common.pop("type")
     out = {name: _numbers(rows, [(rows.record_row, values)], values.dtype) for name, values in common.items()}
     order = np.argsort(types.astype(np.uint16) if types.max(initial=0) < 1 << 16 else types, kind="stable")
-    ids, starts = np.unique(types[order], return_index=True)
-    bounds = np.append(starts, len(order))
+    grouped = types[order]
+    first = np.ones(len(grouped), dtype=bool)
+    first[1:] = grouped[1:] != grouped[:-1]
+    starts = np.flatnonzero(first)
+    ids, bounds = grouped[starts], np.append(starts, len(order))
+    kind = np.empty(len(order), dtype=np.uint32)  # each record's type, as an index into ids
+    kind[order] = np.cumsum(first) - 1
     parts: dict[str, list[tuple[np.ndarray, np.ndarray | _Coded]]] = {}
     names, systems = [], []
     for i, ident in enumerate(ids):
@@ -421,7 +426,6 @@ def _record_columns(pages: Pages, rec: Records, rows: _Rows, formats: FormatTabl
             out[column] = _texts(rows, pieces, EVENT_SCHEMA.get(column, first.distinct.dtype))
         else:
             out[column] = _numbers(rows, pieces, _numpy_type(column, first))
-    kind = np.searchsorted(ids, types).astype(np.uint32)  # each record's type, as an index into ids
     for column, labels in (("event", names), ("subsystem", systems)):
         labels = pl.Series([*labels, "lost_events" if column == "event" else "kptrace"], dtype=pl.Categorical)
         where = np.full(rows.count, len(ids), dtype=np.uint32)
