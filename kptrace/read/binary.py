@@ -267,8 +267,9 @@ def _masked(values: np.ndarray, valid: np.ndarray) -> pl.Series:
     if valid.all():
         return pl.Series(values)
     bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    data = np.packbits(values, bitorder="little") if values.dtype == bool else values  # Arrow booleans are bits
     return pl.from_arrow(pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values),
-                                               [bitmap, pa.py_buffer(values)]))
+                                               [bitmap, pa.py_buffer(data)]))
 
 
 _SOFTIRQS = pl.Series([*SOFTIRQ_NAMES, None], dtype=pl.Categorical)  # an unknown vector: null
@@ -421,11 +422,11 @@ def _record_columns(pages: Pages, rec: Records, rows: _Rows, formats: FormatTabl
             if values is not None:
                 parts.setdefault(column, []).append((rows.record_row[records], values))
     for column, pieces in parts.items():
-        first = pieces[0][1]
-        if isinstance(first, _Coded):
-            out[column] = _texts(rows, pieces, EVENT_SCHEMA.get(column, first.distinct.dtype))
+        sample = pieces[0][1]
+        if isinstance(sample, _Coded):
+            out[column] = _texts(rows, pieces, EVENT_SCHEMA.get(column, sample.distinct.dtype))
         else:
-            out[column] = _numbers(rows, pieces, _numpy_type(column, first))
+            out[column] = _numbers(rows, pieces, _numpy_type(column, sample))
     for column, labels in (("event", names), ("subsystem", systems)):
         labels = pl.Series([*labels, "lost_events" if column == "event" else "kptrace"], dtype=pl.Categorical)
         where = np.full(rows.count, len(ids), dtype=np.uint32)
