@@ -242,7 +242,7 @@ def schema_sizes(path: Path) -> None:
         ("today", table_bytes(events)),
         ("names as Categorical", table_bytes(names)),
         ("+ fd Int32, vector/napi_work/napi_budget Int16", table_bytes(narrow)),
-        (f"+ columns null in every row dropped (here {', '.join(c for c in narrow.columns if c not in without_null.columns)})",
+        (f"+ columns null in every row dropped (here {', '.join(sorted(set(narrow.columns) - set(without_null.columns)))})",
          table_bytes(without_null)),
         ("+ `fields` in a side table (UInt32 row, text)", split_bytes(narrow, fields_aside=True)),
         ("+ one side table per family (" + ", ".join(families) + ")", split_bytes(narrow, families, fields_aside=True)),

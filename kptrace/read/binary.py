@@ -134,7 +134,8 @@ def _softirq(p, pos, fmt):
     if vec is None:
         return {"softirq_vec": None, "softirq": None}
     known = (vec >= 0) & (vec < len(SOFTIRQ_NAMES))
-    return {"softirq_vec": vec, "softirq": _Coded(_SOFTIRQS, np.where(known, vec, len(SOFTIRQ_NAMES)).astype(np.uint32))}
+    codes = np.where(known, vec, len(SOFTIRQ_NAMES)).astype(np.uint32)  # an unknown vector: the null entry
+    return {"softirq_vec": vec, "softirq": _Coded(_SOFTIRQS, codes)}
 
 
 def _napi(p, pos, fmt):
@@ -390,10 +391,12 @@ def _numpy_type(column: str, values: np.ndarray) -> np.dtype:
 
 
 def _compact(pages: Pages, pos: np.ndarray, fmt: EventFormat) -> tuple[Pages, np.ndarray]:
-    """One event type's records side by side, unless one spans past MAX_SPAN (a damaged
-    record): its fields are then read where they are."""
+    """One event type's records side by side, unless one spans past MAX_SPAN or the copy would
+    outgrow the pages themselves (damaged records claiming long arrays): their fields are then
+    read where they are, so a hostile file cannot make the copy many times its size."""
     span = record_span(pages, pos, fmt.fields)
-    return gathered(pages, pos, span) if span <= MAX_SPAN else (pages, pos)
+    fits = span <= MAX_SPAN and len(pos) * span <= len(pages.data)
+    return gathered(pages, pos, span) if fits else (pages, pos)
 
 
 def _record_columns(pages: Pages, rec: Records, rows: _Rows, formats: FormatTable) -> dict[str, pl.Series]:
