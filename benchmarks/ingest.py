@@ -13,10 +13,14 @@ or, with an existing pair: python benchmarks/ingest.py --text trace.txt --dat tr
 `trace-cmd report > /dev/null` of the trace.dat: the trace.dat natively, its pages in the
 collector's raw/ layout, its `trace-cmd report` text, and optionally tracefs text (--text) and
 perf script text (--perf, with `perf script` of --perf-data beside it); prints a Markdown
-table of events/s, the ratio to trace-cmd (target >= 10x) and bytes per event (Polars
-estimated_size of the normalized table, target <= 100; and peak RSS growth):
+table of events/s, the ratio to trace-cmd (target >= 10x) and bytes per event (every Arrow
+buffer the normalized table holds, target <= 100; and peak RSS growth):
 
     python benchmarks/ingest.py --native --dat trace.dat [--text T] [--perf P --perf-data D] [--repeats 3]
+
+--sizes prints, for the normalized event table of one trace, its bytes per event today and
+under candidate schema changes, each measured by casting or splitting that real table (the
+schema itself is not changed): python benchmarks/ingest.py --sizes --dat trace.dat
 
 --baseline DIR also times `kptrace ingest` from another kptrace source tree (e.g. `git archive`
 of an older commit unpacked in DIR) in the same alternation, so before and after are measured
@@ -124,11 +128,12 @@ print(json.dumps(seconds))
 
 
 #: One read + normalize in a fresh interpreter; prints seconds, table sizes and memory as JSON.
-#: Memory: `estimated_size()` of the normalized event table (Polars' count of its buffers), and
-#: the peak RSS above the RSS after imports (ru_maxrss), after the read and after normalize.
+#: Memory: every buffer the event table holds (`table_bytes`), and the peak RSS above the RSS
+#: after imports (ru_maxrss), after the read and after normalize.
 NATIVE = """
 import json, resource, sys, time
 start = time.perf_counter()
+from benchmarks.ingest import table_bytes
 from kptrace.normalize import normalize
 from kptrace.read import read_any
 def rss():
@@ -144,15 +149,117 @@ read_peak = peak()
 events = normalize(raw)
 done = time.perf_counter()
 print(json.dumps({"import": imported - start, "read": read - imported, "normalize": done - read,
-                  "events": events.meta["event_count"], "rows_bytes": raw.rows.estimated_size(),
-                  "table_bytes": events.events.estimated_size(), "read_rss": read_peak - base,
+                  "events": events.meta["event_count"], "rows_bytes": table_bytes(raw.rows),
+                  "table_bytes": table_bytes(events.events), "read_rss": read_peak - base,
                   "total_rss": peak() - base}))
 """
 
 
+def table_bytes(frame) -> int:
+    """Bytes of every buffer a Polars frame holds, each byte once.
+
+    Polars' `estimated_size()` is not that: for a String column it counts the text bytes but
+    not the 16-byte view every row has (a null or short string costs 16 B, counted as ~0), and
+    it counts a repeated value's text once per row though the rows share one buffer. The frame
+    as Arrow (zero-copy) lists the real buffers; chunks that slice one buffer (Arrow reports
+    each slice's buffer from the same start address) are counted as the union of their address
+    ranges. Checked against RSS: a 1 M-event table read back from Parquet holds 228.0 B/event of
+    buffers and grew the process's anonymous RSS by 231.2 B/event (`estimated_size()` said
+    155.6; pyarrow's own `get_total_buffer_size()` undercounts sliced chunks); the table as
+    read_any and normalize build it holds 219.2 B/event, and the anonymous RSS they leave behind
+    is 243 B/event once freed memory is returned (malloc_trim, 12 s for Polars' allocator).
+    """
+    import polars as pl
+
+    spans = []
+    for column in frame.to_arrow(compat_level=pl.CompatLevel.newest()).columns:
+        for chunk in column.chunks:
+            arrays = [chunk, *([chunk.dictionary] if hasattr(chunk, "dictionary") else [])]
+            spans += [(b.address, b.address + b.size) for a in arrays for b in a.buffers() if b is not None]
+    total, end = 0, 0
+    for start, stop in sorted(spans):
+        total += max(stop - max(start, end), 0)
+        end = max(end, stop)
+    return total
+
+
+#: Name columns that repeat a few values (a Categorical holds a 4-byte code per row, not a view).
+NAME_COLUMNS = ("comm", "irq_name", "prev_comm", "next_comm", "task_comm", "prev_state")
+#: Integer columns whose values fit a narrower type on any machine (fd < 2^31, vectors < 256,
+#: NAPI work and budget < 2^15).
+NARROWER = {"fd": "Int32", "vector": "Int16", "napi_work": "Int16", "napi_budget": "Int16"}
+#: Event families that could each have their own table (the rest keep the wide one's columns).
+FAMILIES = {
+    "sched_switch": ("sched_switch",), "wakeups": ("sched_wakeup", "sched_waking", "sched_migrate_task"),
+    "irq": ("irq_handler_entry", "irq_handler_exit"), "softirq": ("softirq_raise", "softirq_entry", "softirq_exit"),
+    "net": ("napi_poll", "netif_receive_skb", "netif_rx", "net_dev_xmit"),
+}
+
+
+def split_bytes(events, side: dict[str, list[str]] | None = None, fields_aside: bool = False) -> int:
+    """Bytes of the event table split into a main table and side tables of the rows each
+    family has, keyed by a UInt32 row number: a side table keeps only the columns its family
+    fills; `fields_aside` puts the `fields` text of rows that have it in a side table too;
+    columns null in every row of the main table are dropped from it."""
+    import polars as pl
+
+    events = events.with_row_index("row")
+    sides, moved = [], {"row"}
+    for family, names in (side or {}).items():
+        rows = events.filter(pl.col("event").cast(pl.String).is_in(names))
+        kept = [c for c in rows.columns if c not in (*BASE_COLUMNS, "row") and rows[c].null_count() < rows.height]
+        sides.append(rows.select("row", *kept))
+        moved |= set(kept)
+    if fields_aside:
+        sides.append(events.filter(pl.col("fields").is_not_null()).select("row", "fields"))
+        moved.add("fields")
+    main = events.select([c for c in events.columns if c not in moved or c in BASE_COLUMNS])
+    main = main.select([c for c in main.columns if main[c].null_count() < main.height])
+    return sum(table_bytes(t) for t in [main, *sides])
+
+
+#: What every event has, in the main table whatever the split.
+BASE_COLUMNS = ("ts", "cpu", "tid", "comm", "subsystem", "event", "irqs_off", "bh_off", "need_resched",
+                "in_hardirq", "in_softirq", "in_nmi", "preempt_depth")
+
+
+def schema_sizes(path: Path) -> None:
+    """Bytes per event of the normalized event table of `path`, today and under candidate
+    schema changes, each measured on that table (cast or split), string views counted."""
+    import polars as pl
+
+    from kptrace.normalize import normalize
+    from kptrace.read import read_any
+
+    events = normalize(read_any(path)).events
+    n = events.height
+    names = events.with_columns([pl.col(c).cast(pl.Categorical) for c in NAME_COLUMNS if c in events.columns])
+    narrow = names.with_columns([pl.col(c).cast(getattr(pl, t)) for c, t in NARROWER.items() if c in events.columns])
+    without_null = narrow.select([c for c in narrow.columns if narrow[c].null_count() < n])
+    families = {**FAMILIES, "syscalls": tuple(e for e in events["event"].cast(pl.String).unique().to_list()
+                                               if e.startswith("sys_"))}
+    rows = [
+        ("today", table_bytes(events)),
+        ("names as Categorical", table_bytes(names)),
+        ("+ fd Int32, vector/napi_work/napi_budget Int16", table_bytes(narrow)),
+        (f"+ columns null in every row dropped (here {', '.join(sorted(set(narrow.columns) - set(without_null.columns)))})",
+         table_bytes(without_null)),
+        ("+ `fields` in a side table (UInt32 row, text)", split_bytes(narrow, fields_aside=True)),
+        ("+ one side table per family (" + ", ".join(families) + ")", split_bytes(narrow, families, fields_aside=True)),
+        ("today's types, `fields` in a side table", split_bytes(events, fields_aside=True)),
+        ("today's types, one side table per family and `fields` aside", split_bytes(events, families, fields_aside=True)),
+    ]
+    print(f"{path.name}: {n} events; bytes per event = every Arrow buffer (string views included, shared buffers once)")
+    print("| event table | B/event |\n|---|---|")
+    for label, size in rows:
+        print(f"| {label} | {size / n:.1f} |")
+
+
 def native_run(path: Path) -> dict:
+    root = Path(__file__).resolve().parent.parent  # so `benchmarks.ingest` imports in the child
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(root)]))}
     result = subprocess.run([sys.executable, "-c", NATIVE, str(path.resolve())], check=True,
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, env=env)
     return json.loads(result.stdout)
 
 
@@ -200,7 +307,8 @@ def native(dat: Path, raw: Path | None, texts: dict[str, Path], perf_data: Path 
     report = statistics.median(runs["trace-cmd report > /dev/null"])
     events = runs["trace.dat (native)"][0]["events"]
     print(f"trace.dat: {events} events, {dat.stat().st_size / 1e6:.1f} MB; {repeats} alternating runs, medians; "
-          f"import time excluded; B/event = Polars estimated_size of the normalized event table / events; "
+          f"import time excluded; table B/event = every Arrow buffer of the normalized event table (string "
+          f"views included, shared buffers once) / events; "
           f"RSS/event = peak RSS above the post-import RSS / events")
     print(f"| input | events | read s | read M ev/s | x trace-cmd | +normalize s | table B/ev | read RSS B/ev | total RSS B/ev |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -248,9 +356,13 @@ def main() -> None:
     parser.add_argument("--raw", type=Path, help="with --native: a raw/ pages directory (default: made from --dat)")
     parser.add_argument("--perf", type=Path, help="with --native: a perf script text file to time too")
     parser.add_argument("--perf-data", type=Path, help="with --native: the perf.data to time `perf script` on")
+    parser.add_argument("--sizes", action="store_true", help="bytes per event of --dat's table under candidate schemas")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kptrace-bench-"))
     try:
+        if args.sizes:
+            schema_sizes(args.dat)
+            return
         if args.native:
             texts = {**({"tracefs text": args.text} if args.text else {}),
                      **({"perf script text": args.perf} if args.perf else {})}

@@ -265,3 +265,42 @@ def test_a_four_byte_commit_word_page_layout_decodes_to_the_same_rows(name, tmp_
     assert capture.header.commit_size == 8
     little = decode(capture)
     assert decode(_four_byte_commit(capture)).equals(little)
+
+
+def _with_lost_events(capture, every: int = 3):
+    """The capture with every `every`-th page's header saying events were lost before it (the
+    missed-events bit of the commit word, count not stored), as a kernel marks a page after an
+    overrun (derived from the real recording, not recorded)."""
+    import dataclasses
+
+    import numpy as np
+
+    from kptrace.read.pages import _MISSED_EVENTS
+
+    h = capture.header
+    buffers = []
+    for name, per_cpu in capture.buffers:
+        out = []
+        for cpu, blob in per_cpu:
+            pages = np.frombuffer(blob[: len(blob) // h.page_size * h.page_size], np.uint8).reshape(-1, h.page_size)
+            pages = pages.copy()
+            commit = pages[::every, h.commit_offset: h.commit_offset + 8].copy().view("<u8")
+            pages[::every, h.commit_offset: h.commit_offset + 8] = (commit | _MISSED_EVENTS).view(np.uint8)
+            out.append((cpu, pages.tobytes()))
+        buffers.append((name, out))
+    return dataclasses.replace(capture, buffers=buffers)
+
+
+def test_lost_events_markers_leave_every_record_row_as_read_without_them(tmp_path):
+    from kptrace.read.binary import decode
+    from kptrace.read.source import read_bytes
+    from kptrace.read.tracedat import read_tracedat
+
+    capture = read_tracedat(read_bytes(_unpacked("v7-zstd.dat", tmp_path)).data)
+    plain = decode(capture)
+    marked = decode(_with_lost_events(capture))
+    markers = marked.filter(pl.col("event") == "lost_events")
+    assert markers.height > 0 and markers.select(*FLAGS, "value").null_count().row(0) == (markers.height,) * 8
+    records = marked.filter(pl.col("event") != "lost_events").drop("seq", "value")
+    assert plain["irqs_off"].sum() > 0 and plain["in_hardirq"].sum() > 0  # flags set, so a wrong bit shows
+    assert records.equals(plain.drop("seq", *(["value"] if "value" in plain.columns else [])))

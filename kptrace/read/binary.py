@@ -17,7 +17,8 @@ import pyarrow as pa
 
 from kptrace.read.fields import VECTOR_HANDLERS, state_letters
 from kptrace.read.formats import EventFormat, Field, FormatTable, PageHeader
-from kptrace.read.pages import Pages, Records, byte_matrix, join_pages, read_field_bytes, read_field_ints, walk
+from kptrace.read.pages import (MAX_SPAN, Pages, Records, byte_matrix, gathered, join_pages, read_field_bytes,
+                                read_field_ints, read_fields_native, record_span, walk)
 from kptrace.schema import EVENT_SCHEMA, SOFTIRQ_NAMES
 
 # Bits of a record's common_flags (kernel trace_entry flags, include/linux/trace_events.h).
@@ -51,34 +52,58 @@ def parse_cmdlines(text: str) -> dict[int, str]:
 def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct values and each value's index among them, without sorting every value: a
     trace repeats a few tasks, names and sizes a million times. Integers in a small range are
-    counted in a bitmap; byte strings are grouped by a hash, checked exactly afterwards."""
+    counted in a bitmap; others are hashed (Arrow's dictionary encoding), byte strings by a
+    digest of their words, checked exactly afterwards."""
     if values.dtype.kind == "i" and len(values) and int(values.max()) - int(values.min()) < 1 << 22:
         low = values.min()
         present = np.zeros(int(values.max() - low) + 1, dtype=bool)
         present[values - low] = True
         return np.flatnonzero(present) + low, (np.cumsum(present) - 1)[values - low].astype(np.uint32)
     if values.dtype.kind != "S" or not len(values):
-        distinct, which = np.unique(values, return_inverse=True)
-        return distinct, which.astype(np.uint32).ravel()
+        first, which = _first_seen(values)
+        return values[first], which
     width = -(-values.itemsize // 8) * 8
     words = np.zeros((len(values), width), dtype=np.uint8)
     words[:, : values.itemsize] = values.view(np.uint8).reshape(len(values), -1)
     digest = np.zeros(len(values), dtype=np.uint64)
     for column in words.view(np.uint64).T:
         digest = (digest ^ column) * np.uint64(0x100000001B3)
-    _, first, which = np.unique(digest, return_index=True, return_inverse=True)
+    first, which = _first_seen(digest)
     if not (values[first][which] == values).all():  # two contents shared a hash: sort them instead
         distinct, which = np.unique(values, return_inverse=True)
         return distinct, which.astype(np.uint32).ravel()
-    return values[first], which.astype(np.uint32).ravel()
+    return values[first], which
 
 
-def _text(values: np.ndarray) -> pl.Series:
+def _first_seen(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each distinct key is first seen, and each key's index among the distinct ones
+    (numbered in order of first appearance, so a key's first place is where the running
+    maximum of the indexes grows)."""
+    which = np.asarray(pa.array(keys).dictionary_encode().indices).astype(np.uint32)
+    seen = np.maximum.accumulate(which)
+    grows = np.ones(len(which), dtype=bool)
+    grows[1:] = seen[1:] > seen[:-1]
+    return np.flatnonzero(grows), which
+
+
+@dataclass
+class _Coded:
+    """Values of many records as their distinct values and each record's index among them: a
+    text column is built from its codes in one gather at full length, not once per event type."""
+
+    distinct: pl.Series
+    codes: np.ndarray  # uint32 index into distinct, one per record
+
+    def values(self) -> pl.Series:
+        return self.distinct.gather(self.codes)
+
+
+def _text(values: np.ndarray) -> _Coded:
     """NUL-cut byte strings as text, each distinct value decoded once (invalid UTF-8, a damaged
     record, with U+FFFD)."""
     distinct, which = _distinct(values)
     names = pl.Series([v.partition(b"\0")[0].decode("utf-8", "replace") for v in distinct.tolist()], dtype=pl.String)
-    return names.gather(which)
+    return _Coded(names, which)
 
 
 def _int(pages: Pages, pos: np.ndarray, fmt: EventFormat, name: str) -> np.ndarray | None:
@@ -86,7 +111,7 @@ def _int(pages: Pages, pos: np.ndarray, fmt: EventFormat, name: str) -> np.ndarr
     return read_field_ints(pages, pos, f) if f is not None and not f.is_array else None
 
 
-def _str(pages: Pages, pos: np.ndarray, fmt: EventFormat, name: str) -> pl.Series | None:
+def _str(pages: Pages, pos: np.ndarray, fmt: EventFormat, name: str) -> _Coded | None:
     f = fmt.field(name)
     return _text(read_field_bytes(pages, pos, f)) if f is not None and f.is_text else None
 
@@ -108,8 +133,9 @@ def _softirq(p, pos, fmt):
     vec = _int(p, pos, fmt, "vec")
     if vec is None:
         return {"softirq_vec": None, "softirq": None}
-    unknown = (vec < 0) | (vec >= len(SOFTIRQ_NAMES))
-    return {"softirq_vec": vec, "softirq": _SOFTIRQS.gather(_masked(np.where(unknown, 0, vec).astype(np.uint32), unknown))}
+    known = (vec >= 0) & (vec < len(SOFTIRQ_NAMES))
+    codes = np.where(known, vec, len(SOFTIRQ_NAMES)).astype(np.uint32)  # an unknown vector: the null entry
+    return {"softirq_vec": vec, "softirq": _Coded(_SOFTIRQS, codes)}
 
 
 def _napi(p, pos, fmt):
@@ -126,10 +152,16 @@ def _sched_switch(p, pos, fmt):
     return {
         "prev_comm": _str(p, pos, fmt, "prev_comm"), "prev_pid": _int(p, pos, fmt, "prev_pid"),
         "prev_prio": _int(p, pos, fmt, "prev_prio"),
-        "prev_state": None if state is None else pl.select(state_letters(pl.lit(pl.Series(state)))).to_series(),
+        "prev_state": None if state is None else _state_text(state),
         "next_comm": _str(p, pos, fmt, "next_comm"), "next_pid": _int(p, pos, fmt, "next_pid"),
         "next_prio": _int(p, pos, fmt, "next_prio"),
     }
+
+
+def _state_text(state: np.ndarray) -> _Coded:
+    """prev_state letters, made once per distinct state number."""
+    distinct, which = _distinct(state)
+    return _Coded(pl.select(state_letters(pl.lit(pl.Series(distinct)))).to_series(), which)
 
 
 def _sched_task(p, pos, fmt):
@@ -158,7 +190,7 @@ def _field_text(p: Pages, pos: np.ndarray, f: Field) -> pl.Series:
     """One field of every record as text: strings as they are, integers in decimal (a u64 as
     unsigned), other arrays in hex."""
     if f.is_text:
-        return _text(read_field_bytes(p, pos, f))
+        return _text(read_field_bytes(p, pos, f)).values()
     if f.is_array or f.size not in (1, 2, 4, 8):
         return pl.from_arrow(pa.array(read_field_bytes(p, pos, f))).bin.encode("hex")
     ints = read_field_ints(p, pos, f)
@@ -172,11 +204,11 @@ def _generic(p: Pages, pos: np.ndarray, fmt: EventFormat) -> dict:
     """`name=value ...` of every field, for events without typed columns. Records repeat (the
     same flags, devices, sizes): the text is made once per distinct record content."""
     if not fmt.own_fields:
-        return {"fields": pl.repeat("", len(pos), dtype=pl.String, eager=True)}
+        return {"fields": _Coded(pl.Series([""]), np.zeros(len(pos), dtype=np.uint32))}
     distinct, which = _distinct(_record_content(p, pos, fmt.own_fields))
     example = np.zeros(len(distinct), dtype=np.int64)
     example[which] = np.arange(len(pos))  # any record with that content
-    return {"fields": _fields_text(p, pos[example], fmt).gather(which)}
+    return {"fields": _Coded(_fields_text(p, pos[example], fmt), which)}
 
 
 def _record_content(p: Pages, pos: np.ndarray, fields: tuple[Field, ...]) -> np.ndarray:
@@ -230,12 +262,18 @@ def _extractor(fmt: EventFormat) -> _Extractor:
     return _generic
 
 
-def _masked(values: np.ndarray, null: np.ndarray) -> pl.Series:
-    """A Series of `values`, null where `null` is set."""
-    return pl.from_arrow(pa.array(values, mask=null)) if null.any() else pl.Series(values)
+def _masked(values: np.ndarray, valid: np.ndarray) -> pl.Series:
+    """A Series of `values`, null where `valid` is not set (the validity bitmap made from the
+    mask directly, the values not copied)."""
+    if valid.all():
+        return pl.Series(values)
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    data = np.packbits(values, bitorder="little") if values.dtype == bool else values  # Arrow booleans are bits
+    return pl.from_arrow(pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values),
+                                               [bitmap, pa.py_buffer(data)]))
 
 
-_SOFTIRQS = pl.Series(SOFTIRQ_NAMES, dtype=pl.Categorical)
+_SOFTIRQS = pl.Series([*SOFTIRQ_NAMES, None], dtype=pl.Categorical)  # an unknown vector: null
 
 
 def _flags(flags: np.ndarray, preempt: np.ndarray) -> dict[str, np.ndarray]:
@@ -257,8 +295,10 @@ def _common(pages: Pages, rec: Records, formats: FormatTable) -> dict[str, np.nd
     fields = {n: sample.field(n) for n in need} if sample else {}
     if not fields or any(f is None for f in fields.values()):
         raise ValueError("event formats lack the common fields (common_type, common_pid, ...)")
-    values = {n: read_field_ints(pages, rec.pos, f) for n, f in fields.items()}
-    return {"tid": values["common_pid"].astype(np.int32), "type": values["common_type"],
+    if any(f.size not in (1, 2, 4, 8) for f in fields.values()):
+        raise ValueError("event formats give a common field a size other than 1, 2, 4 or 8 bytes")
+    values = dict(zip(fields, read_fields_native(pages, rec.pos, list(fields.values()))))
+    return {"tid": values["common_pid"].astype(np.int32), "type": values["common_type"].astype(np.int64),
             **_flags(values["common_flags"], values["common_preempt_count"])}
 
 
@@ -267,8 +307,9 @@ class _Rows:
     """Where every record and every lost-events marker goes in the time-ordered table."""
 
     ts: np.ndarray  # of every row
-    record_row: np.ndarray  # the row of each record (records in page order)
-    marker_row: np.ndarray  # the row of each lost-events marker
+    record_row: np.ndarray  # the row of each record (records in time order, so ascending)
+    marker_row: np.ndarray  # the row of each lost-events marker (in the order of Records.missed_pages)
+    record_order: np.ndarray  # the page-order index of each record, in time order
 
     @property
     def count(self) -> int:
@@ -287,49 +328,108 @@ def _time_order(pages: Pages, rec: Records) -> _Rows:
     slot_ts = np.insert(rec.ts, after, marker_ts)  # slots in page order, each marker before its record
     is_marker = np.insert(np.zeros(len(rec.ts), dtype=bool), after, True)
     order = np.argsort(slot_ts, kind="stable")
-    row_of_slot = np.empty(len(order), dtype=np.int64)
-    row_of_slot[order] = np.arange(len(order))
-    return _Rows(ts=slot_ts[order], record_row=row_of_slot[~is_marker], marker_row=row_of_slot[is_marker])
+    marker_at = is_marker[order]
+    record_of_slot = np.cumsum(~is_marker) - 1
+    marker_row = np.empty(len(after), dtype=np.int64)  # in the order of rec.missed_pages
+    marker_row[(np.cumsum(is_marker) - 1)[order[marker_at]]] = np.flatnonzero(marker_at)
+    return _Rows(ts=slot_ts[order], record_row=np.flatnonzero(~marker_at), marker_row=marker_row,
+                 record_order=record_of_slot[order[~marker_at]])
 
 
-def _placed(rows: _Rows, at: np.ndarray, values: pl.Series) -> pl.Series:
-    """`values` put at rows `at` of a table column, null elsewhere."""
-    empty = np.ones(rows.count, dtype=bool)
-    empty[at] = False
-    if (values.dtype.is_numeric() or values.dtype == pl.Boolean) and not values.null_count():
-        full = np.zeros(rows.count, dtype=values.to_numpy().dtype)
-        full[at] = values.to_numpy()
-        return _masked(full, empty) if len(at) < rows.count else pl.Series(full)
+def _in_time_order(rec: Records, rows: _Rows) -> Records:
+    """The records reordered as the table's rows hold them."""
+    order = rows.record_order
+    return Records(page=rec.page[order], pos=rec.pos[order], ts=rec.ts[order], missed_pages=rec.missed_pages,
+                   missed_counts=rec.missed_counts, missed_ts=rec.missed_ts)
+
+
+def _numbers(rows: _Rows, pieces: list[tuple[np.ndarray, np.ndarray]], kind: np.dtype) -> pl.Series:
+    """A numeric column of numpy type `kind` from (rows, values) pieces, null elsewhere; a
+    value out of the type's range is null, as a non-strict cast makes it."""
+    if len(pieces) == 1 and len(pieces[0][0]) == rows.count and _fits(pieces[0][1], kind):
+        return pl.Series(pieces[0][1].astype(kind, copy=False))  # every row, in order
+    full = np.zeros(rows.count, dtype=kind)
+    valid = np.zeros(rows.count, dtype=bool)
+    for at, values in pieces:
+        if _fits(values, kind):
+            full[at] = values
+            valid[at] = True
+        else:
+            bounds = np.iinfo(kind)
+            fits = (values >= bounds.min) & (values <= bounds.max)
+            full[at[fits]] = values[fits]
+            valid[at[fits]] = True
+    return _masked(full, valid)
+
+
+def _fits(values: np.ndarray, kind: np.dtype) -> bool:
+    """Every value is in the range of numpy type `kind`."""
+    if kind.kind != "i" or kind.itemsize >= values.itemsize or not len(values):
+        return True
+    bounds = np.iinfo(kind)
+    return bool(values.min() >= bounds.min and values.max() <= bounds.max)
+
+
+def _texts(rows: _Rows, pieces: list[tuple[np.ndarray, _Coded]], dtype: pl.DataType) -> pl.Series:
+    """A text column from (rows, coded values) pieces, null elsewhere: one gather of all the
+    pieces' distinct values by a full-length index."""
+    distinct = pl.concat([coded.distinct.cast(dtype, strict=False) for _, coded in pieces], rechunk=True)
     where = np.zeros(rows.count, dtype=np.uint32)
-    where[at] = np.arange(len(at), dtype=np.uint32)
-    return values.gather(_masked(where, empty))
+    valid = np.zeros(rows.count, dtype=bool)
+    offset = 0
+    for at, coded in pieces:
+        where[at] = coded.codes + np.uint32(offset)
+        valid[at] = True
+        offset += len(coded.distinct)
+    return distinct.gather(_masked(where, valid))
+
+
+def _numpy_type(column: str, values: np.ndarray) -> np.dtype:
+    """The numpy type of a table column (the schema's, else the values' own)."""
+    dtype = EVENT_SCHEMA.get(column)
+    return values.dtype if dtype is None else pl.Series(dtype=dtype).to_numpy().dtype
+
+
+def _compact(pages: Pages, pos: np.ndarray, fmt: EventFormat) -> tuple[Pages, np.ndarray]:
+    """One event type's records side by side, unless one spans past MAX_SPAN or the copy would
+    outgrow the pages themselves (damaged records claiming long arrays): their fields are then
+    read where they are, so a hostile file cannot make the copy many times its size."""
+    span = record_span(pages, pos, fmt.fields)
+    fits = span <= MAX_SPAN and len(pos) * span <= len(pages.data)
+    return gathered(pages, pos, span) if fits else (pages, pos)
 
 
 def _record_columns(pages: Pages, rec: Records, rows: _Rows, formats: FormatTable) -> dict[str, pl.Series]:
-    """Common and typed columns of every record, each built once at full length."""
+    """Common and typed columns of every record (`rec` in time order), each built once at
+    full length."""
     common = _common(pages, rec, formats)
     types = common.pop("type")
-    out = {name: _placed(rows, rows.record_row, pl.Series(values)) for name, values in common.items()}
-    order = np.argsort(types, kind="stable")
-    ids, starts = np.unique(types[order], return_index=True)
-    bounds = np.append(starts, len(order))
-    parts: dict[str, list[tuple[np.ndarray, pl.Series]]] = {}
+    out = {name: _numbers(rows, [(rows.record_row, values)], values.dtype) for name, values in common.items()}
+    order = np.argsort(types.astype(np.uint16) if types.max(initial=0) < 1 << 16 else types, kind="stable")
+    grouped = types[order]
+    first = np.ones(len(grouped), dtype=bool)
+    first[1:] = grouped[1:] != grouped[:-1]
+    starts = np.flatnonzero(first)
+    ids, bounds = grouped[starts], np.append(starts, len(order))
+    kind = np.empty(len(order), dtype=np.uint32)  # each record's type, as an index into ids
+    kind[order] = np.cumsum(first) - 1
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray | _Coded]]] = {}
     names, systems = [], []
     for i, ident in enumerate(ids):
         records = order[bounds[i]: bounds[i + 1]]
         fmt = formats.get(int(ident))
         names.append(fmt.name if fmt else f"unknown_event_{ident}")
         systems.append(fmt.system if fmt else "unknown")
-        columns = _extractor(fmt)(pages, rec.pos[records], fmt) if fmt else {}
+        columns = _extractor(fmt)(*_compact(pages, rec.pos[records], fmt), fmt) if fmt else {}
         for column, values in columns.items():
             if values is not None:
-                series = pl.Series(values) if isinstance(values, np.ndarray) else values
-                parts.setdefault(column, []).append((rows.record_row[records], series.cast(
-                    EVENT_SCHEMA.get(column, series.dtype), strict=False)))
+                parts.setdefault(column, []).append((rows.record_row[records], values))
     for column, pieces in parts.items():
-        at = np.concatenate([a for a, _ in pieces])
-        out[column] = _placed(rows, at, pl.concat([v for _, v in pieces]))
-    kind = np.searchsorted(ids, types).astype(np.uint32)  # each record's type, as an index into ids
+        sample = pieces[0][1]
+        if isinstance(sample, _Coded):
+            out[column] = _texts(rows, pieces, EVENT_SCHEMA.get(column, sample.distinct.dtype))
+        else:
+            out[column] = _numbers(rows, pieces, _numpy_type(column, sample))
     for column, labels in (("event", names), ("subsystem", systems)):
         labels = pl.Series([*labels, "lost_events" if column == "event" else "kptrace"], dtype=pl.Categorical)
         where = np.full(rows.count, len(ids), dtype=np.uint32)
@@ -343,7 +443,7 @@ def _comm(tid: np.ndarray, null: np.ndarray, comms: dict[int, str]) -> pl.Series
     each distinct task looked up once."""
     distinct, which = _distinct(tid)
     names = pl.Series(["<idle>" if t == 0 else comms.get(t, "<...>") for t in distinct.tolist()], dtype=pl.Categorical)
-    return names.gather(_masked(which, null))
+    return names.gather(_masked(which, ~null))
 
 
 def decode(capture: Capture) -> pl.DataFrame:
@@ -357,6 +457,7 @@ def decode(capture: Capture) -> pl.DataFrame:
     if not len(capture.formats) or not len(rec.pos):
         return pl.DataFrame()
     rows = _time_order(pages, rec)
+    rec = _in_time_order(rec, rows)
     columns = _record_columns(pages, rec, rows, capture.formats)
     cpu = np.empty(rows.count, dtype=np.int16)
     cpu[rows.record_row] = pages.cpu[rec.page]
@@ -365,7 +466,8 @@ def decode(capture: Capture) -> pl.DataFrame:
     marker[rows.marker_row] = True
     if len(rows.marker_row):
         count = rec.missed_counts
-        columns["value"] = _placed(rows, rows.marker_row, _masked(count, count < 0))
+        counted = count >= 0
+        columns["value"] = _numbers(rows, [(rows.marker_row[counted], count[counted])], count.dtype)
     return pl.DataFrame({
         "ts": rows.ts, "cpu": cpu, **columns,
         "seq": np.arange(1, rows.count + 1, dtype=np.int64),

@@ -16,6 +16,10 @@ import numpy as np
 from kptrace.read.formats import Field, PageHeader
 
 PADDING, TIME_EXTEND, TIME_STAMP = 29, 30, 31
+#: Zero bytes after the last page: reading the last header word, or a record's span up to
+#: MAX_SPAN bytes, never runs past the data.
+MAX_SPAN = 1024
+SLACK = MAX_SPAN + 8
 _MAX_DATA_TYPE = 28
 _TS_SHIFT = 27
 _MISSED_EVENTS = 1 << 31
@@ -27,7 +31,7 @@ _COMMIT_MASK = (1 << 27) - 1
 class Pages:
     """Whole pages of one or more per-CPU buffers, in one flat byte array."""
 
-    data: np.ndarray  # uint8, n_pages * page_size, plus 8 bytes of slack for the last header word
+    data: np.ndarray  # uint8, n_pages * page_size, then SLACK zero bytes
     cpu: np.ndarray  # int16 per page
     header: PageHeader
     byte_order: str  # "<" or ">"
@@ -53,7 +57,7 @@ def join_pages(blobs: list[tuple[int, bytes]], header: PageHeader, byte_order: s
     """Per-CPU byte strings (whole pages) as one array; a torn last page is dropped."""
     size = header.page_size
     whole = [(cpu, blob[: len(blob) // size * size]) for cpu, blob in blobs]
-    data = np.frombuffer(b"".join([*(b for _, b in whole), bytes(8)]), dtype=np.uint8)  # one copy
+    data = np.frombuffer(b"".join([*(b for _, b in whole), bytes(SLACK)]), dtype=np.uint8)  # one copy
     cpu = np.concatenate([np.full(len(b) // size, c, dtype=np.int16) for c, b in whole] or [np.zeros(0, np.int16)])
     return Pages(data=data, cpu=cpu, header=header, byte_order=byte_order)
 
@@ -68,8 +72,7 @@ def read_uint(data: np.ndarray, pos: np.ndarray, size: int, byte_order: str, sig
     aligned = min(size, 4)
     if len(pos) and not (pos & (aligned - 1)).any():
         return _aligned(data, pos, size, byte_order, kind)
-    raw = data[pos[:, None] + np.arange(size)]
-    return np.ascontiguousarray(raw).view(f"{byte_order}{kind}{size}").ravel().astype(np.int64)
+    return byte_matrix(data, pos, size).view(f"{byte_order}{kind}{size}").ravel().astype(np.int64)
 
 
 def _aligned(data: np.ndarray, pos: np.ndarray, size: int, byte_order: str, kind: str) -> np.ndarray:
@@ -77,9 +80,10 @@ def _aligned(data: np.ndarray, pos: np.ndarray, size: int, byte_order: str, kind
     8-byte fields are read as two 4-byte halves)."""
     if size <= 4:
         view = data[: len(data) // size * size].view(f"{byte_order}{kind}{size}")
-        return view[pos // size].astype(np.int64)
+        return view[pos >> (size.bit_length() - 1)].astype(np.int64)
     words = data[: len(data) // 4 * 4].view(f"{byte_order}u4")
-    first, second = words[pos // 4].astype(np.uint64), words[pos // 4 + 1].astype(np.uint64)
+    index = pos >> 2
+    first, second = words[index].astype(np.uint64), words[index + 1].astype(np.uint64)
     low, high = (first, second) if byte_order == "<" else (second, first)
     return (low | (high << np.uint64(32))).view(np.int64)
 
@@ -104,25 +108,24 @@ def _record_words(pages: Pages, size: np.ndarray) -> np.ndarray:
 
     One iteration reads the next record of every page that still has one, and marks where it
     starts; the marks, read back in address order, are every record in page order (pages are
-    disjoint and a page's records only move forward), so no sort is needed.
+    disjoint and a page's records only move forward), so no sort is needed. The pages still
+    being walked are kept packed, so each step touches only them.
     """
     words = pages.data[: len(pages.data) // 4 * 4].view(f"{pages.byte_order}u4")
     start = np.arange(pages.count, dtype=np.int64) * pages.header.page_size + pages.header.data_offset
-    end = start + size
-    pos = start.copy()
-    active = np.flatnonzero(pos < end)
+    busy = size > 0
+    pos, end = start[busy], start[busy] + size[busy]
     starts = np.zeros(len(words), dtype=bool)
-    while active.size:
-        p = pos[active]
-        starts[p >> 2] = True
-        type_len, delta = _split_word(words[p >> 2].astype(np.int64), pages.byte_order)
-        array = words[(p >> 2) + 1].astype(np.int64)
-        nxt = np.where(type_len == 0, p + 8 + ((array - 4 + 3) & ~3), p + 4 + type_len * 4)
-        nxt = np.where(type_len == PADDING, np.where(delta == 0, end[active], p + 4 + array), nxt)
-        nxt = np.where(type_len >= TIME_EXTEND, p + 8, nxt)
-        nxt = np.where(nxt > p, nxt, end[active])  # a corrupt length ends its page, never loops
-        pos[active] = nxt
-        active = active[nxt < end[active]]
+    while pos.size:
+        word = pos >> 2
+        starts[word] = True
+        type_len, delta = _split_word(words[word].astype(np.int64), pages.byte_order)
+        array = words[word + 1].astype(np.int64)
+        nxt = np.where(type_len == 0, pos + 8 + ((array - 4 + 3) & ~3), pos + 4 + type_len * 4)
+        nxt = np.where(type_len == PADDING, np.where(delta == 0, end, pos + 4 + array), nxt)
+        nxt = np.where(type_len >= TIME_EXTEND, pos + 8, nxt)
+        going = (nxt > pos) & (nxt < end)  # a corrupt length ends its page, never loops
+        pos, end = nxt[going], end[going]
     return np.flatnonzero(starts)
 
 
@@ -170,11 +173,49 @@ def walk(pages: Pages) -> Records:
 
 
 def byte_matrix(data: np.ndarray, start: np.ndarray, width: int) -> np.ndarray:
-    """`width` bytes from each offset in `start`, one row each (bytes past the end read as 0)."""
-    index = start[:, None] + np.arange(width)
+    """`width` bytes from each offset in `start`, one row each (bytes past the end read as 0).
+
+    The data is seen as overlapping `width`-byte items, one starting at every byte, so taking
+    the rows is one gather of whole items rather than of `width` separate bytes each."""
     if len(start) and (start.min() < 0 or start.max() + width > len(data)):
+        index = start[:, None] + np.arange(width)
         return np.where((index >= 0) & (index < len(data)), data[np.clip(index, 0, len(data) - 1)], 0).astype(np.uint8)
-    return data[index]
+    if width > len(data):
+        return np.zeros((0, width), dtype=np.uint8)
+    items = np.ndarray(buffer=data, dtype=f"V{width}", shape=(len(data) - width + 1,), strides=(1,))
+    return items[start].view(np.uint8).reshape(len(start), width)
+
+
+def record_span(pages: Pages, pos: np.ndarray, fields: tuple[Field, ...]) -> int:
+    """Bytes from the start of these records that hold all their `fields`, dynamic arrays
+    included (as far as `read_field_bytes` reads them)."""
+    span = max((f.offset + f.size for f in fields), default=0)
+    for f in fields:
+        if f.is_dynamic and len(pos):
+            loc = read_uint(pages.data, pos + f.offset, 4, pages.byte_order)
+            start = (loc & 0xFFFF) + (f.offset + f.size if f.type.startswith("__rel_loc") else 0)
+            span = max(span, int((start + np.minimum(loc >> 16, 256)).max()))
+    return span
+
+
+def gathered(pages: Pages, pos: np.ndarray, span: int) -> tuple[Pages, np.ndarray]:
+    """The first `span` bytes of each record copied side by side (8-aligned, so each field keeps
+    its alignment), and their new offsets: one pass over scattered records, after which every
+    field of them is read from memory the cache already holds."""
+    stride = -(-span // 8) * 8
+    block = byte_matrix(pages.data, pos, stride).ravel()
+    data = np.concatenate([block, np.zeros(SLACK, dtype=np.uint8)])
+    return Pages(data=data, cpu=pages.cpu[:0], header=pages.header, byte_order=pages.byte_order), \
+        np.arange(len(pos), dtype=np.int64) * stride
+
+
+def read_fields_native(pages: Pages, pos: np.ndarray, fields: list[Field]) -> list[np.ndarray]:
+    """Several integer fields of every record, each in its own width, from one gather of the
+    bytes they span (the common fields every record starts with are read this way)."""
+    low = min(f.offset for f in fields)
+    block = byte_matrix(pages.data, pos + low, max(f.offset + f.size for f in fields) - low)
+    return [np.ascontiguousarray(block[:, f.offset - low: f.offset - low + f.size])
+            .view(f"{pages.byte_order}{'i' if f.signed else 'u'}{f.size}").ravel() for f in fields]
 
 
 def read_field_ints(pages: Pages, pos: np.ndarray, field: Field) -> np.ndarray:
@@ -190,9 +231,9 @@ def read_field_bytes(pages: Pages, pos: np.ndarray, field: Field, limit: int = 2
     else:
         start, length = pos + field.offset, np.full(len(pos), field.size, dtype=np.int64)
     width = int(min(max(int(length.max(initial=0)), 1), limit))
-    cols = np.arange(width)
     raw = byte_matrix(pages.data, start, width)
-    keep = cols < length[:, None]
+    keep = np.arange(width) < length[:, None]
     if field.is_text:
-        keep &= np.cumsum(raw == 0, axis=1) == 0
-    return np.ascontiguousarray(np.where(keep, raw, 0).astype(np.uint8)).view(f"S{width}").ravel()
+        keep &= np.logical_and.accumulate(raw != 0, axis=1)
+    raw[~keep] = 0
+    return raw.view(f"S{width}").ravel()

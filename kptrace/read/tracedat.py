@@ -71,8 +71,10 @@ class _Cursor:
 def _decompressor(name: str):
     """(packed bytes, unpacked size) -> bytes; a damaged chunk is a TraceDatError."""
     if name == "zstd":
+        zstd = zstandard.ZstdDecompressor()  # one context for every chunk
+
         def inflate(chunk: bytes, size: int) -> bytes:
-            return zstandard.ZstdDecompressor().decompress(chunk, max_output_size=size)
+            return zstd.decompress(chunk, max_output_size=size)
     elif name == "zlib":
         def inflate(chunk: bytes, size: int) -> bytes:
             return zlib.decompress(chunk)
