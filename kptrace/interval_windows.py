@@ -109,7 +109,7 @@ def _napi(rows: pl.DataFrame, carry: _Carry) -> pl.DataFrame:
     return made
 
 
-def _runs(rows: pl.DataFrame, carry: _Carry, last: bool) -> pl.DataFrame:
+def _task_runs(rows: pl.DataFrame, carry: _Carry, last: bool) -> pl.DataFrame:
     events = _stack([carry.task, rows])
     starts = _without(iv.run_boundaries(events.lazy()).collect(), carry.task)
     carry.task = _last(events.filter(iv.TASK_ROW), "cpu")
@@ -131,48 +131,68 @@ def _enclosed(points: pl.DataFrame, made: pl.DataFrame, kind: str) -> pl.Series:
     return points.join(found.select("raise_seq", "encloser"), on="raise_seq", how="left")["encloser"]
 
 
+def _candidates(rows: pl.DataFrame, made: pl.DataFrame, carry: _Carry) -> pl.DataFrame:
+    """The raises a run of this window or a later one can be credited with (each vector's
+    carried first raise, and this window's), each with the hard IRQ and softirq made so far
+    that encloses it (its `raised_in` candidates, by seq)."""
+    raises = rows.filter(_EVENT == "softirq_raise").select(
+        "cpu", name=pl.col("softirq").cast(pl.String), raise_seq="seq", raise_ts="ts")
+    carried = carry.raises.drop("after") if "raise_seq" in carry.raises.columns else pl.DataFrame()
+    candidates = _stack([carried, raises])
+    if not candidates.height:
+        return pl.DataFrame()
+    candidates = candidates.drop_nulls("raise_seq")
+    for kind, column in (("hardirq", "raised_hard"), ("softirq", "raised_soft")):
+        old = candidates[column] if column in candidates.columns else pl.lit(None, pl.UInt32)
+        candidates = candidates.with_columns(pl.coalesce(old, _enclosed(candidates, made, kind)).cast(pl.UInt32)
+                                             .alias(column))
+    return candidates.with_columns(pl.col("cpu").cast(pl.Int16), pl.col("raise_seq").cast(pl.UInt32))
+
+
+def _runs(rows: pl.DataFrame, before: pl.DataFrame | None) -> pl.DataFrame:
+    """The window's softirq runs, each with `after`: the seq of its vector's previous run on its
+    CPU (carried from an earlier window for the first), 0 when none."""
+    runs = rows.filter(_EVENT == "softirq_entry").select(
+        pl.col("cpu").cast(pl.Int16), name=pl.col("softirq").cast(pl.String), run_seq="seq")
+    runs = runs.sort("cpu", "name", "run_seq").with_columns(after=pl.col("run_seq").shift(1).over("cpu", "name"))
+    if before is not None and runs.height:
+        runs = runs.join(before.rename({"after": "carried"}), on=["cpu", "name"], how="left").with_columns(
+            after=pl.coalesce("after", "carried")).drop("carried")
+    return runs.with_columns(pl.col("after").fill_null(0).cast(pl.UInt32))
+
+
+def _raise_state(before: pl.DataFrame | None, runs: pl.DataFrame, candidates: pl.DataFrame) -> pl.DataFrame:
+    """Per (cpu, vector) after the window: the seq of its last run (`after`) and the first raise
+    since (inclusive, as [after, seq) is), with its enclosers."""
+    last_runs = runs.group_by("cpu", "name").agg(after=pl.col("run_seq").max()) if runs.height else None
+    known = [f for f in (before, last_runs, candidates) if f is not None and f.height]
+    if not known:
+        return pl.DataFrame()
+    state = _stack([f.select("cpu", "name") for f in known]).unique().with_columns(after=pl.lit(None, pl.UInt32))
+    for f in (before, last_runs):  # the latest run wins
+        if f is not None and f.height:
+            state = state.join(f.rename({"after": "a"}), on=["cpu", "name"], how="left").with_columns(
+                after=pl.coalesce("a", "after")).drop("a")
+    state = state.with_columns(pl.col("after").fill_null(0).cast(pl.UInt32))
+    if not candidates.height:
+        return state
+    first = (candidates.join(state, on=["cpu", "name"]).filter(pl.col("raise_seq") >= pl.col("after"))
+             .sort("raise_seq").group_by("cpu", "name", maintain_order=True).first().drop("after"))
+    return state.join(first, on=["cpu", "name"], how="left")
+
+
 def _credit(rows: pl.DataFrame, made: pl.DataFrame, carry: _Carry) -> None:
     """Credit each softirq run of the window with the first raise of its vector on its CPU since
     the previous run (intervals._raisers), and update the per-vector state."""
-    raises = rows.filter(_EVENT == "softirq_raise").select(
-        "cpu", name=pl.col("softirq").cast(pl.String), raise_seq="seq", raise_ts="ts")
-    candidates = _stack([carry.raises.drop("after") if carry.raises.height else pl.DataFrame(), raises])
-    candidates = candidates.drop_nulls("raise_seq") if candidates.height else candidates
-    if candidates.height:
-        for kind, column in (("hardirq", "raised_hard"), ("softirq", "raised_soft")):
-            found = _enclosed(candidates, made, kind)
-            old = candidates[column] if column in candidates.columns else pl.repeat(None, candidates.height, dtype=pl.UInt32, eager=True)
-            candidates = candidates.with_columns(pl.coalesce(old, found).cast(pl.UInt32).alias(column))
-        candidates = candidates.with_columns(pl.col("cpu").cast(pl.Int16), raise_seq=pl.col("raise_seq").cast(pl.UInt32))
-    runs = rows.filter(_EVENT == "softirq_entry").select(pl.col("cpu").cast(pl.Int16), name=pl.col("softirq").cast(pl.String), run_seq="seq")
+    candidates = _candidates(rows, made, carry)
     before = carry.raises.select("cpu", "name", "after") if carry.raises.height else None
-    if runs.height:
-        runs = runs.sort("cpu", "name", "run_seq").with_columns(after=pl.col("run_seq").shift(1).over("cpu", "name"))
-        if before is not None:
-            runs = runs.join(before.rename({"after": "carried"}), on=["cpu", "name"], how="left").with_columns(
-                after=pl.coalesce("after", "carried")).drop("carried")
-        runs = runs.with_columns(pl.col("after").fill_null(0).cast(pl.UInt32))
-        if candidates.height:
-            credited = iv.inside(candidates.lazy(), runs.lazy().select("run_seq", "cpu", "name", w_ts="after", w_end="run_seq"),
-                                 ["cpu", "name"], at="raise_seq").collect()
-            first = credited.sort("raise_seq").group_by("run_seq", maintain_order=True).first()
-            carry.credits = _stack([carry.credits, first.select("run_seq", *_RAISE)])
-    # After the window: each vector's last run, and the first raise since (inclusive, as [after, seq)).
-    last_runs = runs.group_by("cpu", "name").agg(after=pl.col("run_seq").max()) if runs.height else None
-    keys = _stack([f.select("cpu", "name") for f in (before, last_runs, candidates) if f is not None and f.height]).unique()
-    if not keys.height:
-        return
-    after = keys.with_columns(after=pl.lit(None, pl.UInt32))
-    for f in (before, last_runs):  # the latest run wins
-        if f is not None and f.height:
-            after = after.join(f.rename({"after": "a"}), on=["cpu", "name"], how="left").with_columns(
-                after=pl.coalesce("a", "after")).drop("a")
-    after = after.with_columns(pl.col("after").fill_null(0).cast(pl.UInt32))
-    if candidates.height:
-        pending = (candidates.join(after, on=["cpu", "name"]).filter(pl.col("raise_seq") >= pl.col("after"))
-                   .sort("raise_seq").group_by("cpu", "name", maintain_order=True).first().drop("after"))
-        after = after.join(pending, on=["cpu", "name"], how="left")
-    carry.raises = after
+    runs = _runs(rows, before)
+    if runs.height and candidates.height:
+        windows = runs.lazy().select("run_seq", "cpu", "name", w_ts="after", w_end="run_seq")
+        credited = iv.inside(candidates.lazy(), windows, ["cpu", "name"], at="raise_seq").collect()
+        first = credited.sort("raise_seq").group_by("run_seq", maintain_order=True).first()
+        carry.credits = _stack([carry.credits, first.select("run_seq", *_RAISE)])
+    carry.raises = _raise_state(before, runs, candidates)
 
 
 def _with_raises(made: pl.DataFrame, carry: _Carry) -> pl.DataFrame:
@@ -188,7 +208,8 @@ def _with_raises(made: pl.DataFrame, carry: _Carry) -> pl.DataFrame:
 
 def _window_intervals(rows: pl.DataFrame, carry: _Carry, last: bool) -> pl.DataFrame:
     """The intervals a window makes (unnumbered, with the seqs of their raisers' enclosers)."""
-    made = pl.concat([_irqs(rows, carry, last), _napi(rows, carry), _syscalls(rows, carry, last), _runs(rows, carry, last)])
+    made = pl.concat([_irqs(rows, carry, last), _napi(rows, carry), _syscalls(rows, carry, last),
+                      _task_runs(rows, carry, last)])
     carry.gaps = _stack([carry.gaps, iv.lost_marks(rows.lazy()).collect()])
     if carry.gaps.height:
         made = iv.mark_lost_gaps(made.lazy(), carry.gaps.lazy()).collect()
