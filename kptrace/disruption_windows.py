@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import polars as pl
 
+from kptrace.interval_windows import _stack
 from kptrace.intervals import inside
 from kptrace.requests import CHAIN_GAP_NS
 
@@ -66,25 +67,40 @@ def _finished(rows: pl.DataFrame) -> pl.DataFrame:
     return rows.with_columns(own_ns=own).with_columns(charged_ns=pl.col("own_ns") + pl.col("glue_ns")).select(_COLUMNS)
 
 
-def charged_work_windows(batches: Iterable[pl.DataFrame]) -> Iterator[pl.DataFrame]:
-    """charged_work of the numbered interval windows `batches` (in id order, split by time):
-    each window's final rows (a softirq's row may come a window or more later)."""
-    roots, carry, pending, last_soft = _Roots(), pl.DataFrame(), pl.DataFrame(), pl.DataFrame()
-    for batch in batches:
+class ChargedWork:
+    """charged_work fed the numbered interval windows one at a time (`add`, then `finish`);
+    `held_from`: the earliest start of a softirq whose row is still held (None: none), so every
+    row of an interval that starts before it and before the next window has been returned."""
+
+    def __init__(self) -> None:
+        self.roots, self.carry, self.pending, self.last_soft = _Roots(), pl.DataFrame(), pl.DataFrame(), pl.DataFrame()
+
+    @property
+    def held_from(self) -> int | None:
+        return self.pending["ts"].min() if self.pending.height else None
+
+    def finish(self) -> pl.DataFrame:
+        done, self.pending = self.pending, pl.DataFrame()
+        return _finished(done) if done.height else pl.DataFrame()
+
+    def add(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """The rows made final by this window (its hard IRQs, softirqs of earlier windows that
+        ended before it started); the window's softirqs are held."""
         irq = (batch.filter(pl.col("kind").is_in(["hardirq", "softirq"]))
                .select("id", "cpu", "tid", "ts", "dur", "kind", "name", "complete", "seq", "end_seq", "raise_ts",
                        "raised_in")
                .with_columns(end=pl.col("ts") + pl.col("dur").fill_null(0))
                .sort("cpu", "seq"))
         if not irq.height:
-            continue
-        if pending.height:  # no hard IRQ of this window or later can be nested in these
-            done = pending.filter(pl.col("end") < irq["ts"].min())
-            pending = pending.filter(pl.col("end") >= irq["ts"].min())
+            return pl.DataFrame()
+        out = []
+        if self.pending.height:  # no hard IRQ of this window or later can be nested in these
+            done = self.pending.filter(pl.col("end") < irq["ts"].min())
+            self.pending = self.pending.filter(pl.col("end") >= irq["ts"].min())
             if done.height:
-                yield _finished(done)
-        if carry.height:
-            irq = irq.join(carry, on="cpu", how="left")
+                out.append(_finished(done))
+        if self.carry.height:
+            irq = irq.join(self.carry, on="cpu", how="left")
         else:
             irq = irq.with_columns(carried_end=pl.lit(None, pl.Int64), carried_head=pl.lit(None, pl.UInt32))
         before = pl.max_horizontal(pl.col("end").cum_max().shift(1).over("cpu"), pl.col("carried_end"))
@@ -99,27 +115,37 @@ def charged_work_windows(batches: Iterable[pl.DataFrame]) -> Iterator[pl.DataFra
         )
         now = irq.group_by("cpu").agg(carried_end=pl.max_horizontal(pl.col("end").max(), pl.col("carried_end").max()),
                                       carried_head=pl.col("head").last())
-        carry = pl.concat([carry.join(now, on="cpu", how="anti"), now]) if carry.height else now
-        found = roots.add(irq["id"].to_numpy(), irq["parent"].to_numpy(), (irq["kind"] == "hardirq").to_numpy(),
-                          irq["name"].to_list())
-        source, disruptive = roots.source(found)
+        self.carry = pl.concat([self.carry.join(now, on="cpu", how="anti"), now]) if self.carry.height else now
+        found = self.roots.add(irq["id"].to_numpy(), irq["parent"].to_numpy(),
+                               (irq["kind"] == "hardirq").to_numpy(), irq["name"].to_list())
+        source, disruptive = self.roots.source(found)
         irq = irq.with_columns(root=pl.Series(found, dtype=pl.UInt32), source=source, disruptive=disruptive)
         # Hard IRQs nested in a softirq of this window or the last one of an earlier window.
         softs = irq.filter(_SOFT)
-        spans = pl.concat([last_soft, softs.select("cpu", soft_id="id", w_ts="seq", w_end="end_seq")]) if last_soft.height \
-            else softs.select("cpu", soft_id="id", w_ts="seq", w_end="end_seq")
+        spans = _stack([self.last_soft, softs.select("cpu", soft_id="id", w_ts="seq", w_end="end_seq")])
         if spans.height:
-            last_soft = spans.sort("cpu", "w_ts").group_by("cpu", maintain_order=True).last()
+            self.last_soft = spans.sort("cpu", "w_ts").group_by("cpu", maintain_order=True).last()
         nested = inside(irq.lazy().filter(~_SOFT).select("cpu", "seq", nested_ns=pl.col("dur").fill_null(0)),
                         spans.lazy(), "cpu", at="seq").group_by("soft_id").agg(pl.col("nested_ns").sum()).collect()
-        pending = pl.concat([pending, softs.with_columns(nested_ns=pl.lit(0, pl.Int64))], how="diagonal_relaxed") \
-            if pending.height else softs.with_columns(nested_ns=pl.lit(0, pl.Int64))
+        self.pending = _stack([self.pending, softs.with_columns(nested_ns=pl.lit(0, pl.Int64))])
         if nested.height:
-            pending = pending.join(nested.rename({"nested_ns": "add"}), left_on="id", right_on="soft_id",
-                                   how="left").with_columns(nested_ns=pl.col("nested_ns") + pl.col("add").fill_null(0)).drop("add")
-        yield _finished(irq.filter(~_SOFT).with_columns(nested_ns=pl.lit(None, pl.Int64)))
-    if pending.height:
-        yield _finished(pending)
+            added = self.pending.join(nested.rename({"nested_ns": "add"}), left_on="id", right_on="soft_id", how="left")
+            self.pending = added.with_columns(nested_ns=pl.col("nested_ns") + pl.col("add").fill_null(0)).drop("add")
+        out.append(_finished(irq.filter(~_SOFT).with_columns(nested_ns=pl.lit(None, pl.Int64))))
+        return pl.concat(out)
+
+
+def charged_work_windows(batches: Iterable[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    """charged_work of the numbered interval windows `batches` (in id order, split by time):
+    each window's final rows (a softirq's row may come a window or more later)."""
+    work = ChargedWork()
+    for batch in batches:
+        rows = work.add(batch)
+        if rows.height:
+            yield rows
+    rows = work.finish()
+    if rows.height:
+        yield rows
 
 
 def charged_work_of_windows(batches: Iterable[pl.DataFrame]) -> pl.DataFrame:
