@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import polars as pl
 
-from kptrace.interval_windows import _stack
+from kptrace.interval_windows import stack_frames
 from kptrace.intervals import inside
 from kptrace.requests import CHAIN_GAP_NS
 
@@ -122,12 +122,12 @@ class ChargedWork:
         irq = irq.with_columns(root=pl.Series(found, dtype=pl.UInt32), source=source, disruptive=disruptive)
         # Hard IRQs nested in a softirq of this window or the last one of an earlier window.
         softs = irq.filter(_SOFT)
-        spans = _stack([self.last_soft, softs.select("cpu", soft_id="id", w_ts="seq", w_end="end_seq")])
+        spans = stack_frames([self.last_soft, softs.select("cpu", soft_id="id", w_ts="seq", w_end="end_seq")])
         if spans.height:
             self.last_soft = spans.sort("cpu", "w_ts").group_by("cpu", maintain_order=True).last()
         nested = inside(irq.lazy().filter(~_SOFT).select("cpu", "seq", nested_ns=pl.col("dur").fill_null(0)),
                         spans.lazy(), "cpu", at="seq").group_by("soft_id").agg(pl.col("nested_ns").sum()).collect()
-        self.pending = _stack([self.pending, softs.with_columns(nested_ns=pl.lit(0, pl.Int64))])
+        self.pending = stack_frames([self.pending, softs.with_columns(nested_ns=pl.lit(0, pl.Int64))])
         if nested.height:
             added = self.pending.join(nested.rename({"nested_ns": "add"}), left_on="id", right_on="soft_id", how="left")
             self.pending = added.with_columns(nested_ns=pl.col("nested_ns") + pl.col("add").fill_null(0)).drop("add")

@@ -44,7 +44,7 @@ _KEY = ["ts", "depth", "seq", "end_seq"]
 _RAISE = {"raise_ts": pl.Int64, "raised_hard": pl.UInt32, "raised_soft": pl.UInt32}
 
 
-def _stack(frames: list[pl.DataFrame]) -> pl.DataFrame:
+def stack_frames(frames: list[pl.DataFrame]) -> pl.DataFrame:
     """Frames of one shape stacked (empty ones skipped: a carry that holds nothing yet)."""
     frames = [f for f in frames if f.width]
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
@@ -81,18 +81,18 @@ class _Carry:
 
 
 def _irqs(rows: pl.DataFrame, carry: _Carry, last: bool) -> pl.DataFrame:
-    events = _stack([carry.irq, rows])
+    events = stack_frames([carry.irq, rows])
     made = iv.hard_and_soft_irqs(events.lazy()).collect()
     if last:
         carry.irq = pl.DataFrame()
         return made
-    open_ = _stack([_open_entries(iv._irq_stream(events.lazy(), kind).collect(), "cpu") for kind in ("hardirq", "softirq")])
+    open_ = stack_frames([_open_entries(iv._irq_stream(events.lazy(), kind).collect(), "cpu") for kind in ("hardirq", "softirq")])
     carry.irq = events.join(open_, on="seq", how="semi")
     return _without(made, open_)
 
 
 def _syscalls(rows: pl.DataFrame, carry: _Carry, last: bool) -> pl.DataFrame:
-    events = _stack([carry.syscall, rows])
+    events = stack_frames([carry.syscall, rows])
     made = iv.syscalls(events.lazy()).collect()
     if last:
         carry.syscall = pl.DataFrame()
@@ -103,17 +103,17 @@ def _syscalls(rows: pl.DataFrame, carry: _Carry, last: bool) -> pl.DataFrame:
 
 
 def _napi(rows: pl.DataFrame, carry: _Carry) -> pl.DataFrame:
-    events = _stack([carry.napi, rows])
+    events = stack_frames([carry.napi, rows])
     made = _without(iv.napi_polls(events.lazy()).collect(), carry.napi)
     carry.napi = _last(events.filter(iv.NAPI_BOUNDARY), "cpu")
     return made
 
 
 def _task_runs(rows: pl.DataFrame, carry: _Carry, last: bool) -> pl.DataFrame:
-    events = _stack([carry.task, rows])
+    events = stack_frames([carry.task, rows])
     starts = _without(iv.run_boundaries(events.lazy()).collect(), carry.task)
     carry.task = _last(events.filter(iv.TASK_ROW), "cpu")
-    boundaries = _stack([carry.run, starts])
+    boundaries = stack_frames([carry.run, starts])
     made = iv.runs_between(boundaries.lazy()).collect()
     if last:
         carry.run = pl.DataFrame()
@@ -138,7 +138,7 @@ def _candidates(rows: pl.DataFrame, made: pl.DataFrame, carry: _Carry) -> pl.Dat
     raises = rows.filter(_EVENT == "softirq_raise").select(
         "cpu", name=pl.col("softirq").cast(pl.String), raise_seq="seq", raise_ts="ts")
     carried = carry.raises.drop("after") if "raise_seq" in carry.raises.columns else pl.DataFrame()
-    candidates = _stack([carried, raises])
+    candidates = stack_frames([carried, raises])
     if not candidates.height:
         return pl.DataFrame()
     candidates = candidates.drop_nulls("raise_seq")
@@ -168,7 +168,7 @@ def _raise_state(before: pl.DataFrame | None, runs: pl.DataFrame, candidates: pl
     known = [f for f in (before, last_runs, candidates) if f is not None and f.height]
     if not known:
         return pl.DataFrame()
-    state = _stack([f.select("cpu", "name") for f in known]).unique().with_columns(after=pl.lit(None, pl.UInt32))
+    state = stack_frames([f.select("cpu", "name") for f in known]).unique().with_columns(after=pl.lit(None, pl.UInt32))
     for f in (before, last_runs):  # the latest run wins
         if f is not None and f.height:
             state = state.join(f.rename({"after": "a"}), on=["cpu", "name"], how="left").with_columns(
@@ -191,7 +191,7 @@ def _credit(rows: pl.DataFrame, made: pl.DataFrame, carry: _Carry) -> None:
         windows = runs.lazy().select("run_seq", "cpu", "name", w_ts="after", w_end="run_seq")
         credited = iv.inside(candidates.lazy(), windows, ["cpu", "name"], at="raise_seq").collect()
         first = credited.sort("raise_seq").group_by("run_seq", maintain_order=True).first()
-        carry.credits = _stack([carry.credits, first.select("run_seq", *_RAISE)])
+        carry.credits = stack_frames([carry.credits, first.select("run_seq", *_RAISE)])
     carry.raises = _raise_state(before, runs, candidates)
 
 
@@ -210,7 +210,7 @@ def _window_intervals(rows: pl.DataFrame, carry: _Carry, last: bool) -> pl.DataF
     """The intervals a window makes (unnumbered, with the seqs of their raisers' enclosers)."""
     made = pl.concat([_irqs(rows, carry, last), _napi(rows, carry), _syscalls(rows, carry, last),
                       _task_runs(rows, carry, last)])
-    carry.gaps = _stack([carry.gaps, iv.lost_marks(rows.lazy()).collect()])
+    carry.gaps = stack_frames([carry.gaps, iv.lost_marks(rows.lazy()).collect()])
     if carry.gaps.height:
         made = iv.mark_lost_gaps(made.lazy(), carry.gaps.lazy()).collect()
     _credit(rows, made, carry)
@@ -221,7 +221,7 @@ def _numbered(batch: pl.DataFrame, base: int, enclosers: pl.DataFrame) -> tuple[
     """A window's intervals in key order with ids from `base`, raised_in looked up in the
     enclosers numbered so far (this window's added first)."""
     batch = batch.sort(_KEY, nulls_last=True).with_row_index("id", offset=base)
-    enclosers = _stack([enclosers, batch.filter(pl.col("kind").is_in(["hardirq", "softirq"])).select("kind", "seq", "id")])
+    enclosers = stack_frames([enclosers, batch.filter(pl.col("kind").is_in(["hardirq", "softirq"])).select("kind", "seq", "id")])
     ids = {kind: enclosers.filter(pl.col("kind") == kind).select(pl.col("seq").alias(column), pl.col("id").alias(kind))
            for kind, column in (("hardirq", "raised_hard"), ("softirq", "raised_soft"))}
     batch = (batch.join(ids["hardirq"], on="raised_hard", how="left").join(ids["softirq"], on="raised_soft", how="left")
@@ -250,8 +250,8 @@ def interval_windows(windows: Iterable[pl.DataFrame]) -> Iterator[pl.DataFrame]:
                 late.append(made.filter(pl.col("ts") < lo))
             offset, last_ts = offset + rows.height, rows["ts"][-1]
         current = following
-    late = _stack(late)
-    wanted = _stack([f.select(pl.col(c).alias("seq")).drop_nulls() for f in [*on_time, late] if f.height
+    late = stack_frames(late)
+    wanted = stack_frames([f.select(pl.col(c).alias("seq")).drop_nulls() for f in [*on_time, late] if f.height
                      for c in ("raised_hard", "raised_soft")]).unique()
     base, enclosers = 0, pl.DataFrame()
     for k, batch in enumerate(on_time):

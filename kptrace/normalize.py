@@ -5,6 +5,10 @@ The table's row order is the order of record, and later stages rely on it to bre
 input line for text, the record order for binary pages; unique across a bundle's files).
 Within one CPU the tracer writes events in the order they happened, so at microsecond
 resolution the input order is the true order of events that share a timestamp. Every summary here is sorted by its key, so meta.json is the same each run.
+
+meta.json is built in two steps, `tally` (the figures of an event table) and `describe` (the
+reader's notes and those figures), so that kptrace.windows builds the same meta.json from a
+capture read in time windows: it tallies each window and adds the tallies up (`Tally + Tally`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class Events:
 
 
 def idle_named(rows: pl.DataFrame) -> pl.DataFrame:
+    """One name for the idle task, whatever the reader called it."""
     return rows.with_columns(comm=pl.when(pl.col("tid") == 0).then(pl.lit(IDLE_COMM)).otherwise(pl.col("comm")))
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from kptrace.disruption_windows import ChargedWork
-from kptrace.interval_windows import _stack
+from kptrace.interval_windows import stack_frames
 from kptrace.requests import EPOLL, REQUEST_SCHEMA, off_cpu_gaps, requests_of
 
 #: build_requests' hits table.
@@ -78,7 +78,7 @@ def _part(calls: pl.DataFrame, work: pl.DataFrame, gaps: pl.DataFrame) -> tuple[
 def _new_gaps(runs: pl.DataFrame, last_runs: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The gaps this window's complete runs close (each thread's last run waits for its next),
     and each thread's last run after the window."""
-    every = _stack([last_runs, runs])
+    every = stack_frames([last_runs, runs])
     if not every.height:
         return pl.DataFrame(schema={"tid": pl.Int32, "ts": pl.Int64, "next_ts": pl.Int64, "next_cpu": pl.Int16}), every
     return off_cpu_gaps(every.lazy()).collect(), every.sort("tid", "ts", "id").group_by("tid", maintain_order=True).last()
@@ -104,7 +104,7 @@ def requests_of_windows(batches: Iterable[pl.DataFrame]) -> tuple[pl.DataFrame, 
         done = charged.add(batch)
         gaps, last_runs = _new_gaps(batch.filter(_RUN).select("tid", "ts", "dur", "id", "cpu"), last_runs)
         new = (batch.filter(_CALL), done if done.height else _empty_work(), gaps)
-        buffers = new if buffers is None else tuple(_stack([b, n]) for b, n in zip(buffers, new))
+        buffers = new if buffers is None else tuple(stack_frames([b, n]) for b, n in zip(buffers, new))
         if done.height:
             roots.append(done.filter(pl.col("root") == pl.col("id"))["id"].to_numpy())
         part, buffers = _split(buffers, _cuts(buffers[0], last_runs, charged.held_from))
@@ -114,7 +114,7 @@ def requests_of_windows(batches: Iterable[pl.DataFrame]) -> tuple[pl.DataFrame, 
         done = charged.finish()
         if done.height:
             roots.append(done.filter(pl.col("root") == pl.col("id"))["id"].to_numpy())
-            buffers = (buffers[0], _stack([buffers[1], done]), buffers[2])
+            buffers = (buffers[0], stack_frames([buffers[1], done]), buffers[2])
         found.append(_part(*buffers))
     return _numbered([r for r, _ in found if r.height], [h for _, h in found if h.height],
                      np.sort(np.concatenate(roots)) if roots else np.zeros(0, np.uint32))
