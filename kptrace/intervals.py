@@ -55,6 +55,8 @@ DEPTH = {"running": 0, "syscall": 1, "softirq": 2, "napi": 2, "hardirq": 3}
 _EVENT = pl.col("event").cast(pl.String)
 _SUBSYSTEM = pl.col("subsystem").cast(pl.String)
 _LOST = _SUBSYSTEM == "kptrace"
+#: The rows that can tell who runs on a CPU (running): every event of a task, and lost-event marks.
+TASK_ROW = pl.col("tid").is_not_null() | _LOST
 
 
 def _finish(frame: pl.LazyFrame, kind: str) -> pl.LazyFrame:
@@ -113,11 +115,15 @@ def hard_and_soft_irqs(events: pl.LazyFrame) -> pl.LazyFrame:
     return pl.concat([_finish(hard, "hardirq"), _finish(soft, "softirq")])
 
 
+#: The rows a NAPI poll can start at or end at (napi_polls).
+NAPI_BOUNDARY = ((_EVENT == "napi_poll") | ((_EVENT == "softirq_entry") & (pl.col("softirq") == "NET_RX"))
+                 | ((_EVENT == "softirq_exit") & (pl.col("softirq") == "NET_RX")) | _LOST)
+
+
 def napi_polls(events: pl.LazyFrame) -> pl.LazyFrame:
     """A poll runs from the previous boundary inside its NET_RX softirq run to its napi_poll."""
     boundaries = (
-        events.filter((_EVENT == "napi_poll") | ((_EVENT == "softirq_entry") & (pl.col("softirq") == "NET_RX"))
-                      | ((_EVENT == "softirq_exit") & (pl.col("softirq") == "NET_RX")) | _LOST)
+        events.filter(NAPI_BOUNDARY)
         .sort("cpu", "seq")
         .with_columns(prev_event=_EVENT.shift(1).over("cpu"), prev_ts=pl.col("ts").shift(1).over("cpu"))
     )
@@ -134,9 +140,9 @@ def napi_polls(events: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def syscalls(events: pl.LazyFrame) -> pl.LazyFrame:
-    """Enter/exit pairs per task; the enter gives fd, the exit the return value."""
-    edges = (
+def syscall_edges(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Every syscall enter (edge 1) and exit (-1), per task in record order."""
+    return (
         events.filter(_EVENT.str.starts_with("sys_enter_") | _EVENT.str.starts_with("sys_exit_"))
         .with_columns(
             name=_EVENT.str.replace(r"^sys_(enter|exit)_", ""),
@@ -144,7 +150,11 @@ def syscalls(events: pl.LazyFrame) -> pl.LazyFrame:
         )
         .sort("tid", "seq")
     )
-    return _finish(_pair_next(edges, "tid"), "syscall")
+
+
+def syscalls(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Enter/exit pairs per task; the enter gives fd, the exit the return value."""
+    return _finish(_pair_next(syscall_edges(events), "tid"), "syscall")
 
 
 def _task_changes(events: pl.LazyFrame) -> pl.LazyFrame:
@@ -153,7 +163,7 @@ def _task_changes(events: pl.LazyFrame) -> pl.LazyFrame:
     — a switch the trace does not hold. Lost-event marks are kept (`missed` false)."""
     left_running = pl.when(_EVENT == "sched_switch").then(pl.col("next_pid")).otherwise(pl.col("tid"))
     return (
-        events.filter(pl.col("tid").is_not_null() | _LOST)
+        events.filter(TASK_ROW)
         .sort("cpu", "seq")
         .with_columns(expected=left_running.shift(1).over("cpu"), prev_lost=_LOST.shift(1).over("cpu"),
                       prev_ts=pl.col("ts").shift(1).over("cpu"))
@@ -175,15 +185,26 @@ def running(events: pl.LazyFrame) -> pl.LazyFrame:
     not record (seen on Linux 6.18: the idle task's switch to a task woken by an IPI is sometimes
     absent). The missed switch lies between the previous event and this one; the interval starts
     at the previous event: the last sign of the task before."""
-    changes = _task_changes(events)
-    boundaries = changes.filter((_EVENT == "sched_switch") | pl.col("missed") | _LOST).with_columns(
+    return runs_between(run_boundaries(events))
+
+
+def run_boundaries(events: pl.LazyFrame) -> pl.LazyFrame:
+    """The rows where a task starts running (`start`, `tid`, `name`) or the record breaks
+    (lost events), per CPU in record order: each depends only on its row and the CPU's
+    previous task row."""
+    return _task_changes(events).filter((_EVENT == "sched_switch") | pl.col("missed") | _LOST).with_columns(
         start=pl.when(pl.col("missed")).then(pl.col("prev_ts")).otherwise(pl.col("ts")),
         tid=pl.when(pl.col("missed") | _LOST).then(pl.col("tid")).otherwise(pl.col("next_pid")),
         name=pl.when(pl.col("missed")).then(pl.col("comm")).otherwise(pl.col("next_comm")),
     )
+
+
+def runs_between(boundaries: pl.LazyFrame) -> pl.LazyFrame:
+    """A run from each start boundary to the CPU's next boundary (complete unless that is a
+    lost-event mark or there is none)."""
     # A missed switch right before a sched_switch out of the same task: it ran from the
     # previous event to that switch; both rows are kept, in record order.
-    switches = boundaries.with_columns(
+    switches = boundaries.sort("cpu", "seq").with_columns(
         next_ts=pl.col("start").shift(-1).over("cpu"), next_lost=_LOST.shift(-1).over("cpu"),
         next_seq=pl.col("seq").shift(-1).over("cpu"),
     ).filter(~_LOST)
@@ -221,10 +242,16 @@ def inside(items: pl.LazyFrame, windows: pl.LazyFrame, by: str | list[str], *, a
     return joined.filter(pl.col(at) > pl.col(start))
 
 
-def _mark_lost_gaps(intervals: pl.LazyFrame, events: pl.LazyFrame) -> pl.LazyFrame:
+def lost_marks(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Where each CPU's record breaks (lost events, tracing gaps): (cpu, gap_seq)."""
+    return events.filter(_LOST).select("cpu", gap_seq="seq")
+
+
+def mark_lost_gaps(intervals: pl.LazyFrame, gaps: pl.LazyFrame) -> pl.LazyFrame:
     """A syscall whose CPU lost events while it was open may have lost its inner events too:
-    broken when the first lost-event mark on its CPU after its enter comes before its exit."""
-    gaps = events.filter(_LOST).select("cpu", gap_seq="seq").sort("gap_seq")
+    broken when the first lost-event mark on its CPU (`gaps`: lost_marks) after its enter comes
+    before its exit."""
+    gaps = gaps.sort("gap_seq")
     marked = intervals.sort("seq").join_asof(
         gaps, left_on="seq", right_on="gap_seq", by="cpu", strategy="forward", check_sortedness=False
     ).with_columns(broken=(pl.col("kind") == "syscall") & (pl.col("gap_seq") < pl.col("end_seq")).fill_null(False))
@@ -265,7 +292,7 @@ def build_intervals(events: pl.LazyFrame) -> pl.LazyFrame:
     events = events.with_row_index("seq")
     every = pl.concat([hard_and_soft_irqs(events), napi_polls(events), syscalls(events), running(events)])
     # Collected once: the raisers read it twice, and a lazy plan would rebuild it for each.
-    numbered = (_mark_lost_gaps(every, events).sort("ts", "depth", "seq", "end_seq", nulls_last=True)
+    numbered = (mark_lost_gaps(every, lost_marks(events)).sort("ts", "depth", "seq", "end_seq", nulls_last=True)
                 .with_row_index("id").collect().lazy())
     return (
         numbered.join(_raisers(numbered, events), on="id", how="left")

@@ -5,6 +5,10 @@ The table's row order is the order of record, and later stages rely on it to bre
 input line for text, the record order for binary pages; unique across a bundle's files).
 Within one CPU the tracer writes events in the order they happened, so at microsecond
 resolution the input order is the true order of events that share a timestamp. Every summary here is sorted by its key, so meta.json is the same each run.
+
+meta.json is built in two steps, `tally` (the figures of an event table) and `describe` (the
+reader's notes and those figures), so that kptrace.windows builds the same meta.json from a
+capture read in time windows: it tallies each window and adds the tallies up (`Tally + Tally`).
 """
 
 from __future__ import annotations
@@ -30,57 +34,104 @@ class Events:
     meta: dict
 
 
-def _order(rows: pl.DataFrame, warnings: list[str]) -> pl.DataFrame:
-    """Sort by time (stable, so same-time events keep file order), saying how much moved."""
-    backwards = int((rows["ts"].diff() < 0).sum())
-    if backwards:
-        warnings.append(f"{backwards} lines were out of time order; sorted by timestamp")
-    # Text rows carry their field text; binary rows are compared on every typed column.
+def idle_named(rows: pl.DataFrame) -> pl.DataFrame:
+    """One name for the idle task, whatever the reader called it."""
+    return rows.with_columns(comm=pl.when(pl.col("tid") == 0).then(pl.lit(IDLE_COMM)).otherwise(pl.col("comm")))
+
+
+def in_time_order(rows: pl.DataFrame) -> pl.DataFrame:
+    """Sorted by time, stable, so same-time events keep input order (`tally` counts what moved)."""
+    return rows.sort("ts", "seq", maintain_order=True) if _backwards(rows) else rows
+
+
+def _backwards(rows: pl.DataFrame) -> int:
+    return int((rows["ts"].diff() < 0).sum())
+
+
+def _duplicates(rows: pl.DataFrame) -> int:
+    """Rows that repeat another exactly. Text rows carry their field text; binary rows are
+    compared on every typed column. Only rows sharing a time and CPU can repeat each other:
+    check those (few) on every key."""
     key = (["ts", "cpu", "tid", "event", "payload"] if "payload" in rows.columns
            else [c for c in rows.columns if c not in ("seq", "ts_resolution_ns")])
-    # Only rows sharing a time and CPU can repeat each other: check those (few) on every key.
     same_time = rows.filter(rows.select("ts", "cpu").is_duplicated())
-    duplicates = int(same_time.select(key).is_duplicated().sum())
-    if duplicates:
-        warnings.append(f"{duplicates} event rows repeat another row exactly (same time, CPU, task and "
-                        "fields); kept, since microsecond timestamps can make real repeats identical")
-    return rows.sort("ts", "seq", maintain_order=True) if backwards else rows
+    return int(same_time.select(key).is_duplicated().sum())
 
 
-def _per_cpu(events: pl.DataFrame) -> list[dict]:
-    stats = (
-        events.group_by("cpu")
-        .agg(
-            events=(pl.col("subsystem") != "kptrace").sum(),
-            lost_events=pl.col("value").filter(pl.col("event") == "lost_events").sum(),
-            lost_markers=(pl.col("event") == "lost_events").sum(),
-            buffer_wrapped=(pl.col("event") == "buffer_started").any(),
-        )
-        .sort("cpu")
+@dataclass
+class Tally:
+    """What meta.json says of an event table, for the whole of it or one time window of it.
+    Windows add up (`+`) to the whole: counts are sums, the span a min and a max, and rows
+    that can repeat each other share a time, so they are never split between windows."""
+
+    per_cpu: pl.DataFrame
+    event_counts: dict[str, int]
+    start_ns: int | None
+    end_ns: int | None
+    resolution: int | None
+    unknown: frozenset[str]
+    backwards: int
+    duplicates: int
+    markers: int  # marker rows that stand for an input line (duty-cycle gap marks do not)
+
+    @property
+    def event_count(self) -> int:
+        return sum(self.event_counts.values())
+
+    def __add__(self, other: Tally) -> Tally:
+        def pick(f, a, b):
+            return b if a is None else a if b is None else f(a, b)
+        counts = dict(self.event_counts)
+        for name, n in other.event_counts.items():
+            counts[name] = counts.get(name, 0) + n
+        per_cpu = pl.concat([self.per_cpu, other.per_cpu]).group_by("cpu").agg(
+            pl.col("events", "lost_events", "lost_markers").sum(), pl.col("buffer_wrapped").any())
+        return Tally(per_cpu=per_cpu.sort("cpu"), event_counts=counts,
+                     start_ns=pick(min, self.start_ns, other.start_ns), end_ns=pick(max, self.end_ns, other.end_ns),
+                     resolution=pick(max, self.resolution, other.resolution), unknown=self.unknown | other.unknown,
+                     backwards=self.backwards + other.backwards, duplicates=self.duplicates + other.duplicates,
+                     markers=self.markers + other.markers)
+
+
+def tally(rows: pl.DataFrame, events: pl.DataFrame) -> Tally:
+    """The meta.json figures of `events`, conformed from the reader rows `rows` (idle-named, in
+    input order: how many are out of time order is one of the figures)."""
+    real = events.filter(pl.col("subsystem") != "kptrace")
+    per_cpu = events.group_by("cpu").agg(
+        events=(pl.col("subsystem") != "kptrace").sum(),
+        lost_events=pl.col("value").filter(pl.col("event") == "lost_events").sum(),
+        lost_markers=(pl.col("event") == "lost_events").sum(),
+        buffer_wrapped=(pl.col("event") == "buffer_started").any(),
+    ).sort("cpu")
+    marks = events.filter(pl.col("subsystem") == "kptrace")
+    return Tally(
+        per_cpu=per_cpu,
+        event_counts=dict(real.group_by(pl.col("event").cast(pl.String)).len().iter_rows()),
+        start_ns=real["ts"].min(), end_ns=real["ts"].max(),
+        resolution=rows["ts_resolution_ns"].max() if rows.height else None,
+        unknown=frozenset(real.filter(pl.col("subsystem") == "unknown")["event"].cast(pl.String).unique()),
+        backwards=_backwards(rows), duplicates=_duplicates(rows),
+        markers=marks.filter(pl.col("event") != GAP_EVENT).height,
     )
-    return stats.to_dicts()
 
 
-def _accounting(raw: RawTrace, events: pl.DataFrame) -> dict:
+def _accounting(raw: RawTrace, figures: Tally) -> dict:
     """Where every input line (or binary record) went: `input` = `events` + `markers` +
     `unreadable` + `ignored` + `repeated`, so that nothing is lost without a count."""
-    marks = events.filter(pl.col("subsystem") == "kptrace")
-    # A duty cycle's gap marks stand for no input line or record (kptrace.read.duty).
-    markers = marks.filter(pl.col("event") != GAP_EVENT).height
-    return {"unit": raw.unit, "input": raw.units, "events": events.height - marks.height,
-            "markers": markers if raw.unit == "lines" else 0, "unreadable": raw.unparsed_count,
+    return {"unit": raw.unit, "input": raw.units, "events": figures.event_count,
+            "markers": figures.markers if raw.unit == "lines" else 0, "unreadable": raw.unparsed_count,
             "ignored": raw.ignored_count, "repeated": raw.repeated_count}
 
 
-def normalize(raw: RawTrace) -> Events:
-    """Conform to the schema, order by time, and summarise what the input held and lacked."""
+def describe(raw: RawTrace, figures: Tally) -> dict:
+    """meta.json: the input's notes (`raw`; its rows are not read) and the event table's figures."""
     warnings = list(raw.warnings)
-    rows = _order(raw.rows.with_columns(
-        comm=pl.when(pl.col("tid") == 0).then(pl.lit(IDLE_COMM)).otherwise(pl.col("comm"))
-    ), warnings)
-    events = conform(rows).collect()
-    real = events.filter(pl.col("subsystem") != "kptrace")
-    per_cpu = _per_cpu(events)
+    if figures.backwards:
+        warnings.append(f"{figures.backwards} lines were out of time order; sorted by timestamp")
+    if figures.duplicates:
+        warnings.append(f"{figures.duplicates} event rows repeat another row exactly (same time, CPU, task and "
+                        "fields); kept, since microsecond timestamps can make real repeats identical")
+    per_cpu = figures.per_cpu.to_dicts()
     lost_markers = sum(c["lost_markers"] for c in per_cpu)
     if lost_markers:
         warnings.append(f"the tracer lost events {lost_markers} times "
@@ -90,10 +141,8 @@ def normalize(raw: RawTrace) -> Events:
     if wrapped:
         warnings.append(f"the ring buffer of CPU {', '.join(map(str, wrapped))} wrapped: its oldest events "
                         "were overwritten, so that CPU's trace starts later than the others")
-    unknown = real.filter(pl.col("subsystem") == "unknown")["event"].unique().sort().to_list()
-    resolution = raw.rows["ts_resolution_ns"].max()
     manifest = raw.manifest or {}
-    span_s = (int(real["ts"].max()) - int(real["ts"].min())) / 1e9
+    span_s = (int(figures.end_ns) - int(figures.start_ns)) / 1e9
     if len(windows := recorded_windows(manifest)) > 1:
         warnings.append(f"duty-cycled recording: {len(windows)} windows, {traced_seconds(windows):.3f} s traced "
                         f"in {span_s:.3f} s; intervals across the {len(windows) - 1} gaps are marked incomplete "
@@ -103,19 +152,17 @@ def normalize(raw: RawTrace) -> Events:
         "source_format": raw.source_format,
         "files": raw.files,
         "clock": manifest.get("trace_clock", "unknown (not recorded in this format)"),
-        "ts_resolution_ns": int(resolution) if resolution is not None else None,
-        "start_ns": int(real["ts"].min()),
-        "end_ns": int(real["ts"].max()),
+        "ts_resolution_ns": int(figures.resolution) if figures.resolution is not None else None,
+        "start_ns": int(figures.start_ns),
+        "end_ns": int(figures.end_ns),
         "duration_s": traced_seconds(windows) if len(windows) > 1 else span_s,
-        "event_count": real.height,
-        "event_counts": dict(sorted(
-            real.group_by(pl.col("event").cast(pl.String)).len().iter_rows(), key=lambda kv: kv[0]
-        )),
+        "event_count": figures.event_count,
+        "event_counts": dict(sorted(figures.event_counts.items())),
         "per_cpu": per_cpu,
-        "unknown_events": unknown,
+        "unknown_events": sorted(figures.unknown),
         "unparsed_lines": raw.unparsed_count,
         "unparsed_examples": raw.unparsed_examples,
-        "input_accounting": _accounting(raw, events),
+        "input_accounting": _accounting(raw, figures),
         "warnings": warnings,
     }
     if len(windows) > 1:
@@ -124,4 +171,11 @@ def normalize(raw: RawTrace) -> Events:
         meta["bundle"] = {k: manifest.get(k) for k in ("created_utc", "hostname", "command", "counters",
                                                        "not_recorded", "workload", "per_cpu", "events",
                                                        "tracing_cost")}
-    return Events(events=events, meta=meta)
+    return meta
+
+
+def normalize(raw: RawTrace) -> Events:
+    """Conform to the schema, order by time, and summarise what the input held and lacked."""
+    rows = idle_named(raw.rows)
+    events = conform(in_time_order(rows)).collect()
+    return Events(events=events, meta=describe(raw, tally(rows, events)))

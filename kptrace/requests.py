@@ -142,10 +142,11 @@ def disruptions(intervals: pl.LazyFrame) -> pl.LazyFrame:
     return _chains(charged_work(intervals))
 
 
-def _request_spans(intervals: pl.LazyFrame) -> pl.LazyFrame:
-    """Receive-with-data ... last answering send, per (tid, fd, epoch iteration)."""
+def _request_spans(calls: pl.LazyFrame) -> pl.LazyFrame:
+    """Receive-with-data ... last answering send, per (tid, fd, epoch iteration), from the
+    complete syscalls."""
     calls = (
-        intervals.filter((pl.col("kind") == "syscall") & pl.col("complete"))
+        calls
         # One task's syscalls do not overlap; at µs resolution a zero-length one ties with the
         # next, so its end breaks the tie, then the order the calls were recorded (id).
         .sort("tid", "ts", pl.col("ts") + pl.col("dur"), "id")
@@ -185,12 +186,32 @@ def build_requests(intervals: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]
     """(requests, hits): the per-request table (REQUEST_SCHEMA) and one row per (request,
     disruption) whose charged work ran inside the request: request_id, disruption_id, source,
     span_ns (that work's charged time inside the request)."""
-    spans = _request_spans(intervals)
-    window = spans.select("request_id", "tid", w_cpu="cpu", w_ts="ts", w_end="end")
-    complete = pl.col("complete")
-
     work = charged_work(intervals).collect().lazy()
     numbered = _chains(work).select(root="interval_id", disruption_id="disruption_id")
+    return requests_of(intervals.filter((pl.col("kind") == "syscall") & pl.col("complete")), work, numbered,
+                       off_cpu_gaps(intervals.filter((pl.col("kind") == "running") & pl.col("complete"))))
+
+
+def off_cpu_gaps(runs: pl.LazyFrame) -> pl.LazyFrame:
+    """Off-CPU gaps of each thread, from its complete runs: from the end of one (`ts`) to the
+    start of its next (`next_ts`, on `next_cpu`)."""
+    return (
+        runs.sort("tid", "ts", "id")
+        .select("tid", ts=pl.col("ts") + pl.col("dur"), next_ts=pl.col("ts").shift(-1).over("tid"),
+                next_cpu=pl.col("cpu").shift(-1).over("tid"))
+        .filter(pl.col("next_ts").is_not_null())
+    )
+
+
+def requests_of(calls: pl.LazyFrame, work: pl.LazyFrame, numbered: pl.LazyFrame, gaps: pl.LazyFrame,
+                keep_first_id: bool = False) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """build_requests from its inputs: the complete syscalls, the charged work (charged_work),
+    each root's disruption_id (root, disruption_id), and the off-CPU gaps (off_cpu_gaps). With
+    `keep_first_id` requests keep `first_id` (the opening read's id: request_id's tie-break),
+    for a caller that numbers requests built in parts (kptrace.request_windows)."""
+    spans = _request_spans(calls)
+    window = spans.select("request_id", "tid", w_cpu="cpu", w_ts="ts", w_end="end")
+    complete = pl.col("complete")
     work_inside = (
         inside(work.filter(complete), window, "tid")
         .join(numbered, on="root")
@@ -209,16 +230,8 @@ def build_requests(intervals: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]
         softirq_ns=pl.col("own_ns").filter(~hard).sum(),
         n_irq=hard.sum(),
     )
-    syscall_time = inside(intervals.filter((pl.col("kind") == "syscall") & complete), window, "tid")
+    syscall_time = inside(calls, window, "tid")
     syscall_time = syscall_time.group_by("request_id").agg(syscall_ns=pl.col("dur").sum())
-    # Off-CPU gaps of a thread: from the end of one of its run intervals to the start of the next.
-    gaps = (
-        intervals.filter((pl.col("kind") == "running") & complete)
-        .sort("tid", "ts", "id")
-        .select("tid", ts=pl.col("ts") + pl.col("dur"), next_ts=pl.col("ts").shift(-1).over("tid"),
-                next_cpu=pl.col("cpu").shift(-1).over("tid"))
-        .filter(pl.col("next_ts").is_not_null())
-    )
     off_cpu = inside(gaps, window, "tid").group_by("request_id").agg(
         offcpu_ns=(pl.min_horizontal("next_ts", "w_end") - pl.col("ts")).sum(),
         n_offcpu=pl.len(),
@@ -242,7 +255,7 @@ def build_requests(intervals: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]
             own_ns=pl.col("dur") - pl.col("disruption_ns") - pl.col("offcpu_ns"),
             disrupted=pl.col("sources").list.len() > 0,
         )
-        .select([pl.col(c).cast(t) for c, t in REQUEST_SCHEMA.items()])
+        .select([pl.col(c).cast(t) for c, t in REQUEST_SCHEMA.items()] + (["first_id"] if keep_first_id else []))
         .sort("request_id")
     )
     return requests, hits
