@@ -7,7 +7,7 @@ Within one CPU the tracer writes events in the order they happened, so at micros
 resolution the input order is the true order of events that share a timestamp. Every summary here is sorted by its key, so meta.json is the same each run.
 
 meta.json is built in two steps, `tally` (the figures of an event table) and `describe` (the
-reader's notes and those figures), so that kptrace.windows builds the same meta.json from a
+reader's notes and those figures), so that kptrace.windowed.events builds the same meta.json from a
 capture read in time windows: it tallies each window and adds the tallies up (`Tally + Tally`).
 """
 

@@ -208,7 +208,7 @@ def requests_of(calls: pl.LazyFrame, work: pl.LazyFrame, numbered: pl.LazyFrame,
     """build_requests from its inputs: the complete syscalls, the charged work (charged_work),
     each root's disruption_id (root, disruption_id), and the off-CPU gaps (off_cpu_gaps). With
     `keep_first_id` requests keep `first_id` (the opening read's id: request_id's tie-break),
-    for a caller that numbers requests built in parts (kptrace.request_windows)."""
+    for a caller that numbers requests built in parts (kptrace.windowed.requests)."""
     spans = _request_spans(calls)
     window = spans.select("request_id", "tid", w_cpu="cpu", w_ts="ts", w_end="end")
     complete = pl.col("complete")

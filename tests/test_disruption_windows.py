@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 from test_interval_windows import DATA, SAMPLES, _cut, _events, _every, _whole
 
-from kptrace.disruption_windows import charged_work_of_windows
-from kptrace.interval_windows import interval_windows
+from kptrace.windowed.disruptions import charged_work_of_windows
+from kptrace.windowed.intervals import interval_windows
 from kptrace.requests import _chains, charged_work, disruptions, softirq_charging
 
 

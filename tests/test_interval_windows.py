@@ -1,4 +1,4 @@
-"""The interval table built window by window (kptrace.interval_windows) equals build_intervals
+"""The interval table built window by window (kptrace.windowed.intervals) equals build_intervals
 of the whole event table row for row, ids and raised_in included, whatever the window edges cut
 through: an IRQ, a softirq, a syscall, a task's run, a raise and the run it raised."""
 
@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kptrace.interval_windows import interval_windows
+from kptrace.windowed.intervals import interval_windows
 from kptrace.intervals import build_intervals
 from kptrace.normalize import normalize
 from kptrace.read import read_any

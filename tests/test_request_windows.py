@@ -1,4 +1,4 @@
-"""Requests and hits built from the windowed interval table (kptrace.request_windows) equal
+"""Requests and hits built from the windowed interval table (kptrace.windowed.requests) equal
 requests.build_requests of the whole table row for row (request and disruption ids included),
 with window edges inside requests, and the work is really cut into parts as it goes."""
 
@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 from test_interval_windows import DATA, SAMPLES, _cut, _events, _every, _whole
 
-from kptrace import request_windows
-from kptrace.interval_windows import interval_windows
-from kptrace.request_windows import requests_of_windows
+import kptrace.windowed.requests as request_windows
+from kptrace.windowed.intervals import interval_windows
+from kptrace.windowed.requests import requests_of_windows
 from kptrace.requests import build_requests
 
 

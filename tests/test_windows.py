@@ -1,4 +1,4 @@
-"""The windowed read (kptrace.windows, kptrace.read.chunks) gives exactly the event table and
+"""The windowed read (kptrace.windowed.events, kptrace.read.chunks) gives exactly the event table and
 meta.json of the whole-trace read, and tables are written in row groups."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from kptrace.normalize import normalize
 from kptrace.read import read_any
 from kptrace.read.binary import decode
 from kptrace.read.chunks import decoded_windows, map_raw_dir, window_bounds
-from kptrace.windows import event_windows, open_source, read_windowed, write_event_windows
+from kptrace.windowed.events import event_windows, open_source, read_windowed, write_event_windows
 
 BINARY = Path(__file__).parent / "data" / "binary"
 SAMPLES = ["v6.dat.zst", "v6-extend.dat.zst", "v7-drops.dat.zst", "v7-none.dat.zst", "v7-zstd.dat", "raw"]

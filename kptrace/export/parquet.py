@@ -2,7 +2,7 @@
 
 Tables are written in row groups of ROW_GROUP_ROWS, so a reader (a lazy scan, DuckDB, pyarrow)
 can read a time range or a few columns of a 50 M-row table without loading all of it, and the
-windowed driver (kptrace.windows) can append one window at a time (ParquetAppender)."""
+windowed driver (kptrace.windowed.events) can append one window at a time (ParquetAppender)."""
 
 from __future__ import annotations
 

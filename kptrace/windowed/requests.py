@@ -25,9 +25,9 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 
-from kptrace.disruption_windows import ChargedWork
-from kptrace.interval_windows import stack_frames
 from kptrace.requests import EPOLL, REQUEST_SCHEMA, off_cpu_gaps, requests_of
+from kptrace.windowed.disruptions import ChargedWork
+from kptrace.windowed.intervals import stack_frames
 
 #: build_requests' hits table.
 HIT_SCHEMA = {"request_id": pl.UInt32, "disruption_id": pl.UInt32, "source": pl.String, "span_ns": pl.Int64}

@@ -1,5 +1,5 @@
 """`requests.charged_work` built from the numbered interval table one window at a time
-(kptrace.interval_windows yields it so), equal row for row to charged_work of the whole table.
+(kptrace.windowed.intervals yields it so), equal row for row to charged_work of the whole table.
 
 charged_work reads hard IRQs and softirqs per CPU in seq order, which for them is time order
 (an interval starts at its entry row), so the windows are consecutive per CPU. Carried per CPU:
@@ -19,9 +19,9 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import polars as pl
 
-from kptrace.interval_windows import stack_frames
 from kptrace.intervals import inside
 from kptrace.requests import CHAIN_GAP_NS
+from kptrace.windowed.intervals import stack_frames
 
 _COLUMNS = ["id", "cpu", "tid", "ts", "end", "kind", "complete", "own_ns", "glue_ns", "charged_ns", "root",
             "source", "disruptive"]
