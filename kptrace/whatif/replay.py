@@ -16,7 +16,7 @@ first busy-polls the queue before it, when the policy polls from the syscall.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -65,7 +65,8 @@ class CoreRun:
 
 
 def _tiled(arrivals: tuple[Arrival, ...], period_ns: int) -> list[Arrival]:
-    return [replace(a, ts=a.ts + k * period_ns) for k in range(MAX_PERIODS) for a in arrivals]
+    return [Arrival(a.ts + k * period_ns, a.source, a.handler_ns, a.softirq_ns, a.indirect_ns, a.tag)
+            for k in range(MAX_PERIODS) for a in arrivals]
 
 
 def replay_core(core: CoreInput, saturated: bool, record: bool = False) -> CoreRun:
@@ -93,7 +94,9 @@ def replay_core(core: CoreInput, saturated: bool, record: bool = False) -> CoreR
                                       core.post_ns.tolist(), core.demand_ns.tolist())
     if saturated:
         ready = [-1] * n
-    if queue is None:
+    if queue is None and saturated:
+        _step_back_to_back(walker, core, starts, ends)
+    elif queue is None:
         _step_requests(walker, ready, pre, wake, post, demand, starts, ends)
     else:
         for i in range(n):
@@ -148,3 +151,26 @@ def _step_requests(walker: CoreWalker, ready: list, pre: list, wake: list, post:
         now = walker.now
         next_arrival = stamps[walker._next] if walker._next < len(stamps) else NEVER
     walker.now, walker.idle_ns = now, walker.idle_ns + idle
+
+
+def _step_back_to_back(walker: CoreWalker, core: CoreInput, starts: np.ndarray, ends: np.ndarray) -> None:
+    """_step_requests at saturation, where requests run back to back: the run of requests that
+    ends before the next arrival is one cumulative sum; the request the arrival lands in is
+    handed to the walker."""
+    pre, post, demand = core.pre_ns, core.post_ns, core.demand_ns
+    ran = np.concatenate([[0], np.cumsum(pre + post + demand)])
+    stamps, n, i = walker._ts, len(demand), 0
+    while i < n:
+        now = walker.now
+        if walker._next < len(stamps):  # requests [i, m) end by the next arrival
+            m = max(i, int(np.searchsorted(ran, stamps[walker._next] - now + ran[i], side="right")) - 1)
+        else:
+            m = n
+        ends[i:m] = now + (ran[i + 1:m + 1] - ran[i])
+        starts[i:m] = ends[i:m] - demand[i:m]
+        walker.now = now + int(ran[m] - ran[i])
+        walker.busy_ns += int(ran[m] - ran[i])
+        if m < n:
+            walker.work(int(pre[m]), False)
+            _request_on_walker(walker, -1, 0, int(post[m]), int(demand[m]), starts, ends, m)
+        i = m + 1
