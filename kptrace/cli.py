@@ -7,6 +7,7 @@ Exit codes: 0 success (warnings may be printed), 1 unusable input (one line on s
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -80,7 +81,8 @@ def ingest(
     )
 
 
-def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = None) -> dict:
+def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = None,
+                 timeline_window: tuple[float, float] | None = None) -> dict:
     """Analyze one input into `out`, what-if predictions included (and the `predicted` policy's
     replay as a timeline group); return its summary. Stage progress goes to stderr."""
     from kptrace.analysis import analyze as run_analysis
@@ -100,9 +102,22 @@ def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = No
     summary = build_summary(analysis)
     servers = len(summary["whatif"])
     progress(f"replayed the what-if policies for {servers} server{'s' * (servers != 1)}")
-    summary = write_all(analysis, out, summary, predicted=predicted)
+    summary = write_all(analysis, out, summary, predicted=predicted, timeline_window=timeline_window)
     progress(f"wrote tables, report and timeline ({summary['outputs']['timeline_slices']:,} slices)")
     return summary
+
+
+def _seconds_window(text: str) -> tuple[float, float]:
+    """--timeline-window START:END (seconds from the trace's start); exit 2 with one line if not."""
+    try:
+        start, end = (float(part) for part in text.split(":"))
+    except ValueError:
+        start = end = math.nan
+    if not 0 <= start < end < math.inf:
+        _echo(f"kptrace: error: --timeline-window {text!r}: give START:END in seconds from the trace's start, "
+              "0 <= START < END (for example 2:4)", err=True)
+        raise typer.Exit(2)
+    return start, end
 
 
 COMPRESSED = (".gz", ".zst", ".xz")
@@ -141,6 +156,9 @@ def analyze(
     predicted: Annotated[str | None, typer.Option("--whatif", metavar="POLICY", help=(
         "also draw this what-if policy's replay (default parameters) in the timeline, as the group "
         "'predicted: POLICY' beside 'measured'"))] = None,
+    timeline_window: Annotated[str | None, typer.Option("--timeline-window", metavar="START:END", help=(
+        "draw only these seconds (from the trace's start) in the timeline; default: all of a trace of up to "
+        "2 M slices, else its busiest whole seconds. The tables always hold everything"))] = None,
 ) -> None:
     """Attribute interrupt costs per CPU and source; predict every what-if policy (modelled); write
     Parquet tables, summary.json, report.html and a Perfetto timeline. A directory of inputs is
@@ -157,13 +175,14 @@ def analyze(
     if predicted is not None and predicted not in POLICIES:
         _echo(f"kptrace: error: --whatif must be one of {', '.join(POLICIES)}", err=True)
         raise typer.Exit(2)
+    window = _seconds_window(timeline_window) if timeline_window is not None else None
     inputs = _inputs(trace)
     if not inputs:
         _fail(TraceError(trace, "empty directory: no bundle or trace file in it"))
     summaries, failed = {}, []
     for item, target in _output_dirs(inputs, out).items():
         try:
-            summaries[str(item)] = _analyze_one(item, target, quiet or as_json, predicted)
+            summaries[str(item)] = _analyze_one(item, target, quiet or as_json, predicted, window)
         except TraceError as error:
             _echo(f"kptrace: error: {error}", err=True)
             failed.append(item)

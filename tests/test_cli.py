@@ -39,7 +39,9 @@ def test_analyze_writes_every_table_as_the_library_computes_it(tmp_path):
     for name, table in expected.tables().items():
         assert_frame_equal(pl.read_parquet(tmp_path / "out" / f"{name}.parquet"), table, check_exact=True)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    outputs = summary.pop("outputs")
     assert summary == json.loads(json.dumps(build_summary(expected), default=str))
+    assert outputs["timeline_window"] is None and outputs["tables"] == sorted(expected.tables())  # drawn whole
     assert {r["source"] for r in summary["attribution"]["rows"]} == _truth_sources(tmp_path / "sim")
     assert (tmp_path / "out" / "timeline.perfetto-trace.gz").stat().st_size > 1000
     report = (tmp_path / "out" / "report.html").read_text()
@@ -175,6 +177,28 @@ def test_unusable_input_exits_1_with_one_line(tmp_path):
 def test_bad_usage_exits_2(tmp_path):
     assert run("analyze").returncode == 2
     assert run("simulate", "-o", tmp_path, "--format", "pcap").returncode == 2
+
+
+def test_a_timeline_window_draws_those_seconds_and_the_tables_keep_everything(tmp_path):
+    trace = write_simulation(tmp_path / "sim", Scenario(duration_s=0.2, seed=4))
+    whole = run("analyze", trace, "-o", tmp_path / "whole", "--json")
+    part = run("analyze", trace, "-o", tmp_path / "part", "--json", "--timeline-window", "0.05:0.1")
+    assert whole.returncode == part.returncode == 0, part.stderr
+    whole_out, part_out = json.loads(whole.stdout)["outputs"], json.loads(part.stdout)["outputs"]
+    window = part_out["timeline_window"]
+    assert (window["start_s"], window["end_s"]) == (0.05, 0.1) and window["end_ns"] - window["start_ns"] == 50_000_000
+    assert json.loads((tmp_path / "part" / "summary.json").read_text())["outputs"]["timeline_window"] == window
+    assert 0 < part_out["timeline_slices"] < whole_out["timeline_slices"] / 2
+    for name in whole_out["tables"]:
+        assert pl.read_parquet(tmp_path / "part" / f"{name}.parquet").equals(
+            pl.read_parquet(tmp_path / "whole" / f"{name}.parquet"))
+
+
+@pytest.mark.parametrize("window", ["2", "3:1", "a:b", "-1:2", "1:inf"])
+def test_a_bad_timeline_window_exits_2_with_one_line(tmp_path, window):
+    result = run("analyze", SAMPLES / "memcached-baseline", "-o", tmp_path / "out", "--timeline-window", window)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "--timeline-window" in result.stderr and not (tmp_path / "out").exists()
 
 
 def test_a_trace_with_neither_interrupts_nor_requests_still_analyzes(tmp_path):

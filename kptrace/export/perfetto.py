@@ -78,6 +78,10 @@ KIND_TITLES: dict[str, str] = {
 RATE_KINDS = ("hardirq",)
 IRQ_RATE_BIN_NS = 10_000_000
 REQUEST_KIND = "request"
+#: Slices a timeline draws at most unless told otherwise: past that, only the busiest whole
+#: seconds that fit are drawn (the Parquet tables keep everything). 2 M slices make a trace of
+#: about 60 MB (gzip) that the Perfetto UI still opens in a browser tab.
+TIMELINE_MAX_ITEMS = 2_000_000
 
 _CLEARED = TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
 _NEEDS_STATE = TracePacket.SEQ_NEEDS_INCREMENTAL_STATE
@@ -106,6 +110,36 @@ def irq_rate_bins(irqs: pl.DataFrame, start_ns: int, end_ns: int, bin_ns: int, b
         .drop("n")
         .sort(*by, "bin")
     )
+
+
+def busiest_window(starts: np.ndarray, max_items: int, bin_ns: int = 1_000_000_000) -> tuple[int, int] | None:
+    """The run of whole `bin_ns` bins (from the first start) holding the most items while holding
+    at most `max_items` (one bin at least, even when that bin alone holds more); None when every
+    item fits. Ties go to the earliest run. Same input, same window."""
+    if len(starts) <= max_items:
+        return None
+    first = int(starts.min())
+    counts = np.bincount((starts - first) // bin_ns)
+    totals = np.concatenate([[0], np.cumsum(counts)])
+    best_k = 1
+    for k in range(2, len(counts) + 1):
+        if (totals[k:] - totals[:-k]).max() > max_items:
+            break
+        best_k = k
+    sums = totals[best_k:] - totals[:-best_k]
+    i = int(np.argmax(sums))
+    return first + i * bin_ns, first + (i + best_k) * bin_ns
+
+
+def _in_window(frame: pl.DataFrame | None, window: tuple[int, int], spans: bool) -> pl.DataFrame | None:
+    """Rows inside [start, end): by their time, or, for slices (`spans`), every one that
+    overlaps it, drawn whole (an incomplete one by its start)."""
+    if frame is None:
+        return None
+    lo, hi = window
+    if not spans:
+        return frame.filter(pl.col("ts").is_between(lo, hi, closed="left"))
+    return frame.filter((pl.col("ts") < hi) & (pl.col("ts") + pl.col("dur").fill_null(0) >= lo))
 
 
 def _hash64(text: str) -> int:
@@ -397,13 +431,19 @@ def write_timeline(
     group: str = "measured",
     append: bool = False,
     irq_rate_bin_ns: int = IRQ_RATE_BIN_NS,
+    window: tuple[int, int] | None = None,
+    max_items: int | None = TIMELINE_MAX_ITEMS,
 ) -> dict:
     """Write one group of tracks to a Perfetto protobuf trace at `path` (gzip if it ends in .gz).
 
     `append=True` adds the group to an existing file (a what-if "predicted" group beside
-    "measured"). Returns what was written: {"group", "path", "tracks", "packets", "bytes",
-    "slices": {kind: n} (instants of incomplete intervals included), "incomplete": {kind: n},
-    "flows": n, "counter_samples": {counter name: n}}. Column contracts: module docstring.
+    "measured"). Only slices that overlap `window` ([start, end) ns on the trace clock) are
+    drawn, and events and counter samples inside it; without a window, a trace of more than
+    `max_items` intervals and requests draws its busiest seconds (busiest_window; None: all).
+    Returns what was written: {"group", "path", "tracks", "packets", "bytes", "slices": {kind:
+    n} (instants of incomplete intervals included), "incomplete": {kind: n}, "flows": n,
+    "counter_samples": {counter name: n}, "window": [start, end] or None}. Column contracts:
+    module docstring.
     """
     seq = sequence_id(group)
     layout = _Layout(group)
@@ -414,6 +454,13 @@ def write_timeline(
     rq = _frame(requests, ["request_id", "tid", "cpu", "ts", "dur", "fd", "n_irq", "disrupted",
                            "irq_interval_ids"])
     ct = _frame(counters, ["ts", "cpu", "name", "value"])
+    if window is None and max_items is not None:
+        starts = [iv["ts"].drop_nulls().to_numpy()] + ([rq["ts"].drop_nulls().to_numpy()] if rq is not None else [])
+        window = busiest_window(np.concatenate(starts).astype(np.int64), max_items)
+    if window is not None:
+        iv = iv if "id" in iv.columns else iv.with_row_index("id")  # ids are positions in the whole frame
+        iv, rq = _in_window(iv, window, spans=True), _in_window(rq, window, spans=True)
+        ev, ct = _in_window(ev, window, spans=False), _in_window(ct, window, spans=False)
 
     # --- CPUs and time span ---------------------------------------------------------------
     cpus: set[int] = set()
@@ -632,4 +679,5 @@ def write_timeline(
         "incomplete": counts_incomplete,
         "flows": n_flows,
         "counter_samples": counts_counters,
+        "window": None if window is None else [int(window[0]), int(window[1])],
     }
