@@ -394,3 +394,22 @@ def test_a_timeline_that_fits_is_drawn_whole_and_unchanged(tmp_path):
     unbounded = write_timeline(tmp_path / "u.pftrace", None, intervals, max_items=None)
     assert default["window"] is None
     assert (tmp_path / "d.pftrace").read_bytes() == (tmp_path / "u.pftrace").read_bytes()
+
+
+# --- Packets with flows or annotations, encoded directly -----------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(ts=st.integers(0, 2**63 - 1), kind=st.sampled_from([1, 2, 3, 4]), uuid=st.integers(0, 2**64 - 1),
+       iid=st.none() | st.integers(1, 2**31), value=st.none() | st.floats(allow_nan=False),
+       seq=st.integers(1, 2**32 - 1),
+       flows_out=st.none() | st.lists(st.integers(0, 2**64 - 1), max_size=3),
+       flows_in=st.none() | st.lists(st.integers(0, 2**64 - 1), max_size=3),
+       annotations=st.none() | st.lists(st.tuples(st.text(max_size=12), st.integers(-2**63, 2**63 - 1)), max_size=3),
+       incomplete=st.booleans())
+def test_a_packet_with_flows_or_annotations_has_the_protobuf_classes_bytes(ts, kind, uuid, iid, value, seq, flows_out,
+                                                                            flows_in, annotations, incomplete):
+    from kptrace.export.perfetto import _event_packet, _extra_packet
+
+    extra = (flows_out, flows_in, annotations, incomplete)
+    assert _extra_packet(ts, kind, uuid, iid, value, seq, extra) == _event_packet(ts, kind, uuid, iid, value, seq,
+                                                                                   None, extra)

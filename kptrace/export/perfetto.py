@@ -58,6 +58,7 @@ from __future__ import annotations
 import gzip
 from bisect import bisect_left
 import hashlib
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -330,6 +331,36 @@ def _event_packet(ts: int, kind: int, uuid: int, iid: int | None, value: float |
     return _frame_packet(packet.SerializeToString())
 
 
+def _annotation(name: str, int_value: int | None = None, flag: bool = False) -> bytes:
+    """One TrackEvent.debug_annotations entry (field 4): bool_value (2) or int_value (4), then name (10)."""
+    value = b"\x10\x01" if flag else b"\x20" + _varint(int_value & 0xFFFF_FFFF_FFFF_FFFF)
+    label = name.encode()
+    body = value + b"\x52" + _varint(len(label)) + label
+    return b"\x22" + _varint(len(body)) + body
+
+
+def _extra_packet(ts: int, kind: int, uuid: int, iid: int | None, value: float | None, seq: int,
+                  extra: tuple) -> bytes:
+    """_event_packet's bytes for a packet with flows or annotations (and no interned data),
+    written directly: the protobuf classes cost ~10x more per packet. Fields in number order,
+    as protobuf serializes them."""
+    flows_out, flows_in, annotations, incomplete = extra
+    te = [_annotation(key, int(val)) for key, val in annotations or ()]
+    if incomplete:
+        te.append(_annotation("incomplete", flag=True))
+    te += [b"\x48", _varint(kind)]
+    if iid is not None:
+        te += [b"\x50", _varint(iid)]
+    te += [b"\x58", _varint(uuid)]
+    if value is not None:
+        te.append(b"\xe1\x02" + struct.pack("<d", value))
+    te += [b"\xf9\x02" + struct.pack("<Q", flow) for flow in flows_out or ()]
+    te += [b"\x81\x03" + struct.pack("<Q", flow) for flow in flows_in or ()]
+    event = b"".join(te)
+    return _frame_packet(b"\x40" + _varint(ts) + b"\x50" + _varint(seq) + b"\x5a" + _varint(len(event)) + event
+                         + b"\x68\x02")
+
+
 def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Protobuf varints of unsigned values: (bytes, shape (n, 10); length per row)."""
     v = values.astype(np.uint64)
@@ -399,9 +430,11 @@ def _write_events(out, rows: pl.DataFrame, seq: int, interned: dict[str, int],
     value = rows["value"].fill_null(0.0).to_numpy()
 
     def special(i: int) -> bytes:
-        return _event_packet(int(ts[i]), int(kind[i]), int(uuid[i]), None if iid[i] < 0 else int(iid[i]),
-                             float(value[i]) if kind[i] == _COUNTER else None, seq,
-                             interned if i == 0 else None, extras.get(i))
+        fields = (int(ts[i]), int(kind[i]), int(uuid[i]), None if iid[i] < 0 else int(iid[i]),
+                  float(value[i]) if kind[i] == _COUNTER else None, seq)
+        if i == 0 or not VECTORISED:
+            return _event_packet(*fields, interned if i == 0 else None, extras.get(i))
+        return _extra_packet(*fields, extras[i])
 
     if not VECTORISED:
         for lo in range(0, rows.height, _BLOCK):
