@@ -55,6 +55,7 @@ gzip-compressed (Perfetto's trace processor and UI read gzip traces).
 
 from __future__ import annotations
 
+import functools
 import gzip
 from bisect import bisect_left
 import hashlib
@@ -271,6 +272,8 @@ def _request_items(requests: pl.DataFrame) -> pl.DataFrame:
 
 
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL_VARINTS[value]
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -280,6 +283,9 @@ def _varint(value: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
+
+
+_SMALL_VARINTS = [bytes((value,)) for value in range(0x80)]
 
 
 def _frame_packet(payload: bytes) -> bytes:
@@ -334,9 +340,14 @@ def _event_packet(ts: int, kind: int, uuid: int, iid: int | None, value: float |
 def _annotation(name: str, int_value: int | None = None, flag: bool = False) -> bytes:
     """One TrackEvent.debug_annotations entry (field 4): bool_value (2) or int_value (4), then name (10)."""
     value = b"\x10\x01" if flag else b"\x20" + _varint(int_value & 0xFFFF_FFFF_FFFF_FFFF)
-    label = name.encode()
-    body = value + b"\x52" + _varint(len(label)) + label
+    body = value + _annotation_name(name)
     return b"\x22" + _varint(len(body)) + body
+
+
+@functools.lru_cache(maxsize=256)
+def _annotation_name(name: str) -> bytes:
+    label = name.encode()
+    return b"\x52" + _varint(len(label)) + label
 
 
 def _extra_packet(ts: int, kind: int, uuid: int, iid: int | None, value: float | None, seq: int,
@@ -445,12 +456,12 @@ def _write_events(out, rows: pl.DataFrame, seq: int, interned: dict[str, int],
         hi = min(lo + _BLOCK, rows.height)
         flat, lengths = _encode_block(ts[lo:hi], kind[lo:hi], uuid[lo:hi], iid[lo:hi], value[lo:hi], seq)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
-        start = 0
+        start, pieces = 0, []
         for i in specials[bisect_left(specials, lo):bisect_left(specials, hi)]:
-            out.write(flat[offsets[start]:offsets[i - lo]].tobytes())
-            out.write(special(i))
+            pieces += [flat[offsets[start]:offsets[i - lo]].tobytes(), special(i)]
             start = i - lo + 1
-        out.write(flat[offsets[start]:].tobytes())
+        pieces.append(flat[offsets[start]:].tobytes())
+        out.write(b"".join(pieces))  # one write per block: a gzip write costs more than a packet
     return rows.height
 
 

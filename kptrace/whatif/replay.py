@@ -16,6 +16,7 @@ first busy-polls the queue before it, when the policy polls from the syscall.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,17 +160,19 @@ def _step_back_to_back(walker: CoreWalker, core: CoreInput, starts: np.ndarray, 
     handed to the walker."""
     pre, post, demand = core.pre_ns, core.post_ns, core.demand_ns
     ran = np.concatenate([[0], np.cumsum(pre + post + demand)])
+    ran_list = ran.tolist()  # bisect on a list: one arrival's step costs no numpy call overhead
     stamps, n, i = walker._ts, len(demand), 0
     while i < n:
         now = walker.now
         if walker._next < len(stamps):  # requests [i, m) end by the next arrival
-            m = max(i, int(np.searchsorted(ran, stamps[walker._next] - now + ran[i], side="right")) - 1)
+            m = max(i, bisect_right(ran_list, stamps[walker._next] - now + ran_list[i]) - 1)
         else:
             m = n
-        ends[i:m] = now + (ran[i + 1:m + 1] - ran[i])
-        starts[i:m] = ends[i:m] - demand[i:m]
-        walker.now = now + int(ran[m] - ran[i])
-        walker.busy_ns += int(ran[m] - ran[i])
+        if m > i:
+            ends[i:m] = ran[i + 1:m + 1] + (now - ran_list[i])
+            starts[i:m] = ends[i:m] - demand[i:m]
+        walker.now = now + (ran_list[m] - ran_list[i])
+        walker.busy_ns += ran_list[m] - ran_list[i]
         if m < n:
             walker.work(int(pre[m]), False)
             _request_on_walker(walker, -1, 0, int(post[m]), int(demand[m]), starts, ends, m)
