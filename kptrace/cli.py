@@ -6,6 +6,7 @@ Exit codes: 0 success (warnings may be printed), 1 unusable input (one line on s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -90,21 +91,50 @@ def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = No
     from kptrace.export import write_all
     from kptrace.summary import build_summary
 
+    with _stages(trace.name, quiet) as progress:
+        with opened(trace, out) as readable:  # a bundle archive is unpacked safely into out, then removed
+            analysis = run_analysis(readable, progress)
+        _warn(analysis.meta)
+        summary = build_summary(analysis)
+        servers = len(summary["whatif"])
+        progress(f"replayed the what-if policies for {servers} server{'s' * (servers != 1)}")
+        summary = write_all(analysis, out, summary, predicted=predicted, timeline_window=timeline_window)
+        progress(f"wrote tables, report and timeline ({summary['outputs']['timeline_slices']:,} slices)")
+    return summary
+
+
+#: What `kptrace analyze` does after each progress line, in order (the bar names the running one).
+ANALYZE_STAGES = ("reading the trace", "rebuilding intervals and interrupt chains", "finding requests",
+                  "attributing costs and replaying the what-if policies", "writing tables, report and timeline")
+
+
+@contextlib.contextmanager
+def _stages(name: str, quiet: bool):
+    """A `progress(stage)` for `_analyze_one`: each finished stage as one line on stderr and, when
+    stderr is a terminal, a bar under them naming the running stage with the time so far (rich)."""
     started = time.monotonic()
 
-    def progress(stage: str) -> None:
-        if not quiet:
-            _echo(f"kptrace: [{time.monotonic() - started:5.1f} s] {trace.name}: {stage}", err=True)
+    def line(stage: str) -> str:
+        return f"kptrace: [{time.monotonic() - started:5.1f} s] {name}: {stage}"
 
-    with opened(trace, out) as readable:  # a bundle archive is unpacked safely into out, then removed
-        analysis = run_analysis(readable, progress)
-    _warn(analysis.meta)
-    summary = build_summary(analysis)
-    servers = len(summary["whatif"])
-    progress(f"replayed the what-if policies for {servers} server{'s' * (servers != 1)}")
-    summary = write_all(analysis, out, summary, predicted=predicted, timeline_window=timeline_window)
-    progress(f"wrote tables, report and timeline ({summary['outputs']['timeline_slices']:,} slices)")
-    return summary
+    if quiet or not sys.stderr.isatty():
+        yield (lambda stage: None) if quiet else (lambda stage: _echo(line(stage), err=True))
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from kptrace.export.text import terminal_safe
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(f"{name}: {ANALYZE_STAGES[0]}", total=len(ANALYZE_STAGES))
+
+        def progress(stage: str) -> None:
+            bar.console.print(terminal_safe(line(stage)), markup=False, highlight=False, soft_wrap=True)
+            done = min(int(bar.tasks[0].completed) + 1, len(ANALYZE_STAGES))
+            running = ANALYZE_STAGES[done] if done < len(ANALYZE_STAGES) else "done"
+            bar.update(task, completed=done, description=f"{name}: {running}")
+        yield progress
 
 
 def _seconds_window(text: str) -> tuple[float, float]:

@@ -236,3 +236,36 @@ def test_analyze_of_a_damaged_trace_warns_and_finishes(tmp_path, damage):
     noted = re.search(r"note: [\d,]+ of [\d,]+ intervals lack their entry or exit", result.stdout)
     assert warned or (damage == "dropped" and noted)  # dropped lines show only as unpaired intervals
     assert "sim-disk" in result.stdout
+
+
+def _stderr_on_a_terminal(args: list, cwd: Path) -> str:
+    """stderr of a kptrace command run with a pseudo-terminal as its stderr (stdout discarded)."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([*KPTRACE, *map(str, args)], stdout=subprocess.DEVNULL, stderr=follower, cwd=cwd)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the command is done
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert process.wait() == 0
+    os.close(leader)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_analyze_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one(tmp_path):
+    trace = write_simulation(tmp_path / "sim", Scenario(duration_s=0.1, seed=5))
+    plain = run("analyze", trace, "-o", tmp_path / "plain").stderr
+    lines = [line for line in plain.splitlines() if line.startswith("kptrace: [")]
+    assert [line.split(": ", 2)[2].split()[0] for line in lines] == ["read", "rebuilt", "found", "replayed", "wrote"]
+    assert "\x1b" not in plain
+    on_terminal = _stderr_on_a_terminal(["analyze", trace, "-o", tmp_path / "tty"], tmp_path)
+    assert all(line.split("] ", 1)[1] in on_terminal for line in lines if "wrote" not in line)  # same lines
+    assert "\x1b[" in on_terminal and "/5" in on_terminal and "finding requests" in on_terminal  # the bar
