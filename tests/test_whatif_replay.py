@@ -4,18 +4,28 @@ a figure."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kptrace.walker import Arrival, CoreWalker
-from kptrace.whatif.replay import CoreInput, _tiled, replay_core
+from kptrace.walker import Arrival, CoreWalker, direct_span
+from kptrace.whatif.replay import MAX_PERIODS, CoreInput, replay_core
 
 
 def walker_replay(core: CoreInput, saturated: bool) -> tuple:
-    """The reference: every request's loop work, wait, wake-up and demand stepped on the walker."""
-    arrivals = _tiled(core.arrivals, core.period_ns) if saturated else list(core.arrivals)
-    walker = CoreWalker(arrivals, core.start_ns)
+    """The reference: every request's loop work, wait, wake-up and demand stepped on the walker,
+    at saturation over every arrival repeated MAX_PERIODS times."""
+    arrivals = ([replace(a, ts=a.ts + k * core.period_ns) for k in range(MAX_PERIODS) for a in core.arrivals]
+                if saturated else list(core.arrivals))
+    taken = []
+
+    def take(at: int, arrival: Arrival) -> int:
+        taken.append((at, arrival))
+        return direct_span(at, arrival)
+
+    walker = CoreWalker(arrivals, core.start_ns, take)
     starts, ends = [], []
     for i in range(len(core.demand_ns)):
         walker.work(int(core.pre_ns[i]), False)
@@ -27,7 +37,8 @@ def walker_replay(core: CoreInput, saturated: bool) -> tuple:
         starts.append(walker.now)
         walker.work(int(core.demand_ns[i]), True)
         ends.append(walker.now)
-    return starts, ends, walker.busy_ns, walker.now - core.start_ns
+    interrupts = int(np.searchsorted(np.array([a.ts for a in arrivals], np.int64), walker.now))
+    return starts, ends, walker.busy_ns, walker.now - core.start_ns, interrupts, tuple(taken)
 
 
 # Small times, so that arrivals often fall on the edges of requests, waits and wake-ups.
@@ -52,10 +63,11 @@ def core_input(rows: list, raw_arrivals: list, start: int = 1_000) -> CoreInput:
 @given(requests, interrupts, st.booleans())
 def test_stepping_requests_past_the_walker_changes_no_figure(rows, raw_arrivals, saturated):
     core = core_input(rows, raw_arrivals)
-    run = replay_core(core, saturated)
-    starts, ends, busy, window = walker_replay(core, saturated)
+    run, recorded = replay_core(core, saturated), replay_core(core, saturated, record=True)
+    starts, ends, busy, window, interrupts, taken = walker_replay(core, saturated)
     assert run.starts.tolist() == starts and run.ends.tolist() == ends
-    assert (run.busy_ns, run.window_ns) == (busy, window)
+    assert (run.busy_ns, run.window_ns, run.interrupts) == (busy, window, interrupts)
+    assert recorded.taken == taken and recorded.ends.tolist() == ends
 
 
 def test_an_interrupt_landing_in_a_request_stretches_it_and_the_next_waits_less():
