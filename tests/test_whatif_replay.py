@@ -44,7 +44,7 @@ def walker_replay(core: CoreInput, saturated: bool) -> tuple:
 # Small times, so that arrivals often fall on the edges of requests, waits and wake-ups.
 costs = st.integers(0, 300)
 requests = st.lists(st.tuples(costs, costs, st.integers(0, 80), costs, st.integers(-1, 20_000)),
-                    min_size=1, max_size=60)
+                    min_size=1, max_size=400)
 interrupts = st.lists(st.tuples(st.integers(0, 20_000), st.integers(0, 400), st.integers(0, 300),
                                 st.integers(0, 200)), max_size=40)
 
@@ -85,3 +85,12 @@ def test_an_arrival_on_the_last_ns_of_a_request_stretches_it_and_one_at_its_end_
     at_end = replay_core(core_input(rows, [(600, 100, 0, 0)]), saturated=False)
     assert inside.ends.tolist() == [1_700, 2_000]
     assert at_end.ends.tolist() == [1_600, 2_000]
+
+
+def test_a_request_ready_one_ns_too_soon_to_sleep_wakes_right_after_the_previous_one():
+    # request 1 would have to start waking at 1599, but request 0 ends at 1600: no idle, and the
+    # wake-up IPI's 100 ns run from 1600, so it starts at 1700, not at its ready time 1699.
+    core = core_input([(0, 0, 0, 600, -1), (0, 0, 100, 300, 699), (0, 0, 100, 300, 1_500)], [])
+    run = replay_core(core, saturated=False)
+    assert run.starts.tolist() == [1_000, 1_700, 2_500] and run.ends.tolist() == [1_600, 2_000, 2_800]
+    assert run.busy_ns == 600 + 100 + 300 + 100 + 300 and run.window_ns == 1_800
