@@ -275,17 +275,16 @@ def _varint(value: int) -> bytes:
     if value < 0x80:
         return _SMALL_VARINTS[value]
     out = bytearray()
-    while True:
-        byte = value & 0x7F
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
         value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    out.append(value)
+    return bytes(out)
 
 
 _SMALL_VARINTS = [bytes((value,)) for value in range(0x80)]
+#: Track uuids and name iids repeat from packet to packet: each is encoded once.
+_track_varint = functools.lru_cache(maxsize=65536)(_varint)
 
 
 def _frame_packet(payload: bytes) -> bytes:
@@ -359,10 +358,10 @@ def _extra_packet(ts: int, kind: int, uuid: int, iid: int | None, value: float |
     te = [_annotation(key, int(val)) for key, val in annotations or ()]
     if incomplete:
         te.append(_annotation("incomplete", flag=True))
-    te += [b"\x48", _varint(kind)]
+    te += [b"\x48", _SMALL_VARINTS[kind]]
     if iid is not None:
-        te += [b"\x50", _varint(iid)]
-    te += [b"\x58", _varint(uuid)]
+        te += [b"\x50", _track_varint(iid)]
+    te += [b"\x58", _track_varint(uuid)]
     if value is not None:
         te.append(b"\xe1\x02" + struct.pack("<d", value))
     te += [b"\xf9\x02" + struct.pack("<Q", flow) for flow in flows_out or ()]
