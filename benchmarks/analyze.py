@@ -1,11 +1,14 @@
-"""Full `kptrace analyze` (Perfetto export included) vs `trace-cmd report` printing the same trace.
+"""Full `kptrace analyze` of a trace.dat (tables, summary, report, Perfetto timeline: everything)
+vs `trace-cmd report > /dev/null` of the same file (issue 9, item 5: analyze must finish first).
 
-Uses the recording of benchmarks/ingest.py (a tracefs instance buffer saved as text and, via
-`trace-cmd extract`, as trace.dat), alternates the two commands --repeats times, and prints
-wall time, events/s and peak RSS of each, and the ratio. Usage (root, to record):
+Uses the recording of benchmarks/ingest.py (a tracefs instance buffer saved, via `trace-cmd
+extract`, as trace.dat), alternates the two commands --repeats times, and prints wall time,
+events/s and peak RSS of each, and the ratio. Usage (root, to record):
 
     python benchmarks/analyze.py [--events 1250000] [--repeats 3]
-    python benchmarks/analyze.py --text trace.txt --dat trace.dat
+    python benchmarks/analyze.py --dat trace.dat        # an existing recording
+    python benchmarks/analyze.py --dat trace.dat --text trace.txt   # also analyze its text
+    python benchmarks/analyze.py --dat trace.dat --stages           # where analyze's time goes
 """
 
 from __future__ import annotations
@@ -37,21 +40,71 @@ def wall_and_peak(command: list[str]) -> tuple[float, int]:
     return time.perf_counter() - start, int(result.stderr.strip().splitlines()[-1])
 
 
+def stage_times(dat: Path, out: Path) -> dict[str, float]:
+    """Seconds of each stage of one in-process analyze of `dat` (as `kptrace analyze` runs it):
+    the analysis's own stages as its progress reports them, then what-if, tables, timeline and
+    report (write_all's parts, timed by wrapping the functions it calls)."""
+    from kptrace.analysis import analyze
+    from kptrace.export import parquet, perfetto, report, write_all
+    from kptrace.summary import build_summary
+
+    times: dict[str, float] = {}
+    mark = [time.perf_counter()]
+
+    def lap(stage: str) -> None:
+        now = time.perf_counter()
+        times[stage] = times.get(stage, 0.0) + now - mark[0]
+        mark[0] = now
+
+    def timed(module, name: str, stage: str):
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            lap("write_all: other")
+            result = original(*args, **kwargs)
+            lap(stage)
+            return result
+        setattr(module, name, wrapper)
+
+    timed(parquet, "write_tables", "write_all: Parquet tables")
+    timed(perfetto, "write_timeline", "write_all: Perfetto timeline")
+    timed(report, "write_report", "write_all: report.html")
+    analysis = analyze(dat, lambda stage: lap(f"analysis: {stage}"))
+    lap("analysis: rest")
+    summary = build_summary(analysis)
+    lap("summary and what-if (build_summary)")
+    write_all(analysis, out, summary)
+    lap("write_all: other")
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_250_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--text", type=Path)
-    parser.add_argument("--dat", type=Path)
+    parser.add_argument("--dat", type=Path, help="an existing trace.dat instead of a new recording")
+    parser.add_argument("--text", type=Path, help="also time `kptrace analyze` of this text of the same trace")
+    parser.add_argument("--stages", action="store_true", help="only time each stage of one in-process analyze of --dat")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kptrace-bench-analyze-"))
     try:
-        text, dat = (args.text, args.dat) if args.text else _ingest_benchmark().record(work, args.events)
+        if args.stages:
+            if args.dat is None:
+                parser.error("--stages needs --dat")
+            times = stage_times(args.dat, work / "out")
+            for stage, seconds in times.items():
+                print(f"  {stage:<60} {seconds:6.2f} s")
+            print(f"  {'total':<60} {sum(times.values()):6.2f} s")
+            return
+        text, dat = (args.text, args.dat) if args.dat else _ingest_benchmark().record(work, args.events)
         commands = {
-            "kptrace analyze (tracefs text)": [sys.executable, "-m", "kptrace.cli", "analyze", str(text),
-                                               "-o", str(work / "out"), "--quiet"],
+            "kptrace analyze (trace.dat)": [sys.executable, "-m", "kptrace.cli", "analyze", str(dat),
+                                            "-o", str(work / "out"), "--quiet"],
             "trace-cmd report (trace.dat)": ["trace-cmd", "report", "-i", str(dat)],
         }
+        if text is not None:
+            commands["kptrace analyze (tracefs text)"] = [sys.executable, "-m", "kptrace.cli", "analyze", str(text),
+                                                          "-o", str(work / "out-text"), "--quiet"]
         runs = {name: [] for name in commands}
         for _ in range(args.repeats):
             for name, command in commands.items():
@@ -68,7 +121,7 @@ def main() -> None:
             medians[name] = statistics.median(seconds)
             print(f"  {name:<32} median {medians[name]:6.2f} s (min {min(seconds):.2f}, max {max(seconds):.2f})  "
                   f"{events / medians[name] / 1e6:5.2f} M events/s  peak RSS {max(p for _, p in samples) / 1024:6.0f} MiB")
-        analyze_s, report_s = medians.values()
+        analyze_s, report_s = medians["kptrace analyze (trace.dat)"], medians["trace-cmd report (trace.dat)"]
         print(f"ratio trace-cmd report / kptrace analyze wall time: {report_s / analyze_s:.2f}x (target > 1)")
     finally:
         shutil.rmtree(work, ignore_errors=True)

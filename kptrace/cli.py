@@ -6,7 +6,9 @@ Exit codes: 0 success (warnings may be printed), 1 unusable input (one line on s
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -80,7 +82,8 @@ def ingest(
     )
 
 
-def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = None) -> dict:
+def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = None,
+                 timeline_window: tuple[float, float] | None = None) -> dict:
     """Analyze one input into `out`, what-if predictions included (and the `predicted` policy's
     replay as a timeline group); return its summary. Stage progress goes to stderr."""
     from kptrace.analysis import analyze as run_analysis
@@ -88,21 +91,63 @@ def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = No
     from kptrace.export import write_all
     from kptrace.summary import build_summary
 
+    with _stages(trace.name, quiet) as progress:
+        with opened(trace, out) as readable:  # a bundle archive is unpacked safely into out, then removed
+            analysis = run_analysis(readable, progress)
+        _warn(analysis.meta)
+        summary = build_summary(analysis)
+        servers = len(summary["whatif"])
+        progress(f"replayed the what-if policies for {servers} server{'s' * (servers != 1)}")
+        summary = write_all(analysis, out, summary, predicted=predicted, timeline_window=timeline_window)
+        progress(f"wrote tables, report and timeline ({summary['outputs']['timeline_slices']:,} slices)")
+    return summary
+
+
+#: What `kptrace analyze` does after each progress line, in order (the bar names the running one).
+ANALYZE_STAGES = ("reading the trace", "rebuilding intervals and interrupt chains", "finding requests",
+                  "attributing costs and replaying the what-if policies", "writing tables, report and timeline")
+
+
+@contextlib.contextmanager
+def _stages(name: str, quiet: bool):
+    """A `progress(stage)` for `_analyze_one`: each finished stage as one line on stderr and, when
+    stderr is a terminal, a bar under them naming the running stage with the time so far (rich)."""
     started = time.monotonic()
 
-    def progress(stage: str) -> None:
-        if not quiet:
-            _echo(f"kptrace: [{time.monotonic() - started:5.1f} s] {trace.name}: {stage}", err=True)
+    def line(stage: str) -> str:
+        return f"kptrace: [{time.monotonic() - started:5.1f} s] {name}: {stage}"
 
-    with opened(trace, out) as readable:  # a bundle archive is unpacked safely into out, then removed
-        analysis = run_analysis(readable, progress)
-    _warn(analysis.meta)
-    summary = build_summary(analysis)
-    servers = len(summary["whatif"])
-    progress(f"replayed the what-if policies for {servers} server{'s' * (servers != 1)}")
-    summary = write_all(analysis, out, summary, predicted=predicted)
-    progress(f"wrote tables, report and timeline ({summary['outputs']['timeline_slices']:,} slices)")
-    return summary
+    if quiet or not sys.stderr.isatty():
+        yield (lambda stage: None) if quiet else (lambda stage: _echo(line(stage), err=True))
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from kptrace.export.text import terminal_safe
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(f"{name}: {ANALYZE_STAGES[0]}", total=len(ANALYZE_STAGES))
+
+        def progress(stage: str) -> None:
+            bar.console.print(terminal_safe(line(stage)), markup=False, highlight=False, soft_wrap=True)
+            done = min(int(bar.tasks[0].completed) + 1, len(ANALYZE_STAGES))
+            running = ANALYZE_STAGES[done] if done < len(ANALYZE_STAGES) else "done"
+            bar.update(task, completed=done, description=f"{name}: {running}")
+        yield progress
+
+
+def _seconds_window(text: str) -> tuple[float, float]:
+    """--timeline-window START:END (seconds from the trace's start); exit 2 with one line if not."""
+    try:
+        start, end = (float(part) for part in text.split(":"))
+    except ValueError:
+        start = end = math.nan
+    if not 0 <= start < end < math.inf:
+        _echo(f"kptrace: error: --timeline-window {text!r}: give START:END in seconds from the trace's start, "
+              "0 <= START < END (for example 2:4)", err=True)
+        raise typer.Exit(2)
+    return start, end
 
 
 COMPRESSED = (".gz", ".zst", ".xz")
@@ -141,6 +186,9 @@ def analyze(
     predicted: Annotated[str | None, typer.Option("--whatif", metavar="POLICY", help=(
         "also draw this what-if policy's replay (default parameters) in the timeline, as the group "
         "'predicted: POLICY' beside 'measured'"))] = None,
+    timeline_window: Annotated[str | None, typer.Option("--timeline-window", metavar="START:END", help=(
+        "draw only these seconds (from the trace's start) in the timeline; default: all of a trace of up to "
+        "2 M slices, else its busiest whole seconds. The tables always hold everything"))] = None,
 ) -> None:
     """Attribute interrupt costs per CPU and source; predict every what-if policy (modelled); write
     Parquet tables, summary.json, report.html and a Perfetto timeline. A directory of inputs is
@@ -157,13 +205,14 @@ def analyze(
     if predicted is not None and predicted not in POLICIES:
         _echo(f"kptrace: error: --whatif must be one of {', '.join(POLICIES)}", err=True)
         raise typer.Exit(2)
+    window = _seconds_window(timeline_window) if timeline_window is not None else None
     inputs = _inputs(trace)
     if not inputs:
         _fail(TraceError(trace, "empty directory: no bundle or trace file in it"))
     summaries, failed = {}, []
     for item, target in _output_dirs(inputs, out).items():
         try:
-            summaries[str(item)] = _analyze_one(item, target, quiet or as_json, predicted)
+            summaries[str(item)] = _analyze_one(item, target, quiet or as_json, predicted, window)
         except TraceError as error:
             _echo(f"kptrace: error: {error}", err=True)
             failed.append(item)

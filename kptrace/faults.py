@@ -296,19 +296,22 @@ def mark_requests(requests: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame
     it migrated) and its thread; `damaged`: it overlaps one."""
     lo, hi = requests["ts"].to_numpy(), (requests["ts"] + requests["dur"]).to_numpy()
     cpu, tid, migrated = requests["cpu"].to_numpy(), requests["tid"].to_numpy(), requests["migrated"].to_numpy()
-    kinds = np.empty((requests.height, 0), dtype=bool)
-    names = sorted(set(windows["kind"]))
-    for kind in names:
+    hits = {}
+    for kind in sorted(set(windows["kind"])):
         of_kind = windows.filter(pl.col("kind") == kind)
         hit = np.zeros(requests.height, dtype=bool)
         for (w_cpu, w_tid), group in of_kind.group_by("cpu", "tid"):
             applies = ((w_cpu is None) | (cpu == w_cpu) | migrated) & ((w_tid is None) | (tid == w_tid))
             hit |= applies & _touched(group["start_ns"].to_numpy(), group["end_ns"].to_numpy(), lo, hi)
-        kinds = np.column_stack([kinds, hit])
-    lists = [[name for name, on in zip(names, row, strict=True) if on] for row in kinds]
-    return requests.with_columns(
-        damaged=pl.Series(kinds.any(axis=1) if names else np.zeros(requests.height, dtype=bool)),
-        fault_kinds=pl.Series(lists, dtype=pl.List(pl.String)))
+        hits[kind] = hit
+    if not hits:
+        return requests.with_columns(damaged=pl.lit(False),
+                                     fault_kinds=pl.lit([], dtype=pl.List(pl.String)))
+    # The kinds' names gathered per row by Polars: a Python list per request cost ~1 s per 50 k requests.
+    kinds = pl.DataFrame(hits).select(
+        damaged=pl.any_horizontal(pl.all()),
+        fault_kinds=pl.concat_list([pl.when(pl.col(kind)).then(pl.lit(kind)) for kind in hits]).list.drop_nulls())
+    return requests.with_columns(kinds)
 
 
 def _covered_ns(starts: np.ndarray, ends: np.ndarray) -> int:

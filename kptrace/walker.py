@@ -71,6 +71,14 @@ class CoreWalker:
         self.take = take or direct_span
         self.nic = nic
 
+    @classmethod
+    def in_order(cls, arrivals, stamps: list[int], start_ns: int, take: Take | None = None) -> CoreWalker:
+        """A walker over arrivals already in time order: `arrivals[i]` (any indexable, such as one
+        that builds each arrival only when it is taken) arrives at `stamps[i]`."""
+        walker = cls((), start_ns, take)
+        walker.arrivals, walker._ts = arrivals, stamps
+        return walker
+
     def work(self, ns: int, in_request: bool) -> list[Arrival]:
         """Run `ns` of the current thread's own work; return the arrivals taken meanwhile."""
         if self.nic is not None:

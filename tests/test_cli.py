@@ -39,7 +39,9 @@ def test_analyze_writes_every_table_as_the_library_computes_it(tmp_path):
     for name, table in expected.tables().items():
         assert_frame_equal(pl.read_parquet(tmp_path / "out" / f"{name}.parquet"), table, check_exact=True)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    outputs = summary.pop("outputs")
     assert summary == json.loads(json.dumps(build_summary(expected), default=str))
+    assert outputs["timeline_window"] is None and outputs["tables"] == sorted(expected.tables())  # drawn whole
     assert {r["source"] for r in summary["attribution"]["rows"]} == _truth_sources(tmp_path / "sim")
     assert (tmp_path / "out" / "timeline.perfetto-trace.gz").stat().st_size > 1000
     report = (tmp_path / "out" / "report.html").read_text()
@@ -177,6 +179,28 @@ def test_bad_usage_exits_2(tmp_path):
     assert run("simulate", "-o", tmp_path, "--format", "pcap").returncode == 2
 
 
+def test_a_timeline_window_draws_those_seconds_and_the_tables_keep_everything(tmp_path):
+    trace = write_simulation(tmp_path / "sim", Scenario(duration_s=0.2, seed=4))
+    whole = run("analyze", trace, "-o", tmp_path / "whole", "--json")
+    part = run("analyze", trace, "-o", tmp_path / "part", "--json", "--timeline-window", "0.05:0.1")
+    assert whole.returncode == part.returncode == 0, part.stderr
+    whole_out, part_out = json.loads(whole.stdout)["outputs"], json.loads(part.stdout)["outputs"]
+    window = part_out["timeline_window"]
+    assert (window["start_s"], window["end_s"]) == (0.05, 0.1) and window["end_ns"] - window["start_ns"] == 50_000_000
+    assert json.loads((tmp_path / "part" / "summary.json").read_text())["outputs"]["timeline_window"] == window
+    assert 0 < part_out["timeline_slices"] < whole_out["timeline_slices"] / 2
+    for name in whole_out["tables"]:
+        assert pl.read_parquet(tmp_path / "part" / f"{name}.parquet").equals(
+            pl.read_parquet(tmp_path / "whole" / f"{name}.parquet"))
+
+
+@pytest.mark.parametrize("window", ["2", "3:1", "a:b", "-1:2", "1:inf"])
+def test_a_bad_timeline_window_exits_2_with_one_line(tmp_path, window):
+    result = run("analyze", SAMPLES / "memcached-baseline", "-o", tmp_path / "out", "--timeline-window", window)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "--timeline-window" in result.stderr and not (tmp_path / "out").exists()
+
+
 def test_a_trace_with_neither_interrupts_nor_requests_still_analyzes(tmp_path):
     """perf-counters.txt.zst holds only sys_exit_epoll_wait samples and counter readings."""
     from conftest import DATA
@@ -212,3 +236,36 @@ def test_analyze_of_a_damaged_trace_warns_and_finishes(tmp_path, damage):
     noted = re.search(r"note: [\d,]+ of [\d,]+ intervals lack their entry or exit", result.stdout)
     assert warned or (damage == "dropped" and noted)  # dropped lines show only as unpaired intervals
     assert "sim-disk" in result.stdout
+
+
+def _stderr_on_a_terminal(args: list, cwd: Path) -> str:
+    """stderr of a kptrace command run with a pseudo-terminal as its stderr (stdout discarded)."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([*KPTRACE, *map(str, args)], stdout=subprocess.DEVNULL, stderr=follower, cwd=cwd)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the command is done
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert process.wait() == 0
+    os.close(leader)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_analyze_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one(tmp_path):
+    trace = write_simulation(tmp_path / "sim", Scenario(duration_s=0.1, seed=5))
+    plain = run("analyze", trace, "-o", tmp_path / "plain").stderr
+    lines = [line for line in plain.splitlines() if line.startswith("kptrace: [")]
+    assert [line.split(": ", 2)[2].split()[0] for line in lines] == ["read", "rebuilt", "found", "replayed", "wrote"]
+    assert "\x1b" not in plain
+    on_terminal = _stderr_on_a_terminal(["analyze", trace, "-o", tmp_path / "tty"], tmp_path)
+    assert all(line.split("] ", 1)[1] in on_terminal for line in lines if "wrote" not in line)  # same lines
+    assert "\x1b[" in on_terminal and "/5" in on_terminal and "finding requests" in on_terminal  # the bar

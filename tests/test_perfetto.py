@@ -25,7 +25,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kptrace
-from kptrace.export.perfetto import KIND_TITLES, irq_rate_bins, sequence_id, track_uuid, write_timeline
+from kptrace.export.perfetto import (KIND_TITLES, busiest_window, irq_rate_bins, sequence_id, track_uuid,
+                                    write_timeline)
 from kptrace.intervals import irq_intervals
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -338,3 +339,77 @@ def test_analyze_draws_the_chosen_policys_replay_beside_measured(trace_processor
     assert len(measured) == summary["outputs"]["timeline_groups"]["measured"]
     assert any(r["name"] == "sim-disk" for r in measured)
     assert len(predicted) == summary["outputs"]["timeline_groups"]["predicted: remove"]
+
+
+# --- A bounded timeline: a window, or the busiest seconds of a trace too large to draw whole ----
+
+def _interval_frame(seed: int, n: int, seconds: int) -> pl.DataFrame:
+    """Interrupt-like slices whose rate varies over time (a busy stretch), with real-looking
+    variable durations, on two CPUs; a few incomplete."""
+    rng = np.random.default_rng(seed)
+    rate = 1 + 9 * (np.sin(np.linspace(0, 3, seconds)) ** 2)
+    second = rng.choice(seconds, size=n, p=rate / rate.sum())
+    ts = np.sort(second * 1_000_000_000 + rng.integers(0, 1_000_000_000, n))
+    dur = rng.lognormal(8, 1, n).astype(np.int64)
+    return pl.DataFrame({"ts": ts, "dur": pl.Series(np.where(rng.random(n) < 0.01, -1, dur)).replace(-1, None),
+                         "cpu": rng.integers(0, 2, n).astype(np.int16), "kind": "hardirq", "name": "eth0"})
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_busiest_window_is_the_fullest_run_of_seconds_that_fits(seed):
+    starts = _interval_frame(seed, 20_000, 30)["ts"].to_numpy()
+    lo, hi = busiest_window(starts, 3_000)
+    length = (hi - lo) // 1_000_000_000
+    inside = ((starts >= lo) & (starts < hi)).sum()
+    first = starts.min()
+    seconds = np.bincount((starts - first) // 1_000_000_000)
+    runs = [seconds[i:i + length].sum() for i in range(len(seconds) - length + 1)]
+    longer = [seconds[i:i + length + 1].sum() for i in range(len(seconds) - length)]
+    assert inside == max(runs) <= 3_000
+    assert not longer or max(longer) > 3_000  # one more second would not fit somewhere
+    assert (lo - first) % 1_000_000_000 == 0
+
+
+def test_busiest_window_is_none_when_everything_fits():
+    assert busiest_window(np.arange(10, dtype=np.int64), 10) is None
+
+
+def test_timeline_draws_only_the_slices_that_overlap_its_window(tmp_path):
+    intervals = _interval_frame(4, 5_000, 20)
+    window = (5_000_000_000 + int(intervals["ts"].min()), 9_000_000_000 + int(intervals["ts"].min()))
+    drawn = write_timeline(tmp_path / "t.pftrace", None, intervals, window=window)
+    overlapping = intervals.filter((pl.col("ts") < window[1]) & (pl.col("ts") + pl.col("dur").fill_null(0) >= window[0]))
+    assert 0 < drawn["slices"]["hardirq"] == overlapping.height < intervals.height
+    assert drawn["window"] == list(window)
+    auto = write_timeline(tmp_path / "a.pftrace", None, intervals, max_items=1_000)
+    lo, hi = auto["window"]
+    assert intervals.filter(pl.col("ts").is_between(lo, hi, closed="left")).height <= 1_000
+    assert sum(auto["slices"].values()) == intervals.filter(
+        (pl.col("ts") < hi) & (pl.col("ts") + pl.col("dur").fill_null(0) >= lo)).height
+
+
+def test_a_timeline_that_fits_is_drawn_whole_and_unchanged(tmp_path):
+    intervals = _interval_frame(5, 3_000, 10)
+    default = write_timeline(tmp_path / "d.pftrace", None, intervals)
+    unbounded = write_timeline(tmp_path / "u.pftrace", None, intervals, max_items=None)
+    assert default["window"] is None
+    assert (tmp_path / "d.pftrace").read_bytes() == (tmp_path / "u.pftrace").read_bytes()
+
+
+# --- Packets with flows or annotations, encoded directly -----------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(ts=st.integers(0, 2**63 - 1), kind=st.sampled_from([1, 2, 3, 4]), uuid=st.integers(0, 2**64 - 1),
+       iid=st.none() | st.integers(1, 2**31), value=st.none() | st.floats(allow_nan=False),
+       seq=st.integers(1, 2**32 - 1),
+       flows_out=st.none() | st.lists(st.integers(0, 2**64 - 1), max_size=3),
+       flows_in=st.none() | st.lists(st.integers(0, 2**64 - 1), max_size=3),
+       annotations=st.none() | st.lists(st.tuples(st.text(max_size=12), st.integers(-2**63, 2**63 - 1)), max_size=3),
+       incomplete=st.booleans())
+def test_a_packet_with_flows_or_annotations_has_the_protobuf_classes_bytes(ts, kind, uuid, iid, value, seq, flows_out,
+                                                                            flows_in, annotations, incomplete):
+    from kptrace.export.perfetto import _event_packet, _extra_packet
+
+    extra = (flows_out, flows_in, annotations, incomplete)
+    assert _extra_packet(ts, kind, uuid, iid, value, seq, extra) == _event_packet(ts, kind, uuid, iid, value, seq,
+                                                                                   None, extra)

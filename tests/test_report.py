@@ -257,6 +257,18 @@ def test_chart_data_agrees_with_the_tables(sample_analysis):
         "this trace has no hardware counters (counters: software-only)")
 
 
+def test_every_chart_the_report_embeds_is_valid_vega_lite(sample_analysis, sample_report):
+    """The report writes its specs unvalidated (for speed): here each is checked against the
+    Vega-Lite schema, and the report embeds exactly that spec."""
+    charts = report.build_charts(sample_analysis, build_summary(sample_analysis))
+    html = sample_report.read_text()
+    assert len(charts) >= 5
+    for chart_id, chart in charts.items():
+        spec = chart.to_dict(validate=True)  # raises on a spec Vega-Lite would reject
+        embedded = re.search(rf'<script type="application/json" id="spec-{chart_id}">(.*?)</script>', html, re.S)
+        assert json.loads(embedded.group(1)) == spec  # `<\/` reads back as `</`
+
+
 def test_the_slowdown_chart_compares_requests_as_the_indirect_estimate_does(sample_analysis):
     """One definition of comparable requests: in every group the chart draws, a source's mean own
     time less the clean requests' length-weighted reference, weighted by its hit requests, is the

@@ -17,11 +17,13 @@ PREDICTED_GROUP = "predicted: {policy}"
 
 
 def write_all(analysis: Analysis, out: str | Path, summary: dict | None = None, group: str = "measured",
-              predicted: str | None = None) -> dict:
+              predicted: str | None = None, timeline_window: tuple[float, float] | None = None) -> dict:
     """Write the Parquet tables and meta.json, whatif.parquet (when the summary holds what-if
     results), summary.json, report.html and the Perfetto timeline (its tracks under `group`, and
     with `predicted=POLICY` a second group replaying that policy) into `out`; return the summary
-    with an `outputs` entry naming them."""
+    with an `outputs` entry naming them. The timeline draws `timeline_window` (seconds from the
+    trace's start, [start, end)), else the busiest seconds of a trace too large to draw whole
+    (kptrace.export.perfetto.TIMELINE_MAX_ITEMS); the tables always hold everything."""
     from kptrace.export.parquet import write_tables
     from kptrace.export.perfetto import write_timeline
     from kptrace.export.report import write_report
@@ -36,7 +38,11 @@ def write_all(analysis: Analysis, out: str | Path, summary: dict | None = None, 
     write_tables(out, written, analysis.meta)
     counters = None if analysis.events is None else counter_samples(analysis.events)
     path = out / "timeline.perfetto-trace.gz"
-    timeline = write_timeline(path, analysis.events, analysis.intervals, analysis.requests, counters, group=group)
+    trace_start = int(analysis.meta.get("start_ns") or 0)
+    asked = None if timeline_window is None else tuple(trace_start + round(s * 1e9) for s in timeline_window)
+    timeline = write_timeline(path, analysis.events, analysis.intervals, analysis.requests, counters, group=group,
+                              window=asked)
+    drawn_window = timeline["window"]
     groups = {group: sum(timeline["slices"].values())}
     if predicted is not None:
         frames, why_none = predicted_timeline(analysis, predicted)
@@ -45,15 +51,29 @@ def write_all(analysis: Analysis, out: str | Path, summary: dict | None = None, 
                                                    f"{why_none}"]
         else:
             name = PREDICTED_GROUP.format(policy=predicted)
-            drawn = write_timeline(path, None, *frames, group=name, append=True)
+            drawn = write_timeline(path, None, *frames, group=name, append=True,
+                                   window=drawn_window and tuple(drawn_window), max_items=None)
             groups[name] = sum(drawn["slices"].values())
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    report = write_report(out / "report.html", analysis, summary)
-    summary["outputs"] = {"directory": str(out), "summary": str(out / "summary.json"), "report": str(report),
-                          "timeline": str(timeline["path"]), "timeline_slices": sum(groups.values()),
-                          "timeline_groups": groups, "tables": sorted(analysis.tables()),
+    summary["outputs"] = {"directory": str(out), "summary": str(out / "summary.json"),
+                          "report": str(out / "report.html"), "timeline": str(timeline["path"]),
+                          "timeline_slices": sum(groups.values()), "timeline_groups": groups,
+                          "timeline_window": _window_drawn(drawn_window, trace_start, asked is not None),
+                          "tables": sorted(analysis.tables()),
                           "whatif": str(out / "whatif.parquet") if "whatif" in written else None}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    write_report(out / "report.html", analysis, summary)
     return summary
+
+
+def _window_drawn(window: list[int] | None, trace_start: int, asked: bool) -> dict | None:
+    """What the timeline drew: None for the whole trace, else the window in seconds from the
+    trace's start and in trace-clock ns, and why that one."""
+    if window is None:
+        return None
+    return {"start_s": (window[0] - trace_start) / 1e9, "end_s": (window[1] - trace_start) / 1e9,
+            "start_ns": window[0], "end_ns": window[1],
+            "chosen": "asked (--timeline-window)" if asked else "the busiest whole seconds (the trace has more "
+                      "slices than a timeline draws; every table holds them all)"}
 
 
 def predicted_timeline(analysis: Analysis, policy: str) -> tuple[tuple[pl.DataFrame, pl.DataFrame] | None, str | None]:

@@ -55,9 +55,11 @@ gzip-compressed (Perfetto's trace processor and UI read gzip traces).
 
 from __future__ import annotations
 
+import functools
 import gzip
 from bisect import bisect_left
 import hashlib
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +80,10 @@ KIND_TITLES: dict[str, str] = {
 RATE_KINDS = ("hardirq",)
 IRQ_RATE_BIN_NS = 10_000_000
 REQUEST_KIND = "request"
+#: Slices a timeline draws at most unless told otherwise: past that, only the busiest whole
+#: seconds that fit are drawn (the Parquet tables keep everything). 2 M slices make a trace of
+#: about 60 MB (gzip) that the Perfetto UI still opens in a browser tab.
+TIMELINE_MAX_ITEMS = 2_000_000
 
 _CLEARED = TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
 _NEEDS_STATE = TracePacket.SEQ_NEEDS_INCREMENTAL_STATE
@@ -106,6 +112,36 @@ def irq_rate_bins(irqs: pl.DataFrame, start_ns: int, end_ns: int, bin_ns: int, b
         .drop("n")
         .sort(*by, "bin")
     )
+
+
+def busiest_window(starts: np.ndarray, max_items: int, bin_ns: int = 1_000_000_000) -> tuple[int, int] | None:
+    """The run of whole `bin_ns` bins (from the first start) holding the most items while holding
+    at most `max_items` (one bin at least, even when that bin alone holds more); None when every
+    item fits. Ties go to the earliest run. Same input, same window."""
+    if len(starts) <= max_items:
+        return None
+    first = int(starts.min())
+    counts = np.bincount((starts - first) // bin_ns)
+    totals = np.concatenate([[0], np.cumsum(counts)])
+    best_k = 1
+    for k in range(2, len(counts) + 1):
+        if (totals[k:] - totals[:-k]).max() > max_items:
+            break
+        best_k = k
+    sums = totals[best_k:] - totals[:-best_k]
+    i = int(np.argmax(sums))
+    return first + i * bin_ns, first + (i + best_k) * bin_ns
+
+
+def _in_window(frame: pl.DataFrame | None, window: tuple[int, int], spans: bool) -> pl.DataFrame | None:
+    """Rows inside [start, end): by their time, or, for slices (`spans`), every one that
+    overlaps it, drawn whole (an incomplete one by its start)."""
+    if frame is None:
+        return None
+    lo, hi = window
+    if not spans:
+        return frame.filter(pl.col("ts").is_between(lo, hi, closed="left"))
+    return frame.filter((pl.col("ts") < hi) & (pl.col("ts") + pl.col("dur").fill_null(0) >= lo))
 
 
 def _hash64(text: str) -> int:
@@ -236,15 +272,19 @@ def _request_items(requests: pl.DataFrame) -> pl.DataFrame:
 
 
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL_VARINTS[value]
     out = bytearray()
-    while True:
-        byte = value & 0x7F
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
         value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    out.append(value)
+    return bytes(out)
+
+
+_SMALL_VARINTS = [bytes((value,)) for value in range(0x80)]
+#: Track uuids and name iids repeat from packet to packet: each is encoded once.
+_track_varint = functools.lru_cache(maxsize=65536)(_varint)
 
 
 def _frame_packet(payload: bytes) -> bytes:
@@ -294,6 +334,41 @@ def _event_packet(ts: int, kind: int, uuid: int, iid: int | None, value: float |
             ann.name = "incomplete"
             ann.bool_value = True
     return _frame_packet(packet.SerializeToString())
+
+
+def _annotation(name: str, int_value: int | None = None, flag: bool = False) -> bytes:
+    """One TrackEvent.debug_annotations entry (field 4): bool_value (2) or int_value (4), then name (10)."""
+    value = b"\x10\x01" if flag else b"\x20" + _varint(int_value & 0xFFFF_FFFF_FFFF_FFFF)
+    body = value + _annotation_name(name)
+    return b"\x22" + _varint(len(body)) + body
+
+
+@functools.lru_cache(maxsize=256)
+def _annotation_name(name: str) -> bytes:
+    label = name.encode()
+    return b"\x52" + _varint(len(label)) + label
+
+
+def _extra_packet(ts: int, kind: int, uuid: int, iid: int | None, value: float | None, seq: int,
+                  extra: tuple) -> bytes:
+    """_event_packet's bytes for a packet with flows or annotations (and no interned data),
+    written directly: the protobuf classes cost ~10x more per packet. Fields in number order,
+    as protobuf serializes them."""
+    flows_out, flows_in, annotations, incomplete = extra
+    te = [_annotation(key, int(val)) for key, val in annotations or ()]
+    if incomplete:
+        te.append(_annotation("incomplete", flag=True))
+    te += [b"\x48", _SMALL_VARINTS[kind]]
+    if iid is not None:
+        te += [b"\x50", _track_varint(iid)]
+    te += [b"\x58", _track_varint(uuid)]
+    if value is not None:
+        te.append(b"\xe1\x02" + struct.pack("<d", value))
+    te += [b"\xf9\x02" + struct.pack("<Q", flow) for flow in flows_out or ()]
+    te += [b"\x81\x03" + struct.pack("<Q", flow) for flow in flows_in or ()]
+    event = b"".join(te)
+    return _frame_packet(b"\x40" + _varint(ts) + b"\x50" + _varint(seq) + b"\x5a" + _varint(len(event)) + event
+                         + b"\x68\x02")
 
 
 def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -365,9 +440,11 @@ def _write_events(out, rows: pl.DataFrame, seq: int, interned: dict[str, int],
     value = rows["value"].fill_null(0.0).to_numpy()
 
     def special(i: int) -> bytes:
-        return _event_packet(int(ts[i]), int(kind[i]), int(uuid[i]), None if iid[i] < 0 else int(iid[i]),
-                             float(value[i]) if kind[i] == _COUNTER else None, seq,
-                             interned if i == 0 else None, extras.get(i))
+        fields = (int(ts[i]), int(kind[i]), int(uuid[i]), None if iid[i] < 0 else int(iid[i]),
+                  float(value[i]) if kind[i] == _COUNTER else None, seq)
+        if i == 0 or not VECTORISED:
+            return _event_packet(*fields, interned if i == 0 else None, extras.get(i))
+        return _extra_packet(*fields, extras[i])
 
     if not VECTORISED:
         for lo in range(0, rows.height, _BLOCK):
@@ -378,12 +455,12 @@ def _write_events(out, rows: pl.DataFrame, seq: int, interned: dict[str, int],
         hi = min(lo + _BLOCK, rows.height)
         flat, lengths = _encode_block(ts[lo:hi], kind[lo:hi], uuid[lo:hi], iid[lo:hi], value[lo:hi], seq)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
-        start = 0
+        start, pieces = 0, []
         for i in specials[bisect_left(specials, lo):bisect_left(specials, hi)]:
-            out.write(flat[offsets[start]:offsets[i - lo]].tobytes())
-            out.write(special(i))
+            pieces += [flat[offsets[start]:offsets[i - lo]].tobytes(), special(i)]
             start = i - lo + 1
-        out.write(flat[offsets[start]:].tobytes())
+        pieces.append(flat[offsets[start]:].tobytes())
+        out.write(b"".join(pieces))  # one write per block: a gzip write costs more than a packet
     return rows.height
 
 
@@ -397,13 +474,19 @@ def write_timeline(
     group: str = "measured",
     append: bool = False,
     irq_rate_bin_ns: int = IRQ_RATE_BIN_NS,
+    window: tuple[int, int] | None = None,
+    max_items: int | None = TIMELINE_MAX_ITEMS,
 ) -> dict:
     """Write one group of tracks to a Perfetto protobuf trace at `path` (gzip if it ends in .gz).
 
     `append=True` adds the group to an existing file (a what-if "predicted" group beside
-    "measured"). Returns what was written: {"group", "path", "tracks", "packets", "bytes",
-    "slices": {kind: n} (instants of incomplete intervals included), "incomplete": {kind: n},
-    "flows": n, "counter_samples": {counter name: n}}. Column contracts: module docstring.
+    "measured"). Only slices that overlap `window` ([start, end) ns on the trace clock) are
+    drawn, and events and counter samples inside it; without a window, a trace of more than
+    `max_items` intervals and requests draws its busiest seconds (busiest_window; None: all).
+    Returns what was written: {"group", "path", "tracks", "packets", "bytes", "slices": {kind:
+    n} (instants of incomplete intervals included), "incomplete": {kind: n}, "flows": n,
+    "counter_samples": {counter name: n}, "window": [start, end] or None}. Column contracts:
+    module docstring.
     """
     seq = sequence_id(group)
     layout = _Layout(group)
@@ -414,6 +497,13 @@ def write_timeline(
     rq = _frame(requests, ["request_id", "tid", "cpu", "ts", "dur", "fd", "n_irq", "disrupted",
                            "irq_interval_ids"])
     ct = _frame(counters, ["ts", "cpu", "name", "value"])
+    if window is None and max_items is not None:
+        starts = [iv["ts"].drop_nulls().to_numpy()] + ([rq["ts"].drop_nulls().to_numpy()] if rq is not None else [])
+        window = busiest_window(np.concatenate(starts).astype(np.int64), max_items)
+    if window is not None:
+        iv = iv if "id" in iv.columns else iv.with_row_index("id")  # ids are positions in the whole frame
+        iv, rq = _in_window(iv, window, spans=True), _in_window(rq, window, spans=True)
+        ev, ct = _in_window(ev, window, spans=False), _in_window(ct, window, spans=False)
 
     # --- CPUs and time span ---------------------------------------------------------------
     cpus: set[int] = set()
@@ -632,4 +722,5 @@ def write_timeline(
         "incomplete": counts_incomplete,
         "flows": n_flows,
         "counter_samples": counts_counters,
+        "window": None if window is None else [int(window[0]), int(window[1])],
     }

@@ -1,0 +1,96 @@
+"""The replay's request stepping (kptrace.whatif.replay) gives exactly what stepping every piece
+of work on the walker gives: most requests skip the walker, and that shortcut must never change
+a figure."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kptrace.walker import Arrival, CoreWalker, direct_span
+from kptrace.whatif.replay import MAX_PERIODS, CoreInput, replay_core
+
+
+def walker_replay(core: CoreInput, saturated: bool) -> tuple:
+    """The reference: every request's loop work, wait, wake-up and demand stepped on the walker,
+    at saturation over every arrival repeated MAX_PERIODS times."""
+    arrivals = ([replace(a, ts=a.ts + k * core.period_ns) for k in range(MAX_PERIODS) for a in core.arrivals]
+                if saturated else list(core.arrivals))
+    taken = []
+
+    def take(at: int, arrival: Arrival) -> int:
+        taken.append((at, arrival))
+        return direct_span(at, arrival)
+
+    walker = CoreWalker(arrivals, core.start_ns, take)
+    starts, ends = [], []
+    for i in range(len(core.demand_ns)):
+        walker.work(int(core.pre_ns[i]), False)
+        ready, wake = int(core.ready_ts[i]), int(core.wake_ns[i])
+        if not saturated and ready > walker.now:
+            walker.idle_until(ready - wake)
+            walker.work(wake, False)
+        walker.work(int(core.post_ns[i]), False)
+        starts.append(walker.now)
+        walker.work(int(core.demand_ns[i]), True)
+        ends.append(walker.now)
+    interrupts = int(np.searchsorted(np.array([a.ts for a in arrivals], np.int64), walker.now))
+    return starts, ends, walker.busy_ns, walker.now - core.start_ns, interrupts, tuple(taken)
+
+
+# Small times, so that arrivals often fall on the edges of requests, waits and wake-ups.
+costs = st.integers(0, 300)
+requests = st.lists(st.tuples(costs, costs, st.integers(0, 80), costs, st.integers(-1, 20_000)),
+                    min_size=1, max_size=400)
+interrupts = st.lists(st.tuples(st.integers(0, 20_000), st.integers(0, 400), st.integers(0, 300),
+                                st.integers(0, 200)), max_size=40)
+
+
+def core_input(rows: list, raw_arrivals: list, start: int = 1_000) -> CoreInput:
+    pre, post, wake, demand, ready = (np.array(col, np.int64) for col in zip(*rows))
+    # ready times as a trace gives them: -1 (back to back) or rising wake-up times
+    ready = np.where(ready < 0, -1, start + np.maximum.accumulate(np.maximum(ready, 0)))
+    arrivals = tuple(Arrival(start + ts, "src", handler, softirq, indirect)
+                     for ts, handler, softirq, indirect in raw_arrivals)
+    return CoreInput(cpu=0, start_ns=start, period_ns=20_000, ready_ts=ready, pre_ns=pre, wake_ns=wake,
+                     post_ns=post, demand_ns=demand, arrivals=arrivals, hit_indirect={})
+
+
+@settings(max_examples=300, deadline=None)
+@given(requests, interrupts, st.booleans())
+def test_stepping_requests_past_the_walker_changes_no_figure(rows, raw_arrivals, saturated):
+    core = core_input(rows, raw_arrivals)
+    run, recorded = replay_core(core, saturated), replay_core(core, saturated, record=True)
+    starts, ends, busy, window, interrupts, taken = walker_replay(core, saturated)
+    assert run.starts.tolist() == starts and run.ends.tolist() == ends
+    assert (run.busy_ns, run.window_ns, run.interrupts) == (busy, window, interrupts)
+    assert recorded.taken == taken and recorded.ends.tolist() == ends
+
+
+def test_an_interrupt_landing_in_a_request_stretches_it_and_the_next_waits_less():
+    # request 0 runs [1000, 1600); a 100 ns IRQ (50 ns indirect) arrives at 1300 inside it;
+    # request 1 is ready at 2000 and wakes with 100 ns: it idles until 1900, not 2000 - 150.
+    core = core_input([(0, 0, 0, 600, -1), (0, 0, 100, 300, 1_000)], [(300, 100, 0, 50)])
+    run = replay_core(core, saturated=False)
+    assert run.starts.tolist() == [1_000, 2_000] and run.ends.tolist() == [1_750, 2_300]
+    assert run.busy_ns == 750 + 100 + 300 and run.window_ns == 1_300 and run.interrupts == 1
+
+
+def test_an_arrival_on_the_last_ns_of_a_request_stretches_it_and_one_at_its_end_does_not():
+    rows = [(0, 0, 0, 600, -1), (0, 0, 0, 300, -1)]
+    inside = replay_core(core_input(rows, [(599, 100, 0, 0)]), saturated=False)
+    at_end = replay_core(core_input(rows, [(600, 100, 0, 0)]), saturated=False)
+    assert inside.ends.tolist() == [1_700, 2_000]
+    assert at_end.ends.tolist() == [1_600, 2_000]
+
+
+def test_a_request_ready_one_ns_too_soon_to_sleep_wakes_right_after_the_previous_one():
+    # request 1 would have to start waking at 1599, but request 0 ends at 1600: no idle, and the
+    # wake-up IPI's 100 ns run from 1600, so it starts at 1700, not at its ready time 1699.
+    core = core_input([(0, 0, 0, 600, -1), (0, 0, 100, 300, 699), (0, 0, 100, 300, 1_500)], [])
+    run = replay_core(core, saturated=False)
+    assert run.starts.tolist() == [1_000, 1_700, 2_500] and run.ends.tolist() == [1_600, 2_000, 2_800]
+    assert run.busy_ns == 600 + 100 + 300 + 100 + 300 and run.window_ns == 1_800
