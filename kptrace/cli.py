@@ -57,8 +57,11 @@ def _ingest(trace: Path, out: Path) -> dict:
     from kptrace.export.parquet import write_tables
     from kptrace.normalize import normalize
     from kptrace.read import read_any
+    from kptrace.windowed.events import write_event_windows
 
     with opened(trace, out) as readable:  # a bundle archive is unpacked safely into out, then removed
+        if (meta := write_event_windows(readable, out)) is not None:  # a binary capture, in bounded memory
+            return meta
         normalized = normalize(read_any(readable))
     write_tables(out, {"events": normalized.events}, normalized.meta)
     return normalized.meta

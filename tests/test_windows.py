@@ -153,3 +153,18 @@ def test_events_written_window_by_window_equal_the_ingested_table(tmp_path):
     assert meta == whole.meta
     assert pl.read_parquet(tmp_path / "events.parquet").equals(whole.events)
     assert json.loads((tmp_path / "meta.json").read_text())["event_count"] == whole.meta["event_count"]
+
+
+@pytest.mark.parametrize("name", ["v7-drops.dat.zst", "raw"])
+def test_kptrace_ingest_of_a_binary_capture_writes_the_whole_reads_table_and_meta(name, tmp_path):
+    """`kptrace ingest` takes the windowed path for binary captures (bounded memory); what it
+    writes must be what the whole read gives, lost-event marks included."""
+    from typer.testing import CliRunner
+
+    from kptrace.cli import app
+
+    result = CliRunner().invoke(app, ["ingest", str(BINARY / name), "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    whole = normalize(read_any(BINARY / name))
+    assert pl.read_parquet(tmp_path / "events.parquet").equals(whole.events)
+    assert json.loads((tmp_path / "meta.json").read_text()) == json.loads(json.dumps(whole.meta, default=str))

@@ -19,6 +19,7 @@ import gzip
 import json
 import lzma
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,7 @@ def _bundle_source(directory: Path) -> Source | None:
         source.counters = counters
     return source
 
+
 def _head(path: Path) -> bytes:
     """The first bytes of a file, decompressed (gzip, zstd, xz) when it is compressed."""
     with open(path, "rb") as handle:
@@ -91,7 +93,7 @@ def _head(path: Path) -> bytes:
                 return zstandard.ZstdDecompressor().stream_reader(handle).read(64)
             if magic.startswith(b"\xfd7zXZ"):
                 return lzma.LZMAFile(handle).read(64)
-        except (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError):
+        except (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError):  # zlib.error: bad deflate data
             return b""  # the whole-file reader says what is wrong with it
         return handle.read(64)
 
