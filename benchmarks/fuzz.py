@@ -440,13 +440,18 @@ def input_path(directory: Path) -> Path:
 
 
 def read_input(path: Path) -> str:
-    """Read and normalize one input as `kptrace ingest` does: "events" or "refused"; any other
-    exception is left to the caller (a crash)."""
+    """Read and normalize one input as `kptrace ingest` (a binary capture in time windows) and
+    `kptrace analyze` (whole) do: "events" or "refused"; any other exception is left to the
+    caller (a crash)."""
     from kptrace.errors import TraceError
     from kptrace.normalize import normalize
     from kptrace.read import read_any
+    from kptrace.windowed.events import event_windows, open_source
 
     try:
+        if (source := open_source(path)) is not None:
+            for _ in event_windows(source, rows_per_window=500):  # small windows: many edges
+                pass
         normalize(read_any(path))
     except TraceError:
         return "refused"
