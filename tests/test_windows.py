@@ -17,7 +17,8 @@ from kptrace.export import parquet
 from kptrace.normalize import normalize
 from kptrace.read import read_any
 from kptrace.read.binary import decode
-from kptrace.read.chunks import decoded_windows, map_raw_dir, window_bounds
+from kptrace.read.chunks import decoded_windows, window_bounds
+from kptrace.read.rawpages import read_raw_dir
 from kptrace.windowed.events import event_windows, open_source, read_windowed, write_event_windows
 
 BINARY = Path(__file__).parent / "data" / "binary"
@@ -47,7 +48,7 @@ def test_small_windows_really_split_the_samples():
 
 def test_rows_held_back_at_a_window_edge_keep_their_time_order():
     """Every window's rows lie in its [start, end) and no row is lost or repeated at the edges."""
-    capture = map_raw_dir(BINARY / "raw")
+    capture = read_raw_dir(BINARY / "raw", mapped=True)
     windows = list(decoded_windows(capture, 200))
     assert len(windows) > 10
     for lo, hi, rows, _ in windows:
@@ -60,7 +61,7 @@ def test_rows_held_back_at_a_window_edge_keep_their_time_order():
 
 def test_pages_out_of_time_order_are_read_whole():
     """A CPU whose pages do not start in time order cannot be cut by time exactly: one window."""
-    capture = map_raw_dir(BINARY / "raw")
+    capture = read_raw_dir(BINARY / "raw", mapped=True)
     size = capture.header.page_size
     cpu, blob = capture.buffers[0][1][0]
     pages = [bytes(blob[i:i + size]) for i in range(0, len(blob) // size * size, size)]

@@ -9,50 +9,19 @@ back and merged into the next window, where every row is at or after t_k+1 (its 
 there). Rows at one time keep decode's order: CPU buffer order, then page order (an earlier
 window's pages come first on their CPU), then the window's own order.
 
-A raw/ directory is mapped rather than read, so the page bytes of a 2 GB capture are not all in
+A raw/ directory is mapped rather than read (`read_raw_dir(mapped=True)`), so the page bytes of a 2 GB capture are not all in
 memory: each window copies only its own pages.
 """
 
 from __future__ import annotations
 
-import mmap
-import sys
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from kptrace.errors import TraceError
-from kptrace.read.binary import Capture, decode, parse_cmdlines
-from kptrace.read.formats import FormatTable, check_header_event, parse_header_page
-from kptrace.read.rawpages import _CPU_FILE
-
-
-def map_raw_dir(directory: Path) -> Capture:
-    """A raw/ directory as a Capture whose page blobs are memory maps (read_raw_dir reads them)."""
-    try:
-        header = parse_header_page((directory / "header_page").read_text())
-        check_header_event((directory / "header_event").read_text())
-    except (OSError, ValueError) as exc:
-        raise TraceError(directory, f"raw pages: {exc}") from None
-    formats = FormatTable()
-    for file in sorted(directory.glob("format/*/*/format")):
-        formats.add(file.read_text(errors="replace"), file.parent.parent.name)
-    if not formats:
-        raise TraceError(directory, "raw pages: no event formats under format/SYSTEM/EVENT/format")
-    blobs = []
-    for cpu, file in sorted((int(m[1]), f) for f in directory.glob("cpu*.raw") if (m := _CPU_FILE.match(f.name))):
-        with open(file, "rb") as handle:
-            size = handle.seek(0, 2)
-            blobs.append((cpu, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""))
-    warnings = [f"cpu{cpu}.raw: {len(b) % header.page_size} bytes after the last whole page ignored"
-                for cpu, b in blobs if len(b) % header.page_size]
-    cmdlines = directory / "saved_cmdlines"
-    comms = parse_cmdlines(cmdlines.read_text(errors="replace")) if cmdlines.is_file() else {}
-    return Capture(byte_order="<" if sys.byteorder == "little" else ">", header=header, formats=formats,
-                   comms=comms, buffers=[("", blobs)], warnings=warnings)
+from kptrace.read.binary import Capture, decode
 
 
 def page_starts(blob, capture: Capture) -> np.ndarray:

@@ -12,6 +12,7 @@ There are no saved command lines in this layout, so task names are `<...>` (the 
 
 from __future__ import annotations
 
+import mmap
 import re
 import sys
 from pathlib import Path
@@ -34,8 +35,15 @@ def _formats(directory: Path) -> FormatTable:
     return formats
 
 
-def read_raw_dir(directory: Path) -> Capture:
-    """A `raw/` directory of a bundle (or any directory in that layout)."""
+def _mapped(file: Path) -> mmap.mmap | bytes:
+    """A file's bytes as a read-only memory map (an empty file cannot be mapped)."""
+    with open(file, "rb") as handle:
+        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if handle.seek(0, 2) else b""
+
+
+def read_raw_dir(directory: Path, mapped: bool = False) -> Capture:
+    """A `raw/` directory of a bundle (or any directory in that layout). `mapped` memory-maps the
+    page files instead of reading them, for a reader that decodes a window of pages at a time."""
     try:
         header = parse_header_page((directory / "header_page").read_text())
         check_header_event((directory / "header_event").read_text())
@@ -45,7 +53,7 @@ def read_raw_dir(directory: Path) -> Capture:
     if not formats:
         raise TraceError(directory, "raw pages: no event formats under format/SYSTEM/EVENT/format")
     cpus = sorted((int(m[1]), f) for f in directory.glob("cpu*.raw") if (m := _CPU_FILE.match(f.name)))
-    blobs = [(cpu, f.read_bytes()) for cpu, f in cpus]
+    blobs = [(cpu, _mapped(f) if mapped else f.read_bytes()) for cpu, f in cpus]
     warnings = [f"{f.name}: {len(b) % header.page_size} bytes after the last whole page ignored"
                 for (_, f), (_, b) in zip(cpus, blobs) if len(b) % header.page_size]
     cmdlines = directory / "saved_cmdlines"

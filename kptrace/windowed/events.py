@@ -31,9 +31,9 @@ from kptrace.errors import TraceError
 from kptrace.normalize import Events, Tally, describe, idle_named, in_time_order, tally
 from kptrace.read import RawTrace, read_text_trace
 from kptrace.read.binary import Capture
-from kptrace.read.chunks import decoded_windows, map_raw_dir
+from kptrace.read.chunks import decoded_windows
 from kptrace.read.duty import gap_markers, recorded_windows
-from kptrace.read.rawpages import is_raw_dir
+from kptrace.read.rawpages import is_raw_dir, read_raw_dir
 from kptrace.read.source import read_bytes
 from kptrace.read.tracedat import TraceDatError, is_tracedat, read_tracedat
 from kptrace.schema import conform
@@ -68,7 +68,7 @@ def _bundle_source(directory: Path) -> Source | None:
     raw = directory / "raw"
     if not is_raw_dir(raw):
         return None
-    source = Source(map_raw_dir(raw), "raw-pages", raw, manifest=manifest)
+    source = Source(read_raw_dir(raw, mapped=True), "raw-pages", raw, manifest=manifest)
     counters_file = (manifest.get("files") or {}).get("perf_counters")
     if counters_file:
         path = (directory / counters_file).resolve() if isinstance(counters_file, str) else None
@@ -104,7 +104,7 @@ def open_source(path: str | Path) -> Source | None:
     if path.is_dir() and (path / "manifest.json").exists():
         return _bundle_source(path)
     if is_raw_dir(path):
-        return Source(map_raw_dir(path), "raw-pages", path)
+        return Source(read_raw_dir(path, mapped=True), "raw-pages", path)
     if not path.is_file():
         return None
     if not is_tracedat(_head(path)):
