@@ -98,6 +98,20 @@ def _text_trace(source: SourceBytes) -> RawTrace:
     )
 
 
+#: A record whose event id has no format in the capture (decode names it `unknown_event_N`).
+UNDECODABLE = (pl.col("subsystem") == "unknown") & pl.col("event").cast(pl.String).str.starts_with("unknown_event_")
+
+
+def undecodable_warning(count: int, names: list[str]) -> str:
+    return f"skipped {count} records with an event id the capture has no format for, e.g. {', '.join(names[:3])}"
+
+
+def undecodable_examples(found: pl.DataFrame) -> list[str]:
+    """Up to three undecodable records, as the unreadable-input examples of meta.json."""
+    return [f"record {seq} on CPU {cpu} at {ts} ns: {event} (no format for this event id)"
+            for seq, cpu, ts, event in found.select("seq", "cpu", "ts", "event").head(3).iter_rows()]
+
+
 def _binary_trace(capture: Capture, path: Path, source_format: str, warnings: list[str]) -> RawTrace:
     """Rows decoded from ring-buffer pages; a capture without records is an error, as for text.
 
@@ -112,18 +126,16 @@ def _binary_trace(capture: Capture, path: Path, source_format: str, warnings: li
     if not rows.height:
         raise TraceError(path, f"no events found (read as {source_format})")
     records = rows.filter(pl.col("subsystem").ne_missing("kptrace")).height
-    undecodable = rows.filter(pl.col("event").cast(pl.String).str.starts_with("unknown_event_")
-                              & (pl.col("subsystem") == "unknown"))
+    undecodable = rows.filter(UNDECODABLE)
     if undecodable.height:
         rows = rows.join(undecodable.select("seq"), on="seq", how="anti", maintain_order="left")
-        warnings = warnings + [f"skipped {undecodable.height} records with an event id the capture has no format "
-                               f"for, e.g. {', '.join(undecodable['event'].unique(maintain_order=True).head(3))}"]
+        names = undecodable["event"].cast(pl.String).unique(maintain_order=True).head(3).to_list()
+        warnings = warnings + [undecodable_warning(undecodable.height, names)]
     if rows.filter(pl.col("subsystem").ne_missing("kptrace")).height == 0:
         raise TraceError(path, f"no events found (read as {source_format}; "
                                f"{undecodable.height} records with no event format)")
     lost = rows.filter(pl.col("event") == "lost_events").height
-    examples = [f"record {seq} on CPU {cpu} at {ts} ns: {event} (no format for this event id)"
-                for seq, cpu, ts, event in undecodable.select("seq", "cpu", "ts", "event").head(3).iter_rows()]
+    examples = undecodable_examples(undecodable)
     return RawTrace(rows=rows, source_format=source_format, files=[str(path)],
                     warnings=warnings + capture.warnings + (
                         [f"{lost} ring-buffer pages follow lost events"] if lost else []),

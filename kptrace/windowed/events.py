@@ -29,7 +29,7 @@ import zstandard
 
 from kptrace.errors import TraceError
 from kptrace.normalize import Events, Tally, describe, idle_named, in_time_order, tally
-from kptrace.read import RawTrace, read_text_trace
+from kptrace.read import UNDECODABLE, RawTrace, read_text_trace, undecodable_examples, undecodable_warning
 from kptrace.read.binary import Capture
 from kptrace.read.chunks import decoded_windows
 from kptrace.read.duty import gap_markers, recorded_windows
@@ -151,23 +151,20 @@ class _Undecodable:
     examples: list[str] = field(default_factory=list)
 
     def drop(self, rows: pl.DataFrame) -> pl.DataFrame:
-        bad = pl.col("event").cast(pl.String).str.starts_with("unknown_event_") & (pl.col("subsystem") == "unknown")
-        found = rows.filter(bad)
+        found = rows.filter(UNDECODABLE)
         if not found.height:
             return rows
         self.count += found.height
         self.names += [n for n in found["event"].cast(pl.String).unique(maintain_order=True) if n not in self.names]
-        self.examples += [f"record {seq} on CPU {cpu} at {ts} ns: {event} (no format for this event id)"
-                          for seq, cpu, ts, event in found.select("seq", "cpu", "ts", "event").head(3).iter_rows()]
-        return rows.filter(~bad)
+        self.examples += undecodable_examples(found)
+        return rows.filter(~UNDECODABLE)
 
 
 def _notes(source: Source, records: int, undecodable: _Undecodable, lost_pages: int) -> RawTrace:
     """What read_any would say of the input beside its rows (RawTrace's notes; no rows)."""
     warnings = list(source.warnings)
     if undecodable.count:
-        warnings.append(f"skipped {undecodable.count} records with an event id the capture has no format "
-                        f"for, e.g. {', '.join(undecodable.names[:3])}")
+        warnings.append(undecodable_warning(undecodable.count, undecodable.names))
     warnings += source.capture.warnings + ([f"{lost_pages} ring-buffer pages follow lost events"] if lost_pages else [])
     pages = RawTrace(rows=pl.DataFrame(), source_format=source.source_format, files=[str(source.path)],
                      warnings=warnings, unparsed_count=undecodable.count,
