@@ -83,23 +83,27 @@ class _Carry:
 def _irqs(rows: pl.DataFrame, carry: _Carry, last: bool) -> pl.DataFrame:
     events = stack_frames([carry.irq, rows])
     made = iv.hard_and_soft_irqs(events.lazy()).collect()
-    if last:
-        carry.irq = pl.DataFrame()
-        return made
-    open_ = stack_frames([_open_entries(iv._irq_stream(events.lazy(), kind).collect(), "cpu") for kind in ("hardirq", "softirq")])
-    carry.irq = events.join(open_, on="seq", how="semi")
-    return _without(made, open_)
+    open_ = None if last else stack_frames([_open_entries(iv._irq_stream(events.lazy(), kind).collect(), "cpu")
+                                            for kind in ("hardirq", "softirq")])
+    made, carry.irq = _held_back(events, made, open_)
+    return made
 
 
 def _syscalls(rows: pl.DataFrame, carry: _Carry, last: bool) -> pl.DataFrame:
     events = stack_frames([carry.syscall, rows])
     made = iv.syscalls(events.lazy()).collect()
-    if last:
-        carry.syscall = pl.DataFrame()
-        return made
-    open_ = _open_entries(iv.syscall_edges(events.lazy()).collect(), "tid")
-    carry.syscall = events.join(open_, on="seq", how="semi")
-    return _without(made, open_)
+    open_ = None if last else _open_entries(iv.syscall_edges(events.lazy()).collect(), "tid")
+    made, carry.syscall = _held_back(events, made, open_)
+    return made
+
+
+def _held_back(events: pl.DataFrame, made: pl.DataFrame, open_: pl.DataFrame | None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(the intervals to emit now, the rows to carry): an entry still open at the window's end
+    waits for its exit in a later window, its row carried; in the last window (`open_` None)
+    everything is emitted."""
+    if open_ is None:
+        return made, pl.DataFrame()
+    return _without(made, open_), events.join(open_, on="seq", how="semi")
 
 
 def _napi(rows: pl.DataFrame, carry: _Carry) -> pl.DataFrame:
