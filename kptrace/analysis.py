@@ -26,24 +26,33 @@ INTERRUPT_EVENTS = {"irq_handler_entry", "irq_handler_exit", "softirq_entry", "s
 INTERRUPT_HINT = "record irq:* and irq_vectors:* (kptrace record does by default)"
 
 
+#: A table held in memory, or scanned from the Parquet file a windowed analysis wrote it to.
+Table = pl.DataFrame | pl.LazyFrame
+
+
 @dataclass
 class Analysis:
     """Every table of one analysis; `requests` and `hits` are None when the trace cannot give them,
-    `events` when the analysis started from intervals."""
+    `events` when the analysis started from intervals.
+
+    A capture too large to hold is analysed window by window: its tables are written to Parquet
+    in `stored` as they are built, and the per-event tables here are scans of those files. So a
+    consumer takes every table through `.lazy()` and collects only the rows and columns it needs."""
 
     meta: dict
-    events: pl.DataFrame | None
-    intervals: pl.DataFrame
-    disruptions: pl.DataFrame
-    requests: pl.DataFrame | None
-    hits: pl.DataFrame | None
+    events: Table | None
+    intervals: Table
+    disruptions: Table
+    requests: Table | None
+    hits: Table | None
     attribution: pl.DataFrame
     notes: list[str]
     ipc: pl.DataFrame | None = None
-    request_counters: pl.DataFrame | None = None
+    request_counters: Table | None = None
     damaged_windows: pl.DataFrame | None = None
+    stored: Path | None = None  # the directory the tables are already written to (windowed analysis)
 
-    def tables(self) -> dict[str, pl.DataFrame]:
+    def tables(self) -> dict[str, Table]:
         tables = {"intervals": self.intervals, "disruptions": self.disruptions, "attribution": self.attribution}
         if self.events is not None:
             tables = {"events": self.events} | tables
