@@ -15,8 +15,8 @@ from kptrace.faults import mark_faults
 from kptrace.intervals import build_intervals, missed_switches, serving_load
 from kptrace.normalize import normalize
 from kptrace.read import read_any
-from kptrace.requests import (EPOLL, RECEIVES, SENDS, build_requests, disruptions, request_counters,
-                               softirq_charging)
+from kptrace.requests import EPOLL, RECEIVES, SENDS, build_requests, disruptions, request_counters
+from kptrace.windowed.events import DEFAULT_WINDOW_ROWS
 
 #: Syscall exits a request view needs, one of each family, and how to get them.
 REQUEST_FAMILIES = {"epoll_wait": EPOLL, "a receive": RECEIVES, "a send": SENDS}
@@ -67,8 +67,38 @@ class Analysis:
         return tables
 
 
-def _missing_request_families(intervals: pl.DataFrame) -> list[str]:
-    calls = set(intervals.filter(pl.col("kind") == "syscall")["name"].unique().to_list())
+@dataclass
+class Seen:
+    """What the notes need from the event and interval tables: counted on the whole tables, or
+    summed over the windows of a windowed analysis. Event facts are None without events."""
+
+    intervals: int
+    incomplete: int  # intervals without their entry or exit
+    syscalls: set[str]  # names of the syscalls with an interval
+    missed_switches: int | None = None  # intervals.missed_switches
+    softirq_raises: int | None = None  # softirq_raise events
+    counter_rows: bool = False  # whether the events hold perf counter reads
+
+    @staticmethod
+    def of(intervals: pl.DataFrame, events: pl.DataFrame | None) -> Seen:
+        seen = Seen.of_intervals(intervals)
+        if events is not None:
+            seen.missed_switches = missed_switches(events)
+            seen.softirq_raises = events.filter(pl.col("event").cast(pl.String) == "softirq_raise").height
+            seen.counter_rows = bool((events["subsystem"] == "counter").any())
+        return seen
+
+    @staticmethod
+    def of_intervals(intervals: pl.DataFrame) -> Seen:
+        return Seen(intervals.height, intervals.filter(~pl.col("complete")).height,
+                    set(intervals.filter(pl.col("kind") == "syscall")["name"].unique().to_list()))
+
+    def __add__(self, other: Seen) -> Seen:
+        """Interval facts of two windows together (event facts are counted by the windowed read)."""
+        return Seen(self.intervals + other.intervals, self.incomplete + other.incomplete, self.syscalls | other.syscalls)
+
+
+def _missing_request_families(calls: set[str]) -> list[str]:
     return [family for family, names in REQUEST_FAMILIES.items() if not calls & set(names)]
 
 
@@ -94,9 +124,18 @@ def frame_meta(table: pl.DataFrame) -> dict:
     }
 
 
-def analyze(path: str | Path, progress: Callable[[str], None] = lambda stage: None) -> Analysis:
+def analyze(path: str | Path, progress: Callable[[str], None] = lambda stage: None, stored: Path | None = None,
+            window_rows: int = DEFAULT_WINDOW_ROWS) -> Analysis:
     """Read and normalize a trace file or bundle, then analyze its events (analyze_events);
-    `progress` hears one line as each stage ends."""
+    `progress` hears one line as each stage ends. With `stored`, a binary capture is analysed
+    window by window (`window_rows` events each) in bounded memory, its tables written there
+    as they are built (kptrace.windowed.analyze); a text input is still read whole."""
+    if stored is not None:
+        from kptrace.windowed.analyze import analyze_windowed
+
+        windowed = analyze_windowed(path, Path(stored), progress, window_rows)
+        if windowed is not None:
+            return windowed
     normalized = normalize(read_any(path))
     progress(f"read {normalized.meta['event_count']:,} events ({normalized.meta['source_format']})")
     return analyze_events(normalized.events, normalized.meta, progress)
@@ -116,36 +155,47 @@ def analyze_intervals(intervals: pl.DataFrame, meta: dict | None = None, events:
     are optional: without them the analysis cannot check which interrupt events were recorded
     nor read counters, and says so."""
     meta = meta if meta is not None else frame_meta(intervals)
-    notes = []
     chains = disruptions(intervals.lazy()).collect()
     progress(f"rebuilt {intervals.height:,} intervals and {chains.height:,} interrupt chains")
-    if incomplete := intervals.filter(~pl.col("complete")).height:
-        notes.append(f"{incomplete:,} of {intervals.height:,} intervals lack their entry or exit (trace edges, "
-                     "lost events or a damaged trace): kept as incomplete, without a duration")
+    seen = Seen.of(intervals, events)
     requests = hits = None
-    if missing := _missing_request_families(intervals):
-        notes.append(f"no per-request view: this trace has no syscall events for {' or '.join(missing)}; "
-                     + REQUEST_HINT)
-    else:
+    if not _missing_request_families(seen.syscalls):
         requests_lazy, hits_lazy = build_requests(intervals.lazy())
         requests, hits = requests_lazy.collect(), hits_lazy.collect()
-        if requests.height == 0:
-            notes.append("no requests found: no thread read data and answered on the same fd between "
-                         "epoll_wait calls (kptrace's request model is an epoll server)")
-            requests = hits = None
+    return completed(meta, events, intervals, chains, requests, hits, seen, progress)
+
+
+def completed(meta: dict, events: Table | None, intervals: Table, chains: Table, requests: pl.DataFrame | None,
+              hits: pl.DataFrame | None, seen: Seen, progress: Callable[[str], None],
+              keep: Callable[[str, pl.LazyFrame], Table] = lambda name, table: table.collect()) -> Analysis:
+    """The analysis from its built tables: notes, attribution, counters per request and faults.
+    Tables may be scans (a windowed analysis); `keep` makes a table that grows with the trace
+    (request_counters): collected, or written and scanned."""
+    notes = []
+    if seen.incomplete:
+        notes.append(f"{seen.incomplete:,} of {seen.intervals:,} intervals lack their entry or exit (trace edges, "
+                     "lost events or a damaged trace): kept as incomplete, without a duration")
+    if missing := _missing_request_families(seen.syscalls):
+        notes.append(f"no per-request view: this trace has no syscall events for {' or '.join(missing)}; "
+                     + REQUEST_HINT)
+        requests = hits = None
+    elif requests is not None and requests.height == 0:
+        notes.append("no requests found: no thread read data and answered on the same fd between "
+                     "epoll_wait calls (kptrace's request model is an epoll server)")
+        requests = hits = None
     progress(f"found {0 if requests is None else requests.height:,} requests")
     if events is None:
         notes.append("analysed from an interval table without events: which interrupt events were recorded "
                      "is not checked, and counters (IPC) are not read")
     else:
-        notes += _event_coverage_notes(meta) + _recording_notes(events)
+        notes += _event_coverage_notes(meta) + _recording_notes(seen)
     load = None if requests is None else serving_load(intervals.lazy(), chains.lazy(), requests.lazy())
     attribution = attribute(chains.lazy(), None if requests is None else requests.lazy(), load, meta["duration_s"])
     if requests is not None:
         notes += _outlier_notes(requests)
     ipc = counters = None
-    if events is not None and requests is not None and (events["subsystem"] == "counter").any():
-        counters = request_counters(events.lazy(), requests.lazy()).collect()
+    if events is not None and requests is not None and seen.counter_rows:
+        counters = keep("request_counters", request_counters(events.lazy(), requests.lazy()))
     if counters is not None and all(name in meta["event_counts"] for name in HARDWARE_COUNTERS):
         ipc = ipc_decomposition(counter_iterations(counters.lazy(), requests.lazy()).collect())
     elif events is not None and requests is not None:
@@ -155,13 +205,13 @@ def analyze_intervals(intervals: pl.DataFrame, meta: dict | None = None, events:
                                 hits=hits, attribution=attribution, notes=notes, ipc=ipc, request_counters=counters))
 
 
-def _recording_notes(events: pl.DataFrame) -> list[str]:
+def _recording_notes(seen: Seen) -> list[str]:
     """What the analysis had to infer because the trace lacks it."""
     notes = []
-    if missed := missed_switches(events):
+    if missed := seen.missed_switches:
         notes.append(f"{missed:,} task switches have no sched_switch in the trace; each was inferred from the "
                      "task's own events (its run starts at the last event before its first one)")
-    if softirq_charging(events) == "adjacency":
+    if not seen.softirq_raises:  # requests.softirq_charging: "adjacency"
         notes.append("softirqs charged by adjacency: this trace has no softirq_raise events, so each softirq goes to "
                      "the interrupt it ran straight after, which may charge a task's own network work to an "
                      "interrupt; record irq:softirq_raise (kptrace record does by default)")

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import polars as pl
 
@@ -78,6 +79,7 @@ class _Carry:
     gaps: pl.DataFrame = field(default_factory=pl.DataFrame)     # every lost mark: cpu, gap_seq
     raises: pl.DataFrame = field(default_factory=pl.DataFrame)   # per (cpu, name): after, first raise
     credits: pl.DataFrame = field(default_factory=pl.DataFrame)  # raise of each softirq run not yet made
+    missed: int = 0  # task switches inferred so far (intervals.missed_switches of the windows read)
 
 
 def _irqs(rows: pl.DataFrame, carry: _Carry, last: bool) -> pl.DataFrame:
@@ -116,6 +118,7 @@ def _napi(rows: pl.DataFrame, carry: _Carry) -> pl.DataFrame:
 def _task_runs(rows: pl.DataFrame, carry: _Carry, last: bool) -> pl.DataFrame:
     events = stack_frames([carry.task, rows])
     starts = _without(iv.run_boundaries(events.lazy()).collect(), carry.task)
+    carry.missed += starts["missed"].sum()
     carry.task = _last(events.filter(iv.TASK_ROW), "cpu")
     boundaries = stack_frames([carry.run, starts])
     made = iv.runs_between(boundaries.lazy()).collect()
@@ -233,11 +236,33 @@ def _numbered(batch: pl.DataFrame, base: int, enclosers: pl.DataFrame) -> tuple[
     return batch.with_columns([pl.col(c).cast(t) for c, t in iv.RAISE_SCHEMA.items()]), enclosers
 
 
-def interval_windows(windows: Iterable[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+@dataclass
+class Inferred:
+    """What building the intervals inferred (`missed_switches`: intervals.missed_switches of the
+    events read), for the analysis notes: complete once every event window is read."""
+
+    missed_switches: int = 0
+
+
+def _spilled(frames: list, spill: Path | None) -> list:
+    """Each window's on-time intervals kept, or written to `spill` (one Parquet file per
+    window, read back when it is numbered) so that the first pass holds none of them."""
+    if spill is None:
+        return frames
+    spill.mkdir(parents=True, exist_ok=True)
+    path = spill / f"on-time-{len(frames):06d}.parquet"
+    frames[-1].write_parquet(path, compression="lz4")
+    frames[-1] = path
+    return frames
+
+
+def interval_windows(windows: Iterable[pl.DataFrame], spill: Path | None = None,
+                     inferred: Inferred | None = None) -> Iterator[pl.DataFrame]:
     """build_intervals of the concatenated event windows, one numbered window at a time (in id
     order). Each window is a slice of the event table in order; a timestamp must not be split
-    between two windows."""
-    carry, on_time, late, starts, offset, last_ts = _Carry(), [], [], [], 0, None
+    between two windows. With `spill`, the intervals awaiting their numbers wait there, not in
+    memory; `inferred` is filled in as the windows are read."""
+    carry, on_time, late, starts, offset, last_ts, raisers = _Carry(), [], [], [], 0, None, []
     windows = iter(windows)
     current = next(windows, None)
     while current is not None:
@@ -250,15 +275,19 @@ def interval_windows(windows: Iterable[pl.DataFrame]) -> Iterator[pl.DataFrame]:
             lo = rows["ts"][0] if starts else None
             starts.append(lo)
             on_time.append(made if lo is None else made.filter(pl.col("ts") >= lo))
+            raisers.append(_raiser_seqs(on_time[-1]))
+            on_time = _spilled(on_time, spill)
             if lo is not None:
                 late.append(made.filter(pl.col("ts") < lo))
             offset, last_ts = offset + rows.height, rows["ts"][-1]
+            if inferred is not None:
+                inferred.missed_switches = int(carry.missed)
         current = following
     late = stack_frames(late)
-    wanted = stack_frames([f.select(pl.col(c).alias("seq")).drop_nulls() for f in [*on_time, late] if f.height
-                     for c in ("raised_hard", "raised_soft")]).unique()
+    wanted = stack_frames([*raisers, _raiser_seqs(late)]).unique()
     base, enclosers = 0, pl.DataFrame()
     for k, batch in enumerate(on_time):
+        batch = pl.read_parquet(batch) if isinstance(batch, Path) else batch
         hi = starts[k + 1] if k + 1 < len(starts) else None
         if late.height:
             span = (pl.col("ts") >= starts[k] if starts[k] is not None else pl.lit(True)) & (
@@ -270,3 +299,10 @@ def interval_windows(windows: Iterable[pl.DataFrame]) -> Iterator[pl.DataFrame]:
         base += numbered.height
         on_time[k] = None  # let the window go once written
         yield numbered
+
+
+def _raiser_seqs(made: pl.DataFrame) -> pl.DataFrame:
+    """The seqs of the enclosers these intervals' raises cite (numbering keeps only their ids)."""
+    if not made.height:
+        return pl.DataFrame()
+    return stack_frames([made.select(pl.col(c).alias("seq")).drop_nulls() for c in ("raised_hard", "raised_soft")])

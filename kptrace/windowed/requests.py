@@ -20,7 +20,7 @@ bound them writes the parts out and sorts the keys).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import polars as pl
@@ -94,16 +94,20 @@ def _with_calls(buffers: tuple[pl.DataFrame, ...]) -> tuple[pl.DataFrame, ...]:
     return calls, work.join(tids, on="tid", how="semi"), gaps.join(tids, on="tid", how="semi")
 
 
-def requests_of_windows(batches: Iterable[pl.DataFrame]) -> tuple[pl.DataFrame, pl.DataFrame]:
+def requests_of_windows(batches: Iterable[pl.DataFrame],
+                        work: Callable[[pl.DataFrame], None] = lambda rows: None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(requests, hits) of the numbered interval windows `batches` (interval_windows: id order,
-    split by time), equal to build_requests of the whole table, collected."""
+    split by time), equal to build_requests of the whole table, collected. `work` hears the
+    charged-work rows as they are made final (charged_work_windows), for the disruptions."""
     charged = ChargedWork()
     buffers: tuple[pl.DataFrame, ...] | None = None
     last_runs, found, roots = pl.DataFrame(), [], []
     for batch in batches:
         done = charged.add(batch)
+        if done.height:
+            work(done)
         gaps, last_runs = _new_gaps(batch.filter(_RUN).select("tid", "ts", "dur", "id", "cpu"), last_runs)
-        new = (batch.filter(_CALL), done if done.height else _empty_work(), gaps)
+        new = (batch.filter(_CALL), done if done.height else empty_work(), gaps)
         buffers = new if buffers is None else tuple(stack_frames([b, n]) for b, n in zip(buffers, new))
         if done.height:
             roots.append(done.filter(pl.col("root") == pl.col("id"))["id"].to_numpy())
@@ -113,6 +117,7 @@ def requests_of_windows(batches: Iterable[pl.DataFrame]) -> tuple[pl.DataFrame, 
     if buffers is not None:
         done = charged.finish()
         if done.height:
+            work(done)
             roots.append(done.filter(pl.col("root") == pl.col("id"))["id"].to_numpy())
             buffers = (buffers[0], stack_frames([buffers[1], done]), buffers[2])
         found.append(_part(*buffers))
@@ -120,7 +125,7 @@ def requests_of_windows(batches: Iterable[pl.DataFrame]) -> tuple[pl.DataFrame, 
                      np.sort(np.concatenate(roots)) if roots else np.zeros(0, np.uint32))
 
 
-def _empty_work() -> pl.DataFrame:
+def empty_work() -> pl.DataFrame:
     return pl.DataFrame(schema={"id": pl.UInt32, "cpu": pl.Int16, "tid": pl.Int32, "ts": pl.Int64, "end": pl.Int64,
                                 "kind": pl.String, "complete": pl.Boolean, "own_ns": pl.Int64, "glue_ns": pl.Int64,
                                 "charged_ns": pl.Int64, "root": pl.UInt32, "source": pl.String,
