@@ -5,12 +5,14 @@ notes, meta, counters per request and IPC."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+import zstandard
 
 from kptrace.analysis import Analysis, analyze, analyze_events
 from kptrace.normalize import normalize
@@ -120,3 +122,27 @@ def test_kptrace_analyze_of_a_binary_capture_writes_the_whole_analysis_tables(tm
     for name, table in whole.tables().items():
         assert pl.read_parquet(tmp_path / f"{name}.parquet").equals(table), name
     assert not list(tmp_path.glob(".windows-*"))
+
+
+def test_counter_samples_parsed_in_chunks_equal_the_whole_files_samples_and_notes(tmp_path, data, monkeypatch):
+    """A bundle's perf counter text is parsed 64 KiB at a time (bounded memory): the samples,
+    the line numbers, what is unreadable (a line of garbage, a number too large, a cut last
+    line) and the counts equal the whole file's."""
+    import kptrace.read as read
+
+    lines = zstandard.ZstdDecompressor().decompress(
+        (data / "perf-counters.txt.zst").read_bytes(), max_output_size=1 << 30).decode().splitlines(keepends=True)
+    samples = [i for i, line in enumerate(lines) if "task-clock:" in line]
+    lines[samples[len(samples) // 3]] = re.sub(r": +\d+ ", ":  99999999999999999999999 ", lines[samples[len(samples) // 3]])
+    lines.insert(len(lines) // 2, "this line is not a perf script event\n")
+    path = tmp_path / "perf-counters.txt"
+    path.write_text("".join(lines) + lines[samples[-1]][:30])
+    whole = read.read_text_trace(path)
+    kept = whole.rows.filter(pl.col("subsystem") == "counter")
+    monkeypatch.setattr(read, "KEPT_CHUNK_BYTES", 1 << 16)
+    chunked = read.read_counter_samples(path)
+    assert path.stat().st_size > 10 << 16 and whole.unparsed_count == 3 and kept.height > 100
+    assert chunked.rows.equals(kept)
+    assert chunked.repeated_count == whole.rows.height - kept.height
+    assert (chunked.warnings, chunked.unparsed_count, chunked.unparsed_examples, chunked.units, chunked.ignored_count) \
+        == (whole.warnings, whole.unparsed_count, whole.unparsed_examples, whole.units, whole.ignored_count)

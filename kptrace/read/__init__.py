@@ -12,7 +12,7 @@ recorded them (a line number for text, the time order of records for binary page
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from kptrace.read.duty import gap_markers, recorded_windows
 from kptrace.read.fields import OUT_OF_RANGE, type_fields
 from kptrace.read.lines import detect_format, split_lines
 from kptrace.read.rawpages import is_raw_dir, read_raw_dir
-from kptrace.read.source import SourceBytes, as_text, looks_like_text, read_bytes
+from kptrace.read.source import SourceBytes, check_text, looks_like_text, read_bytes
 from kptrace.read.tracedat import TraceDatError, is_tracedat, read_tracedat
 
 
@@ -62,39 +62,73 @@ def _out_of_range_examples(rows: pl.DataFrame) -> list[str]:
             for n, event, payload in rows.select("line_no", "event", "payload").head(3).iter_rows()]
 
 
-def _text_trace(source: SourceBytes) -> RawTrace:
+#: Bytes of a text file parsed at a time when only some of its rows are kept (a bundle's perf
+#: counter samples, `read_counter_samples`): one chunk's line frames are held, not the file's.
+KEPT_CHUNK_BYTES = 32 << 20
+
+
+def _chunks(raw: bytes, size: int | None) -> Iterator[bytes]:
+    """`raw` in pieces of about `size` bytes, each but the last ending with a newline (so a
+    UTF-8 character is never split); the whole of it when `size` is None."""
+    start = 0
+    while start < len(raw) or start == 0:
+        newline = -1 if size is None else raw.find(b"\n", start + size - 1)
+        end = len(raw) if newline < 0 else newline + 1
+        yield raw[start:end]
+        start = end
+        if start >= len(raw):
+            return
+
+
+def _text_trace(source: SourceBytes, keep: pl.Expr | None = None) -> RawTrace:
     """A tracefs, trace-cmd report or perf script text file; every line is an event, a marker,
-    ignorable, or counted unreadable with examples (a cut last line, a number out of range too)."""
-    source = as_text(source)
-    warnings = list(source.warnings)
-    text, cut = _cut_last_line(source.text)
-    if cut is not None:
-        warnings.append(f"last line is incomplete (file ends mid-line); counted unreadable: {cut[:80]!r}")
-    fmt = detect_format(text)
+    ignorable, or counted unreadable with examples (a cut last line, a number out of range too).
+    With `keep`, only the rows it selects are returned (the others counted `repeated_count`),
+    and the file is parsed KEPT_CHUNK_BYTES at a time; lost-event markers are dated within a
+    chunk, so `keep` must leave them out."""
+    check_text(source)
+    warnings, raw = list(source.warnings), source.data
+    head = raw[: 4 << 20].decode("utf-8", errors="replace")  # detect_format reads the first 1 Mi characters
+    fmt = detect_format(_cut_last_line(head)[0] if len(head) == len(raw) else head)
     if fmt is None:
         raise TraceError(source.path, "unknown format: no line looks like tracefs text, "
                                       "`trace-cmd report` or `perf script` output")
-    split = split_lines(text, fmt)
-    rows = type_fields(split.rows)
-    damaged = rows.filter(OUT_OF_RANGE)
-    rows = rows.filter(~pl.col(OUT_OF_RANGE)).drop(OUT_OF_RANGE)
-    unparsed = split.unparsed_count + damaged.height + (cut is not None)
-    examples = split.unparsed_examples + _out_of_range_examples(damaged)
+    kept, unreadable, out_of_range, lines, ignored, unparsed, events, dropped, cut = [], [], [], 0, 0, 0, 0, 0, None
+    for piece in _chunks(raw, None if keep is None else KEPT_CHUNK_BYTES):
+        text, cut = _cut_last_line(piece.decode("utf-8", errors="replace"))
+        split = split_lines(text, fmt, lines + 1)
+        rows = type_fields(split.rows)
+        damaged = rows.filter(OUT_OF_RANGE)
+        rows = rows.filter(~pl.col(OUT_OF_RANGE)).drop(OUT_OF_RANGE)
+        unreadable += split.unparsed_examples
+        out_of_range += _out_of_range_examples(damaged)
+        lines, ignored = lines + split.lines, ignored + split.ignored_count
+        unparsed += split.unparsed_count + damaged.height
+        events += rows.filter(pl.col("subsystem").ne_missing("kptrace")).height
+        if keep is not None:
+            dropped, rows = dropped + rows.height, rows.filter(keep)
+            dropped -= rows.height
+        kept.append(rows)
     if cut is not None:
-        examples.append(f"line {split.lines + 1} (incomplete): {cut[:160]}")
-    if rows.filter(pl.col("subsystem").ne_missing("kptrace")).height == 0:
+        warnings.append(f"last line is incomplete (file ends mid-line); counted unreadable: {cut[:80]!r}")
+    unparsed += cut is not None
+    examples = unreadable[:3] + out_of_range[:3]
+    if cut is not None:
+        examples.append(f"line {lines + 1} (incomplete): {cut[:160]}")
+    if events == 0:
         raise TraceError(source.path, f"no events found (read as {fmt}; {unparsed} lines not understood)")
     if unparsed:
         warnings.append(f"skipped {unparsed} lines that are not {fmt} events, e.g. " + "; ".join(examples[:2]))
     return RawTrace(
-        rows=rows.rename({"line_no": "seq"}),
+        rows=(kept[0] if len(kept) == 1 else pl.concat(kept)).rename({"line_no": "seq"}),
         source_format=fmt,
         files=[str(source.path)],
         warnings=warnings,
         unparsed_count=unparsed,
         unparsed_examples=examples[:3],
-        units=split.lines + (cut is not None),
-        ignored_count=split.ignored_count,
+        units=lines + (cut is not None),
+        ignored_count=ignored,
+        repeated_count=dropped,
     )
 
 
@@ -186,6 +220,14 @@ def read_text_trace(path: str | Path) -> RawTrace:
     return _text_trace(read_bytes(path))
 
 
+def read_counter_samples(path: str | Path) -> RawTrace:
+    """The perf counter samples of a bundle's perf script text, in file order, with what
+    read_text_trace says of the whole file; its other rows (tracepoints that only anchor the
+    samples and repeat the trace's events) are counted in `repeated_count`, and never held
+    whole: the file is parsed a chunk at a time."""
+    return _text_trace(read_bytes(path), keep=pl.col("subsystem") == "counter")
+
+
 def _bundle_member(directory: Path, manifest_path: Path, name: object) -> Path:
     """A file the manifest names, which must be a relative path inside the bundle: a copied
     bundle is untrusted, and its manifest must not make kptrace read /etc/passwd."""
@@ -219,11 +261,7 @@ def read_bundle(directory: str | Path) -> RawTrace:
     else:
         raise TraceError(manifest_path, "names no trace file under files.trace, and the bundle has no raw/ pages")
     if files.get("perf_counters"):
-        # Its tracepoint rows only anchor the samples and repeat events the trace already has.
-        counters = read_text_trace(_bundle_member(directory, manifest_path, files["perf_counters"]))
-        samples = counters.rows.filter(pl.col("subsystem") == "counter")
-        counters.repeated_count, counters.rows = counters.rows.height - samples.height, samples
-        parts.append(counters)
+        parts.append(read_counter_samples(_bundle_member(directory, manifest_path, files["perf_counters"])))
     seq_offset = 0
     frames = []
     for part in parts:

@@ -72,8 +72,8 @@ class SplitLines:
     ignored_count: int = 0
 
 
-def lines_frame(text: str) -> pl.LazyFrame:
-    """One row per line, numbered from 1, split in Rust rather than in Python.
+def lines_frame(text: str, first_line: int = 1) -> pl.LazyFrame:
+    """One row per line, numbered from `first_line`, split in Rust rather than in Python.
 
     Polars' CSV reader, told that a line is one unquoted field (the separator is NUL), hands
     lines back verbatim; it splits several times faster than `str.split`, with a third of the
@@ -83,18 +83,18 @@ def lines_frame(text: str) -> pl.LazyFrame:
     """
     text = text.removeprefix("\ufeff")
     if not text or "\x00" in text or "\r" in text:
-        return _split_lines(text)
+        return _split_lines(text, first_line)
     lines = pl.read_csv(text.encode(), has_header=False, separator="\x00", quote_char=None,
                         schema={"line": pl.String}, empty_string_is_null=False)
-    return lines.lazy().with_row_index("line_no", offset=1)
+    return lines.lazy().with_row_index("line_no", offset=first_line)
 
 
-def _split_lines(text: str) -> pl.LazyFrame:
+def _split_lines(text: str, first_line: int) -> pl.LazyFrame:
     """`lines_frame` by `str.split`, for any text (stripping the carriage return of CRLF lines);
     the newline that ends the last line starts no line, as in the CSV reader."""
     return (
         pl.LazyFrame({"line": pl.Series([text.removesuffix("\n")]).str.split("\n").explode()})
-        .with_row_index("line_no", offset=1)
+        .with_row_index("line_no", offset=first_line)
         .with_columns(pl.col("line").str.strip_suffix("\r"))
     )
 
@@ -370,14 +370,15 @@ def _typed(events: pl.LazyFrame) -> pl.LazyFrame:
     ).select(*_TYPED_COLUMNS, "damaged")
 
 
-def split_lines(text: str, fmt: str) -> SplitLines:
+def split_lines(text: str, fmt: str, first_line: int = 1) -> SplitLines:
     """Parse every line's prefix; keep lost-event markers as rows, count what is unreadable.
+    Lines are numbered from `first_line` (a later chunk of a file).
 
     In tracefs text, most lines take the fast path (`TracefsLayout`, `_fast_event`); the
     reference regex parser reads every line the fast path does not take, so what a line
     yields never depends on the fast path.
     """
-    every = lines_frame(text).collect()
+    every = lines_frame(text, first_line).collect()
     # A NUL byte has no place in trace text: that line is damaged (the rest of the file is read).
     has_nul = every["line"].str.contains("\x00", literal=True)
     lines, nul_lines = (every.filter(~has_nul), every.filter(has_nul)) if has_nul.any() else (every, every.clear())

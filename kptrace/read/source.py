@@ -123,16 +123,21 @@ def looks_like_text(head: bytes) -> bool:
             and len(sample.translate(None, _ASCII_TEXT)) <= len(sample) * 3 // 10)
 
 
-def as_text(source: SourceBytes) -> SourceText:
-    """The content as UTF-8 text, or a clear error when it holds no text trace."""
+def check_text(source: SourceBytes) -> None:
+    """A clear error when the content holds no text trace."""
     raw, path = source.data, source.path
     # isspace() stops at the first other byte, where strip() would copy the whole file.
     if not raw or raw.isspace():
         raise TraceError(path, "contains no trace lines")
     if not looks_like_text(raw):
         raise TraceError(path, "binary data, not trace text nor a trace.dat (a perf.data needs `perf script`)")
-    text = raw.decode("utf-8", errors="replace")
-    return SourceText(path=path, text=text, compression=source.compression, warnings=source.warnings)
+
+
+def as_text(source: SourceBytes) -> SourceText:
+    """The content as UTF-8 text, or a clear error when it holds no text trace."""
+    check_text(source)
+    text = source.data.decode("utf-8", errors="replace")
+    return SourceText(path=source.path, text=text, compression=source.compression, warnings=source.warnings)
 
 
 def read_source(path: str | Path) -> SourceText:

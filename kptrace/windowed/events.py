@@ -29,7 +29,7 @@ import zstandard
 
 from kptrace.errors import TraceError
 from kptrace.normalize import Events, Tally, describe, idle_named, in_time_order, tally
-from kptrace.read import UNDECODABLE, RawTrace, read_text_trace, undecodable_examples, undecodable_warning
+from kptrace.read import UNDECODABLE, RawTrace, read_counter_samples, undecodable_examples, undecodable_warning
 from kptrace.read.binary import Capture
 from kptrace.read.chunks import decoded_windows
 from kptrace.read.duty import gap_markers, recorded_windows
@@ -74,9 +74,8 @@ def _bundle_source(directory: Path) -> Source | None:
         path = (directory / counters_file).resolve() if isinstance(counters_file, str) else None
         if path is None or not path.is_relative_to(directory.resolve()):
             return None  # read_bundle refuses it with a one-line error
-        counters = read_text_trace(path)
-        samples = counters.rows.filter(pl.col("subsystem") == "counter")
-        counters.repeated_count, counters.rows = counters.rows.height - samples.height, samples.sort("ts", "seq")
+        counters = read_counter_samples(path)
+        counters.rows = counters.rows.sort("ts", "seq")
         source.counters = counters
     return source
 
