@@ -10,11 +10,12 @@ there). Rows at one time keep decode's order: CPU buffer order, then page order 
 window's pages come first on their CPU), then the window's own order.
 
 A raw/ directory is mapped rather than read (`read_raw_dir(mapped=True)`), so the page bytes of a 2 GB capture are not all in
-memory: each window copies only its own pages.
+memory: each window copies only its own pages, and the mapping is let go after each step.
 """
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -47,6 +48,16 @@ def window_bounds(capture: Capture, rows_per_window: int) -> list[int]:
     return [int(b) for b in bounds if b > every[0]]
 
 
+def _release(capture: Capture) -> None:
+    """Drop the mapped page files' pages from this process (they stay in the page cache): a
+    window copies its pages out, and mapped pages left resident count in its RSS, which would
+    then grow with the capture (every page header is read to find the windows)."""
+    for _, blobs in capture.buffers:
+        for _, blob in blobs:
+            if isinstance(blob, mmap.mmap):
+                blob.madvise(mmap.MADV_DONTNEED)
+
+
 def _sub_capture(capture: Capture, starts: list[np.ndarray], lo: int | None, hi: int | None) -> Capture:
     """The pages of every CPU that start in [lo, hi) (None: unbounded)."""
     size = capture.header.page_size
@@ -68,10 +79,12 @@ def decoded_windows(capture: Capture, rows_per_window: int,
         yield None, None, decode(capture), sum(len(b) for _, blobs in capture.buffers for _, b in blobs)
         return
     starts = [page_starts(blob, capture) for _, blob in capture.buffers[0][1]]
+    _release(capture)
     rank = {cpu: i for i, (cpu, _) in enumerate(capture.buffers[0][1])}
     held, done, emitted = pl.DataFrame(), 0, 0
     for k, (lo, hi) in enumerate(zip([None, *bounds], [*bounds, None])):
         window = _sub_capture(capture, starts, lo, hi)
+        _release(capture)
         done += sum(len(b) for _, b in window.buffers[0][1])
         rows = decode(window)
         if rows.height:
