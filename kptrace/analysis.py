@@ -95,7 +95,8 @@ class Seen:
 
     def __add__(self, other: Seen) -> Seen:
         """Interval facts of two windows together (event facts are counted by the windowed read)."""
-        return Seen(self.intervals + other.intervals, self.incomplete + other.incomplete, self.syscalls | other.syscalls)
+        return Seen(self.intervals + other.intervals, self.incomplete + other.incomplete,
+                    self.syscalls | other.syscalls)
 
 
 def _missing_request_families(calls: set[str]) -> list[str]:

@@ -133,7 +133,8 @@ def test_counter_samples_parsed_in_chunks_equal_the_whole_files_samples_and_note
     lines = zstandard.ZstdDecompressor().decompress(
         (data / "perf-counters.txt.zst").read_bytes(), max_output_size=1 << 30).decode().splitlines(keepends=True)
     samples = [i for i, line in enumerate(lines) if "task-clock:" in line]
-    lines[samples[len(samples) // 3]] = re.sub(r": +\d+ ", ":  99999999999999999999999 ", lines[samples[len(samples) // 3]])
+    damaged = samples[len(samples) // 3]
+    lines[damaged] = re.sub(r": +\d+ ", ":  99999999999999999999999 ", lines[damaged])
     lines.insert(len(lines) // 2, "this line is not a perf script event\n")
     path = tmp_path / "perf-counters.txt"
     path.write_text("".join(lines) + lines[samples[-1]][:30])

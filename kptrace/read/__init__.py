@@ -70,14 +70,15 @@ KEPT_CHUNK_BYTES = 32 << 20
 def _chunks(raw: bytes, size: int | None) -> Iterator[bytes]:
     """`raw` in pieces of about `size` bytes, each but the last ending with a newline (so a
     UTF-8 character is never split); the whole of it when `size` is None."""
+    if size is None:
+        yield raw
+        return
     start = 0
-    while start < len(raw) or start == 0:
-        newline = -1 if size is None else raw.find(b"\n", start + size - 1)
+    while start < len(raw):
+        newline = raw.find(b"\n", start + size - 1)
         end = len(raw) if newline < 0 else newline + 1
         yield raw[start:end]
         start = end
-        if start >= len(raw):
-            return
 
 
 def _text_trace(source: SourceBytes, keep: pl.Expr | None = None) -> RawTrace:
