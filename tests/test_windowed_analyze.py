@@ -147,3 +147,20 @@ def test_counter_samples_parsed_in_chunks_equal_the_whole_files_samples_and_note
     assert chunked.repeated_count == whole.rows.height - kept.height
     assert (chunked.warnings, chunked.unparsed_count, chunked.unparsed_examples, chunked.units, chunked.ignored_count) \
         == (whole.warnings, whole.unparsed_count, whole.unparsed_examples, whole.units, whole.ignored_count)
+
+
+def test_page_headers_read_a_few_pages_at_a_time_give_the_same_windows(monkeypatch):
+    """The mapped pages are read and let go a span at a time (RSS bounded by the span, not the
+    capture): page start times and decoded windows are unchanged."""
+    from kptrace.read import chunks
+    from kptrace.read.binary import decode
+    from kptrace.read.rawpages import read_raw_dir
+
+    capture = read_raw_dir(BINARY / "raw", mapped=True)
+    whole = [chunks.page_starts(blob, capture) for _, blob in capture.buffers[0][1]]
+    monkeypatch.setattr(chunks, "HEADER_SPAN", 3 * capture.header.page_size)
+    spanned = [chunks.page_starts(blob, capture) for _, blob in capture.buffers[0][1]]
+    assert max(len(s) for s in whole) > 6
+    assert all(np.array_equal(a, b) for a, b in zip(whole, spanned, strict=True))
+    windows = [rows for *_, rows, _ in chunks.decoded_windows(capture, 200)]
+    assert len(windows) > 10 and pl.concat(windows).equals(decode(capture))

@@ -25,12 +25,25 @@ import polars as pl
 from kptrace.read.binary import Capture, decode
 
 
+#: Bytes of mapped pages whose headers are read before they are let go (_release).
+HEADER_SPAN = 1 << 26
+
+
 def page_starts(blob, capture: Capture) -> np.ndarray:
-    """Start time (ns) of every whole page of one CPU's blob, from the page headers alone."""
+    """Start time (ns) of every whole page of one CPU's blob, from the page headers alone; a
+    mapped blob is read HEADER_SPAN bytes at a time, each span let go once read."""
     size, offset = capture.header.page_size, capture.header.timestamp_offset
-    count = len(blob) // size
-    raw = np.frombuffer(blob, dtype=np.uint8, count=count * size).reshape(count, size)[:, offset:offset + 8]
-    return np.ascontiguousarray(raw).view(f"{capture.byte_order}u8").ravel().astype(np.int64)
+    count, step = len(blob) // size, max(1, HEADER_SPAN // size)
+    starts = [np.zeros(0, np.int64)]
+    for first in range(0, count, step):
+        pages = min(step, count - first)
+        raw = np.frombuffer(blob, dtype=np.uint8, count=pages * size, offset=first * size).reshape(pages, size)
+        starts.append(np.ascontiguousarray(raw[:, offset:offset + 8]).view(f"{capture.byte_order}u8").ravel()
+                      .astype(np.int64))
+        del raw  # the view would keep the map exported
+        if isinstance(blob, mmap.mmap) and size % mmap.PAGESIZE == 0:
+            blob.madvise(mmap.MADV_DONTNEED, first * size, pages * size)
+    return np.concatenate(starts)
 
 
 def window_bounds(capture: Capture, rows_per_window: int) -> list[int]:
