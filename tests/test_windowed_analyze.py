@@ -158,9 +158,12 @@ def test_page_headers_read_a_few_pages_at_a_time_give_the_same_windows(monkeypat
 
     capture = read_raw_dir(BINARY / "raw", mapped=True)
     whole = [chunks.page_starts(blob, capture) for _, blob in capture.buffers[0][1]]
+    before = list(chunks.decoded_windows(capture, 1000))
     monkeypatch.setattr(chunks, "HEADER_SPAN", 3 * capture.header.page_size)
     spanned = [chunks.page_starts(blob, capture) for _, blob in capture.buffers[0][1]]
     assert max(len(s) for s in whole) > 6
     assert all(np.array_equal(a, b) for a, b in zip(whole, spanned, strict=True))
-    windows = [rows for *_, rows, _ in chunks.decoded_windows(capture, 200)]
-    assert len(windows) > 10 and pl.concat(windows).equals(decode(capture))
+    after = list(chunks.decoded_windows(capture, 1000))
+    assert len(after) == len(before) > 5
+    assert all(a[:2] == b[:2] and a[2].equals(b[2]) for a, b in zip(before, after))
+    assert sum(rows.height for *_, rows, _ in after) == decode(capture).height
