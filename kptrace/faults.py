@@ -205,8 +205,9 @@ def clock_order_windows(events: Table, intervals: Table, unseen: pl.DataFrame) -
     yet switched out). When no waking lies between the start of the run that slept and the next
     switch-in, and the first waking after it comes from another CPU, the two clocks disagree,
     unless events were lost or not traced (`unseen`) meanwhile: then the waking may be there."""
-    rows = events.lazy().with_row_index("seq").filter(_EVENT.is_in(["sched_waking", "sched_wakeup", "sched_switch"])).select(
-        pl.col("seq").cast(pl.UInt32), "cpu", "ts", "event", "prev_pid", "prev_state", "next_pid", "task_pid").collect()
+    rows = (events.lazy().with_row_index("seq").filter(_EVENT.is_in(["sched_waking", "sched_wakeup", "sched_switch"]))
+            .select(pl.col("seq").cast(pl.UInt32), "cpu", "ts", "event", "prev_pid", "prev_state", "next_pid",
+                    "task_pid").collect())
     wakings = rows.filter(_EVENT == "sched_waking").select(
         tid="task_pid", waking_ts="ts", waking_cpu="cpu").sort("waking_ts")
     if wakings.height == 0:

@@ -90,7 +90,7 @@ def request_overview(requests: Table | None) -> list[dict]:
     if requests is None:
         return []
     return (
-        requests.lazy().select("disrupted", "dur", "own_ns").collect().group_by("disrupted")
+        requests.lazy().group_by("disrupted")
         .agg(
             requests=pl.len(),
             median_us=pl.col("dur").median() * 1e-3,
@@ -98,6 +98,7 @@ def request_overview(requests: Table | None) -> list[dict]:
             own_median_us=pl.col("own_ns").median() * 1e-3,
         )
         .sort("disrupted")
+        .collect()
         .to_dicts()
     )
 

@@ -138,9 +138,9 @@ def test_the_busiest_seconds_of_a_scan_are_drawn_as_from_frames(pair, tmp_path):
     for name, analysis in (("frames", frames), ("scans", scans)):
         events = analysis.events
         counters = None if events is None else counter_samples(events)
+        third = analysis.intervals.lazy().select(pl.len()).collect().item() // 3
         drawn[name] = write_timeline(tmp_path / f"{name}.pftrace", events, analysis.intervals, analysis.requests,
-                                     counters, max_items=analysis.intervals.lazy().select(pl.len()).collect().item() // 3,
-                                     irq_rate_bin_ns=5_000_000)
+                                     counters, max_items=third, irq_rate_bin_ns=5_000_000)
     assert drawn["frames"]["window"] is not None
     assert drawn["scans"]["window"] == drawn["frames"]["window"]
     assert (tmp_path / "scans.pftrace").read_bytes() == (tmp_path / "frames.pftrace").read_bytes()

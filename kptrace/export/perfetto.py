@@ -124,7 +124,8 @@ def busiest_window(starts: np.ndarray, max_items: int, bin_ns: int = 1_000_000_0
     return _busiest_run(np.bincount((starts - first) // bin_ns), first, max_items, bin_ns)
 
 
-def busiest_window_of(frames: list[pl.LazyFrame], max_items: int, bin_ns: int = 1_000_000_000) -> tuple[int, int] | None:
+def busiest_window_of(frames: list[pl.LazyFrame], max_items: int,
+                      bin_ns: int = 1_000_000_000) -> tuple[int, int] | None:
     """busiest_window of the starts (`ts`) of every row of `frames`, counted by a streamed
     group-by per bin: a 50 M-row scan is never collected."""
     starts = pl.concat([frame.select("ts").drop_nulls() for frame in frames])
