@@ -78,8 +78,9 @@ def _windows(frame: pl.DataFrame | pl.LazyFrame, kind: str) -> pl.DataFrame:
                          for c, t in WINDOW_SCHEMA.items()]).collect()
 
 
-#: Events read at a time when finding neighbours on a CPU: the whole table is never held at once.
-NEIGHBOUR_ROWS = 1 << 22
+#: Events read at a time when finding neighbours on a CPU (a Parquet row group of
+#: kptrace.export.parquet): the whole table is never held at once.
+NEIGHBOUR_ROWS = 1 << 20
 
 
 def _columns(table: Table) -> list[str]:
@@ -104,12 +105,12 @@ def _per_cpu(events: Table, wanted: pl.Expr) -> pl.DataFrame:
         # Rows are in the order of record, which a window over each CPU keeps: no sort needed.
         rows = (events.lazy().slice(offset, NEIGHBOUR_ROWS).select("cpu", "ts", "event", "subsystem", "value")
                 .with_row_index("seq", offset=offset)
-                .filter(pl.col("cpu").is_not_null() & (pl.col("subsystem") != "counter"))
-                .with_columns(event=_EVENT, chunk=pl.lit(chunk, pl.UInt32)).collect())
+                .filter(pl.col("cpu").is_not_null() & (pl.col("subsystem") != "counter")).drop("subsystem").collect())
         kept.append(rows.with_columns(prev_ts=pl.col("ts").shift(1).over("cpu"),
                                       next_ts=pl.col("ts").shift(-1).over("cpu"),
-                                      next_event=pl.col("event").shift(-1).over("cpu")).filter(wanted))
-        edges.append(rows.group_by("cpu").agg(pl.col("chunk").first(), first_ts=pl.col("ts").first(),
+                                      next_event=pl.col("event").shift(-1).over("cpu"))
+                    .filter(wanted).with_columns(chunk=pl.lit(chunk, pl.UInt32)))
+        edges.append(rows.group_by("cpu").agg(chunk=pl.lit(chunk, pl.UInt32), first_ts=pl.col("ts").first(),
                                               first_event=pl.col("event").first(), last_ts=pl.col("ts").last()))
     edges = pl.concat(edges).sort("chunk")
     return (pl.concat(kept).sort("chunk")
@@ -117,7 +118,7 @@ def _per_cpu(events: Table, wanted: pl.Expr) -> pl.DataFrame:
                        allow_exact_matches=False, check_sortedness=False)
             .join_asof(edges.select("cpu", "chunk", "first_ts", "first_event"), on="chunk", by="cpu",
                        strategy="forward", allow_exact_matches=False, check_sortedness=False)
-            .select("seq", "cpu", "ts", "event", "subsystem", "value",
+            .select("seq", "cpu", "ts", "event", "value",
                     prev_ts=pl.coalesce("prev_ts", "last_ts"), next_ts=pl.coalesce("next_ts", "first_ts"),
                     next_event=pl.coalesce("next_event", "first_event"))
             .sort("seq"))
