@@ -46,14 +46,28 @@ def scanned(analysis: Analysis, stored: Path) -> Analysis:
     return replace(analysis, stored=stored, **scans)
 
 
-@pytest.fixture(scope="module", params=list(INPUTS))
-def pair(request, tmp_path_factory) -> tuple[Analysis, Analysis]:
-    path = INPUTS[request.param]
-    if path is None:
-        path = write_simulation(tmp_path_factory.mktemp("nic"), scenario_with_nic(
-            Scenario(duration_s=0.1, seed=5), "vanilla", {}), "tracefs")
-    analysis = analyze(path)
-    return analysis, scanned(analysis, tmp_path_factory.mktemp("stored"))
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory) -> dict:
+    """Each input analysed once for the module, whatever order the tests ask for them in."""
+    return {}
+
+
+@pytest.fixture(params=list(INPUTS))
+def pair(request, analysed, tmp_path_factory) -> tuple[Analysis, Analysis]:
+    """An input's analysis in memory, and the same as scans of its stored tables."""
+    if request.param not in analysed:
+        path = INPUTS[request.param]
+        if path is None:
+            path = write_simulation(tmp_path_factory.mktemp("nic"), scenario_with_nic(
+                Scenario(duration_s=0.1, seed=5), "vanilla", {}), "tracefs")
+        analysis = analyze(path)
+        analysed[request.param] = analysis, scanned(analysis, tmp_path_factory.mktemp("stored"))
+    return analysed[request.param]
+
+
+def _chunk_sizes(events: pl.DataFrame) -> tuple[int, ...]:
+    """Chunks that cut the events about 40 times, 3 times, never."""
+    return max(1, events.height // 40), events.height // 3 + 1, 1 << 20
 
 
 def test_damaged_windows_and_request_marks_from_scans_equal_those_from_frames(pair, monkeypatch):
@@ -82,7 +96,7 @@ def test_every_events_neighbours_on_its_cpu_are_found_across_chunk_edges(pair, m
                 .select("seq", prev_ts=pl.col("ts").shift(1).over("cpu"), next_ts=pl.col("ts").shift(-1).over("cpu"),
                         next_event=pl.col("event").shift(-1).over("cpu")))
     assert expected["prev_ts"].null_count() < expected.height
-    for rows in (1, 7, 1 << 20):   # every neighbour in another chunk, some, none
+    for rows in _chunk_sizes(frames.events):
         monkeypatch.setattr(faults, "NEIGHBOUR_ROWS", rows)
         found = faults._per_cpu(scans.events, pl.lit(True)).select(expected.columns)
         assert_frame_equal(found, expected)
@@ -93,7 +107,7 @@ def test_the_dropped_events_recording_has_lost_event_windows_found_across_chunk_
     frames, scans = pair
     lost = frames.damaged_windows.filter(pl.col("kind") == "lost_events")
     assert lost.height > 0
-    for rows in (1, 7, 1 << 20):
+    for rows in _chunk_sizes(frames.events):
         monkeypatch.setattr(faults, "NEIGHBOUR_ROWS", rows)
         assert_frame_equal(faults.lost_event_windows(scans.events), lost)
 
