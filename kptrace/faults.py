@@ -45,6 +45,8 @@ from kptrace.requests import EPOLL
 if TYPE_CHECKING:
     from kptrace.analysis import Analysis
 
+Table = pl.DataFrame | pl.LazyFrame
+
 WINDOW_SCHEMA = tables.polars_schema("damaged_windows")
 #: A counter delta at or beyond this is a wrap or a damaged read, never a real count.
 WRAPPED_DELTA = 2**47
@@ -76,30 +78,65 @@ def _windows(frame: pl.DataFrame | pl.LazyFrame, kind: str) -> pl.DataFrame:
                          for c, t in WINDOW_SCHEMA.items()]).collect()
 
 
-def _per_cpu(events: pl.DataFrame) -> pl.DataFrame:
-    """The tracer's events with their row (`seq`, the order of record) and the previous and next
-    event's time on their CPU; counter reads come from perf, not the tracer, and are left out."""
-    # Rows are in the order of record, which a window over each CPU keeps: no sort needed.
-    return (events.lazy().select("cpu", "ts", "event", "subsystem", "value").with_row_index("seq")
-            .filter(pl.col("cpu").is_not_null() & (pl.col("subsystem") != "counter"))
-            .with_columns(prev_ts=pl.col("ts").shift(1).over("cpu"), next_ts=pl.col("ts").shift(-1).over("cpu"),
-                          next_event=pl.col("event").shift(-1).over("cpu"))
-            .collect())
+#: Events read at a time when finding neighbours on a CPU (a Parquet row group of
+#: kptrace.export.parquet): the whole table is never held at once.
+NEIGHBOUR_ROWS = 1 << 20
 
 
-def untraced_spans(events: pl.DataFrame) -> pl.DataFrame:
+def _columns(table: Table) -> list[str]:
+    return table.lazy().collect_schema().names()
+
+
+def _streamed(query: pl.LazyFrame) -> pl.DataFrame:
+    """A query whose answer does not depend on row order (a set, a minimum), run by the streaming
+    engine: over a scan it holds a batch of rows at a time, never the whole column."""
+    return query.collect(engine="streaming")
+
+
+def _per_cpu(events: Table, wanted: pl.Expr) -> pl.DataFrame:
+    """The tracer's `wanted` events with their row (`seq`, the order of record) and the previous
+    and next event's time (and the next one's name) on their CPU; counter reads come from perf,
+    not the tracer, and are left out. Read NEIGHBOUR_ROWS rows at a time (a 50 M-event scan
+    never whole): a neighbour outside its chunk is the last (first) event of the CPU in the
+    nearest chunk before (after) it."""
+    total = events.lazy().select(pl.len()).collect().item()
+    kept, edges = [], []
+    for chunk, offset in enumerate(range(0, max(total, 1), NEIGHBOUR_ROWS)):
+        # Rows are in the order of record, which a window over each CPU keeps: no sort needed.
+        rows = (events.lazy().slice(offset, NEIGHBOUR_ROWS).select("cpu", "ts", "event", "subsystem", "value")
+                .with_row_index("seq", offset=offset)
+                .filter(pl.col("cpu").is_not_null() & (pl.col("subsystem") != "counter")).drop("subsystem").collect())
+        kept.append(rows.with_columns(prev_ts=pl.col("ts").shift(1).over("cpu"),
+                                      next_ts=pl.col("ts").shift(-1).over("cpu"),
+                                      next_event=pl.col("event").shift(-1).over("cpu"))
+                    .filter(wanted).with_columns(chunk=pl.lit(chunk, pl.UInt32)))
+        edges.append(rows.group_by("cpu").agg(chunk=pl.lit(chunk, pl.UInt32), first_ts=pl.col("ts").first(),
+                                              first_event=pl.col("event").first(), last_ts=pl.col("ts").last()))
+    edges = pl.concat(edges).sort("chunk")
+    return (pl.concat(kept).sort("chunk")
+            .join_asof(edges.select("cpu", "chunk", "last_ts"), on="chunk", by="cpu", strategy="backward",
+                       allow_exact_matches=False, check_sortedness=False)
+            .join_asof(edges.select("cpu", "chunk", "first_ts", "first_event"), on="chunk", by="cpu",
+                       strategy="forward", allow_exact_matches=False, check_sortedness=False)
+            .select("seq", "cpu", "ts", "event", "value",
+                    prev_ts=pl.coalesce("prev_ts", "last_ts"), next_ts=pl.coalesce("next_ts", "first_ts"),
+                    next_event=pl.coalesce("next_event", "first_event"))
+            .sort("seq"))
+
+
+def untraced_spans(events: Table) -> pl.DataFrame:
     """Spans a CPU's trace does not cover by design: the gaps between the windows of a
     duty-cycled recording (`trace_gap` marks, kptrace.read.duty), from the CPU's last event to
     the mark. Not a fault: what they cut is incomplete already, and nothing is marked for them;
     but a missing waking there proves nothing about clocks."""
-    marks = _per_cpu(events).filter(_EVENT == TRACE_GAP)
+    marks = _per_cpu(events, _EVENT == TRACE_GAP)
     return marks.select("cpu", start_ns=pl.coalesce("prev_ts", "ts"), end_ns="ts")
 
 
-def lost_event_windows(events: pl.DataFrame) -> pl.DataFrame:
+def lost_event_windows(events: Table) -> pl.DataFrame:
     """Each lost-event mark: from its CPU's last event before the loss to the mark, which the
     readers date by the first event after it."""
-    marks = _per_cpu(events).filter(_EVENT == "lost_events")
+    marks = _per_cpu(events, _EVENT == "lost_events")
     count = pl.col("value").cast(pl.String)
     return _windows(marks.select(
         "cpu", start_ns=pl.coalesce("prev_ts", "ts"), end_ns="ts",
@@ -107,13 +144,13 @@ def lost_event_windows(events: pl.DataFrame) -> pl.DataFrame:
         .otherwise(count) + pl.lit(" events on this CPU")), "lost_events")
 
 
-def cpu_windows(events: pl.DataFrame, meta: dict) -> pl.DataFrame:
+def cpu_windows(events: Table, meta: dict) -> pl.DataFrame:
     """CPUs named but without events, and CPUs whose buffer wrapped (their trace starts late)."""
-    real = events.filter(_REAL)
-    present = set(real["cpu"].drop_nulls().to_list())
+    real = events.lazy().filter(_REAL)
+    present = set(_streamed(real.select(pl.col("cpu").drop_nulls().unique()))["cpu"].to_list())
     named = {}
     for column, how in (("target_cpu", "a wakeup targets it"), ("orig_cpu", "a migration leaves it")):
-        for cpu in events[column].drop_nulls().unique().to_list():
+        for cpu in _streamed(events.lazy().select(pl.col(column).drop_nulls().unique()))[column].to_list():
             named.setdefault(cpu, how)
     for entry in (meta.get("bundle") or {}).get("per_cpu") or []:
         if isinstance(entry, dict) and isinstance(entry.get("cpu"), int):
@@ -123,8 +160,8 @@ def cpu_windows(events: pl.DataFrame, meta: dict) -> pl.DataFrame:
         start_ns=pl.lit(meta["start_ns"]), end_ns=pl.lit(meta["end_ns"]),
         detail=pl.format("CPU {} has no events, yet {}: its interrupts and tasks are unknown", "cpu",
                          pl.col("cpu").replace_strict(named, return_dtype=pl.String))), "cpu_without_events")
-    started = events.filter(_EVENT == "buffer_started").select("cpu").unique()
-    first = real.group_by("cpu").agg(first_ts=pl.col("ts").min())
+    started = events.lazy().filter(_EVENT == "buffer_started").select("cpu").unique().collect()
+    first = _streamed(real.group_by("cpu").agg(first_ts=pl.col("ts").min()))
     wrapped = started.join(first, on="cpu").filter(pl.col("first_ts") > meta["start_ns"])
     late = _windows(wrapped.select("cpu", start_ns=pl.lit(meta["start_ns"]), end_ns="first_ts",
                                    detail=pl.lit("the ring buffer of this CPU wrapped: its events before are "
@@ -132,15 +169,16 @@ def cpu_windows(events: pl.DataFrame, meta: dict) -> pl.DataFrame:
     return pl.concat([absent, late])
 
 
-def open_interrupt_windows(events: pl.DataFrame | None, intervals: pl.DataFrame, meta: dict) -> pl.DataFrame:
+def open_interrupt_windows(events: Table | None, intervals: Table, meta: dict) -> pl.DataFrame:
     """Hard IRQs and softirqs without their exit: from the entry to the next event on the CPU
     (without events: to the trace end)."""
+    open_ = (intervals.lazy().filter(pl.col("kind").is_in(["hardirq", "softirq"]) & ~pl.col("complete"))
+             .select("cpu", "ts", "kind", "name", "seq").collect())
     following = (pl.DataFrame(schema={"seq": pl.UInt32, "next_ts": pl.Int64, "next_event": pl.String})
-                 if events is None else _per_cpu(events).select(
+                 if events is None else _per_cpu(events, pl.col("seq").is_in(open_["seq"].implode())).select(
                      pl.col("seq").cast(pl.UInt32), "next_ts", next_event=pl.col("next_event").cast(pl.String)))
     # One cut by the gap between two windows of a duty-cycled recording is cut by design.
-    open_ = (intervals.filter(pl.col("kind").is_in(["hardirq", "softirq"]) & ~pl.col("complete"))
-             .join(following, on="seq", how="left").filter(pl.col("next_event").ne_missing(TRACE_GAP)))
+    open_ = open_.join(following, on="seq", how="left").filter(pl.col("next_event").ne_missing(TRACE_GAP))
     return _windows(open_.select(
         "cpu", start_ns="ts", end_ns=pl.coalesce("next_ts", pl.lit(meta["end_ns"])),
         detail=pl.format("{} {} entered without a traced exit: its length is unknown", "kind", "name")),
@@ -162,14 +200,15 @@ def _merge(windows: pl.DataFrame) -> pl.DataFrame:
         pl.format("{} cases, the first: {}", "cases", "detail")).otherwise("detail")).select(list(WINDOW_SCHEMA))
 
 
-def clock_order_windows(events: pl.DataFrame, intervals: pl.DataFrame, unseen: pl.DataFrame) -> pl.DataFrame:
+def clock_order_windows(events: Table, intervals: Table, unseen: pl.DataFrame) -> pl.DataFrame:
     """A task that slept (switched out in state S or D) is switched in again only after a
     sched_waking of it, which may come while it still runs (it had set its sleeping state but not
     yet switched out). When no waking lies between the start of the run that slept and the next
     switch-in, and the first waking after it comes from another CPU, the two clocks disagree,
     unless events were lost or not traced (`unseen`) meanwhile: then the waking may be there."""
-    rows = events.with_row_index("seq").select(
-        pl.col("seq").cast(pl.UInt32), "cpu", "ts", "event", "prev_pid", "prev_state", "next_pid", "task_pid")
+    rows = (events.lazy().with_row_index("seq").filter(_EVENT.is_in(["sched_waking", "sched_wakeup", "sched_switch"]))
+            .select(pl.col("seq").cast(pl.UInt32), "cpu", "ts", "event", "prev_pid", "prev_state", "next_pid",
+                    "task_pid").collect())
     wakings = rows.filter(_EVENT == "sched_waking").select(
         tid="task_pid", waking_ts="ts", waking_cpu="cpu").sort("waking_ts")
     if wakings.height == 0:
@@ -177,7 +216,8 @@ def clock_order_windows(events: pl.DataFrame, intervals: pl.DataFrame, unseen: p
     switches = rows.filter(_EVENT == "sched_switch")
     slept = switches.filter(~pl.col("prev_state").str.starts_with("R")).select(end_seq="seq", sleeper="prev_pid")
     woken = switches.select("seq", woken="next_pid")
-    runs = (intervals.filter((pl.col("kind") == "running") & (pl.col("tid") != 0))
+    runs = (intervals.lazy().filter((pl.col("kind") == "running") & (pl.col("tid") != 0))
+            .select("id", "cpu", "tid", "ts", "seq", "end_seq").collect()
             .join(woken, on="seq", how="left")
             .sort("tid", "ts", "id")
             .with_columns(next_ts=pl.col("ts").shift(-1).over("tid"), next_cpu=pl.col("cpu").shift(-1).over("tid"),
@@ -219,12 +259,13 @@ def _unpaired_wakeups(rows: pl.DataFrame, unseen: pl.DataFrame) -> list[pl.DataF
     return [pairs.select(cpu=cpu, start_ns="prev_ts", end_ns="ts", detail=detail) for cpu in ("prev_cpu", "cpu")]
 
 
-def pid_reuse_windows(events: pl.DataFrame) -> pl.DataFrame:
+def pid_reuse_windows(events: Table) -> pl.DataFrame:
     """A tid seen again after its task exited (switched out for the last time in state X or Z)
     belongs to another task. Seen in the scheduler's own fields (sched_switch, wakeups,
     migrations), which the kernel fills at event time; a name change alone is not counted, since
     exec renames a task without a new tid."""
-    sched = events.with_row_index("seq").filter(_EVENT.is_in(_SIGHTINGS))
+    sched = events.lazy().with_row_index("seq").filter(_EVENT.is_in(_SIGHTINGS)).select(
+        "seq", "ts", "prev_pid", "prev_comm", "prev_state", "next_pid", "next_comm", "task_pid", "task_comm").collect()
     sightings = pl.concat([sched.select("seq", "ts", tid=pid, comm=comm, dead=dead) for pid, comm, dead in (
         ("prev_pid", "prev_comm", pl.col("prev_state").str.contains("^[XZ]").fill_null(False)),
         ("next_pid", "next_comm", pl.lit(False)), ("task_pid", "task_comm", pl.lit(False)))])
@@ -238,10 +279,10 @@ def pid_reuse_windows(events: pl.DataFrame) -> pl.DataFrame:
                          "its intervals across the change are not one task's", "tid", "before", "comm")), "pid_reuse")
 
 
-def counter_windows(events: pl.DataFrame, meta: dict) -> pl.DataFrame:
+def counter_windows(events: Table, meta: dict) -> pl.DataFrame:
     """Wrapped counter deltas, and epoll iterations whose closing counter read is missing."""
-    reads = events.filter(pl.col("subsystem") == "counter").select(
-        "cpu", "ts", counter=_EVENT, value="value")
+    reads = events.lazy().filter(pl.col("subsystem") == "counter").select(
+        "cpu", "ts", counter=_EVENT, value="value").collect()
     if reads.height == 0:
         return _windows(pl.DataFrame(), "counter_wrap").clear()
     reads = reads.sort("cpu", "counter", "ts").with_columns(prev_ts=pl.col("ts").shift(1).over("cpu", "counter"))
@@ -252,8 +293,8 @@ def counter_windows(events: pl.DataFrame, meta: dict) -> pl.DataFrame:
         prev_ts=pl.col("ts").shift(1).over("cpu"))
     # A text trace rounds to its resolution, so a return may print up to that much after its read.
     slack = meta.get("ts_resolution_ns") or 1
-    exits = events.filter(_EVENT.is_in([f"sys_exit_{name}" for name in EPOLL])).select(
-        "cpu", exit_ts="ts", earliest=pl.col("ts") - slack)
+    exits = events.lazy().filter(_EVENT.is_in([f"sys_exit_{name}" for name in EPOLL])).select(
+        "cpu", exit_ts="ts", earliest=pl.col("ts") - slack).collect()
     closed = (exits.sort("earliest").join_asof(instants.sort("ts"), left_on="earliest", right_on="ts", by="cpu",
                                                strategy="forward", check_sortedness=False)
               .filter(pl.col("prev_ts").is_not_null())
@@ -270,7 +311,7 @@ def counter_windows(events: pl.DataFrame, meta: dict) -> pl.DataFrame:
     return pl.concat([wrapped, gaps, absent])
 
 
-def damaged_windows(events: pl.DataFrame | None, intervals: pl.DataFrame, meta: dict) -> pl.DataFrame:
+def damaged_windows(events: Table | None, intervals: Table, meta: dict) -> pl.DataFrame:
     """Every fault's windows, ordered by (start_ns, end_ns, cpu, tid, kind)."""
     found = [open_interrupt_windows(events, intervals, meta)]
     if events is not None:
@@ -291,15 +332,17 @@ def _touched(starts: np.ndarray, ends: np.ndarray, lo: np.ndarray, hi: np.ndarra
     return (opened > 0) & (reach[np.maximum(opened - 1, 0)] >= lo)
 
 
-def mark_requests(requests: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame:
+def mark_requests(requests: Table, windows: pl.DataFrame) -> Table:
     """`fault_kinds`: the kinds of the windows a request overlaps in time on its CPU (any CPU when
-    it migrated) and its thread; `damaged`: it overlaps one."""
-    lo, hi = requests["ts"].to_numpy(), (requests["ts"] + requests["dur"]).to_numpy()
-    cpu, tid, migrated = requests["cpu"].to_numpy(), requests["tid"].to_numpy(), requests["migrated"].to_numpy()
+    it migrated) and its thread; `damaged`: it overlaps one. A scan stays a scan, the marks
+    added to it as columns."""
+    spans = requests.lazy().select("ts", "cpu", "tid", "migrated", end=pl.col("ts") + pl.col("dur")).collect()
+    lo, hi = spans["ts"].to_numpy(), spans["end"].to_numpy()
+    cpu, tid, migrated = spans["cpu"].to_numpy(), spans["tid"].to_numpy(), spans["migrated"].to_numpy()
     hits = {}
     for kind in sorted(set(windows["kind"])):
         of_kind = windows.filter(pl.col("kind") == kind)
-        hit = np.zeros(requests.height, dtype=bool)
+        hit = np.zeros(spans.height, dtype=bool)
         for (w_cpu, w_tid), group in of_kind.group_by("cpu", "tid"):
             applies = ((w_cpu is None) | (cpu == w_cpu) | migrated) & ((w_tid is None) | (tid == w_tid))
             hit |= applies & _touched(group["start_ns"].to_numpy(), group["end_ns"].to_numpy(), lo, hi)
@@ -311,7 +354,7 @@ def mark_requests(requests: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame
     kinds = pl.DataFrame(hits).select(
         damaged=pl.any_horizontal(pl.all()),
         fault_kinds=pl.concat_list([pl.when(pl.col(kind)).then(pl.lit(kind)) for kind in hits]).list.drop_nulls())
-    return requests.with_columns(kinds)
+    return requests.with_columns(kinds.get_columns())
 
 
 def _covered_ns(starts: np.ndarray, ends: np.ndarray) -> int:
@@ -335,7 +378,7 @@ def mark_attribution(attribution: pl.DataFrame, windows: pl.DataFrame) -> pl.Dat
     return attribution.join(counts, on="cpu", how="left", maintain_order="left")
 
 
-def fault_overview(windows: pl.DataFrame | None, requests: pl.DataFrame | None) -> list[dict]:
+def fault_overview(windows: pl.DataFrame | None, requests: Table | None) -> list[dict]:
     """Per fault kind: its windows, the CPUs they lie on, the time they cover (ns), the requests
     they mark (null without requests) and the first window's detail; for summary.json."""
     if windows is None:
@@ -347,8 +390,8 @@ def fault_overview(windows: pl.DataFrame | None, requests: pl.DataFrame | None) 
             "kind": kind, "meaning": FAULT_WORDS[kind], "windows": of_kind.height,
             "cpus": sorted({"all" if c is None else str(c) for c in of_kind["cpu"].to_list()}),
             "covered_ns": _covered_ns(of_kind["start_ns"].to_numpy(), of_kind["end_ns"].to_numpy()),
-            "requests_marked": None if requests is None or "fault_kinds" not in requests.columns
-            else requests.filter(pl.col("fault_kinds").list.contains(kind)).height,
+            "requests_marked": None if requests is None or "fault_kinds" not in _columns(requests)
+            else requests.lazy().filter(pl.col("fault_kinds").list.contains(kind)).select(pl.len()).collect().item(),
             "first": of_kind["detail"][0]})
     return rows
 

@@ -8,7 +8,7 @@ import math
 import polars as pl
 
 from kptrace import tables
-from kptrace.analysis import Analysis
+from kptrace.analysis import Analysis, Table
 from kptrace.attribute import HARDWARE_COUNTERS
 from kptrace.faults import fault_overview
 from kptrace.whatif.render import render_whatif
@@ -18,8 +18,9 @@ def counter_source(analysis: Analysis) -> dict:
     """Which counters the trace carries, as {"kind": "hardware-pmu" | "software-only" | "none",
     "names": [perf event names]}: the kind decides whether IPC can be measured."""
     events = analysis.events
-    names = [] if events is None else sorted(
-        set(events.filter(pl.col("subsystem") == "counter")["event"].cast(pl.String).unique()))
+    names = [] if events is None else sorted(set(
+        events.lazy().filter(pl.col("subsystem") == "counter").select(pl.col("event").cast(pl.String).unique())
+        .collect(engine="streaming")["event"]))
     recorded = ((analysis.meta.get("bundle") or {}).get("counters") or {}).get("source")
     if set(names) & set(HARDWARE_COUNTERS):
         kind = "hardware-pmu"
@@ -76,19 +77,20 @@ def declared(table: str, rows: pl.DataFrame) -> dict:
             "rows": rows.to_dicts()}
 
 
-def counter_samples(events: pl.DataFrame) -> pl.DataFrame:
-    """Counter values read by perf at tracepoints (ts, cpu, name, value), for counter tracks."""
-    return events.filter(pl.col("subsystem") == "counter").select(
+def counter_samples(events: Table) -> pl.LazyFrame:
+    """Counter values read by perf at tracepoints (ts, cpu, name, value), for counter tracks: a
+    query, so the timeline collects only the samples it draws."""
+    return events.lazy().filter(pl.col("subsystem") == "counter").select(
         "ts", "cpu", name=pl.col("event").cast(pl.String), value=pl.col("value").cast(pl.Float64)
     )
 
 
-def request_overview(requests: pl.DataFrame | None) -> list[dict]:
+def request_overview(requests: Table | None) -> list[dict]:
     """Service time of clean and disrupted requests (µs, measured)."""
     if requests is None:
         return []
     return (
-        requests.group_by("disrupted")
+        requests.lazy().group_by("disrupted")
         .agg(
             requests=pl.len(),
             median_us=pl.col("dur").median() * 1e-3,
@@ -96,6 +98,7 @@ def request_overview(requests: pl.DataFrame | None) -> list[dict]:
             own_median_us=pl.col("own_ns").median() * 1e-3,
         )
         .sort("disrupted")
+        .collect()
         .to_dicts()
     )
 

@@ -94,3 +94,22 @@ def test_a_request_ready_one_ns_too_soon_to_sleep_wakes_right_after_the_previous
     run = replay_core(core, saturated=False)
     assert run.starts.tolist() == [1_000, 1_700, 2_500] and run.ends.tolist() == [1_600, 2_000, 2_800]
     assert run.busy_ns == 600 + 100 + 300 + 100 + 300 and run.window_ns == 1_800
+
+
+# Long runs back to back (few requests wait) crossed by many interrupts whose indirect costs
+# often exceed a request, so that where one lands moves where the next ones land.
+dense_requests = st.lists(st.tuples(costs, costs, st.integers(0, 80), costs,
+                                    st.one_of(st.just(-1), st.just(-1), st.just(-1), st.integers(0, 60_000))),
+                          min_size=1, max_size=600)
+dense_interrupts = st.lists(st.tuples(st.integers(0, 60_000), st.integers(0, 400), st.integers(0, 300),
+                                      st.integers(0, 3_000)), max_size=300)
+
+
+@settings(max_examples=200, deadline=None)
+@given(dense_requests, dense_interrupts, st.booleans())
+def test_long_back_to_back_runs_under_many_interrupts_step_as_on_the_walker(rows, raw_arrivals, saturated):
+    core = replace(core_input(rows, raw_arrivals), period_ns=60_000)
+    run = replay_core(core, saturated)
+    starts, ends, busy, window, interrupts, _ = walker_replay(core, saturated)
+    assert run.starts.tolist() == starts and run.ends.tolist() == ends
+    assert (run.busy_ns, run.window_ns, run.interrupts) == (busy, window, interrupts)

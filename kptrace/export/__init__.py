@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,8 +25,9 @@ def write_all(analysis: Analysis, out: str | Path, summary: dict | None = None, 
     with `predicted=POLICY` a second group replaying that policy) into `out`; return the summary
     with an `outputs` entry naming them. The timeline draws `timeline_window` (seconds from the
     trace's start, [start, end)), else the busiest seconds of a trace too large to draw whole
-    (kptrace.export.perfetto.TIMELINE_MAX_ITEMS); the tables always hold everything."""
-    from kptrace.export.parquet import write_tables
+    (kptrace.export.perfetto.TIMELINE_MAX_ITEMS); the tables always hold everything. Tables a
+    windowed analysis stored already are left in place when `out` is where it stored them, and
+    copied when it is not (write_tables_of)."""
     from kptrace.export.perfetto import write_timeline
     from kptrace.export.report import write_report
     from kptrace.summary import build_summary, counter_samples
@@ -35,7 +38,7 @@ def write_all(analysis: Analysis, out: str | Path, summary: dict | None = None, 
     written = dict(analysis.tables())
     if summary.get("whatif"):
         written["whatif"] = whatif_frame(summary["whatif"])
-    write_tables(out, written, analysis.meta)
+    analysis = write_tables_of(analysis, out, written)
     counters = None if analysis.events is None else counter_samples(analysis.events)
     path = out / "timeline.perfetto-trace.gz"
     trace_start = int(analysis.meta.get("start_ns") or 0)
@@ -65,6 +68,47 @@ def write_all(analysis: Analysis, out: str | Path, summary: dict | None = None, 
     return summary
 
 
+def _stored_as_is(table, stored: Path | None, name: str) -> Path | None:
+    """The file a windowed analysis stored `table` in, when the table is a scan of it as it is
+    (its columns unchanged: marks added to a scan make it another table)."""
+    if stored is None or not isinstance(table, pl.LazyFrame) or not (stored / f"{name}.parquet").exists():
+        return None
+    path = stored / f"{name}.parquet"
+    return path if table.collect_schema() == pl.read_parquet_schema(path) else None
+
+
+def write_tables_of(analysis: Analysis, out: Path, tables: dict) -> Analysis:
+    """Every table as `<name>.parquet` and meta.json into `out` (export.parquet's layout): a table
+    stored as it is in `out` already is not written again, one stored elsewhere is copied; a
+    scan is written a row group at a time. A changed table that replaces a stored file
+    being scanned is written beside it and moved over it, and read from there on: the analysis
+    returned scans it."""
+    from kptrace.export.parquet import ROW_GROUP_ROWS, write_tables
+
+    out.mkdir(parents=True, exist_ok=True)
+    stored = None if analysis.stored is None else Path(analysis.stored)
+    in_place = stored is not None and stored.resolve() == out.resolve()
+    frames, rescanned = {}, {}
+    for name, table in tables.items():
+        target = out / f"{name}.parquet"
+        if (source := _stored_as_is(table, stored, name)) is not None:
+            if not in_place:
+                shutil.copyfile(source, target)
+        elif isinstance(table, pl.LazyFrame):
+            scratch = target.with_name(target.name + ".partial")
+            table.sink_parquet(scratch, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+            os.replace(scratch, target)
+            rescanned[name] = pl.scan_parquet(target)
+        else:
+            frames[name] = table
+    write_tables(out, frames, analysis.meta)
+    if not in_place or not rescanned:
+        return analysis
+    fields = {"request_hits": "hits"}
+    return replace(analysis, **{fields.get(name, name): scan for name, scan in rescanned.items()
+                                if fields.get(name, name) in Analysis.__dataclass_fields__})
+
+
 def _window_drawn(window: list[int] | None, trace_start: int, asked: bool) -> dict | None:
     """What the timeline drew: None for the whole trace, else the window in seconds from the
     trace's start and in trace-clock ns, and why that one."""
@@ -81,7 +125,7 @@ def predicted_timeline(analysis: Analysis, policy: str) -> tuple[tuple[pl.DataFr
     with its default parameters, in the timeline's column contract (kptrace.export.perfetto): per
     interrupt the replay took a hard IRQ slice and a slice for the softirq work charged to it;
     each request keeps its measured id and thread. Or None and why there is no replay."""
-    from kptrace.whatif import POLICIES, PolicyError, default_policies, nic_sources, servers
+    from kptrace.whatif import POLICIES, PolicyError, default_policies, nic_sources, replay_view, servers
     from kptrace.whatif.inputs import request_stream
     from kptrace.whatif.policies import apply
     from kptrace.whatif.predict import core_inputs
@@ -92,14 +136,14 @@ def predicted_timeline(analysis: Analysis, policy: str) -> tuple[tuple[pl.DataFr
     if analysis.requests is None:
         return None, "no requests in this trace, so nothing to replay"
     nic = nic_sources(analysis)
+    view = replay_view(analysis)
     irqs, requests = [], []
     try:
         for server in servers(analysis):
             chosen = next(p for p in default_policies(analysis, server["cpus"]) if p.name == policy)
-            cores = apply(chosen, core_inputs(analysis, server["tids"], nic), nic).cores
+            cores = apply(chosen, core_inputs(view, server["tids"], nic), nic).cores
             # The replay's request order on each core: that of core_inputs' request stream.
-            stream = request_stream(replace(analysis, requests=analysis.requests.filter(
-                pl.col("tid").is_in(server["tids"]))))
+            stream = request_stream(replace(view, requests=view.requests.filter(pl.col("tid").is_in(server["tids"]))))
             for core in cores:
                 order = stream.filter(pl.col("cpu") == core.cpu)
                 run = replay_core(core, saturated=False, record=True)

@@ -121,7 +121,27 @@ def busiest_window(starts: np.ndarray, max_items: int, bin_ns: int = 1_000_000_0
     if len(starts) <= max_items:
         return None
     first = int(starts.min())
-    counts = np.bincount((starts - first) // bin_ns)
+    return _busiest_run(np.bincount((starts - first) // bin_ns), first, max_items, bin_ns)
+
+
+def busiest_window_of(frames: list[pl.LazyFrame], max_items: int,
+                      bin_ns: int = 1_000_000_000) -> tuple[int, int] | None:
+    """busiest_window of the starts (`ts`) of every row of `frames`, counted by a streamed
+    group-by per bin: a 50 M-row scan is never collected."""
+    starts = pl.concat([frame.select("ts").drop_nulls() for frame in frames])
+    n, first = starts.select(pl.len(), pl.col("ts").min()).collect(engine="streaming").row(0)
+    if n <= max_items:
+        return None
+    per_bin = (starts.group_by(bin=(pl.col("ts") - first) // bin_ns).len()
+               .collect(engine="streaming").sort("bin"))
+    counts = np.zeros(int(per_bin["bin"].max()) + 1, np.int64)
+    counts[per_bin["bin"].to_numpy()] = per_bin["len"].to_numpy()
+    return _busiest_run(counts, int(first), max_items, bin_ns)
+
+
+def _busiest_run(counts: np.ndarray, first: int, max_items: int, bin_ns: int) -> tuple[int, int]:
+    """The run of bins (items per bin `counts`, the first bin starting at `first`) of
+    busiest_window."""
     totals = np.concatenate([[0], np.cumsum(counts)])
     best_k = 1
     for k in range(2, len(counts) + 1):
@@ -133,7 +153,7 @@ def busiest_window(starts: np.ndarray, max_items: int, bin_ns: int = 1_000_000_0
     return first + i * bin_ns, first + (i + best_k) * bin_ns
 
 
-def _in_window(frame: pl.DataFrame | None, window: tuple[int, int], spans: bool) -> pl.DataFrame | None:
+def _in_window(frame: pl.LazyFrame | None, window: tuple[int, int], spans: bool) -> pl.LazyFrame | None:
     """Rows inside [start, end): by their time, or, for slices (`spans`), every one that
     overlaps it, drawn whole (an incomplete one by its start)."""
     if frame is None:
@@ -189,13 +209,17 @@ class _Layout:
         return ("cpu", cpu)
 
 
-def _frame(frame: pl.DataFrame | pl.LazyFrame | None, columns: list[str]) -> pl.DataFrame | None:
-    """The named columns that exist, collected."""
+def _frame(frame: pl.DataFrame | pl.LazyFrame | None, columns: list[str]) -> pl.LazyFrame | None:
+    """The named columns that exist, as a query."""
     if frame is None:
         return None
     lazy = frame.lazy()
     present = lazy.collect_schema().names()
-    return lazy.select([c for c in columns if c in present]).collect()
+    return lazy.select([c for c in columns if c in present])
+
+
+def _collect(frame: pl.LazyFrame | None) -> pl.DataFrame | None:
+    return None if frame is None else frame.collect()
 
 
 def _kind_rank(kind: str) -> int:
@@ -498,12 +522,12 @@ def write_timeline(
                            "irq_interval_ids"])
     ct = _frame(counters, ["ts", "cpu", "name", "value"])
     if window is None and max_items is not None:
-        starts = [iv["ts"].drop_nulls().to_numpy()] + ([rq["ts"].drop_nulls().to_numpy()] if rq is not None else [])
-        window = busiest_window(np.concatenate(starts).astype(np.int64), max_items)
-    if window is not None:
-        iv = iv if "id" in iv.columns else iv.with_row_index("id")  # ids are positions in the whole frame
+        window = busiest_window_of([iv] + ([rq] if rq is not None else []), max_items)
+    if window is not None:  # only the window's rows are collected
+        iv = iv if "id" in iv.collect_schema() else iv.with_row_index("id")  # ids are positions in the whole frame
         iv, rq = _in_window(iv, window, spans=True), _in_window(rq, window, spans=True)
         ev, ct = _in_window(ev, window, spans=False), _in_window(ct, window, spans=False)
+    ev, iv, rq, ct = map(_collect, (ev, iv, rq, ct))
 
     # --- CPUs and time span ---------------------------------------------------------------
     cpus: set[int] = set()
@@ -670,7 +694,9 @@ def write_timeline(
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     mode = "ab" if append else "wb"
-    out = gzip.open(target, mode, compresslevel=3) if target.name.endswith(".gz") else open(target, mode)
+    # No modification time in the gzip header: the same tables give the same bytes.
+    out = (gzip.GzipFile(target, mode, compresslevel=3, mtime=0) if target.name.endswith(".gz")
+           else open(target, mode))
     with out:
         chunk: list[bytes] = []
 

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -669,8 +670,22 @@ def _cost_text() -> tuple[str, str]:
     return kinds, text + " Whiskers: 95% intervals. Units: µs per interrupt; % of that CPU's time."
 
 
+#: What the page reads of each request (charts, tables, attribute.comparable_requests).
+REPORT_REQUEST_COLUMNS = ("cpu", "tid", "size_class", "dur", "own_ns", "offcpu_ns", "sources", "disrupted",
+                          "bytes_in", "bytes_out")
+
+
+def report_view(analysis: Analysis) -> Analysis:
+    """The analysis narrowed to what the page draws: the hard IRQ intervals and the request
+    columns it reads, collected once (its tables may be scans of 50 M-row files)."""
+    irqs = analysis.intervals.lazy().filter(pl.col("kind") == "hardirq").select("cpu", "name", "ts", "kind").collect()
+    requests = None if analysis.requests is None else analysis.requests.lazy().select(REPORT_REQUEST_COLUMNS).collect()
+    return replace(analysis, intervals=irqs, requests=requests)
+
+
 def render_report(analysis: Analysis, summary: dict) -> str:
     """The whole page as one HTML string."""
+    analysis = report_view(analysis)
     name = input_name(analysis.meta)
     charts = build_charts(analysis, summary)
     if analysis.requests is None:

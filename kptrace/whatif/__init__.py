@@ -8,6 +8,8 @@ kptrace.whatif.replay; policies: kptrace.whatif.policies. Model and limits: docs
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import polars as pl
 
 from kptrace.analysis import Analysis
@@ -17,7 +19,7 @@ from kptrace.whatif.policies import NETWORK_POLICIES, POLICIES, Policy, PolicyEr
 from kptrace.whatif.overhead import tracing_cost
 from kptrace.whatif.predict import predict
 
-__all__ = ["NETWORK_POLICIES", "POLICIES", "Policy", "PolicyError", "servers", "whatif"]
+__all__ = ["NETWORK_POLICIES", "POLICIES", "Policy", "PolicyError", "replay_view", "servers", "whatif"]
 
 #: A vanilla replay further than this from the measured trace is reported as not calibrated.
 CALIBRATION_TOLERANCE = 0.05
@@ -26,12 +28,13 @@ CALIBRATION_TOLERANCE = 0.05
 def servers(analysis: Analysis) -> list[dict]:
     """The epoll servers of a trace: {comm, pids, tids, cpus}, one per process (by thread-group
     id where the trace records it, else by thread name), busiest first."""
-    requests = analysis.requests
-    names = analysis.intervals.filter(pl.col("kind") == "running").group_by("tid").agg(comm=pl.col("name").last())
+    requests = analysis.requests.lazy().select("tid", "cpu").collect()
+    tids = requests["tid"].unique().implode()
+    names = (analysis.intervals.lazy().filter((pl.col("kind") == "running") & pl.col("tid").is_in(tids))
+             .select("tid", "name").collect().group_by("tid").agg(comm=pl.col("name").last()))
     threads = requests.group_by("tid").agg(n=pl.len(), cpus=pl.col("cpu").unique()).join(names, on="tid", how="left")
-    if analysis.events is not None and analysis.events["tgid"].is_not_null().any():
-        tgids = analysis.events.filter(pl.col("tgid").is_not_null()).group_by("tid").agg(pid=pl.col("tgid").first())
-        threads = threads.join(tgids, on="tid", how="left")
+    if analysis.events is not None and _any_tgid(analysis.events):
+        threads = threads.join(_first_tgids(analysis.events, tids), on="tid", how="left")
     else:
         threads = threads.with_columns(pid=pl.lit(None, pl.Int32))
     threads = threads.with_columns(comm=pl.col("comm").fill_null(pl.format("tid {}", "tid")))
@@ -45,6 +48,18 @@ def servers(analysis: Analysis) -> list[dict]:
     return grouped.drop("key", "n").to_dicts()
 
 
+def _any_tgid(events: pl.DataFrame | pl.LazyFrame) -> bool:
+    return events.lazy().select(pl.col("tgid").is_not_null().any()).collect(engine="streaming").item()
+
+
+def _first_tgids(events: pl.DataFrame | pl.LazyFrame, tids: pl.Series) -> pl.DataFrame:
+    """tid, pid: the first thread-group id recorded for each of `tids`. The first row of each is
+    found by an order-free minimum (streamed over a scan), then only those rows are read."""
+    rows = events.lazy().with_row_index("seq").filter(pl.col("tgid").is_not_null() & pl.col("tid").is_in(tids))
+    first = rows.group_by("tid").agg(pl.col("seq").min()).collect(engine="streaming")["seq"]
+    return rows.filter(pl.col("seq").is_in(first.implode())).select("tid", pid="tgid").collect()
+
+
 def select_server(found: list[dict], wanted: str) -> dict:
     """The server named by `--server`: a thread or process name, or a tid or pid."""
     for server in found:
@@ -56,12 +71,39 @@ def select_server(found: list[dict], wanted: str) -> dict:
 
 def nic_sources(analysis: Analysis) -> set[str]:
     """Hard IRQs whose chain polls a real network device (napi_poll of a device, not loopback)."""
-    polls = analysis.intervals.filter((pl.col("kind") == "napi") & (pl.col("name") != "(no_device)") & pl.col("complete"))
+    polls = (analysis.intervals.lazy()
+             .filter((pl.col("kind") == "napi") & (pl.col("name") != "(no_device)") & pl.col("complete"))
+             .select("cpu", "ts").collect())
     if polls.height == 0:
         return set()
-    chains = analysis.disruptions.filter("disruptive").select("cpu", "source", w_ts="ts", w_end="end")
+    chains = analysis.disruptions.lazy().filter("disruptive").select("cpu", "source", w_ts="ts", w_end="end").collect()
     polled = inside(polls.lazy(), chains.lazy(), "cpu").collect()
     return set(polled["source"].drop_nulls().unique().to_list())
+
+
+#: What the replay reads of each request and interval (kptrace.whatif.inputs, predict, overhead).
+REQUEST_COLUMNS = ("request_id", "cpu", "tid", "ts", "dur", "own_ns")
+INTERVAL_COLUMNS = ("id", "cpu", "tid", "kind", "name", "ts", "dur", "complete", "end_seq")
+#: The intervals the replay reads on a serving core: idle and other tasks' runs, interrupts, NAPI
+#: polls and epoll_wait calls.
+_REPLAYED = (pl.col("kind").is_in(["running", "hardirq", "softirq", "napi"])
+             | ((pl.col("kind") == "syscall") & pl.col("name").str.starts_with("epoll")))
+
+
+def replay_view(analysis: Analysis) -> Analysis:
+    """The analysis narrowed to what a replay holds whole: the requests and their hits (the
+    columns it reads), and on the cores that served requests the intervals it reads and every
+    interrupt chain with the interval it began in. The event table is left as it is: the
+    replay reads it a core at a time (whatif.overhead) and a NAPI poll's row by its number
+    (whatif.inputs). Every figure comes out as from the whole analysis."""
+    requests = analysis.requests.lazy().select(REQUEST_COLUMNS).collect()
+    cpus = requests["cpu"].unique().implode()
+    chains = analysis.disruptions.lazy().filter(pl.col("cpu").is_in(cpus)).collect()
+    intervals = (analysis.intervals.lazy()
+                 .filter(pl.col("cpu").is_in(cpus) & (_REPLAYED | pl.col("id").is_in(chains["interval_id"].implode())))
+                 .select(INTERVAL_COLUMNS).collect())
+    hits = analysis.hits.lazy().select("request_id", "source").collect()
+    return replace(analysis, requests=requests, hits=hits, intervals=intervals, disruptions=chains)
 
 
 def costliest_device_irq(analysis: Analysis, cpus: list[int]) -> str | None:
@@ -93,11 +135,12 @@ def whatif(analysis: Analysis, policies: list[Policy] | None = None, server: str
     found = servers(analysis)
     chosen = [select_server(found, server)] if server else found
     nic = nic_sources(analysis)
+    view = replay_view(analysis)
     results = []
     for entry in chosen:
         asked = policies or default_policies(analysis, entry["cpus"])
         # Policies the user named must apply; of the defaults, those that cannot are listed as skipped.
-        prediction = predict(analysis, entry["tids"], asked, nic, replicates=replicates, seed=seed,
+        prediction = predict(view, entry["tids"], asked, nic, replicates=replicates, seed=seed,
                              strict=policies is not None, cost=cost)
         calibration = prediction["calibration"]
         calibration["within_tolerance"] = all(

@@ -195,13 +195,15 @@ MODERATION_QUANTILE = 5
 def device_polls(analysis: Analysis, nic_sources: set[str]) -> pl.DataFrame:
     """NAPI polls of a device inside the NIC sources' chains: cpu, chain_ts, chain_end, handler_ns,
     ts, dur, work (packets), budget."""
-    events = analysis.events.select("napi_work", "napi_budget").with_row_index("seq")
-    polls = (analysis.intervals.filter((pl.col("kind") == "napi") & (pl.col("name") != "(no_device)")
-                                       & pl.col("complete"))
-             .join(events, left_on="end_seq", right_on="seq").select("cpu", "ts", "dur", work="napi_work",
-                                                                    budget="napi_budget"))
-    chains = analysis.disruptions.filter(pl.col("complete") & pl.col("source").is_in(list(nic_sources))).select(
-        "cpu", w_ts="ts", w_end="end", handler_ns="hardirq_ns")
+    polls = (analysis.intervals.lazy().filter((pl.col("kind") == "napi") & (pl.col("name") != "(no_device)")
+                                              & pl.col("complete")).select("cpu", "ts", "dur", "end_seq").collect())
+    # Only the rows of the polls' events are read: the event table may be a 50 M-row scan.
+    events = (analysis.events.lazy().with_row_index("seq").filter(pl.col("seq").is_in(polls["end_seq"].implode()))
+              .select("seq", "napi_work", "napi_budget").collect())
+    polls = polls.join(events, left_on="end_seq", right_on="seq").select("cpu", "ts", "dur", work="napi_work",
+                                                                         budget="napi_budget")
+    chains = analysis.disruptions.lazy().filter(pl.col("complete") & pl.col("source").is_in(list(nic_sources))).select(
+        "cpu", w_ts="ts", w_end="end", handler_ns="hardirq_ns").collect()
     return (inside(polls.lazy(), chains.lazy(), "cpu").collect()
             .rename({"w_ts": "chain_ts", "w_end": "chain_end"}).sort("cpu", "ts"))
 
@@ -252,7 +254,7 @@ def nic_inputs(analysis: Analysis, tids: list[int], cores: list, nic_sources: se
     requests that start a loop iteration (where epoll_wait busy-polls). All measured, except the
     slowdown per packet (attribution's indirect estimate per IRQ over the packets per IRQ) and,
     without a local_timer on the core, the added timers' cost (TIMER_HANDLER_NS, declared)."""
-    if not nic_sources or analysis.events is None or "napi_work" not in analysis.events.columns:
+    if not nic_sources or analysis.events is None or "napi_work" not in analysis.events.lazy().collect_schema():
         return cores
     polls = device_polls(analysis, nic_sources)
     indirect = indirect_per_hit(analysis.attribution).filter(pl.col("source").is_in(list(nic_sources)))

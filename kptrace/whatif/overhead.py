@@ -99,13 +99,15 @@ def core_loads(analysis: Analysis, tids: list[int], cores: list[CoreInput]) -> l
     the loop work whose window holds it (softirqs a request raised itself are part of its time)."""
     if analysis.events is None:   # an analysis of intervals alone: nothing to count
         return []
-    requests = analysis.requests.filter(pl.col("tid").is_in(tids)).sort("cpu", "ts", "request_id")
-    events = analysis.events.select("cpu", "ts", "tid", counter=pl.col("subsystem") == "counter")
+    requests = analysis.requests.lazy().filter(pl.col("tid").is_in(tids)).sort("cpu", "ts", "request_id").collect()
     loads = []
     for core in cores:
         mine = requests.filter(pl.col("cpu") == core.cpu)
-        here = events.filter(pl.col("cpu") == core.cpu).sort("ts")
-        ts, counter, idle = here["ts"].to_numpy(), here["counter"].to_numpy(), here["tid"].to_numpy() == 0
+        # One core's events at a time, 10 bytes each: the event table may be a 50 M-row scan.
+        here = (analysis.events.lazy().filter(pl.col("cpu") == core.cpu)
+                .select("ts", counter=pl.col("subsystem") == "counter", idle=(pl.col("tid") == 0).fill_null(False))
+                .collect().sort("ts"))
+        ts, counter, idle = here["ts"].to_numpy(), here["counter"].to_numpy(), here["idle"].to_numpy()
         arrival_ts = np.array([a.ts for a in core.arrivals], np.int64)
         arrival_end = arrival_ts + np.array([a.handler_ns + a.softirq_ns for a in core.arrivals], np.int64)
         free = _outside(ts, arrival_ts, np.maximum.accumulate(arrival_end) if len(arrival_end) else arrival_end)

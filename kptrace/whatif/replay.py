@@ -16,7 +16,7 @@ first busy-polls the queue before it, when the policy polls from the syscall.
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,12 +84,6 @@ class _Tiled:
         return Arrival(a.ts + k * self.period_ns, a.source, a.handler_ns, a.softirq_ns, a.indirect_ns, a.tag)
 
 
-def _tiled_stamps(arrivals: tuple[Arrival, ...], period_ns: int) -> np.ndarray:
-    """The arrival times repeated MAX_PERIODS times (repeat by repeat, as _Tiled numbers them)."""
-    ts = np.fromiter((a.ts for a in arrivals), np.int64, len(arrivals))
-    return (ts[None, :] + period_ns * np.arange(MAX_PERIODS, dtype=np.int64)[:, None]).ravel()
-
-
 def replay_core(core: CoreInput, saturated: bool, record: bool = False) -> CoreRun:
     """Replay one core at the recorded load (ready times kept) or at saturation (none kept).
     `record` keeps when each interrupt was taken (for a timeline); without it the walker keeps its
@@ -101,14 +95,20 @@ def replay_core(core: CoreInput, saturated: bool, record: bool = False) -> CoreR
         return direct_span(start_ts, arrival)
 
     take = take_and_record if record else None
+    stamps = np.fromiter((a.ts for a in core.arrivals), np.int64, len(core.arrivals))
+    repeats = MAX_PERIODS if saturated else 1
+    tiled = (stamps[None, :] + core.period_ns * np.arange(repeats, dtype=np.int64)[:, None]).ravel()
+    order = np.argsort(tiled, kind="stable")
     if saturated:
-        stamps = _tiled_stamps(core.arrivals, core.period_ns)
-        order = np.argsort(stamps, kind="stable")
-        walker = CoreWalker.in_order(_Tiled(core.arrivals, core.period_ns, order.tolist()), stamps[order].tolist(),
+        walker = CoreWalker.in_order(_Tiled(core.arrivals, core.period_ns, order.tolist()), tiled[order].tolist(),
                                      core.start_ns, take)
     else:
-        stamps = np.fromiter((a.ts for a in core.arrivals), np.int64, len(core.arrivals))
         walker = CoreWalker(core.arrivals, core.start_ns, take)
+    costs = None
+    if not record and core.nic_policy is None:
+        span, indirect = (np.tile(np.fromiter(values, np.int64, len(core.arrivals)), repeats)[order] for values in (
+            (a.handler_ns + a.softirq_ns for a in core.arrivals), (a.indirect_ns for a in core.arrivals)))
+        costs = ArrivalCosts(tiled[order], span, indirect)
     queue = None
     if core.nic_policy is not None:
         packets = core.nic_packets
@@ -117,90 +117,263 @@ def replay_core(core: CoreInput, saturated: bool, record: bool = False) -> CoreR
         queue = walker.nic = NicQueue(packets.tolist(), core.nic_costs, core.nic_policy)
         polls = core.epoll.tolist()
     n = len(core.demand_ns)
-    starts, ends = np.empty(n, np.int64), np.empty(n, np.int64)
-    ready, pre, wake, post, demand = (core.ready_ts.tolist(), core.pre_ns.tolist(), core.wake_ns.tolist(),
-                                      core.post_ns.tolist(), core.demand_ns.tolist())
-    if saturated:
-        ready = [-1] * n
-    if queue is None and saturated:
-        _step_back_to_back(walker, core, starts, ends)
-    elif queue is None:
-        _step_requests(walker, ready, pre, wake, post, demand, starts, ends)
+    ready = np.full(n, -1, np.int64) if saturated else core.ready_ts
+    if queue is None:
+        starts, ends = _step_requests(walker, ready, core.pre_ns, core.wake_ns, core.post_ns, core.demand_ns, costs)
     else:
+        starts, ends = np.empty(n, np.int64), np.empty(n, np.int64)
+        ready, pre, wake, post, demand = (ready.tolist(), core.pre_ns.tolist(), core.wake_ns.tolist(),
+                                          core.post_ns.tolist(), core.demand_ns.tolist())
         for i in range(n):
             walker.work(pre[i], False)
             if polls[i]:
                 epoll_poll(walker, queue, -1 if saturated else ready[i] - wake[i])
-            _request_on_walker(walker, ready[i], wake[i], post[i], demand[i], starts, ends, i)
-    n_taken = int(np.searchsorted(stamps, walker.now))  # (on the arrivals as given, sorted or not)
+            starts[i], ends[i] = _request_on_walker(walker, ready[i], wake[i], post[i], demand[i])
+    n_taken = int(np.searchsorted(tiled, walker.now))  # (on the arrivals as given, sorted or not)
     n_taken += queue.fired if queue is not None else 0
     return CoreRun(starts=starts, ends=ends, busy_ns=walker.busy_ns, window_ns=walker.now - core.start_ns,
                    interrupts=n_taken, taken=tuple(taken))
 
 
-def _request_on_walker(walker: CoreWalker, ready: int, wake: int, post: int, demand: int,
-                       starts: np.ndarray, ends: np.ndarray, i: int) -> None:
-    """Request i after its loop work: wait for its ready time (waking the core), then run it."""
+def _request_on_walker(walker: CoreWalker, ready: int, wake: int, post: int, demand: int) -> tuple[int, int]:
+    """A request after its loop work: wait for its ready time (waking the core), then run it;
+    its start and end."""
     if ready > walker.now:
         walker.idle_until(ready - wake)
         walker.work(wake, False)
     walker.work(post, False)
-    starts[i] = walker.now
+    start = walker.now
     walker.work(demand, True)
-    ends[i] = walker.now
+    return start, walker.now
 
 
-def _step_requests(walker: CoreWalker, ready: list, pre: list, wake: list, post: list, demand: list,
-                   starts: np.ndarray, ends: np.ndarray) -> None:
-    """The requests stepped on `walker` (ready -1: none to wait for). Most requests end before the
-    next interrupt arrives: those are stepped here with a few integer operations, the same ones
-    the walker would do; only a request that an arrival may land in is handed to the walker."""
-    stamps = walker._ts
-    next_arrival = stamps[walker._next] if walker._next < len(stamps) else NEVER
-    now, idle = walker.now, 0
-    for i in range(len(pre)):
-        at = now + pre[i]
-        wait = 0
-        if ready[i] > at:
-            wait = max(ready[i] - wake[i] - at, 0)
-            at += wait + wake[i]
-        start = at + post[i]
-        end = start + demand[i]
-        if end <= next_arrival:  # no work or idle time of this request reaches the next arrival
-            starts[i], ends[i] = start, end
-            walker.busy_ns += end - now - wait
-            idle += wait
-            now = end
-            continue
-        walker.now, walker.idle_ns = now, walker.idle_ns + idle
-        idle = 0
-        walker.work(pre[i], False)
-        _request_on_walker(walker, ready[i], wake[i], post[i], demand[i], starts, ends, i)
-        now = walker.now
-        next_arrival = stamps[walker._next] if walker._next < len(stamps) else NEVER
-    walker.now, walker.idle_ns = now, walker.idle_ns + idle
+#: The free run is found by repeated guesses of each request's wait (see _free_run); past this many
+#: the requests are stepped one by one instead (a long chain of waits that each move the next).
+MAX_GUESSES = 64
+#: Runs of requests back to back at least this long are stepped together (_back_to_back); a
+#: shorter one costs less on the walker.
+MIN_RUN = 16
+#: _landings looks at this many arrivals at once after a wrong guess.
+MIN_WINDOW = 32
 
 
-def _step_back_to_back(walker: CoreWalker, core: CoreInput, starts: np.ndarray, ends: np.ndarray) -> None:
-    """_step_requests at saturation, where requests run back to back: the run of requests that
-    ends before the next arrival is one cumulative sum; the request the arrival lands in is
-    handed to the walker."""
-    pre, post, demand = core.pre_ns, core.post_ns, core.demand_ns
-    ran = np.concatenate([[0], np.cumsum(pre + post + demand)])
-    ran_list = ran.tolist()  # bisect on a list: one arrival's step costs no numpy call overhead
-    stamps, n, i = walker._ts, len(demand), 0
+def _free_run(now: int, ready: np.ndarray, pre: np.ndarray, wake: np.ndarray, post: np.ndarray,
+              demand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each request's end and wait when the requests run from `now` with no interrupt: the steps
+    of _step_one for all of them at once. A request either follows the previous one (its ready
+    time passed), or pays the wake-up first (ready during its loop work), or waits for its ready
+    time and starts afresh there; given a guess of which, the ends are one cumulative sum
+    restarted at each fresh start. The guess is then checked against the ends it gave: the
+    requests before the first wrong guess are right, so each round fixes at least one more, and
+    a guess that agrees with its ends is the stepped result exactly (integer sums)."""
+    n = len(pre)
+    index = np.arange(n)
+    waits_for = ready >= 0
+    wakes = np.zeros(n, bool)
+    fresh = np.zeros(n, bool)
+    for _ in range(MAX_GUESSES):
+        total = np.cumsum(pre + post + demand + np.where(wakes, wake, 0))
+        anchor = np.where(fresh, ready + post + demand - total, now)
+        last_fresh = np.maximum.accumulate(np.where(fresh, index, -1))
+        ends = np.where(last_fresh >= 0, anchor[np.maximum(last_fresh, 0)] + total, now + total)
+        at = np.concatenate([[now], ends[:-1]]) + pre
+        late = waits_for & (ready > at)
+        starts_fresh = late & (ready - wake >= at)
+        if np.array_equal(starts_fresh, fresh) and np.array_equal(late & ~starts_fresh, wakes):
+            return ends, np.where(starts_fresh, ready - wake - at, 0)
+        fresh, wakes = starts_fresh, late & ~starts_fresh
+    return _free_run_stepped(now, ready, pre, wake, post, demand)
+
+
+def _free_run_stepped(now: int, ready: np.ndarray, pre: np.ndarray, wake: np.ndarray, post: np.ndarray,
+                      demand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """_free_run one request at a time."""
+    ends, waits = np.empty(len(pre), np.int64), np.empty(len(pre), np.int64)
+    for i, row in enumerate(zip(ready.tolist(), pre.tolist(), wake.tolist(), post.tolist(), demand.tolist())):
+        _, now, waits[i] = _step_one(now, *row)
+        ends[i] = now
+    return ends, waits
+
+
+def _step_one(now: int, ready: int, pre: int, wake: int, post: int, demand: int) -> tuple[int, int, int]:
+    """One request from `now` with no interrupt: its start, end and wait for its ready time
+    (the walker's steps: loop work, the wait and wake-up when its ready time is still ahead,
+    then its own work)."""
+    at = now + pre
+    wait = 0
+    if ready > at:
+        wait = max(ready - wake - at, 0)
+        at += wait + wake
+    start = at + post
+    return start, start + demand, wait
+
+
+def _first_end_after(ends: np.ndarray):
+    """A search over the requests' ends: (limit, lo, hi) -> the first j in [lo, hi) whose end is
+    past `limit`, else hi. Ends are in time order unless some work is negative: a bisection
+    then, else a scan in chunks that grow (the next arrival is usually near)."""
+    if np.all(ends[1:] >= ends[:-1]):
+        ends_list = ends.tolist()
+        return lambda limit, lo, hi: bisect_right(ends_list, limit, lo, hi)
+
+    def scan(limit: float, lo: int, hi: int) -> int:
+        width = 64
+        while lo < hi and limit != NEVER:
+            above = ends[lo:min(lo + width, hi)] > limit
+            if above.any():
+                return lo + int(above.argmax())
+            lo, width = lo + width, width * 4
+        return hi
+    return scan
+
+
+def _step_requests(walker: CoreWalker, ready: np.ndarray, pre: np.ndarray, wake: np.ndarray, post: np.ndarray,
+                   demand: np.ndarray, costs: ArrivalCosts | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The requests stepped on `walker` (ready -1: none to wait for); their starts and ends.
+
+    Most requests end before the next interrupt arrives, and run as they would with no
+    interrupt at all (_free_run) but for a delay `late` that the interrupts taken so far left:
+    those runs are taken from the free run at once. A delay carries over unchanged through
+    requests that follow their previous one, so only a request that waits for its ready time
+    while delayed is stepped alone (_step_one; its wait usually absorbs the delay), and only a
+    request that an arrival may land in is handed to the walker, or, with the arrivals' `costs`
+    and a long run of requests back to back from it, the whole run (_back_to_back)."""
+    n = len(pre)
+    if costs is not None:
+        steps = np.stack([pre, post, demand], axis=1).ravel()
+        costs = costs if steps.min(initial=0) >= 0 else None  # (_back_to_back searches the steps' ends)
+        done = np.concatenate([[0], np.cumsum(steps)])
+        if costs is not None and n and not (ready >= 0).any():  # no request waits: one run back to back
+            return _back_to_back(walker, costs, done, 0, n)
+    free_end, free_wait = _free_run(walker.now, ready, pre, wake, post, demand)
+    first_end_after = _first_end_after(free_end)
+    free_from = np.concatenate([[walker.now], free_end]).tolist()  # [i]: when request i's loop work starts
+    waited = np.concatenate([[0], np.cumsum(free_wait)]).tolist()
+    waiting = np.flatnonzero(ready >= 0).tolist()
+    delay = np.zeros(n + 1, np.int64)   # a run's delay, as steps at its first and past its last request
+    alone: list[tuple[int, int, int]] = []  # (request, start, end) stepped alone
+    runs: list[tuple[int, np.ndarray, np.ndarray]] = []  # (first request, starts, ends) stepped together
+    stamps, n_stamps = walker._ts, len(walker._ts)
+    i, now, idle = 0, walker.now, 0
     while i < n:
-        now = walker.now
-        if walker._next < len(stamps):  # requests [i, m) end by the next arrival
-            m = max(i, bisect_right(ran_list, stamps[walker._next] - now + ran_list[i]) - 1)
+        next_arrival = stamps[walker._next] if walker._next < n_stamps else NEVER
+        late = now - free_from[i]
+        if late:  # the run lasts until the next request that waits for its ready time
+            k = bisect_left(waiting, i)
+            k = waiting[k] if k < len(waiting) else n
         else:
-            m = n
-        if m > i:
-            ends[i:m] = ran[i + 1:m + 1] + (now - ran_list[i])
-            starts[i:m] = ends[i:m] - demand[i:m]
-        walker.now = now + (ran_list[m] - ran_list[i])
-        walker.busy_ns += ran_list[m] - ran_list[i]
-        if m < n:
-            walker.work(int(pre[m]), False)
-            _request_on_walker(walker, -1, 0, int(post[m]), int(demand[m]), starts, ends, m)
-        i = m + 1
+            k = n
+        m = first_end_after(next_arrival - late, i, k)
+        if m > i:  # requests [i, m): the free run, `late` later
+            if late:
+                delay[i] += late
+                delay[m] -= late
+            waits = waited[m] - waited[i]
+            walker.busy_ns += free_from[m] - free_from[i] - waits
+            idle += waits
+            now = free_from[m] + late
+            i = m
+            if i == n:
+                break
+        row = int(ready[i]), int(pre[i]), int(wake[i]), int(post[i]), int(demand[i])
+        if m == k:  # a delayed request that waits for its ready time
+            start, end, wait = _step_one(now, *row)
+            if end <= next_arrival:
+                alone.append((i, start, end))
+                walker.busy_ns += end - now - wait
+                idle += wait
+                now = end
+                i += 1
+                continue
+        walker.now, walker.idle_ns, idle = now, walker.idle_ns + idle, 0
+        if costs is not None and row[0] < 0:
+            k = bisect_left(waiting, i)
+            k = waiting[k] if k < len(waiting) else n
+            if k - i >= MIN_RUN:
+                runs.append((i, *_back_to_back(walker, costs, done, i, k)))
+                now, i = walker.now, k
+                continue
+        walker.work(row[1], False)
+        alone.append((i, *_request_on_walker(walker, row[0], row[2], row[3], row[4])))
+        now = walker.now
+        i += 1
+    walker.now, walker.idle_ns = now, walker.idle_ns + idle
+    ends = free_end + np.cumsum(delay[:-1])
+    starts = ends - demand
+    for first, run_starts, run_ends in runs:
+        starts[first:first + len(run_starts)], ends[first:first + len(run_ends)] = run_starts, run_ends
+    if alone:
+        at, start, end = (np.array(column, np.int64) for column in zip(*alone))
+        starts[at], ends[at] = start, end
+    return starts, ends
+
+
+@dataclass(frozen=True)
+class ArrivalCosts:
+    """What each of the walker's arrivals, in its order, stretches the work it lands in by: its
+    span (handler and softirqs), and its indirect cost in a request."""
+
+    ts: np.ndarray
+    span_ns: np.ndarray
+    indirect_ns: np.ndarray
+
+
+def _back_to_back(walker: CoreWalker, costs: ArrivalCosts, done: np.ndarray, lo: int,
+                  hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Requests [lo, hi), which run back to back (none waits for a ready time), stepped from
+    `walker.now` with the interrupts that land in them; their starts and ends.
+
+    The walker steps a request as its loop work, its post work and its demand (work() three
+    times; `done[s]`: the work of all steps before step s). An arrival is taken in the first
+    step, from the previous arrival's on, whose end stretched by the interrupts taken so far is
+    past its arrival time, and stretches it by its span, and by its indirect cost in a demand:
+    one search per arrival, then every step's end at once."""
+    start, first = walker.now, walker._next
+    offset = start - int(done[3 * lo])
+    steps, stretches = _landings(done[:3 * hi + 1] + offset, costs, first, 3 * lo, 3 * hi)
+    last = 3 * hi
+    steps -= 3 * lo
+    walker._next = first + len(steps)
+    # each step's end stretched by the interrupts taken up to it: the stretch after the last
+    # arrival in it, carried forward over the steps none landed in
+    after = np.zeros(last - 3 * lo, np.int64)
+    after[steps] = np.arange(1, len(steps) + 1)  # (the last of several arrivals in a step wins)
+    ends = done[3 * lo + 1:last + 1] + offset + np.concatenate([[0], stretches])[np.maximum.accumulate(after)]
+    walker.irq_ns += int(costs.span_ns[first:walker._next].sum())
+    walker.now = int(ends[-1])
+    walker.busy_ns += walker.now - start
+    return ends[1::3], ends[2::3]
+
+
+def _landings(step_end: np.ndarray, costs: ArrivalCosts, first: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """For the arrivals from `first` on that land in steps [lo, hi) (`step_end[s + 1]`: where
+    step s ends with no interrupt; always in time order), the step each lands in and the
+    stretch after it (_back_to_back). Whether an arrival lands in a demand (and so adds its
+    indirect cost) is guessed; the steps follow from the guesses by one cumulative sum and one
+    search; up to the first wrong guess they are right, so the arrivals up to it are kept, its
+    guess corrected, and the rest searched again, each guess now the previous round's answer.
+    A round looks at a window of arrivals, which doubles while the guesses hold."""
+    arrive, span, indirect = costs.ts[first:], costs.span_ns[first:], costs.indirect_ns[first:]
+    steps, stretches = np.empty(len(arrive), np.int64), np.empty(len(arrive), np.int64)
+    guess = np.ones(len(arrive), bool)
+    j, stretch, step, width = 0, 0, lo, MIN_WINDOW
+    while j < len(arrive):
+        end = min(j + width, len(arrive))
+        added = span[j:end] + np.where(guess[j:end], indirect[j:end], 0)
+        after = stretch + np.cumsum(added)
+        landed = np.maximum.accumulate(np.maximum(step_end.searchsorted(arrive[j:end] - (after - added), "right") - 1, step))
+        taken = int(landed.searchsorted(hi))
+        in_demand = landed[:taken] % 3 == 2
+        wrong = np.flatnonzero(in_demand != guess[j:j + taken])
+        guess[j:j + taken] = in_demand
+        if len(wrong):
+            w = int(wrong[0])
+            steps[j:j + w + 1], stretches[j:j + w] = landed[:w + 1], after[:w]
+            stretches[j + w] = after[w] - added[w] + span[j + w] + (indirect[j + w] if in_demand[w] else 0)
+            j, stretch, step, width = j + w + 1, int(stretches[j + w]), int(landed[w]), MIN_WINDOW
+            continue
+        steps[j:j + taken], stretches[j:j + taken] = landed[:taken], after[:taken]
+        if j + taken < end:
+            return steps[:j + taken], stretches[:j + taken]
+        j, stretch, step, width = end, int(after[-1]), int(landed[-1]), width * 2
+    return steps, stretches
