@@ -146,10 +146,14 @@ def test_every_output_of_a_scanned_analysis_equals_the_in_memory_one(pair, tmp_p
             assert filecmp.cmp(scans.stored / f"{name}.parquet", outs["scans"] / f"{name}.parquet", shallow=False)
 
 
+#: The inputs with requests to replay (the bundled binary recordings have none).
+WITH_REQUESTS = ["sample trace with disk IRQs", "simulated server with a NIC"]
+
+
+@pytest.mark.parametrize("pair", WITH_REQUESTS, indirect=True)
 def test_whatif_results_of_named_policies_from_scans_equal_those_from_frames(pair):
     frames, scans = pair
-    if frames.requests is None:
-        pytest.skip("no requests: nothing to replay")
+    assert frames.requests is not None and scans.requests is not None
     policies = [Policy("vanilla"), *[Policy(name) for name in NETWORK_POLICIES]]
     asked = {"replicates": 4, "seed": 3, "event_cost_ns": 150.0, "sample_cost_ns": 900.0}
     try:
@@ -200,8 +204,7 @@ def test_write_all_into_the_stored_directory_leaves_the_stored_tables_and_writes
 @pytest.mark.parametrize("pair", [SMALL], indirect=True)
 def test_a_changed_scan_replaces_its_stored_file_and_the_outputs_read_the_new_one(pair, tmp_path):
     frames, _ = pair
-    if frames.requests is None:
-        pytest.skip("no requests")
+    assert frames.requests is not None
     scans = scanned(frames, tmp_path)
     # As a windowed analysis may hand it: its requests stored before their fault marks.
     unmarked = tmp_path / "requests.parquet"
