@@ -20,6 +20,7 @@ import polars as pl
 import kptrace
 from kptrace.read import RawTrace
 from kptrace.read.duty import GAP_EVENT, recorded_windows, traced_seconds
+from kptrace.read.table import EventTable
 from kptrace.schema import conform
 
 #: The idle task is `<idle>` in tracefs and trace-cmd, `swapper` in perf: use one name.
@@ -28,10 +29,20 @@ IDLE_COMM = "<idle>"
 
 @dataclass
 class Events:
-    """The normalized event table and its meta.json description."""
+    """The normalized event table, held compact (kptrace.read.table), and its meta.json description."""
 
-    events: pl.DataFrame
+    table: EventTable
     meta: dict
+
+    def view(self) -> pl.LazyFrame:
+        """The wide event table (kptrace.schema) as a LazyFrame over the held parts."""
+        return self.table.view()
+
+    @property
+    def events(self) -> pl.DataFrame:
+        """The wide event table built whole: for small tables and tests; a large consumer takes
+        `view()` and collects only the rows and columns it needs."""
+        return self.table.view().collect()
 
 
 def idle_named(rows: pl.DataFrame) -> pl.DataFrame:
@@ -178,4 +189,4 @@ def normalize(raw: RawTrace) -> Events:
     """Conform to the schema, order by time, and summarise what the input held and lacked."""
     rows = idle_named(raw.rows)
     events = conform(in_time_order(rows)).collect()
-    return Events(events=events, meta=describe(raw, tally(rows, events)))
+    return Events(table=EventTable.split(events), meta=describe(raw, tally(rows, events)))

@@ -88,6 +88,37 @@ EVENT_COLUMNS: tuple[Column, ...] = (
 
 EVENT_SCHEMA: dict[str, pl.DataType] = {c.name: c.dtype for c in EVENT_COLUMNS}
 
+
+@dataclass(frozen=True)
+class Family:
+    """Events that share typed columns: held as a table of their own rows only (kptrace.read.table),
+    so a column that only sched_switch fills costs nothing on the other rows. `claims` picks the
+    rows whose values of a column shared with another family (`ret`) belong here."""
+
+    name: str
+    columns: tuple[str, ...]
+    claims: pl.Expr | None = None
+
+
+_IRQ_HANDLER = pl.col("event").cast(pl.String).is_in(["irq_handler_entry", "irq_handler_exit"])
+
+#: What every event has: the core table's columns (plus the row order, which is its own).
+CORE_COLUMNS: tuple[str, ...] = ("ts", "cpu", "tid", "tgid", "comm", "subsystem", "event", "irqs_off", "bh_off",
+                                 "need_resched", "in_hardirq", "in_softirq", "in_nmi", "preempt_depth")
+FAMILIES: tuple[Family, ...] = (
+    Family("irq", ("irq", "irq_name", "ret"), claims=_IRQ_HANDLER),
+    Family("vectors", ("vector",)),
+    Family("softirq", ("softirq_vec", "softirq")),
+    Family("net", ("dev", "napi_work", "napi_budget", "len")),
+    Family("sched_switch", ("prev_comm", "prev_pid", "prev_prio", "prev_state", "next_comm", "next_pid", "next_prio")),
+    Family("wakeups", ("task_comm", "task_pid", "task_prio", "target_cpu", "orig_cpu")),
+    Family("syscalls", ("fd", "count", "ret"), claims=~_IRQ_HANDLER),
+    Family("counters", ("value",)),
+    Family("other", ("fields",)),
+)
+#: Text columns of names that repeat a few values: held Categorical (4 B a row, not a 16 B view).
+HELD_AS_NAMES: frozenset[str] = frozenset({"comm", "irq_name", "prev_comm", "prev_state", "next_comm", "task_comm"})
+
 #: Softirq vector numbers as the kernel numbers them (include/linux/interrupt.h).
 SOFTIRQ_NAMES: tuple[str, ...] = (
     "HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED", "HRTIMER", "RCU",

@@ -35,6 +35,7 @@ from kptrace.read.chunks import decoded_windows
 from kptrace.read.duty import gap_markers, recorded_windows
 from kptrace.read.rawpages import is_raw_dir, read_raw_dir
 from kptrace.read.source import read_bytes
+from kptrace.read.table import EventTable
 from kptrace.read.tracedat import TraceDatError, is_tracedat, read_tracedat
 from kptrace.schema import conform
 
@@ -247,8 +248,8 @@ def read_windowed(path: str | Path, progress: Callable[[str], None] | None = Non
         return None
     blobs = source.capture.buffers[0][1] if len(source.capture.buffers) == 1 else []
     report = _reporter(progress, sum(len(b) for _, b in blobs))
-    frames = list(event_windows(source, rows_per_window, report))
-    return Events(pl.concat(frames, rechunk=False), source.meta)
+    tables = [EventTable.split(frame) for frame in event_windows(source, rows_per_window, report)]
+    return Events(EventTable.concat(tables), source.meta)
 
 
 def write_event_windows(path: str | Path, out: str | Path, progress: Callable[[str], None] | None = None,

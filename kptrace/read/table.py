@@ -1,0 +1,170 @@
+"""The event table as it is held: a narrow core of what every event has, and one table per family
+of events (kptrace.schema.FAMILIES) with only that family's rows.
+
+The schema's wide table (EVENT_SCHEMA) has ~40 columns, most null in most rows, and a String
+column costs 16 bytes a row even when null: held wide, a trace costs ~220 B/event. Held this way
+a column costs only on the rows that fill it. `EventTable.view()` gives the wide table back as a
+LazyFrame in exactly the schema's types, column order and row order; filters and selects push
+down into the parts, so a consumer that wants one family's rows never builds the wide table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from polars.io.plugins import register_io_source
+
+from kptrace.schema import CORE_COLUMNS, EVENT_COLUMNS, EVENT_SCHEMA, FAMILIES, HELD_AS_NAMES
+
+#: The core's row number in a family table: which event a family row belongs to.
+ROW = "row"
+#: Rows the view builds at a time: a whole-table query holds its result and one batch's parts.
+VIEW_BATCH_ROWS = 1 << 20
+
+
+def held_type(column: str) -> pl.DataType:
+    """The type a column is held in: names as Categorical, everything else as the schema says."""
+    return pl.Categorical() if column in HELD_AS_NAMES else EVENT_SCHEMA[column]
+
+
+def _shared() -> frozenset[str]:
+    """Columns more than one family fills (`ret`: irq_handler_exit and syscall exits)."""
+    seen: dict[str, int] = {}
+    for family in FAMILIES:
+        for column in family.columns:
+            seen[column] = seen.get(column, 0) + 1
+    return frozenset(c for c, n in seen.items() if n > 1)
+
+
+SHARED = _shared()
+
+
+@dataclass
+class EventTable:
+    """The core (every event, in table order) and the family tables (`row`, then the family's
+    columns, for the rows that fill any of them, in ascending `row`). A column null in every row
+    of a part is not held at all; the view gives it back as nulls."""
+
+    core: pl.DataFrame
+    families: dict[str, pl.DataFrame]
+
+    @property
+    def height(self) -> int:
+        return self.core.height
+
+    def frames(self) -> list[pl.DataFrame]:
+        """Every frame held, for measuring what the table costs."""
+        return [self.core, *self.families.values()]
+
+    def view(self) -> pl.LazyFrame:
+        """The wide event table (EVENT_SCHEMA: its types, column order, and this table's row order).
+
+        A scan of this table: Polars hands it the columns a query selects and the filter it
+        applies, and it builds only those columns, only at the rows the filter keeps (a filter on
+        core columns is applied before any family column is read), VIEW_BATCH_ROWS rows at a time."""
+        return register_io_source(self._scan, schema=EVENT_SCHEMA, is_pure=True, explain_name="kptrace event table",
+                                  explain_detail=f"{self.height} events; families {', '.join(self.families)}")
+
+    def _scan(self, columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
+              batch_size: int | None) -> Iterator[pl.DataFrame]:
+        """Polars' scan contract: the first `n_rows` rows (before the filter), those `predicate`
+        keeps, with `columns`."""
+        columns = columns if columns is not None else list(EVENT_SCHEMA)
+        end = self.height if n_rows is None else min(n_rows, self.height)
+        for start in range(0, end, VIEW_BATCH_ROWS):
+            rows = np.arange(start, min(start + VIEW_BATCH_ROWS, end), dtype=np.int64)
+            if predicate is not None:
+                tested = self._columns_at(rows, predicate.meta.root_names())
+                rows = rows[tested.with_row_index(ROW).filter(predicate)[ROW].to_numpy()]
+            yield self._columns_at(rows, columns)
+
+    def _columns_at(self, rows: np.ndarray, columns: list[str]) -> pl.DataFrame:
+        """Wide columns at `rows` (ascending core rows), in the schema's types."""
+        whole = len(rows) == 0 or rows[-1] - rows[0] + 1 == len(rows)  # a run of rows: slice, not gather
+        core = self.core.slice(int(rows[0]), len(rows)) if whole and len(rows) else self.core[rows]
+        out = {}
+        places: dict[str, pl.Series] = {}
+        for column in dict.fromkeys(columns):
+            if column in core.columns:
+                value = core[column]
+            else:
+                held = [(name, frame) for name, frame in self.families.items() if column in frame.columns]
+                for name, frame in held:
+                    if name not in places:
+                        places[name] = _places(frame[ROW].to_numpy(), rows, whole)
+                parts = [frame[column].gather(places[name]) for name, frame in held]
+                value = (pl.select(pl.coalesce([pl.lit(p) for p in parts])).to_series() if len(parts) > 1
+                         else parts[0] if parts else pl.repeat(None, len(rows), dtype=EVENT_SCHEMA[column], eager=True))
+            out[column] = value.cast(EVENT_SCHEMA[column]).alias(column)
+        if not out:  # no column asked for (a count): the rows alone
+            return pl.DataFrame({ROW: rows}).drop(ROW)
+        return pl.DataFrame(out)
+
+    @staticmethod
+    def split(wide: pl.DataFrame) -> EventTable:
+        """The held form of a wide event table (EVENT_SCHEMA columns, in its row order). Every
+        non-null value is held once: a family holds its columns wherever they are filled, and a
+        shared column (`ret`) goes to the family that claims the row."""
+        numbered = wide.with_row_index(ROW)
+        core = _without_nulls(numbered.select([_held(c) for c in CORE_COLUMNS if c in wide.columns]))
+        families = {}
+        for family in FAMILIES:
+            columns = [c for c in family.columns if c in wide.columns]
+            values = {c: _claimed(c, family.claims) for c in columns}
+            filled = pl.any_horizontal([v.is_not_null() for v in values.values()]) if values else pl.lit(False)
+            rows = numbered.filter(filled).select(ROW, *[v.cast(held_type(c)).alias(c) for c, v in values.items()])
+            if rows.height:
+                families[family.name] = _without_nulls(rows)
+        return EventTable(core, families)
+
+    @staticmethod
+    def concat(tables: list[EventTable]) -> EventTable:
+        """Tables of consecutive parts (time windows) as one table."""
+        offsets, total = [], 0
+        for table in tables:
+            offsets.append(total)
+            total += table.height
+        core = pl.concat([t.core for t in tables], how="diagonal") if tables else pl.DataFrame()
+        families = {}
+        for family in FAMILIES:
+            parts = [t.families[family.name].with_columns((pl.col(ROW) + offset).cast(pl.UInt32))
+                     for t, offset in zip(tables, offsets) if family.name in t.families]
+            if parts:
+                families[family.name] = pl.concat(parts, how="diagonal")
+        return EventTable(core, families)
+
+
+def _places(held: np.ndarray, rows: np.ndarray, run: bool) -> pl.Series:
+    """Where each of `rows` is in a family table whose ascending `row` column is `held`; null
+    where the family has no row for it. A run of consecutive rows is placed in one pass."""
+    if run and len(rows):
+        lo, hi = np.searchsorted(held, [rows[0], rows[-1] + 1])
+        at = np.zeros(len(rows), dtype=np.uint32)
+        found = np.zeros(len(rows), dtype=bool)
+        at[held[lo:hi] - rows[0]] = np.arange(lo, hi, dtype=np.uint32)
+        found[held[lo:hi] - rows[0]] = True
+    else:
+        at = np.minimum(np.searchsorted(held, rows), max(len(held) - 1, 0)).astype(np.uint32)
+        found = held[at] == rows if len(held) else np.zeros(len(rows), dtype=bool)
+    return pl.from_arrow(pa.array(at, mask=~found))
+
+
+def _held(column: str) -> pl.Expr:
+    return pl.col(column).cast(held_type(column))
+
+
+def _claimed(column: str, claims: pl.Expr | None) -> pl.Expr:
+    """A family's values of a column: only on the rows it claims when another family shares it."""
+    if column in SHARED and claims is not None:
+        return pl.when(claims).then(pl.col(column)).alias(column)
+    return pl.col(column)
+
+
+def _without_nulls(frame: pl.DataFrame) -> pl.DataFrame:
+    """The frame without columns that are null in every row (the view makes them again); the
+    row number and the time stay, so the frame keeps its height."""
+    return frame.select([c for c in frame.columns if c in (ROW, "ts") or frame[c].null_count() < frame.height])
