@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 import kptrace
@@ -107,6 +108,21 @@ class Tally:
 def tally(rows: pl.DataFrame, events: pl.DataFrame) -> Tally:
     """The meta.json figures of `events`, conformed from the reader rows `rows` (idle-named, in
     input order: how many are out of time order is one of the figures)."""
+    resolution = rows["ts_resolution_ns"].max() if rows.height else None
+    return _figures(events, resolution, _backwards(rows), _duplicates(rows))
+
+
+def held_tally(table: EventTable) -> Tally:
+    """`tally` of a binary reader's table: already in time order, idle-named and at 1 ns (the
+    decoder's), so only the figures' columns are built, and only rows sharing a time and CPU
+    (the few that can repeat each other) are built whole to find repeats."""
+    events = table.view().select("ts", "cpu", "subsystem", "event", "value").collect()
+    same_time = np.flatnonzero(events.select(pl.struct("ts", "cpu").is_duplicated()).to_series().to_numpy())
+    repeats = int(table.rows_at(same_time).is_duplicated().sum()) if len(same_time) else 0
+    return _figures(events, 1 if events.height else None, 0, repeats)
+
+
+def _figures(events: pl.DataFrame, resolution: int | None, backwards: int, duplicates: int) -> Tally:
     real = events.filter(pl.col("subsystem") != "kptrace")
     per_cpu = events.group_by("cpu").agg(
         events=(pl.col("subsystem") != "kptrace").sum(),
@@ -119,9 +135,9 @@ def tally(rows: pl.DataFrame, events: pl.DataFrame) -> Tally:
         per_cpu=per_cpu,
         event_counts=dict(real.group_by(pl.col("event").cast(pl.String)).len().iter_rows()),
         start_ns=real["ts"].min(), end_ns=real["ts"].max(),
-        resolution=rows["ts_resolution_ns"].max() if rows.height else None,
+        resolution=resolution,
         unknown=frozenset(real.filter(pl.col("subsystem") == "unknown")["event"].cast(pl.String).unique()),
-        backwards=_backwards(rows), duplicates=_duplicates(rows),
+        backwards=backwards, duplicates=duplicates,
         markers=marks.filter(pl.col("event") != GAP_EVENT).height,
     )
 
@@ -186,7 +202,11 @@ def describe(raw: RawTrace, figures: Tally) -> dict:
 
 
 def normalize(raw: RawTrace) -> Events:
-    """Conform to the schema, order by time, and summarise what the input held and lacked."""
+    """Conform to the schema, order by time, and summarise what the input held and lacked. A
+    binary reader's table is all of that already (kptrace.read.binary.decode_table): it is kept
+    as it is, never built wide."""
+    if raw.table is not None:
+        return Events(table=raw.table, meta=describe(raw, held_tally(raw.table)))
     rows = idle_named(raw.rows)
     events = conform(in_time_order(rows)).collect()
     return Events(table=EventTable.split(events), meta=describe(raw, tally(rows, events)))

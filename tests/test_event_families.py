@@ -136,3 +136,24 @@ def test_split_then_view_gives_back_any_wide_table(wide, cut):
 def test_every_schema_column_is_held_by_the_core_or_a_family():
     held = set(CORE_COLUMNS) | {c for f in FAMILIES for c in f.columns}
     assert held == set(EVENT_SCHEMA)
+
+
+BINARY = [p for p in RECORDINGS if p.parent.name == "binary"]
+
+
+@pytest.mark.parametrize("path", BINARY, ids=lambda p: p.name)
+def test_a_binary_table_kept_as_decoded_gives_the_meta_its_wide_rows_give(path):
+    """normalize keeps a binary reader's table as it is (no idle naming, sort or conform): its
+    figures are those the text path computes from the same rows built wide."""
+    from kptrace.normalize import describe, tally
+
+    raw = read_any(path)
+    assert raw.table is not None
+    rows = idle_named(raw.rows)
+    assert normalize(raw).meta == describe(raw, tally(rows, _wide(raw)))
+
+
+def test_dropping_rows_renumbers_the_family_tables(tracefs):
+    table, wide = tracefs
+    keep = (wide["cpu"] == 0).to_numpy()
+    assert_frame_equal(table.take(keep).view().collect(), wide.filter(pl.col("cpu") == 0))

@@ -16,23 +16,27 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from kptrace.errors import TraceError
-from kptrace.read.binary import Capture, decode
+from kptrace.read.binary import Capture, decode_table, wide_rows
 from kptrace.read.duty import gap_markers, recorded_windows
 from kptrace.read.fields import OUT_OF_RANGE, type_fields
 from kptrace.read.lines import detect_format, split_lines
 from kptrace.read.rawpages import is_raw_dir, read_raw_dir
 from kptrace.read.source import SourceBytes, check_text, looks_like_text, read_bytes
+from kptrace.read.table import EventTable
 from kptrace.read.tracedat import TraceDatError, is_tracedat, read_tracedat
 
 
 @dataclass
 class RawTrace:
-    """Typed event rows (schema columns plus `seq`, `ts_resolution_ns`) and input notes."""
+    """Typed event rows (schema columns plus `seq`, `ts_resolution_ns`) and input notes. A binary
+    reader hands its rows over held compact (`table`, kptrace.read.table: in time order, 1 ns
+    resolution, `seq` the row order); `rows` then builds the wide rows from it on each use."""
 
-    rows: pl.DataFrame
+    rows: pl.DataFrame | None
     source_format: str
     files: list[str]
     warnings: list[str] = field(default_factory=list)
@@ -47,6 +51,23 @@ class RawTrace:
     units: int = 0
     ignored_count: int = 0
     repeated_count: int = 0
+    table: EventTable | None = None
+
+    def frames(self) -> list[pl.DataFrame]:
+        """Every frame the rows are held in, for measuring what they cost."""
+        return self.table.frames() if self.table is not None else [self.__dict__["_rows"]]
+
+
+def _rows(trace: RawTrace) -> pl.DataFrame:
+    held = trace.__dict__["_rows"]
+    return wide_rows(trace.table) if held is None and trace.table is not None else held
+
+
+def _set_rows(trace: RawTrace, rows: pl.DataFrame | None) -> None:
+    trace.__dict__["_rows"] = rows
+
+
+RawTrace.rows = property(_rows, _set_rows)  # after @dataclass, which would take a property for a default
 
 
 def _cut_last_line(text: str) -> tuple[str, str | None]:
@@ -155,23 +176,26 @@ def _binary_trace(capture: Capture, path: Path, source_format: str, warnings: li
     unreadable with examples, never an event of an invented name.
     """
     try:
-        rows = decode(capture)
+        table = decode_table(capture)
     except ValueError as exc:  # the decoder's word for pages or formats it cannot use
         raise TraceError(path, f"{source_format}: {exc}") from None
-    if not rows.height:
+    if table is None:
         raise TraceError(path, f"no events found (read as {source_format})")
-    records = rows.filter(pl.col("subsystem").ne_missing("kptrace")).height
-    undecodable = rows.filter(UNDECODABLE)
+    core = table.core
+    records = core.filter(pl.col("subsystem").ne_missing("kptrace")).height
+    undecodable = core.filter(UNDECODABLE)
     if undecodable.height:
-        rows = rows.join(undecodable.select("seq"), on="seq", how="anti", maintain_order="left")
+        seq = core.with_row_index("seq", offset=1).filter(UNDECODABLE)["seq"]
+        found = table.rows_at(seq.to_numpy().astype(np.int64) - 1).with_columns(seq=seq)
+        table = table.take(~core.select(UNDECODABLE).to_series().to_numpy())
         names = undecodable["event"].cast(pl.String).unique(maintain_order=True).head(3).to_list()
         warnings = warnings + [undecodable_warning(undecodable.height, names)]
-    if rows.filter(pl.col("subsystem").ne_missing("kptrace")).height == 0:
+    if records == undecodable.height:
         raise TraceError(path, f"no events found (read as {source_format}; "
                                f"{undecodable.height} records with no event format)")
-    lost = rows.filter(pl.col("event") == "lost_events").height
-    examples = undecodable_examples(undecodable)
-    return RawTrace(rows=rows, source_format=source_format, files=[str(path)],
+    lost = table.core.filter(pl.col("event") == "lost_events").height
+    examples = undecodable_examples(found) if undecodable.height else []
+    return RawTrace(rows=None, table=table, source_format=source_format, files=[str(path)],
                     warnings=warnings + capture.warnings + (
                         [f"{lost} ring-buffer pages follow lost events"] if lost else []),
                     unparsed_count=undecodable.height, unparsed_examples=examples, unit="records", units=records)

@@ -19,7 +19,8 @@ from kptrace.read.fields import VECTOR_HANDLERS, state_letters
 from kptrace.read.formats import EventFormat, Field, FormatTable, PageHeader
 from kptrace.read.pages import (MAX_SPAN, Pages, Records, byte_matrix, gathered, join_pages, read_field_bytes,
                                 read_field_ints, read_fields_native, record_span, walk)
-from kptrace.schema import EVENT_SCHEMA, SOFTIRQ_NAMES
+from kptrace.read.table import ROW, EventTable, held_type
+from kptrace.schema import CORE_COLUMNS, EVENT_SCHEMA, FAMILIES, SOFTIRQ_NAMES
 
 # Bits of a record's common_flags (kernel trace_entry flags, include/linux/trace_events.h).
 _IRQS_OFF, _RESCHED_LAZY, _NEED_RESCHED, _HARDIRQ, _SOFTIRQ, _PREEMPT_RESCHED, _NMI, _BH_OFF = (
@@ -343,13 +344,13 @@ def _in_time_order(rec: Records, rows: _Rows) -> Records:
                    missed_counts=rec.missed_counts, missed_ts=rec.missed_ts)
 
 
-def _numbers(rows: _Rows, pieces: list[tuple[np.ndarray, np.ndarray]], kind: np.dtype) -> pl.Series:
-    """A numeric column of numpy type `kind` from (rows, values) pieces, null elsewhere; a
-    value out of the type's range is null, as a non-strict cast makes it."""
-    if len(pieces) == 1 and len(pieces[0][0]) == rows.count and _fits(pieces[0][1], kind):
+def _numbers(count: int, pieces: list[tuple[np.ndarray, np.ndarray]], kind: np.dtype) -> pl.Series:
+    """A numeric column of `count` rows of numpy type `kind` from (rows, values) pieces, null
+    elsewhere; a value out of the type's range is null, as a non-strict cast makes it."""
+    if len(pieces) == 1 and len(pieces[0][0]) == count and _fits(pieces[0][1], kind):
         return pl.Series(pieces[0][1].astype(kind, copy=False))  # every row, in order
-    full = np.zeros(rows.count, dtype=kind)
-    valid = np.zeros(rows.count, dtype=bool)
+    full = np.zeros(count, dtype=kind)
+    valid = np.zeros(count, dtype=bool)
     for at, values in pieces:
         if _fits(values, kind):
             full[at] = values
@@ -370,12 +371,12 @@ def _fits(values: np.ndarray, kind: np.dtype) -> bool:
     return bool(values.min() >= bounds.min and values.max() <= bounds.max)
 
 
-def _texts(rows: _Rows, pieces: list[tuple[np.ndarray, _Coded]], dtype: pl.DataType) -> pl.Series:
-    """A text column from (rows, coded values) pieces, null elsewhere: one gather of all the
-    pieces' distinct values by a full-length index."""
+def _texts(count: int, pieces: list[tuple[np.ndarray, _Coded]], dtype: pl.DataType) -> pl.Series:
+    """A text column of `count` rows from (rows, coded values) pieces, null elsewhere: one
+    gather of all the pieces' distinct values by one index."""
     distinct = pl.concat([coded.distinct.cast(dtype, strict=False) for _, coded in pieces], rechunk=True)
-    where = np.zeros(rows.count, dtype=np.uint32)
-    valid = np.zeros(rows.count, dtype=bool)
+    where = np.zeros(count, dtype=np.uint32)
+    valid = np.zeros(count, dtype=bool)
     offset = 0
     for at, coded in pieces:
         where[at] = coded.codes + np.uint32(offset)
@@ -399,12 +400,41 @@ def _compact(pages: Pages, pos: np.ndarray, fmt: EventFormat) -> tuple[Pages, np
     return gathered(pages, pos, span) if fits else (pages, pos)
 
 
-def _record_columns(pages: Pages, rec: Records, rows: _Rows, formats: FormatTable) -> dict[str, pl.Series]:
-    """Common and typed columns of every record (`rec` in time order), each built once at
-    full length."""
+#: The family (kptrace.schema.FAMILIES) whose table an extractor's columns go to.
+_FAMILY_OF = {_irq_entry: "irq", _irq_exit: "irq", _vector: "vectors", _softirq: "softirq", _napi: "net", _net: "net",
+              _sched_switch: "sched_switch", _sched_task: "wakeups", _sys_enter: "syscalls", _sys_exit: "syscalls",
+              _generic: "other"}
+
+_Piece = tuple[np.ndarray, dict[str, "np.ndarray | _Coded"]]  # (table rows, values of each column there)
+
+
+def _family_frame(pieces: list[_Piece]) -> pl.DataFrame:
+    """One family's table from the pieces of its event types: their rows in ascending order
+    (`row`), each column null on the rows of an event type that lacks it."""
+    rows = np.concatenate([at for at, _ in pieces])
+    order = np.argsort(rows, kind="stable")
+    place = np.empty(len(rows), dtype=np.int64)  # where each piece's row lands in the table
+    place[order] = np.arange(len(rows))
+    starts = np.cumsum([0, *(len(at) for at, _ in pieces)])
+    columns: dict[str, list] = {}
+    for (at, values), start in zip(pieces, starts):
+        for column, value in values.items():
+            columns.setdefault(column, []).append((place[start:start + len(at)], value))
+    out = {ROW: pl.Series(rows[order].astype(np.uint32))}
+    for column, parts in columns.items():
+        sample = parts[0][1]
+        out[column] = (_texts(len(rows), parts, held_type(column)) if isinstance(sample, _Coded)
+                       else _numbers(len(rows), parts, _numpy_type(column, sample)))
+    return pl.DataFrame(out)
+
+
+def _held_columns(pages: Pages, rec: Records, rows: _Rows, formats: FormatTable
+                  ) -> tuple[dict[str, pl.Series], dict[str, list[_Piece]]]:
+    """The core columns of every record (`rec` in time order) at full length, and each family's
+    pieces: only the rows of a family get that family's columns."""
     common = _common(pages, rec, formats)
     types = common.pop("type")
-    out = {name: _numbers(rows, [(rows.record_row, values)], values.dtype) for name, values in common.items()}
+    core = {name: _numbers(rows.count, [(rows.record_row, values)], values.dtype) for name, values in common.items()}
     order = np.argsort(types.astype(np.uint16) if types.max(initial=0) < 1 << 16 else types, kind="stable")
     grouped = types[order]
     first = np.ones(len(grouped), dtype=bool)
@@ -413,29 +443,25 @@ def _record_columns(pages: Pages, rec: Records, rows: _Rows, formats: FormatTabl
     ids, bounds = grouped[starts], np.append(starts, len(order))
     kind = np.empty(len(order), dtype=np.uint32)  # each record's type, as an index into ids
     kind[order] = np.cumsum(first) - 1
-    parts: dict[str, list[tuple[np.ndarray, np.ndarray | _Coded]]] = {}
+    families: dict[str, list[_Piece]] = {}
     names, systems = [], []
     for i, ident in enumerate(ids):
         records = order[bounds[i]: bounds[i + 1]]
         fmt = formats.get(int(ident))
         names.append(fmt.name if fmt else f"unknown_event_{ident}")
         systems.append(fmt.system if fmt else "unknown")
-        columns = _extractor(fmt)(*_compact(pages, rec.pos[records], fmt), fmt) if fmt else {}
-        for column, values in columns.items():
-            if values is not None:
-                parts.setdefault(column, []).append((rows.record_row[records], values))
-    for column, pieces in parts.items():
-        sample = pieces[0][1]
-        if isinstance(sample, _Coded):
-            out[column] = _texts(rows, pieces, EVENT_SCHEMA.get(column, sample.distinct.dtype))
-        else:
-            out[column] = _numbers(rows, pieces, _numpy_type(column, sample))
+        if fmt is None:
+            continue
+        extractor = _extractor(fmt)
+        values = {c: v for c, v in extractor(*_compact(pages, rec.pos[records], fmt), fmt).items() if v is not None}
+        if values:
+            families.setdefault(_FAMILY_OF[extractor], []).append((rows.record_row[records], values))
     for column, labels in (("event", names), ("subsystem", systems)):
         labels = pl.Series([*labels, "lost_events" if column == "event" else "kptrace"], dtype=pl.Categorical)
         where = np.full(rows.count, len(ids), dtype=np.uint32)
         where[rows.record_row] = kind
-        out[column] = labels.gather(where)
-    return out
+        core[column] = labels.gather(where)
+    return core, families
 
 
 def _comm(tid: np.ndarray, null: np.ndarray, comms: dict[int, str]) -> pl.Series:
@@ -446,32 +472,43 @@ def _comm(tid: np.ndarray, null: np.ndarray, comms: dict[int, str]) -> pl.Series
     return names.gather(_masked(which, ~null))
 
 
-def decode(capture: Capture) -> pl.DataFrame:
-    """Every record of every buffer as a typed row, in time order (`seq` numbers that order).
+def decode_table(capture: Capture) -> EventTable | None:
+    """Every record of every buffer, in time order, held as kptrace.read.table holds events: a
+    core of what every record has, and per family only its records' typed columns (None when
+    the capture holds no record or no format).
 
-    Each column is built once at its full length: every event type's values are gathered
-    from the pages and put straight at their rows of the time-ordered table.
+    Each core column is built once at its full length; each event type's values are gathered
+    from the pages and put straight at their rows of their family's table.
     """
     pages = join_pages([blob for _, blobs in capture.buffers for blob in blobs], capture.header, capture.byte_order)
     rec = walk(pages)
     if not len(capture.formats) or not len(rec.pos):
-        return pl.DataFrame()
+        return None
     rows = _time_order(pages, rec)
     rec = _in_time_order(rec, rows)
-    columns = _record_columns(pages, rec, rows, capture.formats)
+    core, families = _held_columns(pages, rec, rows, capture.formats)
     cpu = np.empty(rows.count, dtype=np.int16)
     cpu[rows.record_row] = pages.cpu[rec.page]
     cpu[rows.marker_row] = pages.cpu[rec.missed_pages]
     marker = np.zeros(rows.count, dtype=bool)
     marker[rows.marker_row] = True
-    if len(rows.marker_row):
-        count = rec.missed_counts
-        counted = count >= 0
-        columns["value"] = _numbers(rows, [(rows.marker_row[counted], count[counted])], count.dtype)
-    return pl.DataFrame({
-        "ts": rows.ts, "cpu": cpu, **columns,
-        "seq": np.arange(1, rows.count + 1, dtype=np.int64),
-        "ts_resolution_ns": pl.repeat(1, rows.count, dtype=pl.Int64, eager=True),
-        "comm": _comm(columns["tid"].fill_null(0).to_numpy(), marker, capture.comms),
-        "tgid": pl.repeat(None, rows.count, dtype=pl.Int32, eager=True),
-    })
+    counted = rec.missed_counts >= 0
+    if counted.any():
+        families["counters"] = [(rows.marker_row[counted], {"value": rec.missed_counts[counted]})]
+    comm = _comm(core["tid"].fill_null(0).to_numpy(), marker, capture.comms)
+    held = pl.DataFrame({"ts": rows.ts, "cpu": cpu, "tid": core.pop("tid"), "comm": comm, **core})
+    return EventTable(held.select([c for c in CORE_COLUMNS if c in held.columns]),
+                      {f.name: _family_frame(families[f.name]) for f in FAMILIES if f.name in families})
+
+
+def decode(capture: Capture) -> pl.DataFrame:
+    """decode_table's records as the wide reader rows (the schema's columns, `seq` numbering
+    the time order, `ts_resolution_ns`), for readers that handle rows (a capture's windows)."""
+    table = decode_table(capture)
+    return pl.DataFrame() if table is None else wide_rows(table)
+
+
+def wide_rows(table: EventTable) -> pl.DataFrame:
+    """A binary reader's table as wide reader rows: the schema's columns, `seq` and `ts_resolution_ns`."""
+    return table.view().collect().with_columns(seq=pl.int_range(1, pl.len() + 1, dtype=pl.Int64),
+                                               ts_resolution_ns=pl.lit(1, pl.Int64))

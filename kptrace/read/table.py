@@ -82,6 +82,21 @@ class EventTable:
                 rows = rows[tested.with_row_index(ROW).filter(predicate)[ROW].to_numpy()]
             yield self._columns_at(rows, columns)
 
+    def rows_at(self, rows: np.ndarray) -> pl.DataFrame:
+        """The wide rows at `rows` (ascending core row numbers): a few rows without a scan."""
+        return self._columns_at(rows, list(EVENT_SCHEMA))
+
+    def take(self, keep: np.ndarray) -> EventTable:
+        """The table of the rows where `keep` (a boolean per row) is set, numbered afresh."""
+        renumbered = (np.cumsum(keep) - 1).astype(np.uint32)
+        families = {}
+        for name, frame in self.families.items():
+            rows = frame[ROW].to_numpy()
+            kept = keep[rows]
+            if kept.any():
+                families[name] = frame.filter(pl.Series(kept)).with_columns(pl.Series(ROW, renumbered[rows[kept]]))
+        return EventTable(self.core.filter(pl.Series(keep)), families)
+
     def _columns_at(self, rows: np.ndarray, columns: list[str]) -> pl.DataFrame:
         """Wide columns at `rows` (ascending core rows), in the schema's types."""
         whole = len(rows) == 0 or rows[-1] - rows[0] + 1 == len(rows)  # a run of rows: slice, not gather
