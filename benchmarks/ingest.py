@@ -18,7 +18,7 @@ buffer the normalized table holds, target <= 100; and peak RSS growth):
 
     python benchmarks/ingest.py --native --dat trace.dat [--text T] [--perf P --perf-data D] [--repeats 3]
 
---sizes prints, for the normalized event table of one trace, its bytes per event today and
+--sizes prints, for the normalized event table of one trace, its bytes per event wide, as held, and
 under candidate schema changes, each measured by casting or splitting that real table (the
 schema itself is not changed): python benchmarks/ingest.py --sizes --dat trace.dat
 
@@ -148,15 +148,16 @@ read = time.perf_counter()
 read_peak = peak()
 events = normalize(raw)
 done = time.perf_counter()
+total_rss = peak() - base
 print(json.dumps({"import": imported - start, "read": read - imported, "normalize": done - read,
-                  "events": events.meta["event_count"], "rows_bytes": table_bytes(raw.rows),
-                  "table_bytes": table_bytes(events.events), "read_rss": read_peak - base,
-                  "total_rss": peak() - base}))
+                  "events": events.meta["event_count"], "rows_bytes": table_bytes(*raw.frames()),
+                  "table_bytes": table_bytes(*events.table.frames()), "wide_bytes": table_bytes(events.events),
+                  "read_rss": read_peak - base, "total_rss": total_rss}))
 """
 
 
-def table_bytes(frame) -> int:
-    """Bytes of every buffer a Polars frame holds, each byte once.
+def table_bytes(*frames) -> int:
+    """Bytes of every buffer some Polars frames hold, each byte once.
 
     Polars' `estimated_size()` is not that: for a String column it counts the text bytes but
     not the 16-byte view every row has (a null or short string costs 16 B, counted as ~0), and
@@ -172,7 +173,7 @@ def table_bytes(frame) -> int:
     import polars as pl
 
     spans = []
-    for column in frame.to_arrow(compat_level=pl.CompatLevel.newest()).columns:
+    for column in (c for frame in frames for c in frame.to_arrow(compat_level=pl.CompatLevel.newest()).columns):
         for chunk in column.chunks:
             arrays = [chunk, *([chunk.dictionary] if hasattr(chunk, "dictionary") else [])]
             spans += [(b.address, b.address + b.size) for a in arrays for b in a.buffers() if b is not None]
@@ -231,7 +232,8 @@ def schema_sizes(path: Path) -> None:
     from kptrace.normalize import normalize
     from kptrace.read import read_any
 
-    events = normalize(read_any(path)).events
+    normalized = normalize(read_any(path))
+    events = normalized.events
     n = events.height
     names = events.with_columns([pl.col(c).cast(pl.Categorical) for c in NAME_COLUMNS if c in events.columns])
     narrow = names.with_columns([pl.col(c).cast(getattr(pl, t)) for c, t in NARROWER.items() if c in events.columns])
@@ -239,7 +241,7 @@ def schema_sizes(path: Path) -> None:
     families = {**FAMILIES, "syscalls": tuple(e for e in events["event"].cast(pl.String).unique().to_list()
                                                if e.startswith("sys_"))}
     rows = [
-        ("today", table_bytes(events)),
+        ("wide (the schema table, as the view builds it whole)", table_bytes(events)),
         ("names as Categorical", table_bytes(names)),
         ("+ fd Int32, vector/napi_work/napi_budget Int16", table_bytes(narrow)),
         (f"+ columns null in every row dropped (here {', '.join(sorted(set(narrow.columns) - set(without_null.columns)))})",
@@ -248,6 +250,7 @@ def schema_sizes(path: Path) -> None:
         ("+ one side table per family (" + ", ".join(families) + ")", split_bytes(narrow, families, fields_aside=True)),
         ("today's types, `fields` in a side table", split_bytes(events, fields_aside=True)),
         ("today's types, one side table per family and `fields` aside", split_bytes(events, families, fields_aside=True)),
+        ("as held: core + one table per family (kptrace.read.table)", table_bytes(*normalized.table.frames())),
     ]
     print(f"{path.name}: {n} events; bytes per event = every Arrow buffer (string views included, shared buffers once)")
     print("| event table | B/event |\n|---|---|")
@@ -307,24 +310,30 @@ def native(dat: Path, raw: Path | None, texts: dict[str, Path], perf_data: Path 
     report = statistics.median(runs["trace-cmd report > /dev/null"])
     events = runs["trace.dat (native)"][0]["events"]
     print(f"trace.dat: {events} events, {dat.stat().st_size / 1e6:.1f} MB; {repeats} alternating runs, medians; "
-          f"import time excluded; table B/event = every Arrow buffer of the normalized event table (string "
-          f"views included, shared buffers once) / events; "
+          f"import time excluded; table B/event = every Arrow buffer the normalized event table holds (its "
+          f"core and family frames, kptrace.read.table; string views included, shared buffers once) / events; "
+          f"wide B/event = the same of the wide schema table its view builds whole; "
           f"RSS/event = peak RSS above the post-import RSS / events")
-    print(f"| input | events | read s | read M ev/s | x trace-cmd | +normalize s | table B/ev | read RSS B/ev | total RSS B/ev |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| trace-cmd report > /dev/null | {events} | {report:.2f} | {events / report / 1e6:.2f} | 1.0 | | | | |")
+    print("| input | events | read s | read M ev/s | x trace-cmd | +normalize s | table B/ev | wide B/ev | "
+          "read RSS B/ev | total RSS B/ev |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| trace-cmd report > /dev/null | {events} | {report:.2f} | {events / report / 1e6:.2f} | 1.0 | | | | | |")
     for name, command in tools.items():
         if name.startswith("perf"):
             t = statistics.median(runs[name])
-            print(f"| {name} ({perf_data.name}) | | {t:.2f} | | | | | | |")
+            print(f"| {name} ({perf_data.name}) | | {t:.2f} | | | | | | | |")
     for name in inputs:
         r = runs[name][0]
         read = statistics.median(x["read"] for x in runs[name])
         norm = statistics.median(x["normalize"] for x in runs[name])
         rate = r["events"] / read
         print(f"| {name} | {r['events']} | {read:.2f} | {rate / 1e6:.2f} | {rate / (events / report):.1f} | "
-              f"{norm:.2f} | {r['table_bytes'] / r['events']:.0f} | {r['read_rss'] / r['events']:.0f} | "
-              f"{r['total_rss'] / r['events']:.0f} |")
+              f"{norm:.2f} | {r['table_bytes'] / r['events']:.0f} | {r['wide_bytes'] / r['events']:.0f} | "
+              f"{r['read_rss'] / r['events']:.0f} | {r['total_rss'] / r['events']:.0f} |")
+    native_read = statistics.median(x["read"] for x in runs["trace.dat (native)"])
+    held = runs["trace.dat (native)"][0]["table_bytes"] / events
+    print(f"trace.dat native read vs trace-cmd report: {report / native_read:.1f}x (goal >= 10x); "
+          f"event table {held:.0f} B/event (goal <= 100)")
 
 
 def in_tree(tree: Path | None) -> dict:
