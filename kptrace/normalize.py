@@ -117,7 +117,12 @@ def held_tally(table: EventTable) -> Tally:
     decoder's), so only the figures' columns are built, and only rows sharing a time and CPU
     (the few that can repeat each other) are built whole to find repeats."""
     events = table.view().select("ts", "cpu", "subsystem", "event", "value").collect()
-    same_time = np.flatnonzero(events.select(pl.struct("ts", "cpu").is_duplicated()).to_series().to_numpy())
+    ts = events["ts"].to_numpy()
+    tied = np.zeros(len(ts), dtype=bool)  # in time order, rows of one time are neighbours
+    tied[1:] = ts[1:] == ts[:-1]
+    tied[:-1] |= tied[1:]
+    candidates = np.flatnonzero(tied)
+    same_time = candidates[events[candidates].select(pl.struct("ts", "cpu").is_duplicated()).to_series().to_numpy()]
     repeats = int(table.rows_at(same_time).is_duplicated().sum()) if len(same_time) else 0
     return _figures(events, 1 if events.height else None, 0, repeats)
 

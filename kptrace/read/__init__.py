@@ -290,8 +290,9 @@ def read_bundle(directory: str | Path) -> RawTrace:
     seq_offset = 0
     frames = []
     for part in parts:
-        frames.append(part.rows.with_columns(pl.col("seq").cast(pl.Int64) + seq_offset))
-        seq_offset += int(part.rows["seq"].max() or 0)
+        rows = part.rows  # a binary part's rows are built wide on each use: once here
+        frames.append(rows.with_columns(pl.col("seq").cast(pl.Int64) + seq_offset))
+        seq_offset += int(rows["seq"].max() or 0)
     if len(windows := recorded_windows(manifest)) > 1:
         cpus = pl.concat([f.select(pl.col("cpu").cast(pl.Int64)) for f in frames])["cpu"].drop_nulls().unique()
         frames.append(gap_markers(windows, cpus.to_list(), seq_offset + 1))

@@ -510,5 +510,5 @@ def decode(capture: Capture) -> pl.DataFrame:
 
 def wide_rows(table: EventTable) -> pl.DataFrame:
     """A binary reader's table as wide reader rows: the schema's columns, `seq` and `ts_resolution_ns`."""
-    return table.view().collect().with_columns(seq=pl.int_range(1, pl.len() + 1, dtype=pl.Int64),
-                                               ts_resolution_ns=pl.lit(1, pl.Int64))
+    return table.rows_at(np.arange(table.height)).with_columns(seq=pl.int_range(1, pl.len() + 1, dtype=pl.Int64),
+                                                               ts_resolution_ns=pl.lit(1, pl.Int64))

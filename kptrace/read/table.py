@@ -83,7 +83,7 @@ class EventTable:
             yield self._columns_at(rows, columns)
 
     def rows_at(self, rows: np.ndarray) -> pl.DataFrame:
-        """The wide rows at `rows` (ascending core row numbers): a few rows without a scan."""
+        """The wide rows at `rows` (ascending core row numbers), built directly, without a scan."""
         return self._columns_at(rows, list(EVENT_SCHEMA))
 
     def take(self, keep: np.ndarray) -> EventTable:
