@@ -66,8 +66,7 @@ class EventTable:
         A scan of this table: Polars hands it the columns a query selects and the filter it
         applies, and it builds only those columns, only at the rows the filter keeps (a filter on
         core columns is applied before any family column is read), VIEW_BATCH_ROWS rows at a time."""
-        return register_io_source(self._scan, schema=EVENT_SCHEMA, is_pure=True, explain_name="kptrace event table",
-                                  explain_detail=f"{self.height} events; families {', '.join(self.families)}")
+        return register_io_source(self._scan, schema=EVENT_SCHEMA)
 
     def _scan(self, columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
               batch_size: int | None) -> Iterator[pl.DataFrame]:
