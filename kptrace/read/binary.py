@@ -3,7 +3,8 @@
 A container reader (trace.dat, raw pages) hands over a `Capture`: the page bytes of every
 per-CPU buffer and the kernel's format descriptions. This module walks all pages at once
 (`kptrace.read.pages`), then reads each event type's fields with numpy gathers: the Python
-loops here run once per event type or field, never once per record.
+loops here run once per event type or field, never once per record. The typed fields go to
+their family's table only (kptrace.read.table), never into full-length mostly-null columns.
 """
 
 from __future__ import annotations
