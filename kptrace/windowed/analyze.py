@@ -119,8 +119,9 @@ def _analyzed(windows: Iterable[pl.DataFrame], meta: Callable[[], dict], out: Pa
     analysis = completed(meta, pl.scan_parquet(out / "events.parquet"), pl.scan_parquet(out / "intervals.parquet"),
                          chains, requests, hits, seen, progress, keep=lambda name, table: _stored(out, name, table))
     if analysis.requests is not None:  # written once faults.mark_faults has marked them
+        os.replace(scratch / "request_hits.parquet", out / "request_hits.parquet")
         analysis = replace(analysis, requests=_stored(out, "requests", analysis.requests),
-                           hits=_moved(hits_path := scratch / "request_hits.parquet", out / hits_path.name))
+                           hits=pl.scan_parquet(out / "request_hits.parquet"))
     return replace(analysis, stored=out)
 
 
@@ -152,11 +153,6 @@ def _appended(path: Path, write: Callable[[Callable[[pl.DataFrame], None]], None
     finally:
         appender.close()
     return pl.scan_parquet(path)
-
-
-def _moved(source: Path, target: Path) -> pl.LazyFrame:
-    os.replace(source, target)
-    return pl.scan_parquet(target)
 
 
 def _stored(out: Path, name: str, table: pl.LazyFrame) -> pl.LazyFrame:
