@@ -46,8 +46,8 @@ def test_requests_numbered_a_few_at_a_time_from_stored_parts_equal_the_whole_one
     def append(requests: pl.DataFrame, hits: pl.DataFrame) -> None:
         numbered["requests"].append(requests)
         numbered["hits"].append(hits)
-    count = numbered_in_parts(pl.scan_parquet(tmp_path / "requests.parquet"), pl.scan_parquet(tmp_path / "hits.parquet"),
-                              roots, append, rows_per_part=101)
+    scans = (pl.scan_parquet(tmp_path / f"{name}.parquet") for name in ("requests", "hits"))
+    count = numbered_in_parts(*scans, roots, append, rows_per_part=101)
     requests, hits = (frame.collect() for frame in build_requests(_whole(path).lazy()))
     assert count == requests.height and len(numbered["requests"]) == -(-count // 101) > 5
     assert max(part.height for part in numbered["requests"]) == 101
