@@ -166,8 +166,8 @@ def analyze_intervals(intervals: pl.DataFrame, meta: dict | None = None, events:
     return completed(meta, events, intervals, chains, requests, hits, seen, progress)
 
 
-def completed(meta: dict, events: Table | None, intervals: Table, chains: Table, requests: pl.DataFrame | None,
-              hits: pl.DataFrame | None, seen: Seen, progress: Callable[[str], None],
+def completed(meta: dict, events: Table | None, intervals: Table, chains: Table, requests: Table | None,
+              hits: Table | None, seen: Seen, progress: Callable[[str], None],
               keep: Callable[[str, pl.LazyFrame], Table] = lambda name, table: table.collect()) -> Analysis:
     """The analysis from its built tables: notes, attribution, counters per request and faults.
     Tables may be scans (a windowed analysis); `keep` makes a table that grows with the trace
@@ -180,11 +180,11 @@ def completed(meta: dict, events: Table | None, intervals: Table, chains: Table,
         notes.append(f"no per-request view: this trace has no syscall events for {' or '.join(missing)}; "
                      + REQUEST_HINT)
         requests = hits = None
-    elif requests is not None and requests.height == 0:
+    elif requests is not None and _rows(requests) == 0:
         notes.append("no requests found: no thread read data and answered on the same fd between "
                      "epoll_wait calls (kptrace's request model is an epoll server)")
         requests = hits = None
-    progress(f"found {0 if requests is None else requests.height:,} requests")
+    progress(f"found {0 if requests is None else _rows(requests):,} requests")
     if events is None:
         notes.append("analysed from an interval table without events: which interrupt events were recorded "
                      "is not checked, and counters (IPC) are not read")
@@ -206,6 +206,10 @@ def completed(meta: dict, events: Table | None, intervals: Table, chains: Table,
                                 hits=hits, attribution=attribution, notes=notes, ipc=ipc, request_counters=counters))
 
 
+def _rows(table: Table) -> int:
+    return table.height if isinstance(table, pl.DataFrame) else table.select(pl.len()).collect().item()
+
+
 def _recording_notes(seen: Seen) -> list[str]:
     """What the analysis had to infer because the trace lacks it."""
     notes = []
@@ -219,7 +223,7 @@ def _recording_notes(seen: Seen) -> list[str]:
     return notes
 
 
-def _outlier_notes(requests: pl.DataFrame) -> list[str]:
+def _outlier_notes(requests: Table) -> list[str]:
     """Requests the indirect-cost comparison set aside, and where their time went."""
     outliers = outlier_requests(requests.lazy()).collect()
     if outliers.height == 0:

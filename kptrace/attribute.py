@@ -130,8 +130,13 @@ def _resampled_sums(sample: np.ndarray, powers: tuple[int, ...], rng: np.random.
     values, counts = np.unique(sample, return_counts=True)
     moments = np.column_stack([values**p for p in powers])
     parts = [(counts @ moments)[None]]
+    # Drawn a chunk of replicates at a time (the same draws as all at once), so memory stays
+    # at _BOOTSTRAP_CHUNK numbers whatever the sample's size.
     if len(values) * 4 <= len(sample):
-        parts.append(rng.multinomial(len(sample), counts / len(sample), size=replicates) @ moments)
+        chunk = max(1, _BOOTSTRAP_CHUNK // len(values))
+        for done in range(0, replicates, chunk):
+            size = min(chunk, replicates - done)
+            parts.append(rng.multinomial(len(sample), counts / len(sample), size=size) @ moments)
     else:
         chunk = max(1, _BOOTSTRAP_CHUNK // len(sample))
         for done in range(0, replicates, chunk):
@@ -168,7 +173,7 @@ def indirect_costs(requests: pl.LazyFrame) -> pl.LazyFrame:
     """Per (cpu, source): extra own time per hit, its 95% interval and significance, and the
     requests it rests on (see the module docstring)."""
     by = list(COMPARABLE_BY)
-    comparable = comparable_requests(requests).collect()
+    comparable = comparable_requests(requests.select(*by, "own_ns", "offcpu_ns", "sources")).collect()
     outliers = (comparable.filter(pl.col("outlier") & pl.col("hit_source").is_not_null())
                 .group_by("cpu", source="hit_source").agg(n_outlier_requests=pl.len()).sort("cpu", "source"))
     kept = comparable.filter(~pl.col("outlier"))

@@ -111,7 +111,9 @@ def charged_work(intervals: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _chains(work: pl.LazyFrame) -> pl.LazyFrame:
+def _chains(work: pl.LazyFrame, first_id: int = 0) -> pl.LazyFrame:
+    """Disruptions of the charged work, numbered by root from `first_id` (a caller that groups
+    the roots in consecutive ranges numbers each range from the count of roots before it)."""
     return (
         work.group_by("root")
         .agg(
@@ -127,7 +129,7 @@ def _chains(work: pl.LazyFrame) -> pl.LazyFrame:
             disruptive=pl.col("disruptive").first(),
         )
         .sort("root")
-        .with_row_index("disruption_id")
+        .with_row_index("disruption_id", offset=first_id)
         .rename({"root": "interval_id"})
         .select([pl.col(c).cast(t) for c, t in DISRUPTION_SCHEMA.items()])
     )

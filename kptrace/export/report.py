@@ -75,21 +75,31 @@ def _bin_ns(duration_ns: int) -> int:
     return next(int(m * decade) for m in (1, 2, 5, 10) if m * decade >= raw)
 
 
+def _hard_irqs(analysis: Analysis) -> pl.LazyFrame:
+    return analysis.intervals.lazy().filter(pl.col("kind") == "hardirq").select("cpu", "name", "ts")
+
+
+def _counted(irqs: pl.LazyFrame, by: str) -> pl.DataFrame:
+    """Hard IRQs per `by` value (`len`), counted by the streaming engine over a scan."""
+    return irqs.group_by(by).len().collect(engine="streaming")
+
+
 def irq_rate_frame(analysis: Analysis) -> tuple[pl.DataFrame, int, int, list[int]]:
     """Hard IRQs per second per (cpu, source, time bin); zero bins are left out (the chart
     imputes them). Returns (frame, bin_ns, n_bins, cpus drawn)."""
     start, end = analysis.meta["start_ns"], analysis.meta["end_ns"]
     bin_ns = _bin_ns(max(end - start, 1))
     n_bins = bin_count(start, end, bin_ns)
-    irqs = analysis.intervals.filter(pl.col("kind") == "hardirq").select("cpu", "name", "ts")
-    top = irqs.group_by("name").len().sort("len", "name", descending=[True, False]).head(TOP_SOURCES)["name"]
-    cpus = irqs.group_by("cpu").len().sort("len", "cpu", descending=[True, False]).head(TOP_CPUS)["cpu"].sort()
+    irqs = _hard_irqs(analysis)
+    top = _counted(irqs, "name").sort("len", "name", descending=[True, False]).head(TOP_SOURCES)["name"]
+    cpus = _counted(irqs, "cpu").sort("len", "cpu", descending=[True, False]).head(TOP_CPUS)["cpu"].sort()
     shown = irqs.filter(pl.col("cpu").is_in(cpus.implode())).with_columns(
         source=pl.when(pl.col("name").is_in(top.implode())).then(pl.col("name")).otherwise(pl.lit("other")))
     frame = (
         irq_rate_bins(shown, start, end, bin_ns, ["cpu", "source"])
         .select(cpu=pl.format("CPU {}", "cpu"), source="source", t_ms=pl.col("bin") * (bin_ns // 1_000_000),
                 rate=pl.col("rate").round(1))
+        .collect(engine="streaming")
         .sort("cpu", "source", "t_ms")
     )
     return frame, bin_ns, n_bins, cpus.to_list()
@@ -156,7 +166,8 @@ def slowdown_frame(requests: pl.DataFrame) -> pl.DataFrame:
     the reference a hit request is measured against. Its gap to a source's mean, weighted over
     the groups, is the source's `indirect_per_irq_ns`."""
     by = list(COMPARABLE_BY)
-    kept = comparable_requests(requests.lazy()).filter(~pl.col("outlier")).collect()
+    compared = requests.lazy().select(*by, "own_ns", "offcpu_ns", "sources")  # what it reads, no more
+    kept = comparable_requests(compared).filter(~pl.col("outlier")).select(*by, "own_ns", "hit_source").collect()
     groups = (kept.group_by(by).len().sort(["len", *by], descending=[True] + [False] * len(by)).head(TOP_GROUPS)
               .with_row_index("group_order").drop("len"))
     kept = kept.join(groups, on=by).with_columns(own_us=pl.col("own_ns").cast(pl.Float64) / 1e3)
@@ -223,7 +234,7 @@ def irq_rate_chart(analysis: Analysis) -> alt.Chart:
     bin_ms = bin_ns // 1_000_000
     sources = (frame.group_by("source").agg(pl.col("rate").sum())  # ties by name: one order every run
                .sort("rate", "source", descending=[True, False])["source"].to_list())
-    shown = "" if len(cpus) >= analysis.intervals.filter(pl.col("kind") == "hardirq")["cpu"].n_unique() \
+    shown = "" if len(cpus) >= _counted(_hard_irqs(analysis), "cpu").height \
         else f"; the {len(cpus)} CPUs with most interrupts"
     height = 150 if len(cpus) <= 2 else 90
     return (
@@ -609,7 +620,7 @@ def _figure(charts: dict, chart_id: str, provenance: str, missing: str) -> str:
 def build_charts(analysis: Analysis, summary: dict) -> dict[str, alt.TopLevelMixin]:
     """The charts the page holds, by element id; a chart without data is left out."""
     charts = {}
-    if analysis.intervals.filter(pl.col("kind") == "hardirq").height:
+    if _counted(_hard_irqs(analysis), "cpu").height:
         charts["irq-rate"] = irq_rate_chart(analysis)
     requests = analysis.requests
     if requests is not None and requests.filter(pl.col("dur") > 0).height:
@@ -676,9 +687,10 @@ REPORT_REQUEST_COLUMNS = ("cpu", "tid", "size_class", "dur", "own_ns", "offcpu_n
 
 
 def report_view(analysis: Analysis) -> Analysis:
-    """The analysis narrowed to what the page draws: the hard IRQ intervals and the request
-    columns it reads, collected once (its tables may be scans of 50 M-row files)."""
-    irqs = analysis.intervals.lazy().filter(pl.col("kind") == "hardirq").select("cpu", "name", "ts", "kind").collect()
+    """The analysis narrowed to what the page draws: the request columns it reads, collected once,
+    and the hard IRQ intervals as a query (its tables may be scans of 50 M-row files: the
+    interrupt chart collects only counts per bin)."""
+    irqs = analysis.intervals.lazy().filter(pl.col("kind") == "hardirq").select("cpu", "name", "ts", "kind")
     requests = None if analysis.requests is None else analysis.requests.lazy().select(REPORT_REQUEST_COLUMNS).collect()
     return replace(analysis, intervals=irqs, requests=requests)
 

@@ -8,21 +8,23 @@ softirq with no traced raise joins), and the last softirq (a hard IRQ nested in 
 `nested_ns`). A softirq's row waits until a window starts after its end, since a hard IRQ
 nested in it starts before that end. Every parent (`raised_in`, the adjacency head) is an
 earlier interval, so roots are resolved with a root-of-id array (4 bytes per interval) and
-each root's kind and name (5 bytes). Chains (`requests._chains`) group the rows by root: a
-lazy group_by over the rows written window by window.
+each root's kind and name (5 bytes). Chains (`requests._chains`) group the rows by root, in
+ranges of CHAIN_PART_ROOTS consecutive roots (chains_in_parts), so no group-by holds every chain.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import polars as pl
 
 from kptrace.intervals import inside
-from kptrace.requests import CHAIN_GAP_NS
+from kptrace.requests import CHAIN_GAP_NS, DISRUPTION_SCHEMA, _chains
 from kptrace.windowed.intervals import stack_frames
 
+#: Disruptions grouped at a time: each range holds this many roots' chains in memory.
+CHAIN_PART_ROOTS = 1 << 20
 _COLUMNS = ["id", "cpu", "tid", "ts", "end", "kind", "complete", "own_ns", "glue_ns", "charged_ns", "root",
             "source", "disruptive"]
 _SOFT = pl.col("kind") == "softirq"
@@ -151,3 +153,18 @@ def charged_work_windows(batches: Iterable[pl.DataFrame]) -> Iterator[pl.DataFra
 def charged_work_of_windows(batches: Iterable[pl.DataFrame]) -> pl.DataFrame:
     """charged_work(whole intervals).collect(), from the windows (rows in id order)."""
     return pl.concat(list(charged_work_windows(batches))).sort("id")
+
+
+def chains_in_parts(work: pl.LazyFrame, roots: np.ndarray, append: Callable[[pl.DataFrame], None],
+                    roots_per_part: int = CHAIN_PART_ROOTS) -> None:
+    """`requests._chains(work)` handed to `append` in order, a range of `roots_per_part`
+    consecutive roots at a time: `roots` is every root id, sorted (a chain is numbered by its
+    root's rank). The work is written roughly in id order and a root is at or before its
+    members, so each range reads few of the work file's row groups."""
+    if not len(roots):
+        append(pl.DataFrame(schema=DISRUPTION_SCHEMA))
+    for first in range(0, len(roots), roots_per_part):
+        in_range = pl.col("root") >= int(roots[first])
+        if first + roots_per_part < len(roots):
+            in_range &= pl.col("root") < int(roots[first + roots_per_part])
+        append(_chains(work.filter(in_range), first).collect())

@@ -65,14 +65,15 @@ def _split(buffers: tuple[pl.DataFrame, ...], cuts: pl.DataFrame) -> tuple[tuple
 
 
 def _part(calls: pl.DataFrame, work: pl.DataFrame, gaps: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """requests_of one part; disruption ids stand as their root's interval id until the end."""
+    """requests_of one part; disruption ids stand as their root's interval id until the end, and
+    a hit carries its request's (ts, first_id) in place of its id (`request_ts`, `first_id`)."""
     if not calls.height:
         return pl.DataFrame(), pl.DataFrame()
     roots = work.select("root", disruption_id="root").unique()
     requests, hits = requests_of(calls.lazy(), work.lazy(), roots.lazy(), gaps.lazy(), keep_first_id=True)
     requests = requests.collect()
-    hits = hits.collect().join(requests.select("request_id", "first_id"), on="request_id").drop("request_id")
-    return requests, hits
+    hits = hits.collect().join(requests.select("request_id", "first_id", request_ts="ts"), on="request_id")
+    return requests, hits.drop("request_id")
 
 
 def _new_gaps(runs: pl.DataFrame, last_runs: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -94,35 +95,52 @@ def _with_calls(buffers: tuple[pl.DataFrame, ...]) -> tuple[pl.DataFrame, ...]:
     return calls, work.join(tids, on="tid", how="semi"), gaps.join(tids, on="tid", how="semi")
 
 
-def requests_of_windows(batches: Iterable[pl.DataFrame],
-                        work: Callable[[pl.DataFrame], None] = lambda rows: None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(requests, hits) of the numbered interval windows `batches` (interval_windows: id order,
-    split by time), equal to build_requests of the whole table, collected. `work` hears the
-    charged-work rows as they are made final (charged_work_windows), for the disruptions."""
+def request_parts(batches: Iterable[pl.DataFrame], part: Callable[[pl.DataFrame, pl.DataFrame], None],
+                  work: Callable[[pl.DataFrame], None] = lambda rows: None) -> np.ndarray:
+    """build_requests of the numbered interval windows `batches` (interval_windows: id order,
+    split by time), a part at a time: `part` hears each part's (requests, hits) unnumbered (see
+    _part) and `work` the charged-work rows as they are made final (charged_work_windows).
+    Returns every root id, sorted: the disruption ids are their ranks."""
     charged = ChargedWork()
     buffers: tuple[pl.DataFrame, ...] | None = None
-    last_runs, found, roots = pl.DataFrame(), [], []
+    last_runs, roots = pl.DataFrame(), []
+
+    def heard(done: pl.DataFrame) -> None:
+        work(done)
+        roots.append(done.filter(pl.col("root") == pl.col("id"))["id"].to_numpy())
+
+    def found(requests: pl.DataFrame, hits: pl.DataFrame) -> None:
+        if requests.height:
+            part(requests, hits)
+
     for batch in batches:
         done = charged.add(batch)
         if done.height:
-            work(done)
+            heard(done)
         gaps, last_runs = _new_gaps(batch.filter(_RUN).select("tid", "ts", "dur", "id", "cpu"), last_runs)
         new = (batch.filter(_CALL), done if done.height else empty_work(), gaps)
         buffers = new if buffers is None else tuple(stack_frames([b, n]) for b, n in zip(buffers, new))
-        if done.height:
-            roots.append(done.filter(pl.col("root") == pl.col("id"))["id"].to_numpy())
-        part, buffers = _split(buffers, _cuts(buffers[0], last_runs, charged.held_from))
-        found.append(_part(*part))
+        ready, buffers = _split(buffers, _cuts(buffers[0], last_runs, charged.held_from))
+        found(*_part(*ready))
         buffers = _with_calls(buffers)
     if buffers is not None:
         done = charged.finish()
         if done.height:
-            work(done)
-            roots.append(done.filter(pl.col("root") == pl.col("id"))["id"].to_numpy())
+            heard(done)
             buffers = (buffers[0], stack_frames([buffers[1], done]), buffers[2])
-        found.append(_part(*buffers))
-    return _numbered([r for r, _ in found if r.height], [h for _, h in found if h.height],
-                     np.sort(np.concatenate(roots)) if roots else np.zeros(0, np.uint32))
+        found(*_part(*buffers))
+    return np.sort(np.concatenate(roots)) if roots else np.zeros(0, np.uint32)
+
+
+def requests_of_windows(batches: Iterable[pl.DataFrame],
+                        work: Callable[[pl.DataFrame], None] = lambda rows: None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(requests, hits) of the numbered interval windows, equal to build_requests of the whole
+    table, collected (request_parts, every part held)."""
+    requests, hits = [], []
+    roots = request_parts(batches, lambda r, h: (requests.append(r), hits.append(h)), work)
+    if not requests:
+        return pl.DataFrame(schema=REQUEST_SCHEMA), pl.DataFrame(schema=HIT_SCHEMA)
+    return _numbered(pl.concat(requests), pl.concat(hits), roots)
 
 
 def empty_work() -> pl.DataFrame:
@@ -132,19 +150,35 @@ def empty_work() -> pl.DataFrame:
                                 "disruptive": pl.Boolean})
 
 
-def _numbered(requests: list[pl.DataFrame], hits: list[pl.DataFrame],
-              roots: np.ndarray) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Requests numbered by (ts, first_id), disruptions by the rank of their root among every
-    root (as requests._chains numbers them), over every part."""
-    if not requests:
-        return pl.DataFrame(schema=REQUEST_SCHEMA), pl.DataFrame(schema=HIT_SCHEMA)
-    every = pl.concat(requests).sort("ts", "first_id").with_columns(
-        request_id=pl.int_range(pl.len(), dtype=REQUEST_SCHEMA["request_id"]))
-    numbered = every.drop("first_id").select(REQUEST_SCHEMA.keys())
-    if not hits:
-        return numbered, pl.DataFrame(schema=HIT_SCHEMA)
-    hits = pl.concat(hits)
+def _numbered(requests: pl.DataFrame, hits: pl.DataFrame, roots: np.ndarray,
+              first: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Requests numbered by (ts, first_id) from `first`, and their hits with disruptions
+    numbered by the rank of their root among every root (as requests._chains numbers them)."""
+    every = requests.sort("ts", "first_id").with_columns(
+        request_id=pl.int_range(first, first + pl.len(), dtype=REQUEST_SCHEMA["request_id"]))
+    numbered = every.select(REQUEST_SCHEMA.keys())
     rank = pl.Series(np.searchsorted(roots, hits["disruption_id"].to_numpy()), dtype=HIT_SCHEMA["disruption_id"])
     hits = (hits.with_columns(disruption_id=rank).join(every.select("first_id", "request_id"), on="first_id")
             .select(HIT_SCHEMA.keys()).sort("request_id", "disruption_id"))
     return numbered, hits
+
+
+def _from(ts: int, first_id: int) -> pl.Expr:
+    """Rows whose request sorts at or after (ts, first_id)."""
+    return (pl.col("ts") > ts) | ((pl.col("ts") == ts) & (pl.col("first_id") >= first_id))
+
+
+def numbered_in_parts(requests: pl.LazyFrame, hits: pl.LazyFrame, roots: np.ndarray,
+                      append: Callable[[pl.DataFrame, pl.DataFrame], None], rows_per_part: int = 1 << 20) -> int:
+    """The stored parts (request_parts) numbered as requests_of_windows numbers them, handed to
+    `append` in request_id order, `rows_per_part` requests at a time: the ranges are cut in a
+    sorted read of the requests' keys (12 bytes each), and each range is read from the parts,
+    sorted and numbered from the count of requests before it. Returns how many requests."""
+    keys = requests.select("ts", "first_id").collect().sort("ts", "first_id")
+    hits = hits.rename({"request_ts": "ts"})
+    for first in range(0, keys.height, rows_per_part):
+        in_range = _from(*keys.row(first))
+        if first + rows_per_part < keys.height:
+            in_range &= ~_from(*keys.row(first + rows_per_part))
+        append(*_numbered(requests.filter(in_range).collect(), hits.filter(in_range).collect(), roots, first))
+    return keys.height
