@@ -80,12 +80,14 @@ class Seen:
     counter_rows: bool = False  # whether the events hold perf counter reads
 
     @staticmethod
-    def of(intervals: pl.DataFrame, events: pl.DataFrame | None) -> Seen:
+    def of(intervals: pl.DataFrame, events: Table | None) -> Seen:
         seen = Seen.of_intervals(intervals)
         if events is not None:
-            seen.missed_switches = missed_switches(events)
-            seen.softirq_raises = events.filter(pl.col("event").cast(pl.String) == "softirq_raise").height
-            seen.counter_rows = bool((events["subsystem"] == "counter").any())
+            lazy = events.lazy()
+            seen.missed_switches = missed_switches(lazy)
+            raises = lazy.filter(pl.col("event").cast(pl.String) == "softirq_raise")
+            seen.softirq_raises = raises.select(pl.len()).collect().item()
+            seen.counter_rows = lazy.filter(pl.col("subsystem") == "counter").select(pl.len()).collect().item() > 0
         return seen
 
     @staticmethod
@@ -139,10 +141,10 @@ def analyze(path: str | Path, progress: Callable[[str], None] = lambda stage: No
             return windowed
     normalized = normalize(read_any(path))
     progress(f"read {normalized.meta['event_count']:,} events ({normalized.meta['source_format']})")
-    return analyze_events(normalized.events, normalized.meta, progress)
+    return analyze_events(normalized.view(), normalized.meta, progress)
 
 
-def analyze_events(events: pl.DataFrame, meta: dict | None = None,
+def analyze_events(events: Table, meta: dict | None = None,
                    progress: Callable[[str], None] = lambda stage: None) -> Analysis:
     """Analyze a typed event table (kptrace.schema): rebuild its intervals, then analyze_intervals.
     `meta` describes the input (normalize's meta.json); without it, it is derived from the table."""
@@ -150,7 +152,7 @@ def analyze_events(events: pl.DataFrame, meta: dict | None = None,
     return analyze_intervals(build_intervals(events.lazy()).collect(), meta, events, progress)
 
 
-def analyze_intervals(intervals: pl.DataFrame, meta: dict | None = None, events: pl.DataFrame | None = None,
+def analyze_intervals(intervals: pl.DataFrame, meta: dict | None = None, events: Table | None = None,
                       progress: Callable[[str], None] = lambda stage: None) -> Analysis:
     """Disruptions, requests and attribution from an interval table (kptrace.intervals). Events
     are optional: without them the analysis cannot check which interrupt events were recorded

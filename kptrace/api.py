@@ -27,4 +27,4 @@ def load(path: str | Path) -> Trace:
     from kptrace.read import read_any
 
     normalized = normalize(read_any(path))
-    return Trace(events=normalized.events.lazy(), meta=normalized.meta)
+    return Trace(events=normalized.view(), meta=normalized.meta)
