@@ -26,7 +26,7 @@ from pathlib import Path
 from kptrace.analysis import analyze
 out = Path(sys.argv[2])
 for name, table in analyze(sys.argv[1]).tables().items():
-    table.write_parquet(out / f"{name}.parquet")
+    table.lazy().collect().write_parquet(out / f"{name}.parquet")
 """
 
 

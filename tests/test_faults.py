@@ -116,7 +116,7 @@ def test_the_real_slice_has_no_damaged_window_and_every_table_carries_the_marks(
     assert clean.attribution["damaged_windows"].to_list() == [0] * clean.attribution.height
     assert clean.meta["warnings"] == []
     for name, table in clean.tables().items():
-        assert dict(table.schema) == tables.written_schema(name), name
+        assert dict(table.lazy().collect_schema()) == tables.written_schema(name), name
 
 
 def _quiet_run(body: list[str], request: dict) -> list[int] | None:

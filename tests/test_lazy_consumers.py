@@ -61,6 +61,7 @@ def pair(request, analysed, tmp_path_factory) -> tuple[Analysis, Analysis]:
             path = write_simulation(tmp_path_factory.mktemp("nic"), scenario_with_nic(
                 Scenario(duration_s=0.1, seed=5), "vanilla", {}), "tracefs")
         analysis = analyze(path)
+        analysis = replace(analysis, events=analysis.events.lazy().collect())  # frames: the held table's view, built
         analysed[request.param] = analysis, scanned(analysis, tmp_path_factory.mktemp("stored"))
     return analysed[request.param]
 

@@ -258,7 +258,7 @@ def test_the_default_scenario_exercises_every_mechanism_it_models(simulated):
 def test_every_syscall_is_read_back_with_its_fd_and_return_value(simulated):
     analysis, truth = simulated
     assert analysis.meta["unparsed_lines"] == 0 and analysis.meta["unknown_events"] == []
-    events = analysis.events.with_columns(pl.col("event").cast(pl.String))
+    events = analysis.events.lazy().collect().with_columns(pl.col("event").cast(pl.String))
     for name, calls in truth["syscalls"].items():
         enters = events.filter(pl.col("event") == f"sys_enter_{name}")
         exits = events.filter(pl.col("event") == f"sys_exit_{name}")

@@ -16,14 +16,18 @@ import pyarrow.parquet as pq
 ROW_GROUP_ROWS = 1 << 20
 
 
-def write_tables(out_dir: str | Path, tables: dict[str, pl.DataFrame], meta: dict) -> list[Path]:
-    """Write each table as `<name>.parquet` and `meta.json` into `out_dir`; return the paths."""
+def write_tables(out_dir: str | Path, tables: dict[str, pl.DataFrame | pl.LazyFrame], meta: dict) -> list[Path]:
+    """Write each table as `<name>.parquet` and `meta.json` into `out_dir`; return the paths. A
+    LazyFrame (the held event table's view, a scan) is streamed to its file, never built whole."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, table in tables.items():
         target = out / f"{name}.parquet"
-        table.write_parquet(target, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        if isinstance(table, pl.LazyFrame):
+            table.sink_parquet(target, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        else:
+            table.write_parquet(target, compression="zstd", row_group_size=ROW_GROUP_ROWS)
         written.append(target)
     meta_path = out / "meta.json"
     meta_path.write_text(json.dumps(meta, indent=2, default=str) + "\n")
