@@ -293,6 +293,11 @@ def _request_items(requests: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+def _codes(column: str, code_of: dict[str, int]) -> pl.Expr:
+    """`column`'s strings as their codes (Int64; typed so even when there are no rows)."""
+    return pl.col(column).replace_strict(code_of, return_dtype=pl.Int64) if code_of else pl.lit(None, pl.Int64)
+
+
 def _items(intervals: pl.LazyFrame, requests: pl.LazyFrame | None) -> tuple[pl.DataFrame, list[str], list[str]]:
     """Every slice or instant to draw, one row each (`item`: its 0-based position, intervals
     first), its kind and name as codes into the returned sorted kinds and names (a name's
@@ -305,8 +310,8 @@ def _items(intervals: pl.LazyFrame, requests: pl.LazyFrame | None) -> tuple[pl.D
     names = sorted(items["name"].unique().to_list())
     items = items.with_row_index("item").with_columns(
         pl.col("item").cast(pl.Int64),
-        kind=pl.col("kind").replace_strict({k: i for i, k in enumerate(kinds)}, return_dtype=pl.Int64),
-        iid=pl.col("name").replace_strict({n: i + 1 for i, n in enumerate(names)}, return_dtype=pl.Int64),
+        kind=_codes("kind", {k: i for i, k in enumerate(kinds)}),
+        iid=_codes("name", {n: i + 1 for i, n in enumerate(names)}),
         end=pl.col("ts") + pl.col("dur").fill_null(0),
         width=pl.col("dur").fill_null(-1),
     ).drop("name")
