@@ -567,16 +567,14 @@ def write_timeline(
     # --- CPUs and time span ---------------------------------------------------------------
     cpus: set[int] = set()
     span: list[int] = []
-    if ev is not None:
-        n, lo, hi = ev.select(pl.len(), lo=pl.col("ts").min(), hi=pl.col("ts").max()).collect().row(0)
-        if n:
-            cpus |= set(ev.select(pl.col("cpu").drop_nulls().unique()).collect()["cpu"].to_list())
+    for frame, end_ts in ((ev, pl.col("ts")), (iv, pl.col("ts") + pl.col("dur").fill_null(0))):
+        if frame is None:
+            continue
+        n, lo, hi, seen = frame.select(pl.len(), lo=pl.col("ts").min(), hi=end_ts.max(),
+                                       cpus=pl.col("cpu").drop_nulls().unique().implode()).collect().row(0)
+        if n:  # one scan of the frame for its span and CPUs
+            cpus |= set(seen)
             span += [lo, hi]
-    n, lo, hi = iv.select(pl.len(), lo=pl.col("ts").min(),
-                          hi=(pl.col("ts") + pl.col("dur").fill_null(0)).max()).collect().row(0)
-    if n:
-        cpus |= set(iv.select(pl.col("cpu").drop_nulls().unique()).collect()["cpu"].to_list())
-        span += [lo, hi]
     for cpu in sorted(cpus):
         layout.cpu(int(cpu))
 
