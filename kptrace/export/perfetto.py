@@ -218,10 +218,6 @@ def _frame(frame: pl.DataFrame | pl.LazyFrame | None, columns: list[str]) -> pl.
     return lazy.select([c for c in columns if c in present])
 
 
-def _collect(frame: pl.LazyFrame | None) -> pl.DataFrame | None:
-    return None if frame is None else frame.collect()
-
-
 def _kind_rank(kind: str) -> int:
     order = list(KIND_TITLES)
     return order.index(kind) if kind in order else len(order)
@@ -266,14 +262,15 @@ def _assign_lanes(items: pl.DataFrame) -> pl.DataFrame:
     return pl.concat(parts)
 
 
-def _interval_items(intervals: pl.DataFrame) -> pl.DataFrame:
-    if "id" not in intervals.columns:
+def _interval_items(intervals: pl.LazyFrame) -> pl.LazyFrame:
+    names = intervals.collect_schema().names()
+    if "id" not in names:
         intervals = intervals.with_row_index("id")
-    if "complete" not in intervals.columns:
+    if "complete" not in names:
         intervals = intervals.with_columns(complete=pl.col("dur").is_not_null())
     return intervals.select(
         item_id=pl.col("id").cast(pl.Int64),
-        source=pl.lit("interval"),
+        is_request=pl.lit(False),
         kind=pl.col("kind").cast(pl.String),
         owner=pl.col("cpu").cast(pl.Int64),
         ts=pl.col("ts").cast(pl.Int64),
@@ -282,17 +279,54 @@ def _interval_items(intervals: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _request_items(requests: pl.DataFrame) -> pl.DataFrame:
-    disrupted = pl.col("disrupted").fill_null(False) if "disrupted" in requests.columns else pl.lit(False)
+def _request_items(requests: pl.LazyFrame) -> pl.LazyFrame:
+    disrupted = (pl.col("disrupted").fill_null(False) if "disrupted" in requests.collect_schema().names()
+                 else pl.lit(False))
     return requests.select(
         item_id=pl.col("request_id").cast(pl.Int64),
-        source=pl.lit("request"),
+        is_request=pl.lit(True),
         kind=pl.lit(REQUEST_KIND),
         owner=pl.col("tid").cast(pl.Int64),
         ts=pl.col("ts").cast(pl.Int64),
         dur=pl.col("dur").cast(pl.Int64),
         name=pl.when(disrupted).then(pl.lit("disrupted request")).otherwise(pl.lit("request")),
     )
+
+
+def _codes(column: str, code_of: dict[str, int]) -> pl.Expr:
+    """`column`'s strings as their codes (Int64; typed so even when there are no rows)."""
+    return pl.col(column).replace_strict(code_of, return_dtype=pl.Int64) if code_of else pl.lit(None, pl.Int64)
+
+
+def _items(intervals: pl.LazyFrame, requests: pl.LazyFrame | None) -> tuple[pl.DataFrame, list[str], list[str]]:
+    """Every slice or instant to draw, one row each (`item`: its 0-based position, intervals
+    first), its kind and name as codes into the returned sorted kinds and names (a name's
+    interned iid is its code + 1): the strings are held once, not per item."""
+    parts = [_interval_items(intervals.filter(pl.col("cpu").is_not_null()))]
+    if requests is not None:
+        parts.append(_request_items(requests.filter(pl.col("tid").is_not_null())))
+    items = pl.concat(parts).collect()
+    kinds = sorted(items["kind"].unique().to_list())
+    names = sorted(items["name"].unique().to_list())
+    items = items.with_row_index("item").with_columns(
+        pl.col("item").cast(pl.Int64),
+        kind=_codes("kind", {k: i for i, k in enumerate(kinds)}),
+        iid=_codes("name", {n: i + 1 for i, n in enumerate(names)}),
+        end=pl.col("ts") + pl.col("dur").fill_null(0),
+        width=pl.col("dur").fill_null(-1),
+    ).drop("name")
+    # One number per (source, owner, kind): the track the item is drawn on before lanes.
+    track = (pl.col("owner") * 2 + pl.col("is_request").cast(pl.Int64)) * max(len(kinds), 1) + pl.col("kind")
+    return _assign_lanes(items.with_columns(track=track)), kinds, names
+
+
+def _thread_names(events: pl.LazyFrame | None, tids: list[int]) -> dict[int, str]:
+    """The last command name seen for each of `tids` (request tracks are titled with it)."""
+    if events is None or not tids or not {"tid", "comm"} <= set(events.collect_schema().names()):
+        return {}
+    last = (events.filter(pl.col("tid").is_in(tids) & pl.col("comm").is_not_null() & (pl.col("comm") != "<...>"))
+            .group_by("tid").agg(pl.col("comm").last()).collect())
+    return dict(zip(last["tid"].to_list(), last["comm"].to_list()))
 
 
 def _varint(value: int) -> bytes:
@@ -451,36 +485,37 @@ def _encode_block(ts, kind, uuid, iid, value, seq: int) -> tuple[np.ndarray, np.
     return _concat_pieces(pieces)
 
 
-def _write_events(out, rows: pl.DataFrame, seq: int, interned: dict[str, int],
+def _write_events(out, rows: pl.DataFrame, seq: int, interned: dict[str, int] | None,
                   extras: dict[int, tuple]) -> int:
-    """Write the event packets of `rows` (ts, type, track_uuid, iid, value) in order; the
-    first carries the interned names and clears the sequence state. Returns the packet count."""
-    if rows.height == 0:
-        return 0
-    ts = rows["ts"].to_numpy()
-    kind = rows["type"].to_numpy().astype(np.int64)
-    uuid = rows["track_uuid"].to_numpy()
-    iid = rows["iid"].fill_null(-1).to_numpy()
-    value = rows["value"].fill_null(0.0).to_numpy()
-
-    def special(i: int) -> bytes:
-        fields = (int(ts[i]), int(kind[i]), int(uuid[i]), None if iid[i] < 0 else int(iid[i]),
-                  float(value[i]) if kind[i] == _COUNTER else None, seq)
-        if i == 0 or not VECTORISED:
-            return _event_packet(*fields, interned if i == 0 else None, extras.get(i))
-        return _extra_packet(*fields, extras[i])
-
-    if not VECTORISED:
-        for lo in range(0, rows.height, _BLOCK):
-            out.write(b"".join(special(i) for i in range(lo, min(lo + _BLOCK, rows.height))))
-        return rows.height
-    specials = sorted({0, *extras})
+    """Write the event packets of `rows` (ts, type, track_uuid, iid, value) in order, _BLOCK rows
+    at a time (only one block's columns and bytes are held); with `interned`, the first packet
+    carries those names and clears the sequence state. `extras`: the flows and annotations of a
+    row, by its position. Returns the packet count."""
+    specials = sorted({0, *extras} if interned is not None else extras)
     for lo in range(0, rows.height, _BLOCK):
-        hi = min(lo + _BLOCK, rows.height)
-        flat, lengths = _encode_block(ts[lo:hi], kind[lo:hi], uuid[lo:hi], iid[lo:hi], value[lo:hi], seq)
+        block = rows.slice(lo, _BLOCK)
+        ts = block["ts"].to_numpy()
+        kind = block["type"].to_numpy().astype(np.int64)
+        uuid = block["track_uuid"].to_numpy()
+        iid = block["iid"].fill_null(-1).to_numpy()
+        value = block["value"].fill_null(0.0).to_numpy()
+
+        def special(i: int) -> bytes:
+            j = i - lo
+            fields = (int(ts[j]), int(kind[j]), int(uuid[j]), None if iid[j] < 0 else int(iid[j]),
+                      float(value[j]) if kind[j] == _COUNTER else None, seq)
+            first = interned is not None and i == 0
+            if first or not VECTORISED:
+                return _event_packet(*fields, interned if first else None, extras.get(i))
+            return _extra_packet(*fields, extras[i])
+
+        if not VECTORISED:
+            out.write(b"".join(special(i) for i in range(lo, lo + block.height)))
+            continue
+        flat, lengths = _encode_block(ts, kind, uuid, iid, value, seq)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         start, pieces = 0, []
-        for i in specials[bisect_left(specials, lo):bisect_left(specials, hi)]:
+        for i in specials[bisect_left(specials, lo):bisect_left(specials, lo + block.height)]:
             pieces += [flat[offsets[start]:offsets[i - lo]].tobytes(), special(i)]
             start = i - lo + 1
         pieces.append(flat[offsets[start]:].tobytes())
@@ -527,74 +562,48 @@ def write_timeline(
         iv = iv if "id" in iv.collect_schema() else iv.with_row_index("id")  # ids are positions in the whole frame
         iv, rq = _in_window(iv, window, spans=True), _in_window(rq, window, spans=True)
         ev, ct = _in_window(ev, window, spans=False), _in_window(ct, window, spans=False)
-    ev, iv, rq, ct = map(_collect, (ev, iv, rq, ct))
+    # Only the frames' queries are held: each part below collects the columns it needs.
 
     # --- CPUs and time span ---------------------------------------------------------------
     cpus: set[int] = set()
     span: list[int] = []
-    comms: dict[int, str] = {}
-    if ev is not None and ev.height:
-        cpus |= set(ev["cpu"].drop_nulls().unique().to_list())
-        span += [ev["ts"].min(), ev["ts"].max()]
-        if "tid" in ev.columns and "comm" in ev.columns:
-            last = ev.filter(pl.col("comm").is_not_null() & (pl.col("comm") != "<...>")).group_by("tid").agg(
-                pl.col("comm").last())
-            comms = dict(zip(last["tid"].to_list(), last["comm"].to_list()))
-    if iv.height:
-        cpus |= set(iv["cpu"].drop_nulls().unique().to_list())
-        ends = iv["ts"] + iv["dur"].fill_null(0)
-        span += [iv["ts"].min(), ends.max()]
+    for frame, end_ts in ((ev, pl.col("ts")), (iv, pl.col("ts") + pl.col("dur").fill_null(0))):
+        if frame is None:
+            continue
+        n, lo, hi, seen = frame.select(pl.len(), lo=pl.col("ts").min(), hi=end_ts.max(),
+                                       cpus=pl.col("cpu").drop_nulls().unique().implode()).collect().row(0)
+        if n:  # one scan of the frame for its span and CPUs
+            cpus |= set(seen)
+            span += [lo, hi]
     for cpu in sorted(cpus):
         layout.cpu(int(cpu))
 
     # --- slices and instants -------------------------------------------------------------
-    parts = [_interval_items(iv.filter(pl.col("cpu").is_not_null()))]
-    if rq is not None and rq.height:
-        parts.append(_request_items(rq.filter(pl.col("tid").is_not_null())))
-    items = pl.concat(parts).with_row_index("item").with_columns(
-        pl.col("item").cast(pl.Int64),
-        end=pl.col("ts") + pl.col("dur").fill_null(0),
-        width=pl.col("dur").fill_null(-1),
-    )
-    items = _assign_lanes(items.with_columns(
-        track=pl.concat_str("source", pl.col("owner").cast(pl.String).fill_null("-"), "kind", separator="/")))
-
+    items, kinds, names = _items(iv, rq)
+    comms = _thread_names(ev, items.filter(pl.col("is_request"))["owner"].unique().sort().to_list())
     counts_slices: dict[str, int] = {}
     counts_incomplete: dict[str, int] = {}
-    for row in items.group_by("source", "owner", "kind", "lane").agg(
-            n=pl.len(), inc=pl.col("dur").is_null().sum()).sort("source", "owner", "kind", "lane").iter_rows(named=True):
-        kind, owner, lane = row["kind"], row["owner"], row["lane"]
+    keys = []
+    for row in items.group_by("is_request", "owner", "kind", "lane").agg(
+            n=pl.len(), inc=pl.col("dur").is_null().sum()).sort("is_request", "owner", "kind", "lane").iter_rows(named=True):
+        kind, owner, lane = kinds[row["kind"]], row["owner"], row["lane"]
         counts_slices[kind] = counts_slices.get(kind, 0) + row["n"]
         counts_incomplete[kind] = counts_incomplete.get(kind, 0) + row["inc"]
         title = KIND_TITLES.get(kind, kind) + ("" if lane == 0 else f" #{lane + 1}")
-        if row["source"] == "interval":
-            layout.add(("cpu", owner, kind, lane), layout.cpu(owner), title, 10 * _kind_rank(kind) + lane)
+        if not row["is_request"]:
+            uuid = layout.add(("cpu", owner, kind, lane), layout.cpu(owner), title, 10 * _kind_rank(kind) + lane)
         else:
             layout.add(("requests",), layout.root(), "requests", 1_000_000)
             comm = comms.get(owner)
             name = f"tid {owner}" + (f" ({comm})" if comm else "")
-            layout.add(("requests", owner, lane), ("requests",), name + ("" if lane == 0 else f" #{lane + 1}"),
-                       2 * owner + min(lane, 1))
-    uuid_of = {
-        (p[0], p[1], p[2], p[3]): t.uuid for p, t in layout.tracks.items() if len(p) == 4 and p[0] == "cpu"
-    }
-    uuid_of.update({("request", p[1], REQUEST_KIND, p[2]): t.uuid
-                    for p, t in layout.tracks.items() if len(p) == 3 and p[0] == "requests"})
-    keys = items.select(
-        pl.when(pl.col("source") == "interval").then(pl.lit("cpu")).otherwise(pl.lit("request")).alias("s"),
-        "owner", "kind", "lane").unique()
-    key_frame = keys.with_columns(
-        track_uuid=pl.Series([uuid_of[(r[0], r[1], r[2], r[3])] for r in keys.iter_rows()], dtype=pl.UInt64))
-    items = items.with_columns(
-        s=pl.when(pl.col("source") == "interval").then(pl.lit("cpu")).otherwise(pl.lit("request"))
-    ).join(key_frame, on=["s", "owner", "kind", "lane"], how="left")
-
-    # Names: interned, iid 1.. in first-seen order of a sorted name list (deterministic).
-    names = sorted(items["name"].unique().to_list())
+            uuid = layout.add(("requests", owner, lane), ("requests",), name + ("" if lane == 0 else f" #{lane + 1}"),
+                              2 * owner + min(lane, 1))
+        keys.append((row["is_request"], owner, row["kind"], lane, uuid))
+    key_frame = pl.DataFrame(keys, schema={"is_request": pl.Boolean, "owner": pl.Int64, "kind": pl.Int64,
+                                           "lane": pl.Int64, "track_uuid": pl.UInt64}, orient="row")
+    items = items.join(key_frame, on=["is_request", "owner", "kind", "lane"], how="left").select(
+        "item", "item_id", "is_request", "ts", "dur", "end", "track_uuid", "iid")
     iid_of = {name: i + 1 for i, name in enumerate(names)}
-    items = items.with_columns(
-        iid=pl.col("name").replace_strict(iid_of, return_dtype=pl.Int64)
-    )
 
     # The packet stream: one row per BEGIN / END / INSTANT, sorted so that every track nests.
     # phase 0: END of a slice with dur > 0 (inner first: the later-started ends first)
@@ -602,32 +611,32 @@ def write_timeline(
     # phase 2: BEGIN of a slice with dur > 0 (outer first: the longest begins first)
     complete = pl.col("dur").is_not_null()
     positive = complete & (pl.col("dur") > 0)
-    begin = items.filter(complete).select(
+    begin = items.lazy().filter(complete).select(
         "item", "track_uuid", "iid", ts="ts", type=pl.lit(_BEGIN),
         phase=pl.when(positive).then(2).otherwise(1),
         k2=pl.when(positive).then(-pl.col("dur")).otherwise(pl.col("item")), k3=pl.col("item") * 2)
-    end = items.filter(complete).select(
+    end = items.lazy().filter(complete).select(
         "item", "track_uuid", "iid", ts="end", type=pl.lit(_END),
         phase=pl.when(positive).then(0).otherwise(1),
         k2=pl.when(positive).then(-pl.col("ts")).otherwise(pl.col("item")),
         k3=pl.when(positive).then(-pl.col("item") * 2).otherwise(pl.col("item") * 2 + 1))
-    instant = items.filter(~complete).select(
+    instant = items.lazy().filter(~complete).select(
         "item", "track_uuid", "iid", ts="ts", type=pl.lit(_INSTANT), phase=pl.lit(1),
         k2=pl.col("item"), k3=pl.col("item") * 2)
-    stream = pl.concat([begin, end, instant]).sort("ts", "phase", "k2", "k3").with_row_index("pos")
+    stream = (pl.concat([begin, end, instant]).sort("ts", "phase", "k2", "k3")
+              .select("item", "track_uuid", "iid", "ts", "type").collect().with_row_index("pos"))
 
     # Flows: request <-> the interrupt intervals that disrupted it; from the earlier BEGIN.
     flow_out: dict[int, list[int]] = {}
     flow_in: dict[int, list[int]] = {}
     n_flows = 0
-    if rq is not None and "irq_interval_ids" in rq.columns and rq.height:
-        starts = stream.filter(pl.col("type") != _END).select("item", "pos")
+    starts = stream.filter(pl.col("type") != _END).select("item", "pos")
+    if rq is not None and "irq_interval_ids" in rq.collect_schema().names():
         pairs = (
-            rq.select(request_id=pl.col("request_id").cast(pl.Int64), irq_id=pl.col("irq_interval_ids"))
+            rq.select(request_id=pl.col("request_id").cast(pl.Int64), irq_id=pl.col("irq_interval_ids")).collect()
             .explode("irq_id").drop_nulls("irq_id").with_columns(pl.col("irq_id").cast(pl.Int64))
-            .join(items.filter(pl.col("source") == "request").select(request_id="item_id", r_item="item"),
-                  on="request_id")
-            .join(items.filter(pl.col("source") == "interval").select(irq_id="item_id", i_item="item"), on="irq_id")
+            .join(items.filter(pl.col("is_request")).select(request_id="item_id", r_item="item"), on="request_id")
+            .join(items.filter(~pl.col("is_request")).select(irq_id="item_id", i_item="item"), on="irq_id")
             .join(starts.rename({"item": "r_item", "pos": "r_pos"}), on="r_item")
             .join(starts.rename({"item": "i_item", "pos": "i_pos"}), on="i_item")
             .sort("request_id", "irq_id")
@@ -642,15 +651,15 @@ def write_timeline(
 
     # Request annotations (request_id, fd, n_irq) on their BEGIN / INSTANT.
     annotations: dict[int, list[tuple[str, int]]] = {}
-    if rq is not None and rq.height:
-        cols = [c for c in ("fd", "n_irq") if c in rq.columns]
-        req = (items.filter(pl.col("source") == "request").select("item", request_id="item_id")
-               .join(rq.select(pl.col("request_id").cast(pl.Int64), *cols), on="request_id", how="left"))
-        starts = stream.filter(pl.col("type") != _END).select("item", "pos")
+    if rq is not None:
+        cols = [c for c in ("fd", "n_irq") if c in rq.collect_schema().names()]
+        req = (items.filter(pl.col("is_request")).select("item", request_id="item_id")
+               .join(rq.select(pl.col("request_id").cast(pl.Int64), *cols).collect(), on="request_id", how="left"))
         req = req.join(starts, on="item")
         for row in req.iter_rows(named=True):
             annotations[row["pos"]] = [(c, row[c]) for c in ("request_id", *cols) if row[c] is not None]
     incomplete_pos = set(stream.filter(pl.col("type") == _INSTANT)["pos"].to_list())
+    del items, starts
 
     # --- counters --------------------------------------------------------------------------
     counter_rows: list[pl.DataFrame] = []
@@ -659,7 +668,7 @@ def write_timeline(
         start, end = min(span), max(span)
         bins = pl.DataFrame({"bin": np.arange(bin_count(start, end, irq_rate_bin_ns), dtype=np.int64)})
         per_cpu = irq_rate_bins(iv.filter(pl.col("kind").is_in(RATE_KINDS) & pl.col("cpu").is_not_null())
-                                .with_columns(pl.col("cpu").cast(pl.Int64)), start, end, irq_rate_bin_ns, ["cpu"])
+                                .select("ts", pl.col("cpu").cast(pl.Int64)), start, end, irq_rate_bin_ns, ["cpu"]).collect()
         grid = pl.DataFrame({"cpu": sorted(int(c) for c in cpus)}, schema={"cpu": pl.Int64}).join(bins, how="cross")
         rate = grid.join(per_cpu.drop("ts"), on=["cpu", "bin"], how="left").with_columns(
             ts=start + pl.col("bin") * irq_rate_bin_ns,
@@ -673,6 +682,7 @@ def write_timeline(
         counter_rows.append(rate.select("ts", "value", track_uuid=pl.col("cpu").replace_strict(
             uuids, return_dtype=pl.UInt64)))
         counts_counters[title] = rate.height
+    ct = None if ct is None else ct.collect()
     if ct is not None and ct.height:
         series = ct.select("cpu", "name").unique().sort("cpu", "name", nulls_last=True)
         keys, uuids = [], []
@@ -723,20 +733,22 @@ def write_timeline(
                     desc.counter.unit_name = track.unit
             emit(packet)
 
-        # Every event packet in one table: slices first (in their nesting order), then counters.
-        # Typed explicitly: a trace with no slices leaves `stream` empty and its columns untyped.
+        # Event packets: slices first (in their nesting order), then counters. Typed explicitly:
+        # a trace with no slices leaves `stream` empty and its columns untyped.
         row_schema = {"ts": pl.Int64, "type": pl.Int64, "track_uuid": pl.UInt64, "iid": pl.Int64, "value": pl.Float64}
-        rows = stream.select("ts", "type", "track_uuid", iid=pl.when(pl.col("type") != _END).then("iid"),
-                             value=pl.lit(None, pl.Float64)).cast(row_schema)
-        if counter_rows:
-            samples = pl.concat(counter_rows).sort("track_uuid", "ts")
-            rows = pl.concat([rows, samples.select("ts", type=pl.lit(_COUNTER), track_uuid="track_uuid",
-                                                   iid=pl.lit(None, pl.Int64), value="value").cast(row_schema)])
+        slices = stream.select("ts", "type", "track_uuid", iid=pl.when(pl.col("type") != _END).then("iid"),
+                               value=pl.lit(None, pl.Float64)).cast(row_schema)
+        del stream
         extras = {pos: (flow_out.get(pos), flow_in.get(pos), annotations.get(pos), pos in incomplete_pos)
                   for pos in {*flow_out, *flow_in, *annotations, *incomplete_pos}}
         out.write(b"".join(chunk))
         chunk.clear()
-        packets += _write_events(out, rows, seq, iid_of, extras)
+        written = _write_events(out, slices, seq, iid_of, extras)
+        if counter_rows:
+            samples = pl.concat(counter_rows).sort("track_uuid", "ts").select(
+                "ts", type=pl.lit(_COUNTER), track_uuid="track_uuid", iid=pl.lit(None, pl.Int64), value="value")
+            written += _write_events(out, samples.cast(row_schema), seq, None if written else iid_of, {})
+        packets += written
 
     return {
         "group": group,
