@@ -21,7 +21,6 @@ import numpy as np
 import polars as pl
 
 from kptrace.analysis import Analysis
-from kptrace.walker import Arrival
 from kptrace.whatif.replay import CoreInput
 
 #: A corrected time keeps at least this share of its measured length: event counts that exceed a
@@ -113,8 +112,8 @@ def _time_slices(events: pl.LazyFrame, cpu: int) -> list[tuple[int, int]]:
 def _core_counts(events: pl.LazyFrame, core: CoreInput, begin: np.ndarray, end: np.ndarray) -> CoreLoad:
     """One core's counts (core_loads), read a time slice of its events at a time: every count is
     a sum over events, and a counter sample's rows share one timestamp, so one slice."""
-    arrival_ts = np.array([a.ts for a in core.arrivals], np.int64)
-    arrival_end = arrival_ts + np.array([a.handler_ns + a.softirq_ns for a in core.arrivals], np.int64)
+    arrival_ts = core.arrivals.ts
+    arrival_end = arrival_ts + core.arrivals.span_ns
     reach = np.maximum.accumulate(arrival_end) if len(arrival_end) else arrival_end
     gap_lo = np.minimum(np.concatenate([[core.start_ns], np.maximum.accumulate(end)[:-1]]), begin)
     counts = [np.zeros(len(begin), np.int64) for _ in range(4)] + [np.zeros(len(arrival_ts), np.int64)]
@@ -165,17 +164,16 @@ def untraced(cores: list[CoreInput], loads: list[CoreLoad], cost: TracingCost) -
         loop = load.loop_events * cost.event_ns + load.loop_samples * cost.sample_ns
         work = core.pre_ns + core.post_ns
         share = np.where(work > 0, core.pre_ns / np.maximum(work, 1), 1.0)
-        chains = []
-        for arrival, n in zip(core.arrivals, load.chain_events):
-            span = arrival.handler_ns + arrival.softirq_ns
-            keep = max(FLOOR, 1 - n * cost.event_ns / span) if span else 1.0
-            chains.append(replace(arrival, handler_ns=round(arrival.handler_ns * keep),
-                                  softirq_ns=round(arrival.softirq_ns * keep)))
+        span = core.arrivals.span_ns
+        keep = np.where(span != 0, np.maximum(FLOOR, 1 - load.chain_events * cost.event_ns / np.where(span != 0, span, 1)),
+                        1.0)
+        chains = core.arrivals.with_costs(np.round(core.arrivals.handler_ns * keep).astype(np.int64),
+                                          np.round(core.arrivals.softirq_ns * keep).astype(np.int64))
         out.append(replace(
             core,
             demand_ns=_less(core.demand_ns, load.request_events * cost.event_ns + load.request_samples * cost.sample_ns),
             pre_ns=_less(core.pre_ns, loop * share), post_ns=_less(core.post_ns, loop * (1 - share)),
-            arrivals=tuple(chains),
+            arrivals=chains,
         ))
     return out
 
@@ -197,7 +195,7 @@ def summary(cores: list[CoreInput], loads: list[CoreLoad], cost: TracingCost | N
                          "than an untraced one, so gains from taking interrupts away are understated")
         return entry
     taken = sum(int((c.demand_ns - u.demand_ns).sum() + (c.pre_ns - u.pre_ns).sum() + (c.post_ns - u.post_ns).sum())
-                + sum(a.handler_ns + a.softirq_ns - b.handler_ns - b.softirq_ns for a, b in zip(c.arrivals, u.arrivals))
+                + int((c.arrivals.span_ns - u.arrivals.span_ns).sum())
                 for c, u in zip(cores, corrected))
     entry.update(event_ns=cost.event_ns, sample_ns=cost.sample_ns, source=cost.source,
                  removed_us_per_request=taken / n / 1e3 if n else None)
