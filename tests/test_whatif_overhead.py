@@ -32,8 +32,9 @@ def test_every_event_on_a_serving_core_is_counted_once(simulated):
     for core, load in zip(cores, loads):
         mine = analysis.requests.filter(pl.col("tid").is_in(tids) & (pl.col("cpu") == core.cpu))
         end = int((mine["ts"] + mine["dur"]).max())
-        events = analysis.events.lazy().filter((pl.col("cpu") == core.cpu) & pl.col("ts").is_between(core.start_ns, end - 1)
-                                               & (pl.col("subsystem") != "counter")).collect()
+        events = (analysis.events.lazy().filter((pl.col("cpu") == core.cpu)
+                                                & pl.col("ts").is_between(core.start_ns, end - 1)
+                                                & (pl.col("subsystem") != "counter")).collect())
         chains = pl.DataFrame({"ts": [a.ts for a in core.arrivals],
                                "end": [a.ts + a.handler_ns + a.softirq_ns for a in core.arrivals]})
         in_chain = events.join_where(chains, pl.col("ts") >= pl.col("ts_right"), pl.col("ts") <= pl.col("end"))

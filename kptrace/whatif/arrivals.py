@@ -56,9 +56,10 @@ class Arrivals:
         return (self[i] for i in range(len(self)))
 
     def __eq__(self, other: object) -> bool:
+        numbers = ("ts", "handler_ns", "softirq_ns", "indirect_ns")
         return isinstance(other, Arrivals) and len(self) == len(other) and all(
-            np.array_equal(getattr(self, f), getattr(other, f)) for f in ("ts", "handler_ns", "softirq_ns", "indirect_ns")
-        ) and [self.names[c] for c in self.code] == [other.names[c] for c in other.code]
+            np.array_equal(getattr(self, f), getattr(other, f)) for f in numbers) and (
+            np.array(self.names + ("",))[self.code].tolist() == np.array(other.names + ("",))[other.code].tolist())
 
     @property
     def span_ns(self) -> np.ndarray:
@@ -79,7 +80,8 @@ class Arrivals:
         return Arrivals(self.ts[mask], self.code[mask], self.names, self.handler_ns[mask], self.softirq_ns[mask],
                         self.indirect_ns[mask])
 
-    def with_costs(self, handler_ns: np.ndarray, softirq_ns: np.ndarray, indirect_ns: np.ndarray | None = None) -> Arrivals:
+    def with_costs(self, handler_ns: np.ndarray, softirq_ns: np.ndarray,
+                   indirect_ns: np.ndarray | None = None) -> Arrivals:
         """The same arrivals with other costs."""
         return Arrivals(self.ts, self.code, self.names, handler_ns, softirq_ns,
                         self.indirect_ns if indirect_ns is None else indirect_ns)

@@ -165,8 +165,8 @@ def untraced(cores: list[CoreInput], loads: list[CoreLoad], cost: TracingCost) -
         work = core.pre_ns + core.post_ns
         share = np.where(work > 0, core.pre_ns / np.maximum(work, 1), 1.0)
         span = core.arrivals.span_ns
-        keep = np.where(span != 0, np.maximum(FLOOR, 1 - load.chain_events * cost.event_ns / np.where(span != 0, span, 1)),
-                        1.0)
+        traced_share = load.chain_events * cost.event_ns / np.where(span != 0, span, 1)
+        keep = np.where(span != 0, np.maximum(FLOOR, 1 - traced_share), 1.0)
         chains = core.arrivals.with_costs(np.round(core.arrivals.handler_ns * keep).astype(np.int64),
                                           np.round(core.arrivals.softirq_ns * keep).astype(np.int64))
         out.append(replace(
