@@ -59,7 +59,7 @@ class Arrivals:
         numbers = ("ts", "handler_ns", "softirq_ns", "indirect_ns")
         return isinstance(other, Arrivals) and len(self) == len(other) and all(
             np.array_equal(getattr(self, f), getattr(other, f)) for f in numbers) and (
-            np.array(self.names + ("",))[self.code].tolist() == np.array(other.names + ("",))[other.code].tolist())
+            [self.names[c] for c in self.code] == [other.names[c] for c in other.code])
 
     @property
     def span_ns(self) -> np.ndarray:
