@@ -1,5 +1,5 @@
 """A core's interrupt arrivals held as columns: 36 bytes an arrival, where a tuple of
-kptrace.walker.Arrival objects costs about 190 (a 64 M-event trace has 7.3 M of them, and
+kptrace.walker.Arrival objects costs about 220 (measured; a 64 M-event trace has 7.3 M, and
 each policy and bootstrap replicate holds its own copy). The walker still takes Arrival
 objects: one is built when it is asked for (`arrivals[i]`), and a replay asks only for those
 it takes one at a time."""
