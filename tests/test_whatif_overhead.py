@@ -11,6 +11,7 @@ import pytest
 
 from kptrace.simulate import analyzed_seed
 from kptrace.whatif import Policy, servers, whatif
+from kptrace.whatif import overhead
 from kptrace.whatif.overhead import TracingCost, core_loads, tracing_cost, untraced
 from kptrace.whatif.predict import core_inputs
 from kptrace.whatif.render import render_whatif
@@ -31,8 +32,9 @@ def test_every_event_on_a_serving_core_is_counted_once(simulated):
     for core, load in zip(cores, loads):
         mine = analysis.requests.filter(pl.col("tid").is_in(tids) & (pl.col("cpu") == core.cpu))
         end = int((mine["ts"] + mine["dur"]).max())
-        events = analysis.events.lazy().collect().filter((pl.col("cpu") == core.cpu) & pl.col("ts").is_between(core.start_ns, end - 1)
-                                        & (pl.col("subsystem") != "counter"))
+        events = (analysis.events.lazy().filter((pl.col("cpu") == core.cpu)
+                                                & pl.col("ts").is_between(core.start_ns, end - 1)
+                                                & (pl.col("subsystem") != "counter")).collect())
         chains = pl.DataFrame({"ts": [a.ts for a in core.arrivals],
                                "end": [a.ts + a.handler_ns + a.softirq_ns for a in core.arrivals]})
         in_chain = events.join_where(chains, pl.col("ts") >= pl.col("ts_right"), pl.col("ts") <= pl.col("end"))
@@ -46,6 +48,16 @@ def test_every_event_on_a_serving_core_is_counted_once(simulated):
         assert counted + idle == outside.height, core.cpu
         # Chains may nest (an IRQ inside a softirq); an event counts once per chain window holding it.
         assert load.chain_events.sum() >= in_chain_ids
+
+
+def test_counting_a_core_in_many_time_slices_gives_the_counts_of_one_pass(simulated, monkeypatch):
+    analysis, tids, cores, loads = simulated
+    monkeypatch.setattr(overhead, "SLICE_EVENTS", 97)  # hundreds of slices, edges anywhere
+    for sliced, whole in zip(core_loads(analysis, tids, cores), loads, strict=True):
+        for field in ("request_events", "request_samples", "loop_events", "loop_samples", "chain_events"):
+            assert np.array_equal(getattr(sliced, field), getattr(whole, field)), field
+    assert len(overhead._time_slices(analysis.events.lazy(), cores[0].cpu)) > 10
+    assert all(load.request_events.sum() and load.chain_events.sum() for load in loads)
 
 
 def test_zero_cost_leaves_the_inputs_as_traced(simulated):

@@ -271,11 +271,11 @@ def nic_inputs(analysis: Analysis, tids: list[int], cores: list, nic_sources: se
         moderation = int(np.percentile(gaps, MODERATION_QUANTILE)) if gaps.size else 0
         fixed, per_packet = _poll_costs(mine)
         per_hit = indirect.filter(pl.col("cpu") == core.cpu)["indirect_ns"].mean() or 0.0
-        timers = [a.handler_ns for a in core.arrivals if a.source == "local_timer"]
+        timers = core.arrivals.handler_ns[core.arrivals.of_sources({"local_timer"})]
         costs = NicCosts(
             handler_ns=float(chains["handler_ns"].mean()), poll_fixed_ns=fixed, per_packet_ns=per_packet,
             indirect_per_packet_ns=per_hit / max(float(chains["work"].mean()), 1.0),
-            timer_handler_ns=float(np.mean(timers)) if timers else float(TIMER_HANDLER_NS),
+            timer_handler_ns=float(np.mean(timers)) if len(timers) else float(TIMER_HANDLER_NS),
             moderation_ns=max(moderation, 0), budget=int(mine["budget"].max() or 64))
         epoll = _epoll_marks(analysis, tids, core.cpu)
         out.append(replace(core, nic_packets=_packets(chains, costs.moderation_ns, core.start_ns), nic_costs=costs,

@@ -21,7 +21,6 @@ import numpy as np
 import polars as pl
 
 from kptrace.analysis import Analysis
-from kptrace.walker import Arrival
 from kptrace.whatif.replay import CoreInput
 
 #: A corrected time keeps at least this share of its measured length: event counts that exceed a
@@ -93,36 +92,61 @@ def _outside(ts: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray
     return ~((k >= 0) & (ts <= ends[np.clip(k, 0, None)]))
 
 
+#: A core's events are counted this many at a time (about, in slices of its time): the core's
+#: events of a 64 M-event trace (41 M) held at once cost 2 GB; the counts add up over slices.
+SLICE_EVENTS = 1_000_000
+
+
+def _time_slices(events: pl.LazyFrame, cpu: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges of time that split a core's events into parts of about SLICE_EVENTS
+    (evenly in time: one streamed pass reads the count and the span)."""
+    n, lo, hi = (events.filter(pl.col("cpu") == cpu).select(pl.len(), lo=pl.col("ts").min(), hi=pl.col("ts").max())
+                 .collect(engine="streaming").row(0))
+    if not n:
+        return []
+    parts = -(-n // SLICE_EVENTS)
+    edges = [lo + (hi + 1 - lo) * k // parts for k in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _core_counts(events: pl.LazyFrame, core: CoreInput, begin: np.ndarray, end: np.ndarray) -> CoreLoad:
+    """One core's counts (core_loads), read a time slice of its events at a time: every count is
+    a sum over events, and a counter sample's rows share one timestamp, so one slice."""
+    arrival_ts = core.arrivals.ts
+    arrival_end = arrival_ts + core.arrivals.span_ns
+    reach = np.maximum.accumulate(arrival_end) if len(arrival_end) else arrival_end
+    gap_lo = np.minimum(np.concatenate([[core.start_ns], np.maximum.accumulate(end)[:-1]]), begin)
+    counts = [np.zeros(len(begin), np.int64) for _ in range(4)] + [np.zeros(len(arrival_ts), np.int64)]
+    for lo, hi in _time_slices(events, core.cpu):
+        here = (events.filter((pl.col("cpu") == core.cpu) & pl.col("ts").is_between(lo, hi, closed="left"))
+                .select("ts", counter=pl.col("subsystem") == "counter", idle=(pl.col("tid") == 0).fill_null(False))
+                .collect().sort("ts"))
+        ts, counter, idle = here["ts"].to_numpy(), here["counter"].to_numpy(), here["idle"].to_numpy()
+        free = _outside(ts, arrival_ts, reach)
+        traced = ts[free & ~counter]
+        # One counter sample writes one row per counter of its group, all at one timestamp.
+        samples = np.unique(ts[free & counter])
+        loop, loop_samples = ts[free & ~counter & ~idle], np.unique(ts[free & counter & ~idle])
+        for total, part in zip(counts, (
+                _per_window(traced, begin, end), _per_window(samples, begin, end), _count(loop, gap_lo, begin),
+                _count(loop_samples, gap_lo, begin), _count(ts[~counter], arrival_ts, arrival_end + 1))):
+            total += part
+    return CoreLoad(core.cpu, *counts)
+
+
 def core_loads(analysis: Analysis, tids: list[int], cores: list[CoreInput]) -> list[CoreLoad]:
     """Counts per replayed time of each core (order as kptrace.whatif.predict.core_inputs). An
     event inside an arrival's chain belongs to that arrival; every other one to the request or
     the loop work whose window holds it (softirqs a request raised itself are part of its time)."""
     if analysis.events is None:   # an analysis of intervals alone: nothing to count
         return []
-    requests = analysis.requests.lazy().filter(pl.col("tid").is_in(tids)).sort("cpu", "ts", "request_id").collect()
+    requests = (analysis.requests.lazy().filter(pl.col("tid").is_in(tids)).select("cpu", "ts", "dur", "request_id")
+                .sort("cpu", "ts", "request_id").collect())
     loads = []
     for core in cores:
         mine = requests.filter(pl.col("cpu") == core.cpu)
-        # One core's events at a time, 10 bytes each: the event table may be a 50 M-row scan.
-        here = (analysis.events.lazy().filter(pl.col("cpu") == core.cpu)
-                .select("ts", counter=pl.col("subsystem") == "counter", idle=(pl.col("tid") == 0).fill_null(False))
-                .collect().sort("ts"))
-        ts, counter, idle = here["ts"].to_numpy(), here["counter"].to_numpy(), here["idle"].to_numpy()
-        arrival_ts = np.array([a.ts for a in core.arrivals], np.int64)
-        arrival_end = arrival_ts + np.array([a.handler_ns + a.softirq_ns for a in core.arrivals], np.int64)
-        free = _outside(ts, arrival_ts, np.maximum.accumulate(arrival_end) if len(arrival_end) else arrival_end)
-        traced = ts[free & ~counter]
-        # One counter sample writes one row per counter of its group, all at one timestamp.
-        samples = np.unique(ts[free & counter])
-        loop, loop_samples = ts[free & ~counter & ~idle], np.unique(ts[free & counter & ~idle])
         begin, end = mine["ts"].to_numpy(), (mine["ts"] + mine["dur"]).to_numpy()
-        gap_lo = np.minimum(np.concatenate([[core.start_ns], np.maximum.accumulate(end)[:-1]]), begin)
-        loads.append(CoreLoad(
-            cpu=core.cpu,
-            request_events=_per_window(traced, begin, end), request_samples=_per_window(samples, begin, end),
-            loop_events=_count(loop, gap_lo, begin), loop_samples=_count(loop_samples, gap_lo, begin),
-            chain_events=_count(ts[~counter], arrival_ts, arrival_end + 1),
-        ))
+        loads.append(_core_counts(analysis.events.lazy(), core, begin, end))
     return loads
 
 
@@ -140,17 +164,16 @@ def untraced(cores: list[CoreInput], loads: list[CoreLoad], cost: TracingCost) -
         loop = load.loop_events * cost.event_ns + load.loop_samples * cost.sample_ns
         work = core.pre_ns + core.post_ns
         share = np.where(work > 0, core.pre_ns / np.maximum(work, 1), 1.0)
-        chains = []
-        for arrival, n in zip(core.arrivals, load.chain_events):
-            span = arrival.handler_ns + arrival.softirq_ns
-            keep = max(FLOOR, 1 - n * cost.event_ns / span) if span else 1.0
-            chains.append(replace(arrival, handler_ns=round(arrival.handler_ns * keep),
-                                  softirq_ns=round(arrival.softirq_ns * keep)))
+        span = core.arrivals.span_ns
+        traced_share = load.chain_events * cost.event_ns / np.where(span != 0, span, 1)
+        keep = np.where(span != 0, np.maximum(FLOOR, 1 - traced_share), 1.0)
+        chains = core.arrivals.with_costs(np.round(core.arrivals.handler_ns * keep).astype(np.int64),
+                                          np.round(core.arrivals.softirq_ns * keep).astype(np.int64))
         out.append(replace(
             core,
             demand_ns=_less(core.demand_ns, load.request_events * cost.event_ns + load.request_samples * cost.sample_ns),
             pre_ns=_less(core.pre_ns, loop * share), post_ns=_less(core.post_ns, loop * (1 - share)),
-            arrivals=tuple(chains),
+            arrivals=chains,
         ))
     return out
 
@@ -172,7 +195,7 @@ def summary(cores: list[CoreInput], loads: list[CoreLoad], cost: TracingCost | N
                          "than an untraced one, so gains from taking interrupts away are understated")
         return entry
     taken = sum(int((c.demand_ns - u.demand_ns).sum() + (c.pre_ns - u.pre_ns).sum() + (c.post_ns - u.post_ns).sum())
-                + sum(a.handler_ns + a.softirq_ns - b.handler_ns - b.softirq_ns for a, b in zip(c.arrivals, u.arrivals))
+                + int((c.arrivals.span_ns - u.arrivals.span_ns).sum())
                 for c, u in zip(cores, corrected))
     entry.update(event_ns=cost.event_ns, sample_ns=cost.sample_ns, source=cost.source,
                  removed_us_per_request=taken / n / 1e3 if n else None)

@@ -50,11 +50,11 @@ def _without(cores: list[CoreInput], sources: set[str]) -> tuple[list[CoreInput]
     requests, taken out; and the direct work they held per core."""
     kept, removed = [], {}
     for core in cores:
-        stay = tuple(a for a in core.arrivals if a.source not in sources)
-        removed[core.cpu] = sum(a.handler_ns + a.softirq_ns for a in core.arrivals if a.source in sources)
+        gone = core.arrivals.of_sources(sources)
+        removed[core.cpu] = int(core.arrivals.span_ns[gone].sum())
         demand = core.demand_ns - sum((core.hit_indirect[s] for s in sources if s in core.hit_indirect),
                                       np.zeros_like(core.demand_ns))
-        kept.append(replace(core, arrivals=stay, demand_ns=demand,
+        kept.append(replace(core, arrivals=core.arrivals.where(~gone), demand_ns=demand,
                             hit_indirect={s: v for s, v in core.hit_indirect.items() if s not in sources}))
     return kept, removed
 
@@ -99,7 +99,7 @@ def nic_policy(name: str, params: dict) -> NicPolicy:
 
 def apply(policy: Policy, cores: list[CoreInput], nic_sources: set[str]) -> Applied:
     """The replay input under `policy`."""
-    known = {a.source for core in cores for a in core.arrivals}
+    known = {source for core in cores for source in core.arrivals.sources()}
     if policy.name == "vanilla":
         return Applied(cores, ["the trace as measured (calibration)"])
     if policy.name in ("remove", "move-irqs") and policy.params.get("source") == []:

@@ -18,7 +18,7 @@ import polars as pl
 from kptrace.analysis import Analysis
 from kptrace.attribute import Z95
 from kptrace.intervals import serving_load
-from kptrace.walker import Arrival
+from kptrace.whatif.arrivals import Arrivals
 from kptrace.whatif.inputs import arrivals, hit_indirect, indirect_per_hit, nic_inputs, request_stream
 from kptrace.whatif.overhead import TracingCost, core_loads, summary, untraced
 from kptrace.whatif.policies import Policy, PolicyError, apply
@@ -50,8 +50,7 @@ def core_inputs(analysis: Analysis, tids: list[int], nic_sources: set[str] = fro
             ready_ts=mine["ready_ts"].fill_null(-1).to_numpy(), pre_ns=mine["pre_ns"].to_numpy(),
             wake_ns=mine["wake_ns"].to_numpy(),
             post_ns=mine["post_ns"].to_numpy(), demand_ns=mine["demand_ns"].to_numpy(),
-            arrivals=tuple(Arrival(*row) for row in chains.filter((pl.col("cpu") == cpu) & (pl.col("ts") >= start))
-                           .select("ts", "source", "handler_ns", "softirq_ns", "indirect_ns").iter_rows()),
+            arrivals=Arrivals.from_frame(chains.filter((pl.col("cpu") == cpu) & (pl.col("ts") >= start))),
             hit_indirect={source: _scatter(part, mine.height) for (source,), part in hits.group_by("source")},
         ))
     return nic_inputs(analysis, tids, cores, nic_sources)
@@ -119,20 +118,23 @@ def _resampled(cores: list[CoreInput], rng: np.random.Generator, indirect: dict)
     out = []
     for core in cores:
         rows = _block_resample(len(core.demand_ns), rng)
-        by_source: dict[str, list[Arrival]] = {}
-        for arrival in core.arrivals:
-            by_source.setdefault(arrival.source, []).append(arrival)
+        arrivals = core.arrivals
+        # Sources in the order they first arrive: the order of their draws below.
+        codes, first = np.unique(arrivals.code, return_index=True)
+        codes = codes[np.argsort(first)]
         scale = {}
-        for source in sorted(by_source.keys() | core.hit_indirect.keys()):   # one draw order in every process
+        for source in sorted({arrivals.names[c] for c in codes} | core.hit_indirect.keys()):  # one draw order
             estimate, half_width = indirect.get((core.cpu, source), (0.0, 0.0))
             scale[source] = max(0.0, 1 + rng.normal(0, half_width / Z95) / estimate) if estimate > 0 else 1.0
-        drawn = {source: iter(rng.integers(0, len(items), len(items))) for source, items in by_source.items()}
-        arrivals_b = []
-        for arrival in core.arrivals:
-            cost = by_source[arrival.source][next(drawn[arrival.source])]
-            arrivals_b.append(Arrival(arrival.ts, arrival.source, cost.handler_ns, cost.softirq_ns,
-                                      round(arrival.indirect_ns * scale[arrival.source]), arrival.tag))
-        out.append(replace(core, demand_ns=core.demand_ns[rows], arrivals=tuple(arrivals_b),
+        drawn = np.arange(len(arrivals))   # per arrival, the one of its source whose measured costs it takes
+        scales = np.ones(len(arrivals))
+        for c in codes:
+            mine = np.flatnonzero(arrivals.code == c)
+            drawn[mine] = mine[rng.integers(0, len(mine), len(mine))]
+            scales[mine] = scale[arrivals.names[c]]
+        resampled = arrivals.with_costs(arrivals.handler_ns[drawn], arrivals.softirq_ns[drawn],
+                                        np.round(arrivals.indirect_ns * scales).astype(np.int64))
+        out.append(replace(core, demand_ns=core.demand_ns[rows], arrivals=resampled,
                            hit_indirect={s: np.round(v[rows] * scale[s]).astype(np.int64)
                                          for s, v in core.hit_indirect.items()}))
     return out

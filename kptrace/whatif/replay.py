@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kptrace.walker import NEVER, Arrival, CoreWalker, direct_span
+from kptrace.whatif.arrivals import Arrivals
 from kptrace.whatif.nic import NicCosts, NicPolicy, NicQueue, epoll_poll
 
 #: The measured arrivals repeat at most this many times to cover a saturated replay.
@@ -40,7 +41,8 @@ class CoreInput:
     wake_ns: np.ndarray    # the wake-up IPI's time, charged only when the core is idle before the request
     post_ns: np.ndarray
     demand_ns: np.ndarray
-    arrivals: tuple[Arrival, ...]
+    #: Interrupt arrivals (any iterable of kptrace.walker.Arrival is taken and held as Arrivals).
+    arrivals: Arrivals
     #: Per source, the slowdown its measured hits left in each request's demand (inputs.hit_indirect).
     hit_indirect: dict[str, np.ndarray]
     #: The NIC queue of this core (kptrace.whatif.inputs.nic_inputs): packet arrival times and
@@ -50,6 +52,10 @@ class CoreInput:
     epoll: np.ndarray | None = None
     #: Set by a network policy: the NIC queue is replayed under it (its measured IRQs removed).
     nic_policy: NicPolicy | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.arrivals, Arrivals):
+            object.__setattr__(self, "arrivals", Arrivals.of(self.arrivals))
 
 
 @dataclass(frozen=True)
@@ -66,22 +72,23 @@ class CoreRun:
 
 
 class _Tiled:
-    """The measured arrivals repeated MAX_PERIODS times, `period_ns` apart, in time order (ties in
-    repeat order, as a stable sort leaves them); each Arrival is built only when the walker takes
-    it: a saturated replay takes a few of them, and building them all was a third of its time."""
+    """The measured arrivals repeated (MAX_PERIODS times at saturation, else once), `period_ns`
+    apart, in time order (ties in repeat order, as a stable sort leaves them); each Arrival is
+    built only when the walker takes it: a replay takes a few of them one at a time, and building
+    them all was a third of its time and most of its memory."""
 
     __slots__ = ("arrivals", "period_ns", "order")
 
-    def __init__(self, arrivals: tuple[Arrival, ...], period_ns: int, order: list[int]):
+    def __init__(self, arrivals: Arrivals, period_ns: int, order: np.ndarray):
         self.arrivals, self.period_ns, self.order = arrivals, period_ns, order
 
     def __len__(self) -> int:
         return len(self.order)
 
     def __getitem__(self, i: int) -> Arrival:
-        k, j = divmod(self.order[i], len(self.arrivals))
+        k, j = divmod(int(self.order[i]), len(self.arrivals))
         a = self.arrivals[j]
-        return Arrival(a.ts + k * self.period_ns, a.source, a.handler_ns, a.softirq_ns, a.indirect_ns, a.tag)
+        return Arrival(a.ts + k * self.period_ns, a.source, a.handler_ns, a.softirq_ns, a.indirect_ns)
 
 
 def replay_core(core: CoreInput, saturated: bool, record: bool = False) -> CoreRun:
@@ -95,19 +102,15 @@ def replay_core(core: CoreInput, saturated: bool, record: bool = False) -> CoreR
         return direct_span(start_ts, arrival)
 
     take = take_and_record if record else None
-    stamps = np.fromiter((a.ts for a in core.arrivals), np.int64, len(core.arrivals))
     repeats = MAX_PERIODS if saturated else 1
-    tiled = (stamps[None, :] + core.period_ns * np.arange(repeats, dtype=np.int64)[:, None]).ravel()
+    tiled = (core.arrivals.ts[None, :] + core.period_ns * np.arange(repeats, dtype=np.int64)[:, None]).ravel()
     order = np.argsort(tiled, kind="stable")
-    if saturated:
-        walker = CoreWalker.in_order(_Tiled(core.arrivals, core.period_ns, order.tolist()), tiled[order].tolist(),
-                                     core.start_ns, take)
-    else:
-        walker = CoreWalker(core.arrivals, core.start_ns, take)
+    walker = CoreWalker.in_order(_Tiled(core.arrivals, core.period_ns, order), tiled[order].tolist(), core.start_ns,
+                                 take)
     costs = None
     if not record and core.nic_policy is None:
-        span, indirect = (np.tile(np.fromiter(values, np.int64, len(core.arrivals)), repeats)[order] for values in (
-            (a.handler_ns + a.softirq_ns for a in core.arrivals), (a.indirect_ns for a in core.arrivals)))
+        span, indirect = (np.tile(values, repeats)[order] for values in (core.arrivals.span_ns,
+                                                                         core.arrivals.indirect_ns))
         costs = ArrivalCosts(tiled[order], span, indirect)
     queue = None
     if core.nic_policy is not None:
