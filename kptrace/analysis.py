@@ -141,7 +141,9 @@ def analyze(path: str | Path, progress: Callable[[str], None] = lambda stage: No
             return windowed
     normalized = normalize(read_any(path))
     progress(f"read {normalized.meta['event_count']:,} events ({normalized.meta['source_format']})")
-    return analyze_events(normalized.view(), normalized.meta, progress)
+    # The wide table, built once: the stages query it many times. (Handing them the view, a
+    # Python scan, made a fleet worker print a Ctrl-C traceback from inside a query once in CI.)
+    return analyze_events(normalized.events, normalized.meta, progress)
 
 
 def analyze_events(events: Table, meta: dict | None = None,
