@@ -24,6 +24,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from kptrace import tables
+from kptrace.fleet.run import open_client
 from kptrace.fleet.tables import fleet_schema, worst_cpu
 from kptrace.fleet.tasks import STARTED_TOPIC, input_names, machine_identity
 from kptrace.simulate import Scenario, write_simulation
@@ -265,6 +266,21 @@ def test_ctrl_c_cancels_the_run_and_leaves_no_worker_process(tmp_path):
     gone, alive = psutil.wait_procs(spawned, timeout=30)
     assert not alive, [p.cmdline() for p in alive]
     assert not (out / "fleet.json").exists()
+
+
+def _ignores_interrupts() -> bool:
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_a_restarted_worker_still_leaves_ctrl_c_to_the_fleet_process():
+    client, cluster = open_client(None, 1)
+    try:
+        client.restart()  # the new worker is spawned after the fleet process took SIGINT back
+        assert list(client.run(_ignores_interrupts).values()) == [True]
+    finally:
+        client.close()
+        cluster.close()
+    assert not _ignores_interrupts()  # this process still handles Ctrl-C
 
 
 # --------------------------------------------------------------------------- pure parts

@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+from distributed import WorkerPlugin
+
 from kptrace.fleet.tasks import STARTED_TOPIC, analyze_input, input_names, machine_identity
 
 #: Per-task memory bound, the one issue 9 sets for a 50 M-event capture: a worker runs one task at
@@ -20,6 +22,18 @@ MEMORY_PER_TASK = "4GB"
 #: How many times Dask reruns a task that raised or whose worker died, before it counts as failed.
 RETRIES = 2
 CONNECT_TIMEOUT = "10s"
+
+
+class IgnoreInterrupts(WorkerPlugin):
+    """Worker plugin: the worker ignores SIGINT, so Ctrl-C reaches only the fleet process, which
+    cancels the tasks and closes the cluster. Inheritance alone is not enough: a worker that Dask
+    restarts is spawned after the fleet process took SIGINT back."""
+
+    name = "kptrace-ignore-interrupts"
+
+    def setup(self, worker) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class FleetError(Exception):
@@ -42,8 +56,8 @@ def open_client(scheduler: str | None, workers: int | None):
     count = workers or os.cpu_count() or 1
     # Each worker's Polars gets its share of the cores, so that workers do not oversubscribe them.
     threads = str(max(1, (os.cpu_count() or 1) // count))
-    # Ctrl-C reaches the whole process group: the workers start with SIGINT ignored (inherited), so
-    # only this process handles it, cancels the tasks and closes the cluster, which ends them.
+    # Ctrl-C reaches the whole process group: the workers start with SIGINT ignored (inherited) and
+    # keep ignoring it after a restart (IgnoreInterrupts), so only this process handles it.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, memory_limit=MEMORY_PER_TASK,
@@ -51,7 +65,9 @@ def open_client(scheduler: str | None, workers: int | None):
                                env={"POLARS_MAX_THREADS": threads})
     finally:
         signal.signal(signal.SIGINT, previous)
-    return Client(cluster), cluster
+    client = Client(cluster)
+    client.register_plugin(IgnoreInterrupts())
+    return client, cluster
 
 
 def failed_result(path: Path, out: Path, error: BaseException) -> dict:
