@@ -175,7 +175,7 @@ def _big_endian(capture):
 
     import numpy as np
 
-    from kptrace.read.pages import _MISSED_EVENTS, _MISSED_STORED, _page_words, _record_words, join_pages, walk
+    from kptrace.read.pages import _MISSED_EVENTS, _MISSED_STORED, _page_words, join_pages, record_headers, walk
 
     h = capture.header
     blobs = [(cpu, blob) for _, per_cpu in capture.buffers for cpu, blob in per_cpu]
@@ -187,12 +187,12 @@ def _big_endian(capture):
         out[index] = pages.data[index][:, ::-1]
 
     starts = np.arange(pages.count, dtype=np.int64) * h.page_size
-    _, commit = _page_words(pages)
+    page_ts, commit = _page_words(pages)
     swap(starts + h.timestamp_offset, 8)
     swap(starts + h.commit_offset, h.commit_size)
     stored = np.flatnonzero((commit & _MISSED_EVENTS) & (commit & _MISSED_STORED))
     swap(stored * h.page_size + h.data_offset + (commit[stored] & ((1 << 27) - 1)), h.commit_size)
-    header = _record_words(pages, np.minimum(commit & ((1 << 27) - 1), h.data_size)) * 4
+    header = record_headers(pages, np.minimum(commit & ((1 << 27) - 1), h.data_size), page_ts)[0]
     word = pages.data[: len(pages.data) // 4 * 4].view("<u4")[header // 4].astype(np.uint32)
     swapped = (((word & 31) << 27) | (word >> 5)).astype(">u4")
     out[header[:, None] + np.arange(4)] = swapped.view(np.uint8).reshape(-1, 4)

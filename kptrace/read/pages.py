@@ -2,26 +2,25 @@
 
 A page is a header (start time, commit word) then records of 4-byte-aligned variable length,
 each starting with a 32-bit word: 5 bits of type/length and 27 bits of time delta. Records
-must be read in order within a page (each one's length says where the next starts), but pages
-are independent: so the walk takes one vectorised step per record slot across every page, and
-the number of Python iterations is the record count of the fullest page, not of the trace.
+must be read in order within a page (each one's length says where the next starts): that
+sequential step is compiled C (walk.c, built by walk_build.py); what follows it, reading the
+fields of a million records, is numpy gathers over all of them at once.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from kptrace.read.formats import Field, PageHeader
 
-PADDING, TIME_EXTEND, TIME_STAMP = 29, 30, 31
 #: Zero bytes after the last page: reading the last header word, or a record's span up to
 #: MAX_SPAN bytes, never runs past the data.
 MAX_SPAN = 1024
 SLACK = MAX_SPAN + 8
 _MAX_DATA_TYPE = 28
-_TS_SHIFT = 27
 _MISSED_EVENTS = 1 << 31
 _MISSED_STORED = 1 << 30
 _COMMIT_MASK = (1 << 27) - 1
@@ -96,80 +95,42 @@ def _page_words(pages: Pages) -> tuple[np.ndarray, np.ndarray]:
     return ts, commit
 
 
-def _split_word(word: np.ndarray, byte_order: str) -> tuple[np.ndarray, np.ndarray]:
-    """type_len and time_delta of record header words (bit order follows the byte order)."""
-    if byte_order == ">":
-        return word >> _TS_SHIFT, word & _COMMIT_MASK
-    return word & 31, word >> 5
-
-
-def _record_words(pages: Pages, size: np.ndarray) -> np.ndarray:
-    """The word index (byte offset / 4) of every record header, in page order.
-
-    One iteration reads the next record of every page that still has one, and marks where it
-    starts; the marks, read back in address order, are every record in page order (pages are
-    disjoint and a page's records only move forward), so no sort is needed. The pages still
-    being walked are kept packed, so each step touches only them.
-    """
-    words = pages.data[: len(pages.data) // 4 * 4].view(f"{pages.byte_order}u4")
-    start = np.arange(pages.count, dtype=np.int64) * pages.header.page_size + pages.header.data_offset
-    busy = size > 0
-    pos, end = start[busy], start[busy] + size[busy]
-    starts = np.zeros(len(words), dtype=bool)
-    while pos.size:
-        word = pos >> 2
-        starts[word] = True
-        type_len, delta = _split_word(words[word].astype(np.int64), pages.byte_order)
-        array = words[word + 1].astype(np.int64)
-        nxt = np.where(type_len == 0, pos + 8 + ((array - 4 + 3) & ~3), pos + 4 + type_len * 4)
-        nxt = np.where(type_len == PADDING, np.where(delta == 0, end, pos + 4 + array), nxt)
-        nxt = np.where(type_len >= TIME_EXTEND, pos + 8, nxt)
-        going = (nxt > pos) & (nxt < end)  # a corrupt length ends its page, never loops
-        pos, end = nxt[going], end[going]
-    return np.flatnonzero(starts)
-
-
-def _times(page: np.ndarray, type_len: np.ndarray, delta: np.ndarray, array: np.ndarray,
-           page_ts: np.ndarray) -> np.ndarray:
-    """Running time of every record: page start time plus the deltas so far, where a time
-    extend adds its high bits and an absolute time stamp restarts the count."""
-    stamp = type_len == TIME_STAMP
-    inc = np.where(type_len == TIME_EXTEND, delta + (array << _TS_SHIFT), delta)
-    first = np.ones(len(page), dtype=bool)
-    first[1:] = page[1:] != page[:-1]
-    if not stamp.any():  # the usual case: every page counts from its own start time
-        running = np.cumsum(inc)
-        before_page = np.maximum.accumulate(np.where(first, running - inc, 0))
-        return page_ts[page] + running - before_page
-    inc[stamp] = 0
-    restart = first | stamp
-    base = np.where(stamp, (page_ts[page] & ~((1 << 59) - 1)) | (array << _TS_SHIFT) | delta, page_ts[page])
-    running = np.cumsum(inc)
-    anchor = np.maximum.accumulate(np.where(restart, np.arange(len(page)), 0))
-    return base[anchor] + running - running[anchor] + inc[anchor]
+def record_headers(pages: Pages, size: np.ndarray, page_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Byte offset, time and type_len of every record (data, padding, time) of the pages whose
+    records take `size` bytes, in page order, from the compiled walk (walk.c): one pass counts
+    them, a second fills arrays of that length."""
+    try:
+        from kptrace.read._walk import ffi, lib
+    except ImportError:
+        raise RuntimeError("kptrace's compiled page walk is not built (pip install kptrace, or "
+                           "python kptrace/read/walk_build.py in a source checkout)") from None
+    size, page_ts = np.ascontiguousarray(size, np.int64), np.ascontiguousarray(page_ts, np.int64)
+    swap = (pages.byte_order == ">") != (sys.byteorder == "big")
+    args = (ffi.from_buffer("uint8_t[]", pages.data), swap, pages.byte_order == ">", pages.header.page_size,
+            pages.header.data_offset, pages.count, ffi.from_buffer("int64_t[]", size),
+            ffi.from_buffer("int64_t[]", page_ts))
+    total = lib.walk_pages(*args, ffi.NULL, ffi.NULL, ffi.NULL)
+    offset, ts, type_len = np.empty(total, np.int64), np.empty(total, np.int64), np.empty(total, np.int8)
+    lib.walk_pages(*args, *(ffi.from_buffer(t, a, require_writable=True)
+                            for t, a in (("int64_t[]", offset), ("int64_t[]", ts), ("int8_t[]", type_len))))
+    return offset, ts, type_len
 
 
 def walk(pages: Pages) -> Records:
     """Every data record of every page, with its timestamp, and the pages that report losses."""
     page_ts, commit = _page_words(pages)
     size = np.minimum(commit & _COMMIT_MASK, pages.header.data_size)
-    word = _record_words(pages, size)
-    words = pages.data[: len(pages.data) // 4 * 4].view(f"{pages.byte_order}u4")
-    type_len, delta = _split_word(words[word].astype(np.int64), pages.byte_order)
-    array = words[word + 1].astype(np.int64)
-    offset = word * 4
-    page = offset // pages.header.page_size
-    ts = _times(page, type_len, delta, array, page_ts)
+    offset, ts, type_len = record_headers(pages, size, page_ts)
     data = type_len <= _MAX_DATA_TYPE
-    pos = np.where(type_len == 0, offset + 8, offset + 4)
+    offset, ts, type_len = offset[data], ts[data], type_len[data]
     missed = np.flatnonzero(commit & _MISSED_EVENTS)
     stored = (commit[missed] & _MISSED_STORED) != 0
     count_pos = missed * pages.header.page_size + pages.header.data_offset + size[missed]
     counts = np.full(len(missed), -1, dtype=np.int64)
     if stored.any():
         counts[stored] = read_uint(pages.data, count_pos[stored], pages.header.commit_size, pages.byte_order)
-    return Records(page=page[data], pos=pos[data], ts=ts[data], missed_pages=missed, missed_counts=counts,
-                   missed_ts=page_ts[missed])
+    return Records(page=offset // pages.header.page_size, pos=offset + np.where(type_len == 0, 8, 4), ts=ts,
+                   missed_pages=missed, missed_counts=counts, missed_ts=page_ts[missed])
 
 
 def byte_matrix(data: np.ndarray, start: np.ndarray, width: int) -> np.ndarray:
