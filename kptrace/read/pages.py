@@ -3,8 +3,8 @@
 A page is a header (start time, commit word) then records of 4-byte-aligned variable length,
 each starting with a 32-bit word: 5 bits of type/length and 27 bits of time delta. Records
 must be read in order within a page (each one's length says where the next starts): that
-sequential step is compiled C (walk.c, built by walk_build.py); what follows it, reading the
-fields of a million records, is numpy gathers over all of them at once.
+sequential step is compiled C (pages.c, built by pages_build.py), as is the copy of scattered
+records' bytes side by side; reading their fields is numpy over all records of a type at once.
 """
 
 from __future__ import annotations
@@ -95,15 +95,21 @@ def _page_words(pages: Pages) -> tuple[np.ndarray, np.ndarray]:
     return ts, commit
 
 
+def _compiled():
+    """The compiled loops (pages.c) as cffi's (ffi, lib)."""
+    try:
+        from kptrace.read._pages import ffi, lib
+    except ImportError:
+        raise RuntimeError("kptrace's compiled page reader is not built (pip install kptrace, or "
+                           "python kptrace/read/pages_build.py in a source checkout)") from None
+    return ffi, lib
+
+
 def record_headers(pages: Pages, size: np.ndarray, page_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Byte offset, time and type_len of every record (data, padding, time) of the pages whose
-    records take `size` bytes, in page order, from the compiled walk (walk.c): one pass counts
+    records take `size` bytes, in page order, from the compiled walk (pages.c): one pass counts
     them, a second fills arrays of that length."""
-    try:
-        from kptrace.read._walk import ffi, lib
-    except ImportError:
-        raise RuntimeError("kptrace's compiled page walk is not built (pip install kptrace, or "
-                           "python kptrace/read/walk_build.py in a source checkout)") from None
+    ffi, lib = _compiled()
     size, page_ts = np.ascontiguousarray(size, np.int64), np.ascontiguousarray(page_ts, np.int64)
     swap = (pages.byte_order == ">") != (sys.byteorder == "big")
     args = (ffi.from_buffer("uint8_t[]", pages.data), swap, pages.byte_order == ">", pages.header.page_size,
@@ -133,18 +139,16 @@ def walk(pages: Pages) -> Records:
                    missed_pages=missed, missed_counts=counts, missed_ts=page_ts[missed])
 
 
-def byte_matrix(data: np.ndarray, start: np.ndarray, width: int) -> np.ndarray:
-    """`width` bytes from each offset in `start`, one row each (bytes past the end read as 0).
-
-    The data is seen as overlapping `width`-byte items, one starting at every byte, so taking
-    the rows is one gather of whole items rather than of `width` separate bytes each."""
-    if len(start) and (start.min() < 0 or start.max() + width > len(data)):
-        index = start[:, None] + np.arange(width)
-        return np.where((index >= 0) & (index < len(data)), data[np.clip(index, 0, len(data) - 1)], 0).astype(np.uint8)
-    if width > len(data):
-        return np.zeros((0, width), dtype=np.uint8)
-    items = np.ndarray(buffer=data, dtype=f"V{width}", shape=(len(data) - width + 1,), strides=(1,))
-    return items[start].view(np.uint8).reshape(len(start), width)
+def byte_matrix(data: np.ndarray, start: np.ndarray, width: int, out: np.ndarray | None = None) -> np.ndarray:
+    """`width` bytes from each offset in `start`, one row each (bytes outside the data read as 0),
+    copied by the compiled gather (pages.c), one memcpy a row; into `out` (contiguous uint8 of
+    len(start) * width bytes) when given."""
+    out = np.empty((len(start), width), dtype=np.uint8) if out is None else out.reshape(len(start), width)
+    ffi, lib = _compiled()
+    start = np.ascontiguousarray(start, np.int64)
+    lib.gather_rows(ffi.from_buffer("uint8_t[]", data), len(data), ffi.from_buffer("int64_t[]", start), len(start),
+                    width, ffi.from_buffer("uint8_t[]", out, require_writable=True))
+    return out
 
 
 def record_span(pages: Pages, pos: np.ndarray, fields: tuple[Field, ...]) -> int:
@@ -164,8 +168,8 @@ def gathered(pages: Pages, pos: np.ndarray, span: int) -> tuple[Pages, np.ndarra
     its alignment), and their new offsets: one pass over scattered records, after which every
     field of them is read from memory the cache already holds."""
     stride = -(-span // 8) * 8
-    block = byte_matrix(pages.data, pos, stride).ravel()
-    data = np.concatenate([block, np.zeros(SLACK, dtype=np.uint8)])
+    data = np.zeros(len(pos) * stride + SLACK, dtype=np.uint8)
+    byte_matrix(pages.data, pos, stride, out=data[: len(pos) * stride])
     return Pages(data=data, cpu=pages.cpu[:0], header=pages.header, byte_order=pages.byte_order), \
         np.arange(len(pos), dtype=np.int64) * stride
 
