@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from pyarrow._compute import call_function  # pyarrow.compute's own; importing that module costs ~0.2 s
 
 from kptrace.read.fields import VECTOR_HANDLERS, state_letters
 from kptrace.read.formats import EventFormat, Field, FormatTable, PageHeader
@@ -81,7 +82,7 @@ def _first_seen(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Where each distinct key is first seen, and each key's index among the distinct ones
     (numbered in order of first appearance, so a key's first place is where the running
     maximum of the indexes grows)."""
-    which = np.asarray(pa.array(keys).dictionary_encode().indices).astype(np.uint32)
+    which = np.asarray(call_function("dictionary_encode", [pa.array(keys)]).indices).astype(np.uint32)
     seen = np.maximum.accumulate(which)
     grows = np.ones(len(which), dtype=bool)
     grows[1:] = seen[1:] > seen[:-1]
@@ -263,14 +264,10 @@ def _extractor(fmt: EventFormat) -> _Extractor:
 
 
 def _masked(values: np.ndarray, valid: np.ndarray) -> pl.Series:
-    """A Series of `values`, null where `valid` is not set (the validity bitmap made from the
-    mask directly, the values not copied)."""
-    if valid.all():
-        return pl.Series(values)
-    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
-    data = np.packbits(values, bitorder="little") if values.dtype == bool else values  # Arrow booleans are bits
-    return pl.from_arrow(pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values),
-                                               [bitmap, pa.py_buffer(data)]))
+    """A Series of `values`, null where `valid` is not set (built in Polars: a Series from Arrow
+    buffers would import pyarrow.compute, ~0.2 s, on the first read of a process)."""
+    series = pl.Series(values)
+    return series if valid.all() else series.set(pl.Series(~valid), None)
 
 
 _SOFTIRQS = pl.Series([*SOFTIRQ_NAMES, None], dtype=pl.Categorical)  # an unknown vector: null
@@ -321,6 +318,10 @@ def _time_order(pages: Pages, rec: Records) -> _Rows:
     order), and a lost-events marker comes just before the first record of the page that
     reported the loss. Each CPU's pages are already in time order, so a stable sort on time
     alone merges these sorted runs."""
+    if not len(rec.missed_pages):  # no loss reported (the usual case): the records alone
+        order = np.argsort(rec.ts, kind="stable")
+        return _Rows(ts=rec.ts[order], record_row=np.arange(len(order)), marker_row=np.zeros(0, np.int64),
+                     record_order=order)
     after = np.searchsorted(rec.page, rec.missed_pages)
     nearest = np.minimum(after, max(len(rec.page) - 1, 0))
     same_cpu = (after < len(rec.page)) & (pages.cpu[rec.page[nearest]] == pages.cpu[rec.missed_pages])

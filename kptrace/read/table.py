@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 from polars.io.plugins import register_io_source
 
 from kptrace.schema import CORE_COLUMNS, EVENT_COLUMNS, EVENT_SCHEMA, FAMILIES, HELD_AS_NAMES
@@ -164,7 +163,7 @@ def _places(held: np.ndarray, rows: np.ndarray, run: bool) -> pl.Series:
     else:
         at = np.minimum(np.searchsorted(held, rows), max(len(held) - 1, 0)).astype(np.uint32)
         found = held[at] == rows if len(held) else np.zeros(len(rows), dtype=bool)
-    return pl.from_arrow(pa.array(at, mask=~found))
+    return pl.Series(at).set(pl.Series(~found), None)
 
 
 def _held(column: str) -> pl.Expr:
