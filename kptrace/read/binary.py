@@ -37,7 +37,7 @@ class Capture:
     header: PageHeader
     formats: FormatTable
     comms: dict[int, str]
-    buffers: list[tuple[str, list[tuple[int, bytes]]]]  # (instance name, [(cpu, pages)])
+    buffers: list[tuple[str, list[tuple[int, bytes]]]]  # (instance name, [(cpu, pages, any bytes-like)])
     warnings: list[str] = field(default_factory=list)
     header_texts: dict[str, str] = field(default_factory=dict)  # header_page, header_event as saved
 

@@ -69,21 +69,30 @@ class _Cursor:
 
 
 def _decompressor(name: str):
-    """(packed bytes, unpacked size) -> bytes; a damaged chunk is a TraceDatError."""
+    """(packed bytes, out) -> bytes written: inflates into the writable buffer `out`, at most
+    its length (the stated unpacked size); a damaged chunk is a TraceDatError. zstd writes in
+    place, so the page data of every chunk is written once, where it stays."""
     if name == "zstd":
         zstd = zstandard.ZstdDecompressor()  # one context for every chunk
 
-        def inflate(chunk: bytes, size: int) -> bytes:
-            return zstd.decompress(chunk, max_output_size=size)
+        def inflate(chunk, out: memoryview) -> int:
+            reader, done = zstd.stream_reader(chunk), 0
+            while done < len(out) and (got := reader.readinto(out[done:])):
+                done += got
+            return done
     elif name == "zlib":
-        def inflate(chunk: bytes, size: int) -> bytes:
-            return zlib.decompress(chunk)
+        def inflate(chunk, out: memoryview) -> int:
+            data = zlib.decompress(chunk)
+            if len(data) > len(out):
+                raise zlib.error(f"{len(data)} bytes where {len(out)} were stated")
+            out[: len(data)] = data
+            return len(data)
     else:
         raise TraceDatError(f"compression {name!r} is not supported (zstd, zlib, none are)")
 
-    def checked(chunk: bytes, size: int) -> bytes:
+    def checked(chunk, out: memoryview) -> int:
         try:
-            return inflate(chunk, size)
+            return inflate(chunk, out)
         except (zstandard.ZstdError, zlib.error) as exc:
             raise TraceDatError(f"damaged {name} data ({exc})") from None
     return checked
@@ -167,16 +176,23 @@ def _section(c: _Cursor, inflate) -> tuple[int, _Cursor]:
     if not flags & _COMPRESSED:
         return ident, c.at(c.pos)
     packed, unpacked = c.num(4), c.num(4)
-    return ident, _Cursor(inflate(c.take(packed), unpacked), 0, c.order)
+    body = bytearray(unpacked)
+    return ident, _Cursor(bytes(body[: inflate(c.take(packed), memoryview(body))]), 0, c.order)
 
 
-def _chunks(c: _Cursor, inflate) -> bytes:
-    """Version 7 compressed page data: a count, then (packed size, unpacked size, bytes) chunks."""
-    out = []
+def _chunks(c: _Cursor, inflate) -> memoryview:
+    """Version 7 compressed page data: a count, then (packed size, unpacked size, bytes) chunks,
+    inflated side by side into one buffer (a chunk shorter than stated leaves no gap)."""
+    chunks = []
     for _ in range(c.num(4)):
         packed, unpacked = c.num(4), c.num(4)
-        out.append(inflate(c.take(packed), unpacked))
-    return b"".join(out)
+        chunks.append((c.pos, packed, unpacked))
+        c.take(packed)
+    out = memoryview(bytearray(sum(unpacked for _, _, unpacked in chunks)))
+    data, done = memoryview(c.data), 0
+    for start, packed, unpacked in chunks:
+        done += inflate(data[start: start + packed], out[done: done + unpacked])
+    return out[:done]
 
 
 def _v7(c: _Cursor) -> tuple[_Meta, list[tuple[str, list[tuple[int, bytes]]]]]:
