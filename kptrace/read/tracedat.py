@@ -79,6 +79,8 @@ def _decompressor(name: str):
             reader, done = zstd.stream_reader(chunk), 0
             while done < len(out) and (got := reader.readinto(out[done:])):
                 done += got
+            if done == len(out) and reader.read(1):
+                raise zstandard.ZstdError(f"more than the {len(out)} bytes stated")
             return done
     elif name == "zlib":
         def inflate(chunk, out: memoryview) -> int:
