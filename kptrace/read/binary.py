@@ -9,7 +9,9 @@ their family's table only (kptrace.read.table), never into full-length mostly-nu
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -406,6 +408,8 @@ _FAMILY_OF = {_irq_entry: "irq", _irq_exit: "irq", _vector: "vectors", _softirq:
               _generic: "other"}
 
 _Piece = tuple[np.ndarray, dict[str, "np.ndarray | _Coded"]]  # (table rows, values of each column there)
+#: Event types whose columns are read at once (each holds one copy of its records' bytes).
+_THREADS = min(4, os.cpu_count() or 1)
 
 
 def _family_frame(pieces: list[_Piece]) -> pl.DataFrame:
@@ -443,19 +447,22 @@ def _held_columns(pages: Pages, rec: Records, rows: _Rows, formats: FormatTable
     ids, bounds = grouped[starts], np.append(starts, len(order))
     kind = np.empty(len(order), dtype=np.uint32)  # each record's type, as an index into ids
     kind[order] = np.cumsum(first) - 1
+    fmts = [formats.get(int(ident)) for ident in ids]
+    records = [order[bounds[i]: bounds[i + 1]] for i in range(len(ids))]
+
+    def typed(i: int) -> dict:
+        fmt = fmts[i]
+        return {} if fmt is None else _extractor(fmt)(*_compact(pages, rec.pos[records[i]], fmt), fmt)
+
+    with ThreadPoolExecutor(_THREADS) as pool:  # numpy, the compiled gather and Polars let go of the GIL
+        extracted = list(pool.map(typed, range(len(ids))))
     families: dict[str, list[_Piece]] = {}
-    names, systems = [], []
-    for i, ident in enumerate(ids):
-        records = order[bounds[i]: bounds[i + 1]]
-        fmt = formats.get(int(ident))
-        names.append(fmt.name if fmt else f"unknown_event_{ident}")
-        systems.append(fmt.system if fmt else "unknown")
-        if fmt is None:
-            continue
-        extractor = _extractor(fmt)
-        values = {c: v for c, v in extractor(*_compact(pages, rec.pos[records], fmt), fmt).items() if v is not None}
+    for fmt, at, out in zip(fmts, records, extracted):
+        values = {c: v for c, v in out.items() if v is not None}
         if values:
-            families.setdefault(_FAMILY_OF[extractor], []).append((rows.record_row[records], values))
+            families.setdefault(_FAMILY_OF[_extractor(fmt)], []).append((rows.record_row[at], values))
+    names = [fmt.name if fmt else f"unknown_event_{ident}" for fmt, ident in zip(fmts, ids)]
+    systems = [fmt.system if fmt else "unknown" for fmt in fmts]
     for column, labels in (("event", names), ("subsystem", systems)):
         labels = pl.Series([*labels, "lost_events" if column == "event" else "kptrace"], dtype=pl.Categorical)
         where = np.full(rows.count, len(ids), dtype=np.uint32)
