@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,8 +28,9 @@ def write_all(analysis: Analysis, out: str | Path, summary: dict | None = None, 
     (kptrace.export.perfetto.TIMELINE_MAX_ITEMS); the tables always hold everything. Tables a
     windowed analysis stored already are left in place when `out` is where it stored them, and
     copied when it is not (write_tables_of)."""
+    from kptrace.export.perfetto import write_timeline
     from kptrace.export.report import write_report
-    from kptrace.summary import build_summary
+    from kptrace.summary import build_summary, counter_samples
     from kptrace.whatif.render import whatif_frame
 
     out = Path(out)
@@ -38,32 +38,7 @@ def write_all(analysis: Analysis, out: str | Path, summary: dict | None = None, 
     written = dict(analysis.tables())
     if summary.get("whatif"):
         written["whatif"] = whatif_frame(summary["whatif"])
-    # The tables, the report and the timeline need nothing of each other (but a predicted
-    # group's note in the report, and the rescans of tables a windowed analysis stored), so
-    # they are written side by side: much of each runs in Polars, numpy or zlib, outside the GIL.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        if analysis.stored is None:  # write_tables_of gives back the same analysis
-            tables = pool.submit(write_tables_of, analysis, out, written)
-        else:
-            analysis, tables = write_tables_of(analysis, out, written), None
-        report = None if predicted is not None else pool.submit(
-            write_report, out / "report.html", analysis, dict(summary))
-        summary = _write_timeline_of(analysis, out, summary, group, predicted, timeline_window)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        for job in (tables, report):
-            if job is not None:
-                job.result()
-    if predicted is not None:
-        write_report(out / "report.html", analysis, summary)
-    return summary
-
-
-def _write_timeline_of(analysis: Analysis, out: Path, summary: dict, group: str, predicted: str | None,
-                       timeline_window: tuple[float, float] | None) -> dict:
-    """write_all's timeline (and `predicted` group): the summary with its `outputs` entry."""
-    from kptrace.export.perfetto import write_timeline
-    from kptrace.summary import counter_samples
-
+    analysis = write_tables_of(analysis, out, written)
     counters = None if analysis.events is None else counter_samples(analysis.events)
     path = out / "timeline.perfetto-trace.gz"
     trace_start = int(analysis.meta.get("start_ns") or 0)
@@ -87,7 +62,9 @@ def _write_timeline_of(analysis: Analysis, out: Path, summary: dict, group: str,
                           "timeline_slices": sum(groups.values()), "timeline_groups": groups,
                           "timeline_window": _window_drawn(drawn_window, trace_start, asked is not None),
                           "tables": sorted(analysis.tables()),
-                          "whatif": str(out / "whatif.parquet") if summary.get("whatif") else None}
+                          "whatif": str(out / "whatif.parquet") if "whatif" in written else None}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    write_report(out / "report.html", analysis, summary)
     return summary
 
 
