@@ -34,11 +34,11 @@ def _ingest_benchmark():
     return module
 
 
-def wall_and_peak(command: list[str], env: dict | None = None) -> tuple[float, int]:
+def wall_and_peak(command: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB, GNU time) of one run, output discarded."""
     start = time.perf_counter()
     result = subprocess.run(["/usr/bin/time", "-f", "%M", *command], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, check=True, env=env)
+                            stderr=subprocess.PIPE, text=True, check=True, env=env, cwd=cwd)
     return time.perf_counter() - start, int(result.stderr.strip().splitlines()[-1])
 
 
@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="also time `kptrace analyze` with the kptrace of this checkout "
                                                     "(e.g. a `git archive` of the base commit), alternating")
     args = parser.parse_args()
+    args.dat = args.dat and args.dat.resolve()  # --before runs from its checkout
     work = Path(tempfile.mkdtemp(prefix="kptrace-bench-analyze-"))
     try:
         if args.stages:
@@ -123,11 +124,12 @@ def main() -> None:
         if args.before is not None:
             name = f"kptrace analyze before ({args.before})"
             commands[name] = [*commands["kptrace analyze (trace.dat)"][:-2], str(work / "out-before"), "--quiet"]
+            # run from there: `python -m` puts the working directory first on the import path
             envs[name] = dict(os.environ, PYTHONPATH=str(args.before.resolve()))
         runs = {name: [] for name in commands}
         for _ in range(args.repeats):
             for name, command in commands.items():
-                runs[name].append(wall_and_peak(command, envs[name]))
+                runs[name].append(wall_and_peak(command, envs[name], args.before if envs[name] else None))
         import kptrace
 
         events = kptrace.load(work / "out").meta["event_count"]
