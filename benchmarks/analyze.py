@@ -9,12 +9,14 @@ events/s and peak RSS of each, and the ratio. Usage (root, to record):
     python benchmarks/analyze.py --dat trace.dat        # an existing recording
     python benchmarks/analyze.py --dat trace.dat --text trace.txt   # also analyze its text
     python benchmarks/analyze.py --dat trace.dat --stages           # where analyze's time goes
+    python benchmarks/analyze.py --dat trace.dat --before /tmp/old  # also the kptrace of another checkout
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import shutil
 import statistics
 import subprocess
@@ -32,22 +34,19 @@ def _ingest_benchmark():
     return module
 
 
-def wall_and_peak(command: list[str]) -> tuple[float, int]:
+def wall_and_peak(command: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB, GNU time) of one run, output discarded."""
     start = time.perf_counter()
     result = subprocess.run(["/usr/bin/time", "-f", "%M", *command], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, check=True)
+                            stderr=subprocess.PIPE, text=True, check=True, env=env, cwd=cwd)
     return time.perf_counter() - start, int(result.stderr.strip().splitlines()[-1])
 
 
 def stage_times(dat: Path, out: Path) -> dict[str, float]:
-    """Seconds of each stage of one in-process analyze of `dat` (as `kptrace analyze` runs it):
-    the analysis's own stages as its progress reports them, then what-if, tables, timeline and
-    report (write_all's parts, timed by wrapping the functions it calls)."""
-    from kptrace.analysis import analyze
-    from kptrace.export import parquet, perfetto, report, write_all
-    from kptrace.summary import build_summary
-
+    """Seconds of each stage of one in-process analyze of `dat`, run as `kptrace analyze` runs it
+    (analyze with stored=out, build_summary, write_all): the imports, the analysis's own stages
+    as its progress reports them, then what-if, tables, timeline and report (write_all's parts,
+    timed by wrapping the functions it calls)."""
     times: dict[str, float] = {}
     mark = [time.perf_counter()]
 
@@ -55,6 +54,11 @@ def stage_times(dat: Path, out: Path) -> dict[str, float]:
         now = time.perf_counter()
         times[stage] = times.get(stage, 0.0) + now - mark[0]
         mark[0] = now
+
+    from kptrace.analysis import analyze
+    from kptrace.export import parquet, perfetto, report, write_all
+    from kptrace.summary import build_summary
+    lap("imports (kptrace, polars, altair, perfetto protos)")
 
     def timed(module, name: str, stage: str):
         original = getattr(module, name)
@@ -69,13 +73,18 @@ def stage_times(dat: Path, out: Path) -> dict[str, float]:
     timed(parquet, "write_tables", "write_all: Parquet tables")
     timed(perfetto, "write_timeline", "write_all: Perfetto timeline")
     timed(report, "write_report", "write_all: report.html")
-    analysis = analyze(dat, lambda stage: lap(f"analysis: {stage}"))
+    analysis = analyze(dat, lambda stage: lap(f"analysis: {stage}"), stored=out)
     lap("analysis: rest")
     summary = build_summary(analysis)
     lap("summary and what-if (build_summary)")
     write_all(analysis, out, summary)
     lap("write_all: other")
     return times
+
+
+def cli_wall(dat: Path, out: Path) -> float:
+    """Wall seconds of one `kptrace analyze` of `dat` (a fresh interpreter: startup and exit included)."""
+    return wall_and_peak([sys.executable, "-m", "kptrace.cli", "analyze", str(dat), "-o", str(out), "--quiet"])[0]
 
 
 def main() -> None:
@@ -85,7 +94,10 @@ def main() -> None:
     parser.add_argument("--dat", type=Path, help="an existing trace.dat instead of a new recording")
     parser.add_argument("--text", type=Path, help="also time `kptrace analyze` of this text of the same trace")
     parser.add_argument("--stages", action="store_true", help="only time each stage of one in-process analyze of --dat")
+    parser.add_argument("--before", type=Path, help="also time `kptrace analyze` with the kptrace of this checkout "
+                                                    "(e.g. a `git archive` of the base commit), alternating")
     args = parser.parse_args()
+    args.dat = args.dat and args.dat.resolve()  # --before runs from its checkout
     work = Path(tempfile.mkdtemp(prefix="kptrace-bench-analyze-"))
     try:
         if args.stages:
@@ -94,7 +106,10 @@ def main() -> None:
             times = stage_times(args.dat, work / "out")
             for stage, seconds in times.items():
                 print(f"  {stage:<60} {seconds:6.2f} s")
-            print(f"  {'total':<60} {sum(times.values()):6.2f} s")
+            print(f"  {'total in process':<60} {sum(times.values()):6.2f} s")
+            wall = cli_wall(args.dat, work / "out-cli")
+            print(f"  {'kptrace analyze, a fresh process (same work)':<60} {wall:6.2f} s")
+            print(f"  {'  of which outside the stages (startup, exit)':<60} {wall - sum(times.values()):6.2f} s")
             return
         text, dat = (args.text, args.dat) if args.dat else _ingest_benchmark().record(work, args.events)
         commands = {
@@ -105,10 +120,16 @@ def main() -> None:
         if text is not None:
             commands["kptrace analyze (tracefs text)"] = [sys.executable, "-m", "kptrace.cli", "analyze", str(text),
                                                           "-o", str(work / "out-text"), "--quiet"]
+        envs = {name: None for name in commands}
+        if args.before is not None:
+            name = f"kptrace analyze before ({args.before})"
+            commands[name] = [*commands["kptrace analyze (trace.dat)"][:-2], str(work / "out-before"), "--quiet"]
+            # run from there: `python -m` puts the working directory first on the import path
+            envs[name] = dict(os.environ, PYTHONPATH=str(args.before.resolve()))
         runs = {name: [] for name in commands}
         for _ in range(args.repeats):
             for name, command in commands.items():
-                runs[name].append(wall_and_peak(command))
+                runs[name].append(wall_and_peak(command, envs[name], args.before if envs[name] else None))
         import kptrace
 
         events = kptrace.load(work / "out").meta["event_count"]
@@ -119,7 +140,7 @@ def main() -> None:
         for name, samples in runs.items():
             seconds = [s for s, _ in samples]
             medians[name] = statistics.median(seconds)
-            print(f"  {name:<32} median {medians[name]:6.2f} s (min {min(seconds):.2f}, max {max(seconds):.2f})  "
+            print(f"  {name:<40} median {medians[name]:6.2f} s (min {min(seconds):.2f}, max {max(seconds):.2f})  "
                   f"{events / medians[name] / 1e6:5.2f} M events/s  peak RSS {max(p for _, p in samples) / 1024:6.0f} MiB")
         analyze_s, report_s = medians["kptrace analyze (trace.dat)"], medians["trace-cmd report (trace.dat)"]
         print(f"ratio trace-cmd report / kptrace analyze wall time: {report_s / analyze_s:.2f}x (target > 1)")

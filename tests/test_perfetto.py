@@ -398,18 +398,27 @@ def test_a_timeline_that_fits_is_drawn_whole_and_unchanged(tmp_path):
 
 # --- Packets with flows or annotations, encoded directly -----------------------------------------
 
-@settings(max_examples=300, deadline=None)
-@given(ts=st.integers(0, 2**63 - 1), kind=st.sampled_from([1, 2, 3, 4]), uuid=st.integers(0, 2**64 - 1),
-       iid=st.none() | st.integers(1, 2**31), value=st.none() | st.floats(allow_nan=False),
-       seq=st.integers(1, 2**32 - 1),
-       flows_out=st.none() | st.lists(st.integers(0, 2**64 - 1), max_size=3),
-       flows_in=st.none() | st.lists(st.integers(0, 2**64 - 1), max_size=3),
-       annotations=st.none() | st.lists(st.tuples(st.text(max_size=12), st.integers(-2**63, 2**63 - 1)), max_size=3),
-       incomplete=st.booleans())
-def test_a_packet_with_flows_or_annotations_has_the_protobuf_classes_bytes(ts, kind, uuid, iid, value, seq, flows_out,
-                                                                            flows_in, annotations, incomplete):
-    from kptrace.export.perfetto import _event_packet, _extra_packet
+_PACKET_ROW = st.fixed_dictionaries({
+    "ts": st.integers(0, 2**63 - 1), "type": st.sampled_from([1, 2, 3, 4]), "track_uuid": st.integers(0, 2**64 - 1),
+    "iid": st.none() | st.integers(1, 2**31), "value": st.none() | st.floats(allow_nan=False),
+    "incomplete": st.booleans(),
+    "flows_out": st.none() | st.lists(st.integers(0, 2**64 - 1), max_size=3),
+    "flows_in": st.none() | st.lists(st.integers(0, 2**64 - 1), max_size=3),
+    "values": st.lists(st.none() | st.integers(-2**63, 2**63 - 1), min_size=3, max_size=3)})
 
-    extra = (flows_out, flows_in, annotations, incomplete)
-    assert _extra_packet(ts, kind, uuid, iid, value, seq, extra) == _event_packet(ts, kind, uuid, iid, value, seq,
-                                                                                   None, extra)
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(_PACKET_ROW, min_size=1, max_size=20), seq=st.integers(1, 2**32 - 1),
+       names=st.lists(st.text(min_size=1, max_size=12).filter(lambda name: name not in ("ts", "type", "track_uuid",
+                      "iid", "value", "incomplete", "flows_out", "flows_in")), unique=True, max_size=3))
+def test_packets_with_flows_and_annotations_encoded_with_numpy_have_the_protobuf_classes_bytes(rows, seq, names):
+    """Every field the timeline's packets carry (annotations of any name and value, the
+    incomplete flag, several flows each way, counter values) is encoded as protobuf does."""
+    from kptrace.export.perfetto import _encode_rows, _row_packets
+
+    frame = pl.DataFrame([{**{k: v for k, v in row.items() if k != "values"}, **dict(zip(names, row["values"]))}
+                          for row in rows],
+                         schema={"ts": pl.Int64, "type": pl.Int64, "track_uuid": pl.UInt64, "iid": pl.Int64,
+                                 "value": pl.Float64, "incomplete": pl.Boolean, "flows_out": pl.List(pl.UInt64),
+                                 "flows_in": pl.List(pl.UInt64), **{name: pl.Int64 for name in names}})
+    assert _encode_rows(frame, seq).tobytes() == _row_packets(frame, seq, None)

@@ -47,19 +47,17 @@ Drawing rules:
 
 Packets are built with the `perfetto` package's protobuf classes (`perfetto.protos...
 TracePacket`) and framed as `Trace.packet` entries, as `perfetto.trace_builder.
-StreamingTraceProtoBuilder` frames them. The plain BEGIN/END/INSTANT/COUNTER packets — nearly
-all of them — are encoded with numpy instead (`VECTORISED`), producing the same bytes (a test
-compares the two): 1M slices take about 1.6 s instead of about 5 s. A path ending in `.gz` is
-gzip-compressed (Perfetto's trace processor and UI read gzip traces).
+StreamingTraceProtoBuilder` frames them. Every packet but the first (which carries the interned
+names) is encoded with numpy instead (`VECTORISED`), flows and annotations included, producing
+the same bytes (tests compare the two): the 1 M-event benchmark trace's timeline takes about half
+the time it took with its 57 k request packets built one by one in Python. A path ending in
+`.gz` is gzip-compressed (Perfetto's trace processor and UI read gzip traces).
 """
 
 from __future__ import annotations
 
-import functools
 import gzip
-from bisect import bisect_left
 import hashlib
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -341,8 +339,6 @@ def _varint(value: int) -> bytes:
 
 
 _SMALL_VARINTS = [bytes((value,)) for value in range(0x80)]
-#: Track uuids and name iids repeat from packet to packet: each is encoded once.
-_track_varint = functools.lru_cache(maxsize=65536)(_varint)
 
 
 def _frame_packet(payload: bytes) -> bytes:
@@ -350,10 +346,15 @@ def _frame_packet(payload: bytes) -> bytes:
     return b"\x0a" + _varint(len(payload)) + payload
 
 
-#: Encode the plain event packets with numpy (same bytes as the protobuf classes, which the
-#: packets with flows, annotations or interned data always use); False: protobuf for all.
+#: Encode the event packets with numpy (same bytes as the protobuf classes, which the first
+#: packet, carrying the interned names, always uses); False: protobuf for all.
 VECTORISED = True
 _BLOCK = 262_144
+#: Columns a packet row may carry beside ts, type, track_uuid, iid and value: whether it is an
+#: incomplete interval's instant (Boolean) and the flows it starts and ends (List(UInt64)).
+#: Any other column is an integer debug annotation named after it (null: none), in column order.
+FLOW_COLUMNS = ("flows_out", "flows_in")
+_PACKET_COLUMNS = ("ts", "type", "track_uuid", "iid", "value", "incomplete", *FLOW_COLUMNS)
 
 
 def _event_packet(ts: int, kind: int, uuid: int, iid: int | None, value: float | None, seq: int,
@@ -401,125 +402,115 @@ def _annotation(name: str, int_value: int | None = None, flag: bool = False) -> 
     return b"\x22" + _varint(len(body)) + body
 
 
-@functools.lru_cache(maxsize=256)
 def _annotation_name(name: str) -> bytes:
     label = name.encode()
     return b"\x52" + _varint(len(label)) + label
 
 
-def _extra_packet(ts: int, kind: int, uuid: int, iid: int | None, value: float | None, seq: int,
-                  extra: tuple) -> bytes:
-    """_event_packet's bytes for a packet with flows or annotations (and no interned data),
-    written directly: the protobuf classes cost ~10x more per packet. Fields in number order,
-    as protobuf serializes them."""
-    flows_out, flows_in, annotations, incomplete = extra
-    te = [_annotation(key, int(val)) for key, val in annotations or ()]
-    if incomplete:
-        te.append(_annotation("incomplete", flag=True))
-    te += [b"\x48", _SMALL_VARINTS[kind]]
-    if iid is not None:
-        te += [b"\x50", _track_varint(iid)]
-    te += [b"\x58", _track_varint(uuid)]
-    if value is not None:
-        te.append(b"\xe1\x02" + struct.pack("<d", value))
-    te += [b"\xf9\x02" + struct.pack("<Q", flow) for flow in flows_out or ()]
-    te += [b"\x81\x03" + struct.pack("<Q", flow) for flow in flows_in or ()]
-    event = b"".join(te)
-    return _frame_packet(b"\x40" + _varint(ts) + b"\x50" + _varint(seq) + b"\x5a" + _varint(len(event)) + event
-                         + b"\x68\x02")
+def _row_packets(rows: pl.DataFrame, seq: int, interned: dict[str, int] | None) -> bytes:
+    """_event_packet of every row (the first carrying `interned` when given): the reference the
+    numpy encoder matches, and the interned first packet."""
+    annotated = [c for c in rows.columns if c not in _PACKET_COLUMNS]
+    packets = []
+    for i, row in enumerate(rows.iter_rows(named=True)):
+        counter = row["type"] == _COUNTER
+        extra = (row.get("flows_out"), row.get("flows_in"),
+                 [(name, row[name]) for name in annotated if row[name] is not None], row.get("incomplete"))
+        packets.append(_event_packet(row["ts"], row["type"], row["track_uuid"], row["iid"],
+                                     (row["value"] or 0.0) if counter else None, seq, interned if i == 0 else None, extra))
+    return b"".join(packets)
 
 
-def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Protobuf varints of unsigned values: (bytes, shape (n, 10); length per row)."""
+# Pieces of packets, one per field, each a (flat bytes, length per row) pair: a row's packet is
+# its pieces in order (_joined); an absent field is a piece of length 0 in that row.
+
+#: The smallest value of each varint length past one byte.
+_VARINT_STEPS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
+
+
+def _varints(values: np.ndarray, present: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Protobuf varints of unsigned values (signed ones as their 64-bit two's complement)."""
     v = values.astype(np.uint64)
-    n_bytes = np.ones(len(v), dtype=np.int64)
-    for k in range(1, 10):
-        n_bytes += v >= np.uint64(1) << np.uint64(7 * k)
-    out = np.empty((len(v), 10), dtype=np.uint8)
-    for k in range(10):
+    n_bytes = np.searchsorted(_VARINT_STEPS, v, side="right") + 1
+    width = int(n_bytes.max()) if len(v) else 1
+    out = np.empty((len(v), width), dtype=np.uint8)
+    for k in range(width):
         more = (k < n_bytes - 1).astype(np.uint8) << 7
         out[:, k] = ((v >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8) | more
-    return out, n_bytes
+    if present is not None:
+        n_bytes = np.where(present, n_bytes, 0)
+    return out[np.arange(width)[None, :] < n_bytes[:, None]], n_bytes
 
 
-def _const(byte_values: bytes, n: int, present: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    block = np.tile(np.frombuffer(byte_values, dtype=np.uint8), (n, 1))
-    lengths = np.full(n, len(byte_values), dtype=np.int64)
-    return block, lengths if present is None else np.where(present, lengths, 0)
+def _const(byte_values: bytes, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same bytes in every row where `present`."""
+    return (np.tile(np.frombuffer(byte_values, dtype=np.uint8), int(present.sum())),
+            np.where(present, len(byte_values), 0))
 
 
-def _concat_pieces(pieces: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise concatenation of variable-length byte pieces: (flat bytes, length per row)."""
-    matrix = np.concatenate([block for block, _ in pieces], axis=1)
-    mask = np.concatenate([np.arange(block.shape[1])[None, :] < lengths[:, None] for block, lengths in pieces],
-                          axis=1)
-    return matrix[mask], sum(lengths for _, lengths in pieces)
+def _flows(flows: pl.Series, tag: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Repeated fixed64 flow ids: `tag` and 8 bytes, little endian, per id."""
+    ids = flows.explode().drop_nulls().to_numpy().astype("<u8")
+    each = np.empty((len(ids), len(tag) + 8), dtype=np.uint8)
+    each[:, :len(tag)] = np.frombuffer(tag, dtype=np.uint8)
+    each[:, len(tag):] = ids.view(np.uint8).reshape(len(ids), 8)
+    return each.ravel(), flows.list.len().fill_null(0).to_numpy().astype(np.int64) * each.shape[1]
 
 
-def _encode_block(ts, kind, uuid, iid, value, seq: int) -> tuple[np.ndarray, np.ndarray]:
-    """Framed event packets for rows without flows, annotations or interned data."""
-    n = len(ts)
-    has_iid = iid >= 0
-    counter = kind == _COUNTER
-    ts_b, ts_n = _varints(ts)
-    seq_b, seq_n = _varints(np.full(n, seq, dtype=np.uint64))
-    kind_b, kind_n = _varints(kind)
-    iid_b, iid_n = _varints(np.where(has_iid, iid, 0))
-    uuid_b, uuid_n = _varints(uuid)
-    value_b = np.ascontiguousarray(value.astype("<f8")).view(np.uint8).reshape(n, 8)
-    te_len = (1 + kind_n) + np.where(has_iid, 1 + iid_n, 0) + (1 + uuid_n) + np.where(counter, 2 + 8, 0)
-    te_len_b, te_len_n = _varints(te_len)
-    packet_len = (1 + ts_n) + (1 + seq_n) + (1 + te_len_n + te_len) + 2
-    frame_b, frame_n = _varints(packet_len)
-    pieces = [
-        _const(b"\x0a", n), (frame_b, frame_n),
-        _const(b"\x40", n), (ts_b, ts_n),
-        _const(b"\x50", n), (seq_b, seq_n),
-        _const(b"\x5a", n), (te_len_b, te_len_n),
-        _const(b"\x48", n), (kind_b, kind_n),
-        _const(b"\x50", n, has_iid), (iid_b, np.where(has_iid, iid_n, 0)),
-        _const(b"\x58", n), (uuid_b, uuid_n),
-        _const(b"\xe1\x02", n, counter), (value_b, np.where(counter, 8, 0)),
-        _const(b"\x68\x02", n),
-    ]
-    return _concat_pieces(pieces)
+def _joined(pieces: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's pieces one after another, the rows in order: (flat bytes, length per row)."""
+    lengths = sum(n for _, n in pieces)
+    out = np.empty(int(lengths.sum()), dtype=np.uint8)
+    at = np.cumsum(lengths) - lengths  # where each row's next piece goes
+    for flat, n in pieces:
+        if len(flat):
+            out[np.repeat(at - (np.cumsum(n) - n), n) + np.arange(len(flat))] = flat
+        at += n
+    return out, lengths
 
 
-def _write_events(out, rows: pl.DataFrame, seq: int, interned: dict[str, int] | None,
-                  extras: dict[int, tuple]) -> int:
-    """Write the event packets of `rows` (ts, type, track_uuid, iid, value) in order, _BLOCK rows
-    at a time (only one block's columns and bytes are held); with `interned`, the first packet
-    carries those names and clears the sequence state. `extras`: the flows and annotations of a
-    row, by its position. Returns the packet count."""
-    specials = sorted({0, *extras} if interned is not None else extras)
+def _encode_rows(rows: pl.DataFrame, seq: int) -> np.ndarray:
+    """Framed event packets of `rows` (without interned data), in order, as _row_packets
+    writes them: fields in number order, as protobuf serializes them."""
+    n = rows.height
+    every = np.ones(n, dtype=bool)
+    kind = rows["type"].to_numpy().astype(np.int64)
+    iid = rows["iid"].fill_null(-1).to_numpy()
+    has_iid, counter = iid >= 0, kind == _COUNTER
+    event = []  # the TrackEvent's fields
+    for name in (c for c in rows.columns if c not in _PACKET_COLUMNS):
+        present = rows[name].is_not_null().to_numpy()
+        value = _varints(rows[name].fill_null(0).cast(pl.Int64).to_numpy(), present)
+        label = _annotation_name(name)
+        body = _varints(1 + value[1] + len(label), present)
+        event += [_const(b"\x22", present), body, _const(b"\x20", present), value, _const(label, present)]
+    if "incomplete" in rows.columns:
+        event.append(_const(_annotation("incomplete", flag=True), rows["incomplete"].fill_null(False).to_numpy()))
+    event += [_const(b"\x48", every), _varints(kind), _const(b"\x50", has_iid), _varints(iid, has_iid),
+              _const(b"\x58", every), _varints(rows["track_uuid"].to_numpy()), _const(b"\xe1\x02", counter),
+              (rows["value"].fill_null(0.0).to_numpy()[counter].astype("<f8").view(np.uint8), np.where(counter, 8, 0))]
+    event += [_flows(rows[name], tag) for name, tag in zip(FLOW_COLUMNS, (b"\xf9\x02", b"\x81\x03"))
+              if name in rows.columns]
+    event_len = sum(lengths for _, lengths in event)
+    packet = [_const(b"\x40", every), _varints(rows["ts"].to_numpy()), _const(b"\x50", every),
+              _const(_varint(seq), every), _const(b"\x5a", every), _varints(event_len), *event,
+              _const(b"\x68\x02", every)]
+    packet_len = sum(lengths for _, lengths in packet)
+    return _joined([_const(b"\x0a", every), _varints(packet_len), *packet])[0]
+
+
+def _write_events(out, rows: pl.DataFrame, seq: int, interned: dict[str, int] | None) -> int:
+    """Write the event packets of `rows` (ts, type, track_uuid, iid, value, and the optional
+    columns of _PACKET_COLUMNS) in order, _BLOCK rows at a time (only one block's columns and
+    bytes are held); with `interned`, the first packet carries those names and clears the
+    sequence state. Returns the packet count."""
     for lo in range(0, rows.height, _BLOCK):
         block = rows.slice(lo, _BLOCK)
-        ts = block["ts"].to_numpy()
-        kind = block["type"].to_numpy().astype(np.int64)
-        uuid = block["track_uuid"].to_numpy()
-        iid = block["iid"].fill_null(-1).to_numpy()
-        value = block["value"].fill_null(0.0).to_numpy()
-
-        def special(i: int) -> bytes:
-            j = i - lo
-            fields = (int(ts[j]), int(kind[j]), int(uuid[j]), None if iid[j] < 0 else int(iid[j]),
-                      float(value[j]) if kind[j] == _COUNTER else None, seq)
-            first = interned is not None and i == 0
-            if first or not VECTORISED:
-                return _event_packet(*fields, interned if first else None, extras.get(i))
-            return _extra_packet(*fields, extras[i])
-
-        if not VECTORISED:
-            out.write(b"".join(special(i) for i in range(lo, lo + block.height)))
-            continue
-        flat, lengths = _encode_block(ts, kind, uuid, iid, value, seq)
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        start, pieces = 0, []
-        for i in specials[bisect_left(specials, lo):bisect_left(specials, lo + block.height)]:
-            pieces += [flat[offsets[start]:offsets[i - lo]].tobytes(), special(i)]
-            start = i - lo + 1
-        pieces.append(flat[offsets[start]:].tobytes())
-        out.write(b"".join(pieces))  # one write per block: a gzip write costs more than a packet
+        by_classes = block.height if not VECTORISED else int(interned is not None and lo == 0)
+        packets = [_row_packets(block.head(by_classes), seq, interned if lo == 0 else None)] if by_classes else []
+        if by_classes < block.height:
+            packets.append(_encode_rows(block.slice(by_classes), seq).tobytes())
+        out.write(b"".join(packets))  # one write per block: a gzip write costs more than a packet
     return rows.height
 
 
@@ -627,8 +618,8 @@ def write_timeline(
               .select("item", "track_uuid", "iid", "ts", "type").collect().with_row_index("pos"))
 
     # Flows: request <-> the interrupt intervals that disrupted it; from the earlier BEGIN.
-    flow_out: dict[int, list[int]] = {}
-    flow_in: dict[int, list[int]] = {}
+    # Each packet's flows and annotations are columns of its row (_PACKET_COLUMNS), by `pos`.
+    extras: list[pl.DataFrame] = []
     n_flows = 0
     starts = stream.filter(pl.col("type") != _END).select("item", "pos")
     if rq is not None and "irq_interval_ids" in rq.collect_schema().names():
@@ -642,23 +633,19 @@ def write_timeline(
             .sort("request_id", "irq_id")
         )
         base = _hash64(f"kptrace/flow/{group}") & ~((1 << 32) - 1) & ((1 << 63) - 1)
-        for n, (r_pos, i_pos) in enumerate(pairs.select("r_pos", "i_pos").iter_rows()):
-            flow_id = base | (n + 1)
-            src, dst = (r_pos, i_pos) if r_pos < i_pos else (i_pos, r_pos)
-            flow_out.setdefault(src, []).append(flow_id)
-            flow_in.setdefault(dst, []).append(flow_id)
+        r_pos, i_pos = pairs["r_pos"].to_numpy(), pairs["i_pos"].to_numpy()
+        flows = pl.DataFrame({"src": np.minimum(r_pos, i_pos), "dst": np.maximum(r_pos, i_pos),
+                              "flow": np.uint64(base) | np.arange(1, pairs.height + 1, dtype=np.uint64)})
+        extras += [flows.group_by("src", maintain_order=True).agg(flows_out="flow").rename({"src": "pos"}),
+                   flows.group_by("dst", maintain_order=True).agg(flows_in="flow").rename({"dst": "pos"})]
         n_flows = pairs.height
 
     # Request annotations (request_id, fd, n_irq) on their BEGIN / INSTANT.
-    annotations: dict[int, list[tuple[str, int]]] = {}
     if rq is not None:
         cols = [c for c in ("fd", "n_irq") if c in rq.collect_schema().names()]
         req = (items.filter(pl.col("is_request")).select("item", request_id="item_id")
                .join(rq.select(pl.col("request_id").cast(pl.Int64), *cols).collect(), on="request_id", how="left"))
-        req = req.join(starts, on="item")
-        for row in req.iter_rows(named=True):
-            annotations[row["pos"]] = [(c, row[c]) for c in ("request_id", *cols) if row[c] is not None]
-    incomplete_pos = set(stream.filter(pl.col("type") == _INSTANT)["pos"].to_list())
+        extras.append(req.join(starts, on="item").select("pos", "request_id", *(pl.col(c).cast(pl.Int64) for c in cols)))
     del items, starts
 
     # --- counters --------------------------------------------------------------------------
@@ -736,18 +723,18 @@ def write_timeline(
         # Event packets: slices first (in their nesting order), then counters. Typed explicitly:
         # a trace with no slices leaves `stream` empty and its columns untyped.
         row_schema = {"ts": pl.Int64, "type": pl.Int64, "track_uuid": pl.UInt64, "iid": pl.Int64, "value": pl.Float64}
-        slices = stream.select("ts", "type", "track_uuid", iid=pl.when(pl.col("type") != _END).then("iid"),
-                               value=pl.lit(None, pl.Float64)).cast(row_schema)
+        slices = stream.select("pos", "ts", "type", "track_uuid", iid=pl.when(pl.col("type") != _END).then("iid"),
+                               value=pl.lit(None, pl.Float64), incomplete=pl.col("type") == _INSTANT)
         del stream
-        extras = {pos: (flow_out.get(pos), flow_in.get(pos), annotations.get(pos), pos in incomplete_pos)
-                  for pos in {*flow_out, *flow_in, *annotations, *incomplete_pos}}
+        for extra in extras:
+            slices = slices.join(extra, on="pos", how="left", maintain_order="left")
         out.write(b"".join(chunk))
         chunk.clear()
-        written = _write_events(out, slices, seq, iid_of, extras)
+        written = _write_events(out, slices.drop("pos").cast(row_schema), seq, iid_of)
         if counter_rows:
             samples = pl.concat(counter_rows).sort("track_uuid", "ts").select(
                 "ts", type=pl.lit(_COUNTER), track_uuid="track_uuid", iid=pl.lit(None, pl.Int64), value="value")
-            written += _write_events(out, samples.cast(row_schema), seq, None if written else iid_of, {})
+            written += _write_events(out, samples.cast(row_schema), seq, None if written else iid_of)
         packets += written
 
     return {
