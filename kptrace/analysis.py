@@ -141,20 +141,15 @@ def analyze(path: str | Path, progress: Callable[[str], None] = lambda stage: No
     fits WHOLE_MAX_ROWS and else in windows of DEFAULT_WINDOW_ROWS. A text input is read whole."""
     if stored is not None and (source := open_source(path)) is not None:
         if window_rows is not None or window_bounds(source.capture, WHOLE_MAX_ROWS):
-            from kptrace.windowed.analyze import analyze_event_windows  # it imports this module
+            from kptrace.windowed.analyze import analyze_windowed  # it imports this module
 
-            def meta() -> dict:
-                progress(f"read {source.meta['event_count']:,} events ({source.meta['source_format']})")
-                return source.meta
-            return analyze_event_windows(event_windows(source, window_rows or DEFAULT_WINDOW_ROWS), meta,
-                                         Path(stored), progress)
+            return analyze_windowed(source, Path(stored), progress, window_rows or DEFAULT_WINDOW_ROWS)
         events = pl.concat(event_windows(source, WHOLE_MAX_ROWS))  # one window: the whole capture
         progress(f"read {source.meta['event_count']:,} events ({source.meta['source_format']})")
         return analyze_events(events, source.meta, progress)
     normalized = normalize(read_any(path))
     progress(f"read {normalized.meta['event_count']:,} events ({normalized.meta['source_format']})")
-    # The wide table, built once: the stages query it many times. (Handing them the view, a
-    # Python scan, made a fleet worker print a Ctrl-C traceback from inside a query once in CI.)
+    # The wide table, built once: the stages query it many times, faster than through the view.
     return analyze_events(normalized.events, normalized.meta, progress)
 
 

@@ -96,7 +96,7 @@ def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = No
 
     with _stages(trace.name, quiet) as progress:
         with opened(trace, out) as readable:  # a bundle archive is unpacked safely into out, then removed
-            analysis = run_analysis(readable, progress, stored=out)  # a binary capture: windowed, its tables in out
+            analysis = run_analysis(readable, progress, stored=out)  # a large binary capture: windowed
         _warn(analysis.meta)
         summary = build_summary(analysis)
         servers = len(summary["whatif"])

@@ -33,20 +33,16 @@ from kptrace.analysis import Analysis, Seen, completed
 from kptrace.export.parquet import ROW_GROUP_ROWS, ParquetAppender
 from kptrace.requests import REQUEST_SCHEMA
 from kptrace.windowed.disruptions import chains_in_parts
-from kptrace.windowed.events import event_windows, open_source
+from kptrace.windowed.events import Source, event_windows
 from kptrace.windowed.intervals import Inferred, interval_windows
 from kptrace.windowed.requests import HIT_SCHEMA, empty_work, numbered_in_parts, request_parts
 
 
-def analyze_windowed(path: str | Path, out: Path, progress: Callable[[str], None],
-                     window_rows: int) -> Analysis | None:
-    """The analysis of a binary capture with its tables written to `out` and scanned from
-    there (`stored`), equal to analysis.analyze(path); None when the input is not a binary
-    capture read in windows (windowed.events.open_source)."""
-    source = open_source(path)
-    if source is None:
-        return None
-
+def analyze_windowed(source: Source, out: Path, progress: Callable[[str], None],
+                     window_rows: int) -> Analysis:
+    """The analysis of a binary capture (windowed.events.open_source) read `window_rows` events
+    at a time, its tables written to `out` and scanned from there (`stored`): equal to
+    analysis.analyze(path)."""
     def meta() -> dict:
         progress(f"read {source.meta['event_count']:,} events ({source.meta['source_format']})")
         return source.meta
