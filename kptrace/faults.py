@@ -13,8 +13,10 @@ start_ns, end_ns, kind, detail; a null cpu or tid means every CPU or every task)
 - `interrupt_without_exit`: a hard IRQ or softirq whose exit was never seen (the trace ends
   inside it, or an edge is lost): from its entry to the next event on its CPU (the trace end).
 - `clock_order`: a task switched in after sleeping before the sched_waking that woke it, on
-  another CPU: one of the two CPUs' clocks went backwards. Every such case gives the window
-  from the switch-in to the waking on both CPUs; overlapping ones are merged.
+  another CPU, or a waking and its wakeup recorded on two CPUs in swapped order: one of the two
+  CPUs' clocks went backwards. Every such case gives the window between the two events on both
+  CPUs; overlapping ones are merged. A single event the trace lacks (a VM's ring buffer can miss
+  a wakeup or a switch-in without counting it lost) is not a clock fault.
 - `pid_reuse`: a tid is seen again after its task exited (its last sched_switch out in state X
   or Z): another task took the tid, so that tid's intervals across the change are not one
   task's. The window runs from the exit to the first sight of the new task, for that tid on
@@ -50,6 +52,9 @@ Table = pl.DataFrame | pl.LazyFrame
 WINDOW_SCHEMA = tables.polars_schema("damaged_windows")
 #: A counter delta at or beyond this is a wrap or a damaged read, never a real count.
 WRAPPED_DELTA = 2**47
+#: Two clock_order cases less than this apart on a CPU are one window: a skew proved twice that
+#: close is taken to hold between them too (each case proves it only where a wakeup shows it).
+SKEW_PERSISTS_NS = 1_000_000
 #: What each fault kind means, for the warning line.
 FAULT_WORDS = {
     "lost_events": "the tracer lost events",
@@ -185,13 +190,14 @@ def open_interrupt_windows(events: Table | None, intervals: Table, meta: dict) -
         "interrupt_without_exit")
 
 
-def _merge(windows: pl.DataFrame) -> pl.DataFrame:
-    """Overlapping windows of one (cpu, tid) merged into one, its detail counting what it joins."""
+def _merge(windows: pl.DataFrame, within_ns: int = 0) -> pl.DataFrame:
+    """Windows of one (cpu, tid) that overlap, or lie less than `within_ns` apart, merged into
+    one, its detail counting what it joins."""
     if windows.height == 0:
         return windows
     grouped = (windows.sort("cpu", "tid", "start_ns", "end_ns")
                .with_columns(reach=pl.col("end_ns").cum_max().shift(1).over("cpu", "tid"))
-               .with_columns(group=(pl.col("reach").is_null() | (pl.col("start_ns") > pl.col("reach")))
+               .with_columns(group=(pl.col("reach").is_null() | (pl.col("start_ns") > pl.col("reach") + within_ns))
                              .cast(pl.UInt32).cum_sum()))
     merged = grouped.group_by("group", maintain_order=True).agg(
         pl.col("cpu", "tid", "kind").first(), start_ns=pl.col("start_ns").min(), end_ns=pl.col("end_ns").max(),
@@ -205,7 +211,9 @@ def clock_order_windows(events: Table, intervals: Table, unseen: pl.DataFrame) -
     sched_waking of it, which may come while it still runs (it had set its sleeping state but not
     yet switched out). When no waking lies between the start of the run that slept and the next
     switch-in, and the first waking after it comes from another CPU, the two clocks disagree,
-    unless events were lost or not traced (`unseen`) meanwhile: then the waking may be there."""
+    unless events were lost or not traced (`unseen`) meanwhile: then the waking may be there.
+    The waking must come before the task sleeps again: a later one woke that later sleep, and the
+    switch-in before it simply lacks its own waking in the trace."""
     rows = (events.lazy().with_row_index("seq").filter(_EVENT.is_in(["sched_waking", "sched_wakeup", "sched_switch"]))
             .select(pl.col("seq").cast(pl.UInt32), "cpu", "ts", "event", "prev_pid", "prev_state", "next_pid",
                     "task_pid").collect())
@@ -214,7 +222,8 @@ def clock_order_windows(events: Table, intervals: Table, unseen: pl.DataFrame) -
     if wakings.height == 0:
         return _windows(pl.DataFrame(), "clock_order").clear()
     switches = rows.filter(_EVENT == "sched_switch")
-    slept = switches.filter(~pl.col("prev_state").str.starts_with("R")).select(end_seq="seq", sleeper="prev_pid")
+    sleeps = switches.filter(~pl.col("prev_state").str.starts_with("R"))
+    slept = sleeps.select(end_seq="seq", sleeper="prev_pid")
     woken = switches.select("seq", woken="next_pid")
     runs = (intervals.lazy().filter((pl.col("kind") == "running") & (pl.col("tid") != 0))
             .select("id", "cpu", "tid", "ts", "seq", "end_seq").collect()
@@ -231,8 +240,11 @@ def clock_order_windows(events: Table, intervals: Table, unseen: pl.DataFrame) -
                            check_sortedness=False)
             .join_asof(wakings, left_on="next_ts", right_on="waking_ts", by="tid", strategy="forward",
                        allow_exact_matches=False, check_sortedness=False)
+            .join_asof(sleeps.select(tid="prev_pid", sleep_ts="ts").sort("sleep_ts"), left_on="next_ts",
+                       right_on="sleep_ts", by="tid", strategy="forward", check_sortedness=False)
             .filter((pl.col("last_waking_ts").is_null() | (pl.col("last_waking_ts") < pl.col("run_ts")))
-                    & (pl.col("waking_cpu") != pl.col("next_cpu"))))
+                    & (pl.col("waking_cpu") != pl.col("next_cpu"))
+                    & (pl.col("sleep_ts").is_null() | (pl.col("waking_ts") <= pl.col("sleep_ts")))))
     explained = _touched(unseen["start_ns"].to_numpy(), unseen["end_ns"].to_numpy(),
                          late["run_ts"].to_numpy(), late["waking_ts"].to_numpy())
     late = late.filter(~pl.Series(explained))
@@ -240,23 +252,29 @@ def clock_order_windows(events: Table, intervals: Table, unseen: pl.DataFrame) -
                        "tid", "next_cpu", "next_ts", pl.col("waking_ts") - pl.col("next_ts"), "waking_cpu")
     cases = pl.concat([late.select(cpu=cpu, start_ns="next_ts", end_ns="waking_ts", detail=detail)
                        for cpu in ("next_cpu", "waking_cpu")] + _unpaired_wakeups(rows, unseen))
-    return _merge(_windows(cases, "clock_order"))
+    return _merge(_windows(cases, "clock_order"), SKEW_PERSISTS_NS)
 
 
 def _unpaired_wakeups(rows: pl.DataFrame, unseen: pl.DataFrame) -> list[pl.DataFrame]:
-    """Each sched_waking of a task is followed by its sched_wakeup (on the CPU it wakes on)
-    before the next waking of it; two wakings, or two wakeups, in a row on different CPUs mean
-    the order across CPUs is broken where a clock jumped (unless events went unseen there)."""
+    """Each sched_waking of a task is followed by its sched_wakeup before the next waking of it.
+    When the two are recorded on CPUs whose clocks disagree, a pair can come out swapped, and the
+    task's order reads waking, waking, wakeup, wakeup (or the mirror): two repeats in a row, the
+    swapped pair between them. One repeat alone is one missing event, not a clock. The window is
+    the swapped pair's span, unless events went unseen from the first repeat to the second."""
+    after = [pl.col(name).shift(-1).over("task_pid").alias(f"next_{name}") for name in ("event", "ts", "cpu")]
     pairs = (rows.filter(_EVENT.is_in(["sched_waking", "sched_wakeup"]))
              .select("seq", "ts", "cpu", "task_pid", event=_EVENT).sort("task_pid", "seq")
-             .with_columns(prev_event=pl.col("event").shift(1).over("task_pid"),
-                           prev_ts=pl.col("ts").shift(1).over("task_pid"), prev_cpu=pl.col("cpu").shift(1).over("task_pid"))
-             .filter((pl.col("event") == pl.col("prev_event")) & (pl.col("cpu") != pl.col("prev_cpu"))))
+             .with_columns(*after, repeated=pl.col("event") == pl.col("event").shift(1).over("task_pid"),
+                           repeated_next=(pl.col("event").shift(-1) == pl.col("event").shift(-2)).over("task_pid"),
+                           prev_ts=pl.col("ts").shift(1).over("task_pid"),
+                           last_ts=pl.col("ts").shift(-2).over("task_pid"))
+             .filter(pl.col("repeated") & pl.col("repeated_next") & (pl.col("next_event") != pl.col("event"))
+                     & (pl.col("cpu") != pl.col("next_cpu"))))
     pairs = pairs.filter(~pl.Series(_touched(unseen["start_ns"].to_numpy(), unseen["end_ns"].to_numpy(),
-                                             pairs["prev_ts"].to_numpy(), pairs["ts"].to_numpy())))
-    detail = pl.format("tid {}: {} on CPU {} at {} ns and again on CPU {} at {} ns, with no counterpart between",
-                       "task_pid", "event", "prev_cpu", "prev_ts", "cpu", "ts")
-    return [pairs.select(cpu=cpu, start_ns="prev_ts", end_ns="ts", detail=detail) for cpu in ("prev_cpu", "cpu")]
+                                             pairs["prev_ts"].to_numpy(), pairs["last_ts"].to_numpy())))
+    detail = pl.format("tid {}: {} on CPU {} at {} ns and {} on CPU {} at {} ns recorded in swapped order",
+                       "task_pid", "event", "cpu", "ts", "next_event", "next_cpu", "next_ts")
+    return [pairs.select(cpu=cpu, start_ns="ts", end_ns="next_ts", detail=detail) for cpu in ("cpu", "next_cpu")]
 
 
 def pid_reuse_windows(events: Table) -> pl.DataFrame:
@@ -315,9 +333,9 @@ def damaged_windows(events: Table | None, intervals: Table, meta: dict) -> pl.Da
     """Every fault's windows, ordered by (start_ns, end_ns, cpu, tid, kind)."""
     found = [open_interrupt_windows(events, intervals, meta)]
     if events is not None:
-        lost = lost_event_windows(events)
-        unseen = pl.concat([lost.select("start_ns", "end_ns"), untraced_spans(events).select("start_ns", "end_ns")])
-        found += [lost, cpu_windows(events, meta), clock_order_windows(events, intervals, unseen),
+        lost, missing = lost_event_windows(events), cpu_windows(events, meta)
+        unseen = pl.concat([frame.select("start_ns", "end_ns") for frame in (lost, missing, untraced_spans(events))])
+        found += [lost, missing, clock_order_windows(events, intervals, unseen),
                   pid_reuse_windows(events), counter_windows(events, meta)]
     return pl.concat(found).sort("start_ns", "end_ns", "cpu", "tid", "kind", nulls_last=True)
 
