@@ -182,8 +182,11 @@ def _binary_trace(capture: Capture, path: Path, source_format: str, warnings: li
     if table is None:
         raise TraceError(path, f"no events found (read as {source_format})")
     core = table.core
-    records = core.filter(pl.col("subsystem").ne_missing("kptrace")).height
-    undecodable = core.filter(UNDECODABLE)
+    # Counted in one query: a filter would copy every column of every kept row.
+    records, unknown, lost = core.select(records=pl.col("subsystem").ne_missing("kptrace").sum(),
+                                         unknown=(pl.col("subsystem") == "unknown").sum(),
+                                         lost=(pl.col("event") == "lost_events").sum()).row(0)
+    undecodable = core.filter(UNDECODABLE) if unknown else core.clear()
     if undecodable.height:
         seq = core.with_row_index("seq", offset=1).filter(UNDECODABLE)["seq"]
         found = table.rows_at(seq.to_numpy().astype(np.int64) - 1).with_columns(seq=seq)
@@ -193,7 +196,6 @@ def _binary_trace(capture: Capture, path: Path, source_format: str, warnings: li
     if records == undecodable.height:
         raise TraceError(path, f"no events found (read as {source_format}; "
                                f"{undecodable.height} records with no event format)")
-    lost = table.core.filter(pl.col("event") == "lost_events").height
     examples = undecodable_examples(found) if undecodable.height else []
     return RawTrace(rows=None, table=table, source_format=source_format, files=[str(path)],
                     warnings=warnings + capture.warnings + (

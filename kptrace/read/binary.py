@@ -2,27 +2,25 @@
 
 A container reader (trace.dat, raw pages) hands over a `Capture`: the page bytes of every
 per-CPU buffer and the kernel's format descriptions. This module walks all pages at once
-(`kptrace.read.pages`), then reads each event type's fields with numpy gathers: the Python
-loops here run once per event type or field, never once per record. The typed fields go to
+(`kptrace.read.pages`), groups each event type's records side by side, then reads each type's
+fields in compiled passes over them: the Python loops here run once per event type or field
+(or per distinct value), never once per record. The typed fields go to
 their family's table only (kptrace.read.table), never into full-length mostly-null columns.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from pyarrow._compute import call_function  # pyarrow.compute's own; importing that module costs ~0.2 s
 
 from kptrace.read.fields import VECTOR_HANDLERS, state_letters
 from kptrace.read.formats import EventFormat, Field, FormatTable, PageHeader
-from kptrace.read.pages import (MAX_SPAN, Pages, Records, byte_matrix, gathered, join_pages, read_field_bytes,
-                                read_field_ints, read_fields_native, record_span, walk)
+from kptrace.read.pages import (Pages, Records, distinct_keys, field_span, join_pages, read_field_bytes,
+                                grouped, read_field_ints, read_ints, walk)
 from kptrace.read.table import ROW, EventTable, held_type
 from kptrace.schema import CORE_COLUMNS, EVENT_SCHEMA, FAMILIES, SOFTIRQ_NAMES
 
@@ -56,39 +54,19 @@ def parse_cmdlines(text: str) -> dict[int, str]:
 
 def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct values and each value's index among them, without sorting every value: a
-    trace repeats a few tasks, names and sizes a million times. Integers in a small range are
-    counted in a bitmap; others are hashed (Arrow's dictionary encoding), byte strings by a
-    digest of their words, checked exactly afterwards."""
+    trace repeats a few tasks and states a million times. Integers in a small range are
+    counted in a bitmap; others are hashed (pages.distinct_keys)."""
     if values.dtype.kind == "i" and len(values) and int(values.max()) - int(values.min()) < 1 << 22:
         low = values.min()
+        offset = values - low if low else values
         present = np.zeros(int(values.max() - low) + 1, dtype=bool)
-        present[values - low] = True
-        return np.flatnonzero(present) + low, (np.cumsum(present) - 1)[values - low].astype(np.uint32)
-    if values.dtype.kind != "S" or not len(values):
-        first, which = _first_seen(values)
-        return values[first], which
-    width = -(-values.itemsize // 8) * 8
-    words = np.zeros((len(values), width), dtype=np.uint8)
-    words[:, : values.itemsize] = values.view(np.uint8).reshape(len(values), -1)
-    digest = np.zeros(len(values), dtype=np.uint64)
-    for column in words.view(np.uint64).T:
-        digest = (digest ^ column) * np.uint64(0x100000001B3)
-    first, which = _first_seen(digest)
-    if not (values[first][which] == values).all():  # two contents shared a hash: sort them instead
-        distinct, which = np.unique(values, return_inverse=True)
-        return distinct, which.astype(np.uint32).ravel()
+        present[offset] = True
+        return np.flatnonzero(present) + low, (np.cumsum(present) - 1).astype(np.uint32)[offset]
+    items = np.ascontiguousarray(values)
+    width = items.itemsize
+    which, first = distinct_keys(items.view(np.uint8).ravel(), np.arange(len(items), dtype=np.int64) * width,
+                                 np.full(len(items), width, dtype=np.int64), cut_at_nul=False)
     return values[first], which
-
-
-def _first_seen(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where each distinct key is first seen, and each key's index among the distinct ones
-    (numbered in order of first appearance, so a key's first place is where the running
-    maximum of the indexes grows)."""
-    which = np.asarray(call_function("dictionary_encode", [pa.array(keys)]).indices).astype(np.uint32)
-    seen = np.maximum.accumulate(which)
-    grows = np.ones(len(which), dtype=bool)
-    grows[1:] = seen[1:] > seen[:-1]
-    return np.flatnonzero(grows), which
 
 
 @dataclass
@@ -100,15 +78,7 @@ class _Coded:
     codes: np.ndarray  # uint32 index into distinct, one per record
 
     def values(self) -> pl.Series:
-        return self.distinct.gather(self.codes)
-
-
-def _text(values: np.ndarray) -> _Coded:
-    """NUL-cut byte strings as text, each distinct value decoded once (invalid UTF-8, a damaged
-    record, with U+FFFD)."""
-    distinct, which = _distinct(values)
-    names = pl.Series([v.partition(b"\0")[0].decode("utf-8", "replace") for v in distinct.tolist()], dtype=pl.String)
-    return _Coded(names, which)
+        return self.distinct.gather(pl.Series(self.codes))  # a numpy index is gathered ~3x slower
 
 
 def _int(pages: Pages, pos: np.ndarray, fmt: EventFormat, name: str) -> np.ndarray | None:
@@ -118,7 +88,18 @@ def _int(pages: Pages, pos: np.ndarray, fmt: EventFormat, name: str) -> np.ndarr
 
 def _str(pages: Pages, pos: np.ndarray, fmt: EventFormat, name: str) -> _Coded | None:
     f = fmt.field(name)
-    return _text(read_field_bytes(pages, pos, f)) if f is not None and f.is_text else None
+    return _text(pages, pos, f) if f is not None and f.is_text else None
+
+
+def _text(pages: Pages, pos: np.ndarray, f: Field) -> _Coded:
+    """A text field of every record, each distinct text decoded once (invalid UTF-8, a damaged
+    record, with U+FFFD)."""
+    start, length = field_span(pages, pos, f)
+    which, first = distinct_keys(pages.data, start, length, cut_at_nul=True)
+    data = pages.data
+    texts = [bytes(data[at: at + n]).partition(b"\0")[0].decode("utf-8", "replace")
+             for at, n in zip(start[first].tolist(), length[first].tolist())]
+    return _Coded(pl.Series(texts, dtype=pl.String), which)
 
 
 def _irq_entry(p, pos, fmt):
@@ -191,15 +172,24 @@ def _sys_exit(p, pos, fmt):
     return {"ret": _int(p, pos, fmt, "ret")}
 
 
-def _field_text(p: Pages, pos: np.ndarray, f: Field) -> pl.Series:
-    """One field of every record as text: strings as they are, integers in decimal (a u64 as
-    unsigned), other arrays in hex."""
-    if f.is_text:
-        return _text(read_field_bytes(p, pos, f)).values()
-    if f.is_array or f.size not in (1, 2, 4, 8):
-        return pl.from_arrow(pa.array(read_field_bytes(p, pos, f))).bin.encode("hex")
-    ints = read_field_ints(p, pos, f)
-    return pl.Series(ints if f.signed or f.size < 8 else ints.view(np.uint64)).cast(pl.String)
+def _is_int(f: Field) -> bool:
+    return not f.is_array and f.size in (1, 2, 4, 8)
+
+
+def _field_values(p: Pages, pos: np.ndarray, fields: tuple[Field, ...]) -> list[np.ndarray | pl.Series]:
+    """Each field of every record as the text prints it: strings as they are (Series), integers
+    (numpy; a u64 as unsigned; all of them read in one pass), other arrays in hex (Series)."""
+    ints = [f for f in fields if _is_int(f) and not f.is_text]
+    read = dict(zip(ints, read_ints(p, pos, ints))) if ints else {}
+    values = []
+    for f in fields:
+        if f.is_text:
+            values.append(_text(p, pos, f).values())
+        elif f in read:
+            values.append(read[f] if f.signed or f.size < 8 else read[f].view(np.uint64))
+        else:
+            values.append(pl.from_arrow(pa.array(read_field_bytes(p, pos, f))).bin.encode("hex"))
+    return values
 
 
 def _generic(p: Pages, pos: np.ndarray, fmt: EventFormat) -> dict:
@@ -207,38 +197,34 @@ def _generic(p: Pages, pos: np.ndarray, fmt: EventFormat) -> dict:
     same flags, devices, sizes): the text is made once per distinct record content."""
     if not fmt.own_fields:
         return {"fields": _Coded(pl.Series([""]), np.zeros(len(pos), dtype=np.uint32))}
-    distinct, which = _distinct(_record_content(p, pos, fmt.own_fields))
-    example = np.zeros(len(distinct), dtype=np.int64)
-    example[which] = np.arange(len(pos))  # any record with that content
-    return {"fields": _Coded(_fields_text(p, pos[example], fmt), which)}
+    which, first = distinct_keys(p.data, *_content_spans(p, pos, fmt.own_fields), cut_at_nul=False)
+    return {"fields": _Coded(_fields_text(p, pos[first], fmt), which)}
 
 
-def _record_content(p: Pages, pos: np.ndarray, fields: tuple[Field, ...]) -> np.ndarray:
-    """Each record's own fields as one byte string (fixed part, then every dynamic array's
-    content), so equal strings mean equal field values."""
-    start = min(f.offset for f in fields)
-    width = max(f.offset + f.size for f in fields) - start
-    fixed = byte_matrix(p.data, pos + start, width)
-    dynamic = [read_field_bytes(p, pos, f).view(np.uint8).reshape(len(pos), -1) for f in fields if f.is_dynamic]
-    parts = np.ascontiguousarray(np.hstack([fixed, *dynamic]))
-    return parts.view(f"S{parts.shape[1]}").ravel()
+def _content_spans(p: Pages, pos: np.ndarray, fields: tuple[Field, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Each record's own fields as byte spans (start and length rows): the fixed part, then each
+    dynamic array's content, so records with equal spans have equal field values."""
+    low = min(f.offset for f in fields)
+    fixed = (pos + low, np.full(len(pos), max(f.offset + f.size for f in fields) - low, dtype=np.int64))
+    starts, lengths = zip(fixed, *(field_span(p, pos, f) for f in fields if f.is_dynamic))
+    return np.stack(starts), np.stack(lengths)
+
+
+#: Up to this many records, `name=value` text is joined in Python: a query's fixed cost is more.
+_FEW_RECORDS = 64
 
 
 def _fields_text(p: Pages, pos: np.ndarray, fmt: EventFormat) -> pl.Series:
-    """The `name=value ...` text of each record; a field with one value in every record is
-    written once as literal text. The fields are joined in one query over all of them (a query
+    """The `name=value ...` text of each record, joined in one query over all fields (a query
     per field costs more than the joining itself)."""
-    values = pl.DataFrame({str(i): _field_text(p, pos, f) for i, f in enumerate(fmt.own_fields)})
-    distinct = values.select(pl.all().n_unique()).row(0)
-    parts: list[str | pl.Expr] = []
-    for i, (f, count) in enumerate(zip(fmt.own_fields, distinct)):
-        head = f"{' ' if parts else ''}{f.name}=" + (values[0, i] if count == 1 else "")
-        parts.append(parts.pop() + head if parts and isinstance(parts[-1], str) else head)
-        if count != 1:
-            parts.append(pl.col(str(i)))
-    if len(parts) == 1:
-        return pl.repeat(parts[0], len(pos), dtype=pl.String, eager=True)
-    return values.select(pl.concat_str([pl.lit(part) if isinstance(part, str) else part for part in parts])).to_series()
+    fields = fmt.own_fields
+    values = _field_values(p, pos, fields)
+    if len(pos) <= _FEW_RECORDS:
+        rows = zip(*(v.tolist() if isinstance(v, np.ndarray) else v.to_list() for v in values))
+        return pl.Series([" ".join(f"{f.name}={v}" for f, v in zip(fields, row)) for row in rows], dtype=pl.String)
+    parts = [part for i, f in enumerate(fields)
+             for part in (pl.lit(f"{' ' if i else ''}{f.name}="), pl.col(str(i)).cast(pl.String))]
+    return pl.DataFrame({str(i): v for i, v in enumerate(values)}).select(pl.concat_str(parts)).to_series()
 
 
 _Extractor = Callable[[Pages, np.ndarray, EventFormat], dict]
@@ -296,9 +282,9 @@ def _common(pages: Pages, rec: Records, formats: FormatTable) -> dict[str, np.nd
         raise ValueError("event formats lack the common fields (common_type, common_pid, ...)")
     if any(f.size not in (1, 2, 4, 8) for f in fields.values()):
         raise ValueError("event formats give a common field a size other than 1, 2, 4 or 8 bytes")
-    values = dict(zip(fields, read_fields_native(pages, rec.pos, list(fields.values()))))
-    return {"tid": values["common_pid"].astype(np.int32), "type": values["common_type"].astype(np.int64),
-            **_flags(values["common_flags"], values["common_preempt_count"])}
+    values = dict(zip(fields, read_ints(pages, rec.pos, list(fields.values()))))
+    return {"tid": values["common_pid"].astype(np.int32), "type": values["common_type"],
+            **_flags(values["common_flags"].astype(np.uint8), values["common_preempt_count"].astype(np.uint8))}
 
 
 @dataclass
@@ -342,7 +328,9 @@ def _time_order(pages: Pages, rec: Records) -> _Rows:
 def _in_time_order(rec: Records, rows: _Rows) -> Records:
     """The records reordered as the table's rows hold them."""
     order = rows.record_order
-    return Records(page=rec.page[order], pos=rec.pos[order], ts=rec.ts[order], missed_pages=rec.missed_pages,
+    ts = rows.ts if rows.count == len(order) else rows.ts[rows.record_row]  # the records' rows, no markers
+    return Records(page=rec.page[order], pos=rec.pos[order], ts=ts, length=rec.length[order],
+                   missed_pages=rec.missed_pages,
                    missed_counts=rec.missed_counts, missed_ts=rec.missed_ts)
 
 
@@ -393,23 +381,12 @@ def _numpy_type(column: str, values: np.ndarray) -> np.dtype:
     return values.dtype if dtype is None else pl.Series(dtype=dtype).to_numpy().dtype
 
 
-def _compact(pages: Pages, pos: np.ndarray, fmt: EventFormat) -> tuple[Pages, np.ndarray]:
-    """One event type's records side by side, unless one spans past MAX_SPAN or the copy would
-    outgrow the pages themselves (damaged records claiming long arrays): their fields are then
-    read where they are, so a hostile file cannot make the copy many times its size."""
-    span = record_span(pages, pos, fmt.fields)
-    fits = span <= MAX_SPAN and len(pos) * span <= len(pages.data)
-    return gathered(pages, pos, span) if fits else (pages, pos)
-
-
 #: The family (kptrace.schema.FAMILIES) whose table an extractor's columns go to.
 _FAMILY_OF = {_irq_entry: "irq", _irq_exit: "irq", _vector: "vectors", _softirq: "softirq", _napi: "net", _net: "net",
               _sched_switch: "sched_switch", _sched_task: "wakeups", _sys_enter: "syscalls", _sys_exit: "syscalls",
               _generic: "other"}
 
 _Piece = tuple[np.ndarray, dict[str, "np.ndarray | _Coded"]]  # (table rows, values of each column there)
-#: Event types whose columns are read at once (each holds one copy of its records' bytes).
-_THREADS = min(4, os.cpu_count() or 1)
 
 
 def _family_frame(pieces: list[_Piece]) -> pl.DataFrame:
@@ -439,34 +416,33 @@ def _held_columns(pages: Pages, rec: Records, rows: _Rows, formats: FormatTable
     common = _common(pages, rec, formats)
     types = common.pop("type")
     core = {name: _numbers(rows.count, [(rows.record_row, values)], values.dtype) for name, values in common.items()}
-    order = np.argsort(types.astype(np.uint16) if types.max(initial=0) < 1 << 16 else types, kind="stable")
-    grouped = types[order]
-    first = np.ones(len(grouped), dtype=bool)
-    first[1:] = grouped[1:] != grouped[:-1]
-    starts = np.flatnonzero(first)
-    ids, bounds = grouped[starts], np.append(starts, len(order))
-    kind = np.empty(len(order), dtype=np.uint32)  # each record's type, as an index into ids
-    kind[order] = np.cumsum(first) - 1
+    ids, kind = _distinct(types)  # kind: each record's type, as an index into ids
     fmts = [formats.get(int(ident)) for ident in ids]
-    records = [order[bounds[i]: bounds[i + 1]] for i in range(len(ids))]
+    by_type = grouped(pages, rec, kind, len(ids))
+    bounds = by_type.bounds
+    records = [by_type.order[bounds[i]: bounds[i + 1]] for i in range(len(ids))]
 
-    def typed(i: int) -> dict:
-        fmt = fmts[i]
-        return {} if fmt is None else _extractor(fmt)(*_compact(pages, rec.pos[records[i]], fmt), fmt)
-
-    with ThreadPoolExecutor(_THREADS) as pool:  # numpy, the compiled gather and Polars let go of the GIL
-        extracted = list(pool.map(typed, range(len(ids))))
+    # One type after another: a pool of threads gained nothing (same wall time, measured side by
+    # side): the many short steps of each type hold the GIL.
+    extracted = [{} if fmt is None else _extractor(fmt)(by_type.pages, by_type.start[bounds[i]: bounds[i + 1]], fmt)
+                 for i, fmt in enumerate(fmts)]
+    only_records = rows.count == len(kind)  # no lost-events rows: record i is row i
     families: dict[str, list[_Piece]] = {}
     for fmt, at, out in zip(fmts, records, extracted):
         values = {c: v for c, v in out.items() if v is not None}
         if values:
-            families.setdefault(_FAMILY_OF[_extractor(fmt)], []).append((rows.record_row[at], values))
+            families.setdefault(_FAMILY_OF[_extractor(fmt)], []).append(
+                (at if only_records else rows.record_row[at], values))
     names = [fmt.name if fmt else f"unknown_event_{ident}" for fmt, ident in zip(fmts, ids)]
     systems = [fmt.system if fmt else "unknown" for fmt in fmts]
+    if only_records:
+        where = pl.Series(kind)
+    else:
+        where = np.full(rows.count, len(ids), dtype=np.uint32)  # a lost-events row: the last label
+        where[rows.record_row] = kind
+        where = pl.Series(where)
     for column, labels in (("event", names), ("subsystem", systems)):
         labels = pl.Series([*labels, "lost_events" if column == "event" else "kptrace"], dtype=pl.Categorical)
-        where = np.full(rows.count, len(ids), dtype=np.uint32)
-        where[rows.record_row] = kind
         core[column] = labels.gather(where)
     return core, families
 

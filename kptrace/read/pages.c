@@ -1,12 +1,19 @@
-/* The two loops of kptrace.read.pages that numpy cannot do in a few large array operations.
+/* The loops of kptrace.read.pages that numpy cannot do in a few large array operations.
  *
  * walk_pages: within a page each record's header says where the next one starts, so the walk
  * is one sequential loop: compiled, a few milliseconds for a million records, where numpy needs
  * one vectorised pass per record slot. Arithmetic on times is unsigned, so a damaged page
  * wraps as the kernel's u64 would instead of being undefined behaviour.
  *
- * gather_rows: the same number of bytes from each of a million scattered offsets, side by
- * side; one memcpy each, where numpy's fancy indexing copies item by item through its iterator.
+ * copy_spans, group_records: bytes from a million scattered offsets to others (each event
+ * type's records side by side); one memcpy each, where numpy's fancy indexing copies item by
+ * item through its iterator (and grouping by type would take a sort and three gathers).
+ *
+ * read_ints: integer fields of many records, all fields of a record at once; numpy needs a
+ * gather per field.
+ *
+ * distinct_keys: which records hold the same bytes (a task name, a device, a whole record), by
+ * hashing, one pass; numpy can only sort every value.
  */
 #include <stdint.h>
 #include <string.h>
@@ -16,6 +23,7 @@
 #define TIME_STAMP 31
 #define TS_SHIFT 27
 #define DELTA_MASK ((1u << 27) - 1)
+#define MAX_DATA_TYPE 28
 
 static uint32_t word_at(const uint8_t *data, int64_t pos, int swap)
 {
@@ -24,11 +32,14 @@ static uint32_t word_at(const uint8_t *data, int64_t pos, int swap)
     return swap ? __builtin_bswap32(word) : word;
 }
 
-/* One page's records from `pos` to `end`; with `offset` NULL only counts them, else writes
- * each one's header offset, running time and type_len. A length that does not move forward,
- * or runs to the commit end or past it, ends the page: a damaged page never loops. */
+/* One page's records from `pos` to `end` (with `data_only`, only its data records, type_len at
+ * most MAX_DATA_TYPE); with `offset` NULL only counts them, else writes each one's offset (of
+ * its header, or with `data_only` of its data), running time, type_len, length (bytes after
+ * the header, up to the commit end) and `page`. A length that does not move forward, or runs
+ * to the commit end or past it, ends the page: a damaged page never loops. */
 static int64_t page_records(const uint8_t *data, int swap, int big, int64_t pos, int64_t end, uint64_t page_ts,
-                            int64_t *offset, int64_t *ts, int8_t *type_len)
+                            int data_only, int64_t page, int64_t *offset, int64_t *ts, int8_t *type_len,
+                            int64_t *length, int64_t *page_of)
 {
     uint64_t now = page_ts;
     int64_t n = 0;
@@ -37,18 +48,12 @@ static int64_t page_records(const uint8_t *data, int swap, int big, int64_t pos,
         int64_t array = word_at(data, pos + 4, swap);
         int64_t kind = big ? word >> TS_SHIFT : word & 31;
         uint64_t delta = big ? word & DELTA_MASK : word >> 5;
-        if (offset) {
-            if (kind == TIME_STAMP)  /* absolute: the page time's top 5 bits, then the 59 stored */
-                now = (page_ts & ~((UINT64_C(1) << 59) - 1)) | ((uint64_t)array << TS_SHIFT) | delta;
-            else if (kind == TIME_EXTEND)  /* a delta too long for 27 bits: its high bits follow */
-                now += delta + ((uint64_t)array << TS_SHIFT);
-            else
-                now += delta;
-            offset[n] = pos;
-            ts[n] = (int64_t)now;
-            type_len[n] = (int8_t)kind;
-        }
-        n++;
+        if (kind == TIME_STAMP)  /* absolute: the page time's top 5 bits, then the 59 stored */
+            now = (page_ts & ~((UINT64_C(1) << 59) - 1)) | ((uint64_t)array << TS_SHIFT) | delta;
+        else if (kind == TIME_EXTEND)  /* a delta too long for 27 bits: its high bits follow */
+            now += delta + ((uint64_t)array << TS_SHIFT);
+        else
+            now += delta;
         int64_t next;
         if (kind >= TIME_EXTEND)
             next = pos + 8;
@@ -58,41 +63,210 @@ static int64_t page_records(const uint8_t *data, int swap, int big, int64_t pos,
             next = pos + 8 + ((array - 4 + 3) & ~INT64_C(3));
         else
             next = pos + 4 + kind * 4;
+        int keep = !data_only || kind <= MAX_DATA_TYPE;
+        if (offset && keep) {
+            int64_t header = kind == 0 ? 8 : 4;
+            int64_t body = (next < end ? next : end) - pos - header;
+            offset[n] = data_only ? pos + header : pos;
+            ts[n] = (int64_t)now;
+            type_len[n] = (int8_t)kind;
+            length[n] = body > 0 ? body : 0;
+            page_of[n] = page;
+        }
+        n += keep;
         if (next <= pos || next >= end)
             return n;
         pos = next;
     }
 }
 
-/* Every record of every page, in page order (see page_records); returns how many. */
+/* Every record (with `data_only`, every data record) of every page, in page order (see
+ * page_records); returns how many. */
 int64_t walk_pages(const uint8_t *data, int swap, int big, int64_t page_size, int64_t data_offset,
-                   int64_t pages, const int64_t *size, const int64_t *page_ts,
-                   int64_t *offset, int64_t *ts, int8_t *type_len)
+                   int64_t pages, const int64_t *size, const int64_t *page_ts, int data_only,
+                   int64_t *offset, int64_t *ts, int8_t *type_len, int64_t *length, int64_t *page)
 {
     int64_t total = 0;
     for (int64_t p = 0; p < pages; p++) {
         if (size[p] <= 0)
             continue;
         int64_t start = p * page_size + data_offset;
-        total += page_records(data, swap, big, start, start + size[p], (uint64_t)page_ts[p],
-                              offset ? offset + total : NULL, offset ? ts + total : NULL,
-                              offset ? type_len + total : NULL);
+        int write = offset != NULL;
+        total += page_records(data, swap, big, start, start + size[p], (uint64_t)page_ts[p], data_only, p,
+                              write ? offset + total : NULL, write ? ts + total : NULL,
+                              write ? type_len + total : NULL, write ? length + total : NULL,
+                              write ? page + total : NULL);
     }
     return total;
 }
 
-/* `width` bytes from each offset in `start` to consecutive rows of `out`, bytes outside
- * data[0, size) as zeros (a damaged record's offsets can point anywhere). */
-void gather_rows(const uint8_t *data, int64_t size, const int64_t *start, int64_t rows, int64_t width,
-                 uint8_t *out)
+/* n bytes from data + from to dest, bytes outside data[0, size) as zeros (a damaged record's
+ * offsets can point anywhere). */
+static void copy_span(const uint8_t *data, int64_t size, int64_t from, int64_t n, uint8_t *dest)
 {
-    for (int64_t i = 0; i < rows; i++, out += width) {
-        int64_t from = start[i];
-        if (from >= 0 && width <= size - from) {
-            memcpy(out, data + from, width);
-            continue;
-        }
-        for (int64_t j = 0; j < width; j++)
-            out[j] = from + j >= 0 && from + j < size ? data[from + j] : 0;
+    if (from >= 0 && n <= size - from) {
+        memcpy(dest, data + from, (size_t)n);
+        return;
     }
+    for (int64_t j = 0; j < n; j++)
+        dest[j] = from + j >= 0 && from + j < size ? data[from + j] : 0;
+}
+
+/* length[i] bytes from data + from[i] to out + to[i], for each i. */
+void copy_spans(const uint8_t *data, int64_t size, const int64_t *from, const int64_t *length, const int64_t *to,
+                int64_t rows, uint8_t *out)
+{
+    for (int64_t i = 0; i < rows; i++)
+        copy_span(data, size, from[i], length[i], out + to[i]);
+}
+
+/* Bytes after each type's records in group_records' output: a short record is copied as
+ * GROUP_GAP bytes at once, the excess overwritten by the next record of its type or left in
+ * the gap after the last. */
+#define GROUP_GAP 64
+
+/* Records grouped by type, each type's in their own order (a counting sort): record i, of type
+ * kind[i], takes the next slot of its type (slot[kind[i]]++), order[that slot] = i, and its
+ * length[i] bytes go to out at the next byte of its type (byte[kind[i]], advanced by them),
+ * start[that slot] saying where. The caller sets each type's first slot and byte. The records
+ * are read in their own order, near-sequentially through the pages. */
+void group_records(const uint8_t *data, int64_t size, const int64_t *pos, const int64_t *length,
+                   const uint32_t *kind, int64_t rows, int64_t *slot, int64_t *byte, int64_t *order,
+                   int64_t *start, uint8_t *out)
+{
+    for (int64_t i = 0; i < rows; i++) {
+        uint32_t k = kind[i];
+        int64_t s = slot[k]++, from = pos[i], n = length[i], to = byte[k];
+        order[s] = i;
+        start[s] = to;
+        byte[k] = to + n;
+        if (n <= GROUP_GAP && from >= 0 && from <= size - GROUP_GAP)
+            memcpy(out + to, data + from, GROUP_GAP);  /* a constant size: a few moves, not a call */
+        else
+            copy_span(data, size, from, n, out + to);
+    }
+}
+
+/* Integer fields of the records at pos[0, rows): field f (offset[f] bytes into the record,
+ * width[f] = 1, 2, 4 or 8 bytes, is_signed[f]) as int64 at out[f * rows + i]; an unsigned
+ * 8-byte value wraps, as C's would. A field not wholly inside data[0, size) reads as 0. */
+void read_ints(const uint8_t *data, int64_t size, int swap, const int64_t *pos, int64_t rows,
+               int64_t fields, const int64_t *offset, const int8_t *width, const int8_t *is_signed, int64_t *out)
+{
+    for (int64_t i = 0; i < rows; i++) {
+        for (int64_t f = 0; f < fields; f++) {
+            int64_t at = pos[i] + offset[f];
+            int64_t value = 0;
+            if (at >= 0 && at <= size - width[f]) {
+                uint8_t b1; uint16_t b2; uint32_t b4; uint64_t b8;
+                switch (width[f]) {
+                case 1:
+                    b1 = data[at];
+                    value = is_signed[f] ? (int64_t)(int8_t)b1 : (int64_t)b1;
+                    break;
+                case 2:
+                    memcpy(&b2, data + at, 2);
+                    b2 = swap ? __builtin_bswap16(b2) : b2;
+                    value = is_signed[f] ? (int64_t)(int16_t)b2 : (int64_t)b2;
+                    break;
+                case 4:
+                    memcpy(&b4, data + at, 4);
+                    b4 = swap ? __builtin_bswap32(b4) : b4;
+                    value = is_signed[f] ? (int64_t)(int32_t)b4 : (int64_t)b4;
+                    break;
+                default:
+                    memcpy(&b8, data + at, 8);
+                    value = (int64_t)(swap ? __builtin_bswap64(b8) : b8);
+                }
+            }
+            out[f * rows + i] = value;
+        }
+    }
+}
+
+/* The part of the span data[from, from + length) inside data[0, size), cut at its first NUL
+ * when `cut`: its start in *at, its length returned. */
+static int64_t inside(const uint8_t *data, int64_t size, int64_t from, int64_t length, int cut, const uint8_t **at)
+{
+    int64_t end = from + (length > 0 ? length : 0);  /* offsets and lengths are far below 2^62 */
+    int64_t begin = from < 0 ? 0 : from > size ? size : from;
+    int64_t n = (end > size ? size : end) - begin;
+    n = n > 0 ? n : 0;
+    *at = data + begin;
+    if (cut) {
+        const uint8_t *nul = memchr(*at, 0, (size_t)n);
+        n = nul ? nul - *at : n;
+    }
+    return n;
+}
+
+/* A record's key, span by span: each span's stated length (so spans that run past the data
+ * differ by how far) and the bytes of it inside the data, with `cut` the text up to a NUL;
+ * hashed 8 bytes at a time (a multiply and a shift per word mix every bit into the low ones). */
+static uint64_t key_hash(const uint8_t *data, int64_t size, const int64_t *start, const int64_t *length,
+                         int64_t rows, int64_t spans, int cut, int64_t i)
+{
+    const uint64_t odd = 0x9E3779B97F4A7C15u;
+    uint64_t hash = 0;
+    for (int64_t k = 0; k < spans; k++) {
+        const uint8_t *at;
+        int64_t n = inside(data, size, start[k * rows + i], length[k * rows + i], cut, &at);
+        hash = (hash ^ (uint64_t)(cut ? n : length[k * rows + i])) * odd;
+        int64_t j = 0;
+        for (; j + 8 <= n; j += 8) {
+            uint64_t word;
+            memcpy(&word, at + j, 8);  /* a constant size: one load */
+            hash = (hash ^ word) * odd;
+            hash ^= hash >> 32;
+        }
+        if (j < n) {
+            uint64_t word = 0;
+            memcpy(&word, at + j, (size_t)(n - j));
+            hash = (hash ^ word) * odd;
+            hash ^= hash >> 32;
+        }
+    }
+    return hash ^ (hash >> 29);
+}
+
+static int same_key(const uint8_t *data, int64_t size, const int64_t *start, const int64_t *length,
+                    int64_t rows, int64_t spans, int cut, int64_t a, int64_t b)
+{
+    for (int64_t k = 0; k < spans; k++) {
+        const uint8_t *at_a, *at_b;
+        int64_t na = inside(data, size, start[k * rows + a], length[k * rows + a], cut, &at_a);
+        int64_t nb = inside(data, size, start[k * rows + b], length[k * rows + b], cut, &at_b);
+        if (na != nb || (!cut && length[k * rows + a] != length[k * rows + b]) || memcmp(at_a, at_b, (size_t)na))
+            return 0;
+    }
+    return 1;
+}
+
+/* Records 0..rows-1 each have a key of `spans` byte spans (span k of record i: start and length
+ * at [k * rows + i]; see key_hash). Numbers the distinct keys in order of first appearance:
+ * code[i] is record i's, first[d] the first record with key d; returns how many there are.
+ * slot (slots entries, a power of two above rows, zeroed) and hash (rows entries) are scratch. */
+int64_t distinct_keys(const uint8_t *data, int64_t size, const int64_t *start, const int64_t *length,
+                      int64_t rows, int64_t spans, int cut, uint32_t *code, int64_t *first,
+                      uint32_t *slot, int64_t slots, uint64_t *hash)
+{
+    int64_t distinct = 0;
+    for (int64_t i = 0; i < rows; i++) {
+        uint64_t h = key_hash(data, size, start, length, rows, spans, cut, i);
+        for (int64_t s = (int64_t)(h & (uint64_t)(slots - 1));; s = (s + 1) & (slots - 1)) {
+            uint32_t d = slot[s];  /* 0: empty, else distinct key d - 1 */
+            if (d == 0) {
+                slot[s] = (uint32_t)(distinct + 1);
+                hash[distinct] = h;
+                first[distinct] = i;
+                code[i] = (uint32_t)distinct++;
+                break;
+            }
+            if (hash[d - 1] == h && same_key(data, size, start, length, rows, spans, cut, first[d - 1], i)) {
+                code[i] = d - 1;
+                break;
+            }
+        }
+    }
+    return distinct;
 }

@@ -3,8 +3,9 @@
 A page is a header (start time, commit word) then records of 4-byte-aligned variable length,
 each starting with a 32-bit word: 5 bits of type/length and 27 bits of time delta. Records
 must be read in order within a page (each one's length says where the next starts): that
-sequential step is compiled C (pages.c, built by pages_build.py), as is the copy of scattered
-records' bytes side by side; reading their fields is numpy over all records of a type at once.
+sequential step is compiled C (pages.c, built by pages_build.py), as are the grouping of each
+event type's records side by side, the reading of their integer fields and the hashing that
+tells equal values apart: each a pass over all records of a type at once.
 """
 
 from __future__ import annotations
@@ -16,11 +17,8 @@ import numpy as np
 
 from kptrace.read.formats import Field, PageHeader
 
-#: Zero bytes after the last page: reading the last header word, or a record's span up to
-#: MAX_SPAN bytes, never runs past the data.
-MAX_SPAN = 1024
-SLACK = MAX_SPAN + 8
-_MAX_DATA_TYPE = 28
+#: Zero bytes after the last page: reading a record header's second word never runs past the data.
+SLACK = 8
 _MISSED_EVENTS = 1 << 31
 _MISSED_STORED = 1 << 30
 _COMMIT_MASK = (1 << 27) - 1
@@ -47,6 +45,7 @@ class Records:
     page: np.ndarray  # int64 page index
     pos: np.ndarray  # int64 byte offset of the record's data in Pages.data
     ts: np.ndarray  # int64 ns on the trace clock
+    length: np.ndarray  # int64 bytes of the record's data (as far as its page's commit end)
     missed_pages: np.ndarray  # page indexes whose header says events were lost before them
     missed_counts: np.ndarray  # int64 events lost (-1: the kernel did not count them)
     missed_ts: np.ndarray  # start time of each of those pages
@@ -56,9 +55,26 @@ def join_pages(blobs: list[tuple[int, bytes]], header: PageHeader, byte_order: s
     """Per-CPU byte strings (whole pages) as one array; a torn last page is dropped."""
     size = header.page_size
     whole = [(cpu, blob[: len(blob) // size * size]) for cpu, blob in blobs]
-    data = np.frombuffer(b"".join([*(b for _, b in whole), bytes(SLACK)]), dtype=np.uint8)  # one copy
+    data = _end_to_end([b for _, b in whole])
+    if data is None:
+        data = np.frombuffer(b"".join([*(b for _, b in whole), bytes(SLACK)]), dtype=np.uint8)  # one copy
     cpu = np.concatenate([np.full(len(b) // size, c, dtype=np.int16) for c, b in whole] or [np.zeros(0, np.int16)])
     return Pages(data=data, cpu=cpu, header=header, byte_order=byte_order)
+
+
+def _end_to_end(blobs: list) -> np.ndarray | None:
+    """The blobs as one array without a copy, when they are views that already lie end to end
+    in one array followed by SLACK zero bytes (as tracedat inflates them); else None."""
+    if not blobs or not all(isinstance(b, memoryview) and isinstance(b.obj, np.ndarray) for b in blobs):
+        return None
+    root = blobs[0].obj
+    base = root.__array_interface__["data"][0]
+    starts = [np.frombuffer(b, np.uint8).__array_interface__["data"][0] - base if len(b) else -1 for b in blobs]
+    ends = [start + len(b) for start, b in zip(starts, blobs)]
+    if root.dtype != np.uint8 or root.ndim != 1 or any(b.obj is not root for b in blobs) or \
+            starts[1:] != ends[:-1] or starts[0] < 0 or ends[-1] + SLACK > len(root) or root[ends[-1]:ends[-1] + SLACK].any():
+        return None
+    return root[starts[0]: ends[-1] + SLACK]
 
 
 def read_uint(data: np.ndarray, pos: np.ndarray, size: int, byte_order: str, signed: bool = False) -> np.ndarray:
@@ -105,86 +121,151 @@ def _compiled():
     return ffi, lib
 
 
-def record_headers(pages: Pages, size: np.ndarray, page_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Byte offset, time and type_len of every record (data, padding, time) of the pages whose
-    records take `size` bytes, in page order, from the compiled walk (pages.c): one pass counts
-    them, a second fills arrays of that length."""
+def record_headers(pages: Pages, size: np.ndarray, page_ts: np.ndarray, data_only: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Byte offset, time, type_len, data length and page of every record (data, padding, time) of
+    the pages whose records take `size` bytes, in page order, from the compiled walk (pages.c):
+    one pass counts them, a second fills arrays of that length. With `data_only`, only the data
+    records, each offset that of its data (after its header)."""
     ffi, lib = _compiled()
     size, page_ts = np.ascontiguousarray(size, np.int64), np.ascontiguousarray(page_ts, np.int64)
-    swap = (pages.byte_order == ">") != (sys.byteorder == "big")
-    args = (ffi.from_buffer("uint8_t[]", pages.data), swap, pages.byte_order == ">", pages.header.page_size,
-            pages.header.data_offset, pages.count, ffi.from_buffer("int64_t[]", size),
-            ffi.from_buffer("int64_t[]", page_ts))
-    total = lib.walk_pages(*args, ffi.NULL, ffi.NULL, ffi.NULL)
-    offset, ts, type_len = np.empty(total, np.int64), np.empty(total, np.int64), np.empty(total, np.int8)
-    lib.walk_pages(*args, *(ffi.from_buffer(t, a, require_writable=True)
-                            for t, a in (("int64_t[]", offset), ("int64_t[]", ts), ("int8_t[]", type_len))))
-    return offset, ts, type_len
+    args = (ffi.from_buffer("uint8_t[]", pages.data), _swap(pages.byte_order), pages.byte_order == ">",
+            pages.header.page_size, pages.header.data_offset, pages.count, ffi.from_buffer("int64_t[]", size),
+            ffi.from_buffer("int64_t[]", page_ts), data_only)
+    total = lib.walk_pages(*args, *[ffi.NULL] * 5)
+    out = [np.empty(total, t) for t in (np.int64, np.int64, np.int8, np.int64, np.int64)]
+    lib.walk_pages(*args, *(ffi.from_buffer(t, a, require_writable=True) for t, a in zip(
+        ("int64_t[]", "int64_t[]", "int8_t[]", "int64_t[]", "int64_t[]"), out)))
+    return tuple(out)
 
 
 def walk(pages: Pages) -> Records:
     """Every data record of every page, with its timestamp, and the pages that report losses."""
     page_ts, commit = _page_words(pages)
     size = np.minimum(commit & _COMMIT_MASK, pages.header.data_size)
-    offset, ts, type_len = record_headers(pages, size, page_ts)
-    data = type_len <= _MAX_DATA_TYPE
-    offset, ts, type_len = offset[data], ts[data], type_len[data]
+    pos, ts, _, length, page = record_headers(pages, size, page_ts, data_only=True)
     missed = np.flatnonzero(commit & _MISSED_EVENTS)
     stored = (commit[missed] & _MISSED_STORED) != 0
     count_pos = missed * pages.header.page_size + pages.header.data_offset + size[missed]
     counts = np.full(len(missed), -1, dtype=np.int64)
     if stored.any():
         counts[stored] = read_uint(pages.data, count_pos[stored], pages.header.commit_size, pages.byte_order)
-    return Records(page=offset // pages.header.page_size, pos=offset + np.where(type_len == 0, 8, 4), ts=ts,
-                   missed_pages=missed, missed_counts=counts, missed_ts=page_ts[missed])
+    return Records(page=page, pos=pos, ts=ts, length=length, missed_pages=missed, missed_counts=counts,
+                   missed_ts=page_ts[missed])
 
 
-def byte_matrix(data: np.ndarray, start: np.ndarray, width: int, out: np.ndarray | None = None) -> np.ndarray:
-    """`width` bytes from each offset in `start`, one row each (bytes outside the data read as 0),
-    copied by the compiled gather (pages.c), one memcpy a row; into `out` (contiguous uint8 of
-    len(start) * width bytes) when given."""
-    out = np.empty((len(start), width), dtype=np.uint8) if out is None else out.reshape(len(start), width)
+def copy_spans(data: np.ndarray, start: np.ndarray, length: np.ndarray, to: np.ndarray, out: np.ndarray) -> None:
+    """`length[i]` bytes from each offset `start[i]` of `data` to offset `to[i]` of `out` (bytes
+    outside the data as 0), by the compiled copy (pages.c), one memcpy each."""
     ffi, lib = _compiled()
-    start = np.ascontiguousarray(start, np.int64)
-    lib.gather_rows(ffi.from_buffer("uint8_t[]", data), len(data), ffi.from_buffer("int64_t[]", start), len(start),
-                    width, ffi.from_buffer("uint8_t[]", out, require_writable=True))
+    start, length, to = (np.ascontiguousarray(a, np.int64) for a in (start, length, to))
+    if len(to) and (to.min() < 0 or (to + length).max() > out.nbytes):
+        raise ValueError("spans copied past the end of their buffer")
+    lib.copy_spans(ffi.from_buffer("uint8_t[]", data), len(data), *(ffi.from_buffer("int64_t[]", a)
+                                                                      for a in (start, length, to)),
+                   len(start), ffi.from_buffer("uint8_t[]", out, require_writable=True))
+
+
+def byte_matrix(data: np.ndarray, start: np.ndarray, width: int) -> np.ndarray:
+    """`width` bytes from each offset in `start`, one row each (bytes outside the data read as 0)."""
+    out = np.empty((len(start), width), dtype=np.uint8)
+    copy_spans(data, start, np.full(len(start), width, dtype=np.int64),
+               np.arange(len(start), dtype=np.int64) * width, out)
     return out
 
 
-def record_span(pages: Pages, pos: np.ndarray, fields: tuple[Field, ...]) -> int:
-    """Bytes from the start of these records that hold all their `fields`, dynamic arrays
-    included (as far as `read_field_bytes` reads them)."""
-    span = max((f.offset + f.size for f in fields), default=0)
-    for f in fields:
-        if f.is_dynamic and len(pos):
-            loc = read_uint(pages.data, pos + f.offset, 4, pages.byte_order)
-            start = (loc & 0xFFFF) + (f.offset + f.size if f.type.startswith("__rel_loc") else 0)
-            span = max(span, int((start + np.minimum(loc >> 16, 256)).max()))
-    return span
+#: Bytes after each type's records in `grouped` (GROUP_GAP in pages.c).
+_GROUP_GAP = 64
 
 
-def gathered(pages: Pages, pos: np.ndarray, span: int) -> tuple[Pages, np.ndarray]:
-    """The first `span` bytes of each record copied side by side (8-aligned, so each field keeps
-    its alignment), and their new offsets: one pass over scattered records, after which every
-    field of them is read from memory the cache already holds."""
-    stride = -(-span // 8) * 8
-    data = np.zeros(len(pos) * stride + SLACK, dtype=np.uint8)
-    byte_matrix(pages.data, pos, stride, out=data[: len(pos) * stride])
-    return Pages(data=data, cpu=pages.cpu[:0], header=pages.header, byte_order=pages.byte_order), \
-        np.arange(len(pos), dtype=np.int64) * stride
+@dataclass
+class Grouped:
+    """Records grouped by type: each type's records' data side by side in `pages`."""
+
+    pages: Pages
+    order: np.ndarray  # the records (indexes into the Records grouped), type by type, each in record order
+    start: np.ndarray  # where each of them starts in pages.data, in that order
+    bounds: np.ndarray  # type k's records are order[bounds[k]: bounds[k + 1]]
 
 
-def read_fields_native(pages: Pages, pos: np.ndarray, fields: list[Field]) -> list[np.ndarray]:
-    """Several integer fields of every record, each in its own width, from one gather of the
-    bytes they span (the common fields every record starts with are read this way)."""
-    low = min(f.offset for f in fields)
-    block = byte_matrix(pages.data, pos + low, max(f.offset + f.size for f in fields) - low)
-    return [np.ascontiguousarray(block[:, f.offset - low: f.offset - low + f.size])
-            .view(f"{pages.byte_order}{'i' if f.signed else 'u'}{f.size}").ravel() for f in fields]
+def grouped(pages: Pages, rec: Records, kind: np.ndarray, kinds: int) -> Grouped:
+    """The records grouped by `kind` (uint32 type index, < kinds), each copied with its type's
+    (pages.c group_records, a counting sort): reading one type's fields where they lie would
+    cost a cache miss per record, for every field."""
+    ffi, lib = _compiled()
+    counts = np.bincount(kind, minlength=kinds)
+    sizes = np.bincount(kind, weights=rec.length, minlength=kinds).astype(np.int64) + _GROUP_GAP
+    bounds, first_byte = (np.concatenate([[0], np.cumsum(a)]).astype(np.int64) for a in (counts, sizes))
+    data = np.empty(first_byte[-1] + SLACK, dtype=np.uint8)
+    # Each type's gap and the slack zeroed, the only bytes the copy may leave unwritten: a damaged
+    # record shorter than its fields then reads the same bytes on every run.
+    data[(first_byte[1:, None] - _GROUP_GAP + np.arange(_GROUP_GAP)).ravel()] = 0
+    data[first_byte[-1]:] = 0
+    order, start = np.empty(len(kind), np.int64), np.empty(len(kind), np.int64)
+    kind = np.ascontiguousarray(kind, np.uint32)
+    pos, length = (np.ascontiguousarray(a, np.int64) for a in (rec.pos, rec.length))
+    lib.group_records(ffi.from_buffer("uint8_t[]", pages.data), len(pages.data), ffi.from_buffer("int64_t[]", pos),
+                      ffi.from_buffer("int64_t[]", length), ffi.from_buffer("uint32_t[]", kind), len(kind),
+                      *(ffi.from_buffer(t, a, require_writable=True) for t, a in (
+                          ("int64_t[]", bounds[:-1].copy()), ("int64_t[]", first_byte[:-1].copy()),
+                          ("int64_t[]", order), ("int64_t[]", start), ("uint8_t[]", data))))
+    return Grouped(Pages(data=data, cpu=pages.cpu[:0], header=pages.header, byte_order=pages.byte_order),
+                   order, start, bounds)
+
+
+def read_ints(pages: Pages, pos: np.ndarray, fields: list[Field]) -> list[np.ndarray]:
+    """Integer fields of every record at `pos`, as int64 (a u64 wraps), each record's fields read
+    in one compiled pass where the records lie (pages.c); a field outside the data reads as 0."""
+    if any(f.size not in (1, 2, 4, 8) for f in fields):
+        raise ValueError(f"no integer of {next(f.size for f in fields if f.size not in (1, 2, 4, 8))} bytes")
+    ffi, lib = _compiled()
+    pos = np.ascontiguousarray(pos, np.int64)
+    out = np.empty((len(fields), len(pos)), dtype=np.int64)
+    offset = np.array([f.offset for f in fields], dtype=np.int64)
+    width, signed = (np.array(v, dtype=np.int8) for v in ([f.size for f in fields], [f.signed for f in fields]))
+    lib.read_ints(ffi.from_buffer("uint8_t[]", pages.data), len(pages.data), _swap(pages.byte_order),
+                  ffi.from_buffer("int64_t[]", pos), len(pos), len(fields), ffi.from_buffer("int64_t[]", offset),
+                  ffi.from_buffer("int8_t[]", width), ffi.from_buffer("int8_t[]", signed),
+                  ffi.from_buffer("int64_t[]", out, require_writable=True))
+    return list(out)
+
+
+def _swap(byte_order: str) -> bool:
+    """The data's byte order is not this machine's."""
+    return (byte_order == ">") != (sys.byteorder == "big")
+
+
+def distinct_keys(data: np.ndarray, start: np.ndarray, length: np.ndarray, cut_at_nul: bool
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Records whose keys are equal, by hashing (pages.c). Record i's key is the bytes of spans
+    data[start[k, i], + length[k, i]) for every row k (the part inside the data, and each span's
+    length), or with `cut_at_nul` each span's text up to its first NUL. Returns each record's
+    key number (uint32, in order of first appearance) and the first record of each key."""
+    ffi, lib = _compiled()
+    start, length = (np.ascontiguousarray(np.atleast_2d(a), np.int64) for a in (start, length))
+    rows = start.shape[1]
+    code, first, hashes = np.empty(rows, np.uint32), np.empty(rows, np.int64), np.empty(rows, np.uint64)
+    slots = np.zeros(1 << max(4, (2 * rows).bit_length()), dtype=np.uint32)
+    count = lib.distinct_keys(ffi.from_buffer("uint8_t[]", data), len(data), ffi.from_buffer("int64_t[]", start),
+                              ffi.from_buffer("int64_t[]", length), rows, start.shape[0], cut_at_nul,
+                              *(ffi.from_buffer(t, a, require_writable=True) for t, a in (
+                                  ("uint32_t[]", code), ("int64_t[]", first), ("uint32_t[]", slots))),
+                              len(slots), ffi.from_buffer("uint64_t[]", hashes, require_writable=True))
+    return code, first[:count]
+
+
+def field_span(pages: Pages, pos: np.ndarray, field: Field, limit: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Where a text or array field's bytes start in each record at `pos`, and how many there are
+    (at most `limit`): a fixed array in place, a dynamic one where its location word says."""
+    if not field.is_dynamic:
+        return pos + field.offset, np.full(len(pos), min(field.size, limit), dtype=np.int64)
+    (loc,) = read_ints(pages, pos, [Field(field.name, "u32", field.offset, 4, False)])
+    start = pos + (loc & 0xFFFF) + (field.offset + field.size if field.type.startswith("__rel_loc") else 0)
+    return start, np.minimum(loc >> 16, limit)
 
 
 def read_field_ints(pages: Pages, pos: np.ndarray, field: Field) -> np.ndarray:
-    return read_uint(pages.data, pos + field.offset, field.size, pages.byte_order, field.signed)
+    return read_ints(pages, pos, [field])[0]
 
 
 def read_field_bytes(pages: Pages, pos: np.ndarray, field: Field, limit: int = 256) -> np.ndarray:

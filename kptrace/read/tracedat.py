@@ -13,10 +13,12 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+import numpy as np
 import zstandard
 
 from kptrace.read.binary import Capture, parse_cmdlines
 from kptrace.read.formats import FormatTable, check_header_event, parse_header_page
+from kptrace.read.pages import SLACK
 
 MAGIC = b"\x17\x08\x44tracing"
 
@@ -182,19 +184,32 @@ def _section(c: _Cursor, inflate) -> tuple[int, _Cursor]:
     return ident, _Cursor(bytes(body[: inflate(c.take(packed), memoryview(body))]), 0, c.order)
 
 
-def _chunks(c: _Cursor, inflate) -> memoryview:
-    """Version 7 compressed page data: a count, then (packed size, unpacked size, bytes) chunks,
-    inflated side by side into one buffer (a chunk shorter than stated leaves no gap)."""
+def _chunk_list(c: _Cursor) -> list[tuple[int, int, int]]:
+    """Version 7 compressed page data: a count, then (packed size, unpacked size, bytes) chunks;
+    (file offset, packed size, unpacked size) of each."""
     chunks = []
     for _ in range(c.num(4)):
         packed, unpacked = c.num(4), c.num(4)
         chunks.append((c.pos, packed, unpacked))
         c.take(packed)
-    out = memoryview(bytearray(sum(unpacked for _, _, unpacked in chunks)))
-    data, done = memoryview(c.data), 0
-    for start, packed, unpacked in chunks:
-        done += inflate(data[start: start + packed], out[done: done + unpacked])
-    return out[:done]
+    return chunks
+
+
+def _inflate_side_by_side(c: _Cursor, per_cpu: list[list[tuple[int, int, int]]], inflate) -> list[memoryview]:
+    """Each CPU's chunks inflated into one array, the CPUs side by side and SLACK zero bytes
+    after, so the page reader takes them as they lie (pages.join_pages); a chunk shorter than
+    stated leaves no gap in its CPU's pages."""
+    stated = [sum(unpacked for _, _, unpacked in chunks) for chunks in per_cpu]
+    out = np.empty(sum(stated) + SLACK, dtype=np.uint8)
+    out[sum(stated):] = 0
+    whole, data, blobs, at = memoryview(out), memoryview(c.data), [], 0
+    for chunks, size in zip(per_cpu, stated):
+        done = 0
+        for start, packed, unpacked in chunks:
+            done += inflate(data[start: start + packed], whole[at + done: at + done + unpacked])
+        blobs.append(whole[at: at + done])
+        at += size
+    return blobs
 
 
 def _v7(c: _Cursor) -> tuple[_Meta, list[tuple[str, list[tuple[int, bytes]]]]]:
@@ -229,7 +244,7 @@ def _v7_buffer(c: _Cursor, body: _Cursor, inflate) -> tuple[str, list[tuple[int,
     section_offset, name = body.num(8), body.cstr()
     body.cstr()  # trace clock
     body.num(4)  # page size
-    flags = c.at(section_offset + 2).num(2)
+    compressed = inflate is not None and c.at(section_offset + 2).num(2) & _COMPRESSED
     cpus = []
     for _ in range(body.num(4)):
         cpu, offset, size = body.num(4), body.num(8), body.num(8)
@@ -237,8 +252,9 @@ def _v7_buffer(c: _Cursor, body: _Cursor, inflate) -> tuple[str, list[tuple[int,
             continue
         if cpu > _MAX_CPU:
             raise TraceDatError(f"buffer {name!r} names CPU {cpu}, past any machine's (a damaged file)"[:200])
-        data = _chunks(c.at(offset), inflate) if inflate and flags & _COMPRESSED else _span(c, offset, size)
-        cpus.append((cpu, data))
+        cpus.append((cpu, _chunk_list(c.at(offset)) if compressed else _span(c, offset, size)))
+    if compressed:
+        return name, list(zip([cpu for cpu, _ in cpus], _inflate_side_by_side(c, [chunks for _, chunks in cpus], inflate)))
     return name, cpus
 
 
