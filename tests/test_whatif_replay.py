@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kptrace.walker import Arrival, CoreWalker, direct_span
-from kptrace.whatif.replay import MAX_PERIODS, CoreInput, replay_core
+from kptrace.whatif.replay import MAX_PERIODS, CoreInput, _free_run, _free_run_stepped, replay_core
 
 
 def walker_replay(core: CoreInput, saturated: bool) -> tuple:
@@ -113,3 +113,31 @@ def test_long_back_to_back_runs_under_many_interrupts_step_as_on_the_walker(rows
     starts, ends, busy, window, interrupts, _ = walker_replay(core, saturated)
     assert run.starts.tolist() == starts and run.ends.tolist() == ends
     assert (run.busy_ns, run.window_ns, run.interrupts) == (busy, window, interrupts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(requests, st.integers(1, 64))
+def test_the_free_run_solved_a_block_at_a_time_equals_stepping_each_request(rows, block):
+    core = core_input(rows, [])
+    args = (core.start_ns, core.ready_ts, core.pre_ns, core.wake_ns, core.post_ns, core.demand_ns)
+    ends, waits = _free_run(*args, block=block)
+    stepped_ends, stepped_waits = _free_run_stepped(*args)
+    assert ends.tolist() == stepped_ends.tolist() and waits.tolist() == stepped_waits.tolist()
+
+
+# A saturated replay of a few periods' work: it reaches some of the MAX_PERIODS repeats of the
+# arrivals, and tiles only those it can reach (replay._repeats_reached).
+short_requests = st.lists(st.tuples(costs, costs, st.integers(0, 80), costs, st.just(-1)), min_size=1, max_size=20)
+period_interrupts = st.lists(st.tuples(st.integers(0, 2_500), st.integers(0, 400), st.integers(0, 300),
+                                       st.integers(0, 200)), max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(short_requests, period_interrupts)
+def test_a_saturated_replay_over_a_few_periods_steps_as_on_the_walker(rows, raw_arrivals):
+    core = replace(core_input(rows, raw_arrivals), period_ns=2_000)
+    for run in (replay_core(core, True), replay_core(core, True, record=True)):
+        starts, ends, busy, window, interrupts, taken = walker_replay(core, True)
+        assert run.starts.tolist() == starts and run.ends.tolist() == ends
+        assert (run.busy_ns, run.window_ns, run.interrupts) == (busy, window, interrupts)
+    assert run.taken == taken

@@ -125,25 +125,25 @@ def predicted_timeline(analysis: Analysis, policy: str) -> tuple[tuple[pl.DataFr
     with its default parameters, in the timeline's column contract (kptrace.export.perfetto): per
     interrupt the replay took a hard IRQ slice and a slice for the softirq work charged to it;
     each request keeps its measured id and thread. Or None and why there is no replay."""
-    from kptrace.whatif import POLICIES, PolicyError, default_policies, nic_sources, replay_view, servers
-    from kptrace.whatif.inputs import request_stream
+    from kptrace.whatif import POLICIES, PolicyError, default_policies, nic_sources, servers
     from kptrace.whatif.policies import apply
     from kptrace.whatif.predict import core_inputs
     from kptrace.whatif.replay import replay_core
+    from kptrace.whatif.stream import request_stream
 
     if policy not in POLICIES:
         return None, f"unknown policy {policy!r}; one of: {', '.join(POLICIES)}"
     if analysis.requests is None:
         return None, "no requests in this trace, so nothing to replay"
     nic = nic_sources(analysis)
-    view = replay_view(analysis)
     irqs, requests = [], []
     try:
         for server in servers(analysis):
             chosen = next(p for p in default_policies(analysis, server["cpus"]) if p.name == policy)
-            cores = apply(chosen, core_inputs(view, server["tids"], nic), nic).cores
+            cores = apply(chosen, core_inputs(analysis, server["tids"], nic), nic).cores
             # The replay's request order on each core: that of core_inputs' request stream.
-            stream = request_stream(replace(view, requests=view.requests.filter(pl.col("tid").is_in(server["tids"]))))
+            mine = analysis.requests.lazy().filter(pl.col("tid").is_in(server["tids"]))
+            stream = request_stream(replace(analysis, requests=mine))
             for core in cores:
                 order = stream.filter(pl.col("cpu") == core.cpu)
                 run = replay_core(core, saturated=False, record=True)

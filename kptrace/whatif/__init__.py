@@ -8,8 +8,6 @@ kptrace.whatif.replay; policies: kptrace.whatif.policies. Model and limits: docs
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import polars as pl
 
 from kptrace.analysis import Analysis
@@ -19,7 +17,7 @@ from kptrace.whatif.policies import NETWORK_POLICIES, POLICIES, Policy, PolicyEr
 from kptrace.whatif.overhead import tracing_cost
 from kptrace.whatif.predict import predict
 
-__all__ = ["NETWORK_POLICIES", "POLICIES", "Policy", "PolicyError", "replay_view", "servers", "whatif"]
+__all__ = ["NETWORK_POLICIES", "POLICIES", "Policy", "PolicyError", "servers", "whatif"]
 
 #: A vanilla replay further than this from the measured trace is reported as not calibrated.
 CALIBRATION_TOLERANCE = 0.05
@@ -81,31 +79,6 @@ def nic_sources(analysis: Analysis) -> set[str]:
     return set(polled["source"].drop_nulls().unique().to_list())
 
 
-#: What the replay reads of each request and interval (kptrace.whatif.inputs, predict, overhead).
-REQUEST_COLUMNS = ("request_id", "cpu", "tid", "ts", "dur", "own_ns")
-INTERVAL_COLUMNS = ("id", "cpu", "tid", "kind", "name", "ts", "dur", "complete", "end_seq")
-#: The intervals the replay reads on a serving core: idle and other tasks' runs, interrupts, NAPI
-#: polls and epoll_wait calls.
-_REPLAYED = (pl.col("kind").is_in(["running", "hardirq", "softirq", "napi"])
-             | ((pl.col("kind") == "syscall") & pl.col("name").str.starts_with("epoll")))
-
-
-def replay_view(analysis: Analysis) -> Analysis:
-    """The analysis narrowed to what a replay holds whole: the requests and their hits (the
-    columns it reads), and on the cores that served requests the intervals it reads and every
-    interrupt chain with the interval it began in. The event table is left as it is: the
-    replay reads it a core at a time (whatif.overhead) and a NAPI poll's row by its number
-    (whatif.inputs). Every figure comes out as from the whole analysis."""
-    requests = analysis.requests.lazy().select(REQUEST_COLUMNS).collect()
-    cpus = requests["cpu"].unique().implode()
-    chains = analysis.disruptions.lazy().filter(pl.col("cpu").is_in(cpus)).collect()
-    intervals = (analysis.intervals.lazy()
-                 .filter(pl.col("cpu").is_in(cpus) & (_REPLAYED | pl.col("id").is_in(chains["interval_id"].implode())))
-                 .select(INTERVAL_COLUMNS).collect())
-    hits = analysis.hits.lazy().select("request_id", "source").collect()
-    return replace(analysis, requests=requests, hits=hits, intervals=intervals, disruptions=chains)
-
-
 def costliest_device_irq(analysis: Analysis, cpus: list[int]) -> str | None:
     """The device IRQ source (not an APIC vector) that costs the serving cores most."""
     rows = analysis.attribution.filter(pl.col("cpu").is_in(cpus) & ~pl.col("source").is_in(list(VECTOR_HANDLERS)))
@@ -135,12 +108,11 @@ def whatif(analysis: Analysis, policies: list[Policy] | None = None, server: str
     found = servers(analysis)
     chosen = [select_server(found, server)] if server else found
     nic = nic_sources(analysis)
-    view = replay_view(analysis)
     results = []
     for entry in chosen:
         asked = policies or default_policies(analysis, entry["cpus"])
         # Policies the user named must apply; of the defaults, those that cannot are listed as skipped.
-        prediction = predict(view, entry["tids"], asked, nic, replicates=replicates, seed=seed,
+        prediction = predict(analysis, entry["tids"], asked, nic, replicates=replicates, seed=seed,
                              strict=policies is not None, cost=cost)
         calibration = prediction["calibration"]
         calibration["within_tolerance"] = all(

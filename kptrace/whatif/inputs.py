@@ -37,6 +37,7 @@ import polars as pl
 from kptrace.analysis import Analysis
 from kptrace.intervals import inside
 from kptrace.whatif.nic import NicCosts
+from kptrace.whatif.stream import WAKEUP
 
 
 def indirect_per_hit(attribution: pl.DataFrame) -> pl.DataFrame:
@@ -50,106 +51,15 @@ def indirect_per_hit(attribution: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-#: APIC vectors that wake an idle CPU for a task another CPU made runnable.
-WAKEUP_VECTORS = ("reschedule", "call_function_single", "call_function")
-_WAKEUP = pl.col("name").is_in(WAKEUP_VECTORS) & (pl.col("tid") == 0)
-
-
-def _gaps(requests: pl.DataFrame) -> pl.DataFrame:
-    """Per request, the gap on its core since every earlier request there ended (g_lo, g_hi):
-    empty when it started inside another thread's request (that one was switched out)."""
-    return (
-        requests.select("request_id", "cpu", g_hi="ts", end=pl.col("ts") + pl.col("dur"))
-        .sort("cpu", "g_hi", "request_id")
-        .with_columns(g_lo=pl.col("end").cum_max().shift(1).over("cpu"))
-        .with_columns(g_lo=pl.min_horizontal(pl.col("g_lo").fill_null(pl.col("g_hi")), "g_hi"))
-        .drop("end")
-    )
-
-
-def _in_gaps(items: pl.DataFrame, gaps: pl.DataFrame) -> pl.DataFrame:
-    """Items (cpu, ts, end) clipped to the gap their start falls in, with that gap's request_id."""
-    return (
-        inside(items.lazy(), gaps.lazy(), "cpu", start="g_lo", end="g_hi").collect()
-        .with_columns(end=pl.min_horizontal("end", "g_hi"))
-    )
-
-
-def _covered(spans: pl.DataFrame, at: pl.DataFrame, column: str) -> pl.DataFrame:
-    """At each (cpu, t) of `at`, how much time `spans` (cpu, ts, end; disjoint within a CPU)
-    covered on that CPU before t, as `column`: a cumulative sum read at t, so a span that
-    straddles a gap's edge counts only for its part inside."""
-    spans = spans.sort("cpu", "ts").with_columns(
-        before=(pl.col("end") - pl.col("ts")).cum_sum().over("cpu") - (pl.col("end") - pl.col("ts")))
-    return (
-        at.sort("t").join_asof(spans.select("cpu", "before", s_ts="ts", s_end="end").sort("s_ts"), left_on="t",
-                               right_on="s_ts", by="cpu", strategy="backward", check_sortedness=False)
-        .with_columns((pl.col("before") + pl.min_horizontal(pl.col("t"), "s_end") - pl.col("s_ts"))
-                      .fill_null(0).alias(column))
-        .drop("before", "s_ts", "s_end")
-    )
-
-
-def _in_gap_time(spans: pl.DataFrame, gaps: pl.DataFrame, column: str) -> pl.DataFrame:
-    """Per gap (request_id), the time `spans` covered inside it."""
-    edges = pl.concat([gaps.select("request_id", "cpu", t="g_lo", edge=pl.lit(-1)),
-                       gaps.select("request_id", "cpu", t="g_hi", edge=pl.lit(1))])
-    return _covered(spans, edges, column).group_by("request_id").agg((pl.col("edge") * pl.col(column)).sum().alias(column))
-
-
-def request_stream(analysis: Analysis) -> pl.DataFrame:
-    """The serving cores' request streams (module docstring), sorted by cpu and start."""
-    requests = analysis.requests
-    gaps = _gaps(requests)
-    complete = analysis.intervals.filter(pl.col("complete")).select(
-        "cpu", "tid", "kind", "name", "ts", end=pl.col("ts") + pl.col("dur"))
-    idle_spans = complete.filter((pl.col("kind") == "running") & (pl.col("tid") == 0))
-    idle = _in_gap_time(idle_spans, gaps, "idle_ns").join(
-        _in_gaps(idle_spans, gaps).group_by("request_id").agg(idle_lo=pl.col("ts").min(), ready_ts=pl.col("end").max()),
-        on="request_id", how="left")
-    # Interrupts taken while idle lie inside the idle task's run interval already.
-    busy_irq = _in_gap_time(complete.filter(pl.col("kind").is_in(["hardirq", "softirq"]) & (pl.col("tid") != 0)),
-                            gaps, "irq_ns")
-    wake = _in_gaps(complete.filter((pl.col("kind") == "hardirq") & _WAKEUP), gaps).group_by("request_id").agg(
-        wake_ns=(pl.col("end") - pl.col("ts")).sum())
-    # Other tasks (not serving threads, not idle) that ran inside a request: it was preempted.
-    windows = requests.select("request_id", "cpu", g_lo="ts", g_hi=pl.col("ts") + pl.col("dur"))
-    others = complete.filter((pl.col("kind") == "running") & (pl.col("tid") != 0)
-                             & ~pl.col("tid").is_in(requests["tid"].unique().implode()))
-    preempted = _in_gaps(others, windows).group_by("request_id").agg(
-        preempted_ns=(pl.col("end") - pl.col("ts")).sum())
-    stream = (
-        requests.select("request_id", "cpu", "tid", "ts", "dur", "own_ns")
-        .join(gaps.select("request_id", "g_lo"), on="request_id")
-        .join(idle, on="request_id", how="left")
-        .join(busy_irq, on="request_id", how="left")
-        .join(wake, on="request_id", how="left")
-        .join(preempted, on="request_id", how="left")
-        .with_columns(pl.col("idle_ns", "irq_ns", "wake_ns", "preempted_ns").fill_null(0))
-        .with_columns(work=(pl.col("ts") - pl.col("g_lo") - pl.col("idle_ns") - pl.col("irq_ns")).clip(0))
-    )
-    # Split the loop work around the idle period in proportion to the time on either side.
-    before = (pl.col("idle_lo") - pl.col("g_lo")).clip(0)
-    after = (pl.col("ts") - pl.col("ready_ts")).clip(0)
-    share_before = pl.when(pl.col("ready_ts").is_null()).then(1.0).otherwise(
-        before / (before + after).clip(1))
-    return stream.with_columns(
-        pre_ns=(pl.col("work") * share_before).round().cast(pl.Int64),
-    ).select(
-        "cpu", "request_id", "tid", "ts", "dur", "ready_ts", "pre_ns",
-        wake_ns=pl.when(pl.col("ready_ts").is_not_null()).then(pl.col("wake_ns")).otherwise(0),
-        post_ns=pl.col("work") - pl.col("pre_ns"),
-        demand_ns=pl.col("own_ns") + pl.col("preempted_ns"),
-    ).sort("cpu", "ts", "request_id")
-
-
 def hit_indirect(analysis: Analysis) -> pl.DataFrame:
     """request_id, source, indirect_ns: the estimated slowdown the request's measured hits by
     that source left in its own time (at most half of it: an estimate never takes a request
     below half its measured own time)."""
-    requests = analysis.requests.select("request_id", "cpu", "own_ns")
+    hits = analysis.hits.lazy().select("request_id", "source").collect()
+    requests = analysis.requests.lazy().select("request_id", "cpu", "own_ns").filter(
+        pl.col("request_id").is_in(hits["request_id"].unique().implode())).collect()
     return (
-        analysis.hits.join(requests, on="request_id")
+        hits.join(requests, on="request_id")
         .join(indirect_per_hit(analysis.attribution), on=["cpu", "source"], how="left")
         .group_by("request_id", "source").agg(pl.col("indirect_ns").fill_null(0.0).sum(), pl.col("own_ns").first())
         .with_columns(indirect_ns=pl.min_horizontal("indirect_ns", pl.col("own_ns") / 2).round().cast(pl.Int64))
@@ -163,16 +73,22 @@ def arrivals(analysis: Analysis, cpus: list[int]) -> pl.DataFrame:
     """Interrupt chains on the given cores, wake-up IPIs excepted: cpu, ts, source, handler_ns,
     softirq_ns, indirect_ns — the estimated slowdown for a chain the trace shows arriving while
     the core was idle, should the replay land it in a request (at saturation); 0 for one that
-    arrived while the core worked, whose slowdown is in the measured times already."""
-    interrupted = analysis.intervals.select(interval_id="id", interrupted_tid="tid")
-    wakeups = analysis.intervals.filter((pl.col("kind") == "hardirq") & _WAKEUP).select(
-        "cpu", "ts", source="name", wakeup=pl.lit(True))
+    arrived while the core worked, whose slowdown is in the measured times already. Only the
+    columns read, and of the intervals only the wake-up IPIs and the idle runs a chain began in
+    (the tables may be scans of a 64 M-event capture)."""
+    on_cores = pl.col("cpu").is_in(cpus)
+    chains = analysis.disruptions.lazy().filter(pl.col("disruptive") & pl.col("complete") & on_cores).select(
+        "cpu", "ts", "source", "span_ns", "softirq_ns", "interval_id").collect()
+    idle = (analysis.intervals.lazy().filter(on_cores & (pl.col("tid") == 0)
+                                             & pl.col("id").is_in(chains["interval_id"].implode()))
+            .select(interval_id="id", interrupted_tid="tid").collect())
+    wakeups = analysis.intervals.lazy().filter(on_cores & (pl.col("kind") == "hardirq") & WAKEUP).select(
+        "cpu", "ts", source="name", wakeup=pl.lit(True)).collect()
     return (
-        analysis.disruptions.filter(pl.col("disruptive") & pl.col("complete") & pl.col("cpu").is_in(cpus))
-        .join(wakeups, on=["cpu", "ts", "source"], how="left")
+        chains.join(wakeups, on=["cpu", "ts", "source"], how="left")
         .filter(pl.col("wakeup").is_null())
         .join(indirect_per_hit(analysis.attribution), on=["cpu", "source"], how="left")
-        .join(interrupted, on="interval_id", how="left")
+        .join(idle, on="interval_id", how="left")
         .select("cpu", "ts", "source", handler_ns=pl.col("span_ns") - pl.col("softirq_ns"),
                 softirq_ns="softirq_ns",
                 indirect_ns=pl.when(pl.col("interrupted_tid") == 0).then(pl.col("indirect_ns")).otherwise(0.0)
@@ -238,10 +154,11 @@ def _packets(chains: pl.DataFrame, moderation_ns: int, start_ns: int) -> np.ndar
 def _epoll_marks(analysis: Analysis, tids: list[int], cpu: int) -> np.ndarray:
     """Per request on `cpu` (the replay's order), whether an epoll_wait returned since the
     requests before it ended: the request is the first its loop iteration serves."""
-    requests = analysis.requests.filter(pl.col("tid").is_in(tids) & (pl.col("cpu") == cpu)).sort("ts", "request_id")
-    epoll = (analysis.intervals.filter((pl.col("kind") == "syscall") & pl.col("name").str.starts_with("epoll")
-                                       & (pl.col("cpu") == cpu) & pl.col("complete"))
-             .select(end=pl.col("ts") + pl.col("dur"))["end"].sort().to_numpy())
+    requests = (analysis.requests.lazy().filter(pl.col("tid").is_in(tids) & (pl.col("cpu") == cpu))
+                .select("ts", "dur", "request_id").sort("ts", "request_id").collect())
+    epoll = (analysis.intervals.lazy().filter((pl.col("kind") == "syscall") & pl.col("name").str.starts_with("epoll")
+                                              & (pl.col("cpu") == cpu) & pl.col("complete"))
+             .select(end=pl.col("ts") + pl.col("dur")).collect()["end"].sort().to_numpy())
     starts = requests["ts"].to_numpy()
     ends = np.maximum.accumulate((requests["ts"] + requests["dur"]).to_numpy())
     before = np.concatenate([[np.iinfo(np.int64).min], ends[:-1]])

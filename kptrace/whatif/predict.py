@@ -19,10 +19,11 @@ from kptrace.analysis import Analysis
 from kptrace.attribute import Z95
 from kptrace.intervals import serving_load
 from kptrace.whatif.arrivals import Arrivals
-from kptrace.whatif.inputs import arrivals, hit_indirect, indirect_per_hit, nic_inputs, request_stream
+from kptrace.whatif.inputs import arrivals, hit_indirect, indirect_per_hit, nic_inputs
 from kptrace.whatif.overhead import TracingCost, core_loads, summary, untraced
 from kptrace.whatif.policies import Policy, PolicyError, apply
 from kptrace.whatif.replay import CoreInput, CoreRun, replay_core
+from kptrace.whatif.stream import REQUEST_COLUMNS, core_stream, serving_spans
 
 FIGURES = ("capacity_rps", "throughput_rps", "p50_us", "p99_us", "cpu_util", "irq_per_s")
 #: Ratios against vanilla, each with its interval: name -> the figure it compares.
@@ -33,27 +34,39 @@ PROVENANCE = ("modelled: a per-core replay of the measured request demands, loop
 
 def core_inputs(analysis: Analysis, tids: list[int], nic_sources: set[str] = frozenset()) -> list[CoreInput]:
     """The replay input of each core on which the given threads served requests, with its NIC
-    queue where one of `nic_sources` polled a device there (inputs.nic_inputs)."""
-    requests = analysis.requests.filter(pl.col("tid").is_in(tids))
-    stream = request_stream(replace(analysis, requests=requests))
-    cpus = sorted(stream["cpu"].unique().to_list())
-    chains = arrivals(analysis, cpus)
+    queue where one of `nic_sources` polled a device there (inputs.nic_inputs). Built a core at
+    a time and its request stream a slice at a time (kptrace.whatif.stream), from the tables as
+    given (scans of a windowed analysis: only what a core needs is read)."""
+    requests = analysis.requests.lazy().filter(pl.col("tid").is_in(tids)).select(REQUEST_COLUMNS)
+    serving = requests.select(pl.col("tid").unique().sort()).collect()["tid"].to_list()
+    cpus = requests.select(pl.col("cpu").unique().sort()).collect()["cpu"].to_list()
     slowdowns = hit_indirect(analysis)
-    cores = []
-    for cpu in cpus:
-        mine = stream.filter(pl.col("cpu") == cpu).with_row_index("position")
-        hits = slowdowns.join(mine.select("request_id", "position"), on="request_id")
-        start = int(mine["ts"].min())
-        end = int((mine["ts"] + mine["dur"]).max())
-        cores.append(CoreInput(
-            cpu=cpu, start_ns=start, period_ns=max(end - start, 1),
-            ready_ts=mine["ready_ts"].fill_null(-1).to_numpy(), pre_ns=mine["pre_ns"].to_numpy(),
-            wake_ns=mine["wake_ns"].to_numpy(),
-            post_ns=mine["post_ns"].to_numpy(), demand_ns=mine["demand_ns"].to_numpy(),
-            arrivals=Arrivals.from_frame(chains.filter((pl.col("cpu") == cpu) & (pl.col("ts") >= start))),
-            hit_indirect={source: _scatter(part, mine.height) for (source,), part in hits.group_by("source")},
-        ))
+    cores = [_core_input(analysis, requests.filter(pl.col("cpu") == cpu).collect(), cpu, serving, slowdowns)
+             for cpu in cpus]
     return nic_inputs(analysis, tids, cores, nic_sources)
+
+
+#: The stream's columns a replay holds, as arrays.
+_STREAM_ARRAYS = ("request_id", "ts", "end", "ready_ts", "pre_ns", "wake_ns", "post_ns", "demand_ns")
+
+
+def _core_input(analysis: Analysis, requests: pl.DataFrame, cpu: int, serving: list[int],
+                slowdowns: pl.DataFrame) -> CoreInput:
+    """One core's replay input from its requests: its stream read a slice at a time into arrays."""
+    parts = [part.select("request_id", "ts", *_STREAM_ARRAYS[4:], end=pl.col("ts") + pl.col("dur"),
+                         ready_ts=pl.col("ready_ts").fill_null(-1))
+             for part in core_stream(requests, serving_spans(analysis.intervals, cpu, serving))]
+    mine = {name: np.concatenate([part[name].to_numpy() for part in parts]) for name in _STREAM_ARRAYS}
+    del parts
+    position = pl.DataFrame({"request_id": mine["request_id"], "position": np.arange(len(mine["ts"]))})
+    hits = slowdowns.join(position, on="request_id")
+    start, end = int(mine["ts"].min()), int(mine["end"].max())
+    return CoreInput(
+        cpu=cpu, start_ns=start, period_ns=max(end - start, 1), ready_ts=mine["ready_ts"], pre_ns=mine["pre_ns"],
+        wake_ns=mine["wake_ns"], post_ns=mine["post_ns"], demand_ns=mine["demand_ns"],
+        arrivals=Arrivals.from_frame(arrivals(analysis, [cpu]).filter(pl.col("ts") >= start)),
+        hit_indirect={source: _scatter(part, len(position)) for (source,), part in hits.group_by("source")},
+    )
 
 
 def _scatter(hits: pl.DataFrame, n: int) -> np.ndarray:
@@ -84,9 +97,12 @@ def replay(cores: list[CoreInput]) -> dict:
 
 
 def measured(analysis: Analysis, tids: list[int]) -> dict:
-    """The same figures read off the trace, for calibration (measured)."""
-    requests = analysis.requests.filter(pl.col("tid").is_in(tids))
-    busy = serving_load(analysis.intervals.lazy(), analysis.disruptions.lazy(), requests.lazy()).collect()
+    """The same figures read off the trace, for calibration (measured). Of the intervals and
+    chains only the serving cores' are read."""
+    requests = analysis.requests.lazy().filter(pl.col("tid").is_in(tids)).select("cpu", "ts", "dur").collect()
+    on_cores = pl.col("cpu").is_in(requests["cpu"].unique().implode())
+    busy = serving_load(analysis.intervals.lazy().filter(on_cores), analysis.disruptions.lazy().filter(on_cores),
+                        requests.lazy()).collect()
     busy = busy.group_by("cpu").agg(pl.col("busy_ns").first())
     window = requests.group_by("cpu").agg(n=pl.len(), w=(pl.col("ts") + pl.col("dur")).max() - pl.col("ts").min())
     return {
