@@ -136,7 +136,8 @@ def _stages(name: str, quiet: bool):
             bar.console.print(terminal_safe(line(stage)), markup=False, highlight=False, soft_wrap=True)
             done = min(int(bar.tasks[0].completed) + 1, len(ANALYZE_STAGES))
             running = ANALYZE_STAGES[done] if done < len(ANALYZE_STAGES) else "done"
-            bar.update(task, completed=done, description=f"{name}: {running}")
+            # Drawn now, not at the next tick: a stage can end before rich refreshes (10/s).
+            bar.update(task, completed=done, description=f"{name}: {running}", refresh=True)
         yield progress
 
 

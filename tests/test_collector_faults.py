@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import unavailable
 from test_collector import (CONTINUOUS, LOOPBACK_TRAFFIC, RECORD, TRACEFS, assert_state_unchanged, collector_instances,
                             counter_blocks, decompress, our_processes, record, recording_root, require_root_tracefs,
                             tracefs_state, wait_for_instance, wait_lock_free)
@@ -132,14 +131,12 @@ def test_disk_full_mid_counters_only_run_keeps_whole_samples(small_disk):
 
 
 # ----------------------------------------------------------------- instance creation fails
-def test_instance_name_already_taken_fails_with_one_line_and_leaves_that_instance_alone(tmp_path):
+def test_instance_name_already_taken_fails_with_one_line_and_leaves_that_instance_alone(tmp_path, tracefs):
     """Another tool made an instance with the very name the collector wants (kptrace-<its pid>,
     made by the shell that then execs the collector under the same pid): mkdir fails, exit 4, one
     line; the other tool's instance keeps its settings and its content."""
     before = tracefs_state()
-    root = recording_root()
-    if root is None:
-        unavailable("needs a mounted tracefs (the test makes the conflicting instance in it)")
+    root = recording_root()  # the tracefs fixture mounted one if none was
     script = (f'd={root}/instances/kptrace-$$; mkdir "$d" && echo 256 > "$d/buffer_size_kb" && '
               f'echo "other tool was here" > "$d/trace_marker" && echo "$d $(cat "$d/buffer_size_kb")" >&2 && '
               f'exec {RECORD} -q -o {tmp_path}/b --no-perf --duration 1')
@@ -191,13 +188,11 @@ def trace_body(place: str) -> list[str]:
     return [line for line in Path(f"{place}/trace").read_text().splitlines() if not line.startswith("#")]
 
 
-def test_another_tracer_on_the_global_buffer_and_its_own_instance_is_untouched(tmp_path):
+def test_another_tracer_on_the_global_buffer_and_its_own_instance_is_untouched(tmp_path, tracefs):
     """A tracer writes markers into the global buffer and into its own instance, before and while
     the collector records: afterwards both buffers hold their old lines byte for byte and then
     exactly the markers written meanwhile, and every setting of both is as the tracer left it."""
-    root = recording_root()
-    if root is None:
-        unavailable("needs a mounted tracefs to play the other tracer in")
+    root = recording_root()  # the tracefs fixture mounted one if none was
     other = f"{root}/instances/other-tracer-{os.getpid()}"
     saved = settings(root)
     was_empty = not trace_body(root)
