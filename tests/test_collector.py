@@ -23,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 import kptrace
@@ -639,6 +640,32 @@ def test_binary_capture_streams_more_than_the_ring_buffer_holds_and_loses_nothin
     # the streamer's own reads and writes are kept out of the syscall events
     assert man["filters"]["syscalls"].startswith(f"common_pid != ")
     assert modes(out) == ({0o700}, {0o600})
+
+
+#: A workload that names itself (prctl PR_SET_NAME) and writes its pid, then runs for a second.
+NEWBORN = textwrap.dedent("""
+    import ctypes, os, sys, time
+    ctypes.CDLL(None).prctl(15, b"kpt-newborn", 0, 0, 0)
+    open(sys.argv[1], "w").write(str(os.getpid()))
+    end = time.time() + 1
+    while time.time() < end:
+        time.sleep(0.001)
+""")
+
+
+def test_a_task_born_during_a_binary_recording_keeps_its_name(tmp_path):
+    """The pid -> comm table is saved again when the recording ends: a task that started after the
+    pages began streaming (the workload, here) is named in raw/saved_cmdlines and in the events
+    kptrace reads, not `<...>`."""
+    before = tracefs_state()
+    out, pid_file = tmp_path / "bin", tmp_path / "pid"
+    r = record(out, "--binary", "--no-perf", "--preset", "light", "--", sys.executable, "-c", NEWBORN, str(pid_file))
+    assert r.returncode == 0, r.stderr
+    assert_state_unchanged(before)
+    pid = int(pid_file.read_text())
+    assert f"{pid} kpt-newborn" in (out / "raw" / "saved_cmdlines").read_text().splitlines()
+    events = kptrace.load(out).events.filter(pl.col("tid") == pid).collect()
+    assert events.height and events["comm"].cast(pl.String).unique().to_list() == ["kpt-newborn"]
 
 
 EPOLL_LOOP = "import select, time\nep = select.epoll()\nwhile True: ep.poll(0.001)\n"
