@@ -282,9 +282,11 @@ def _common(pages: Pages, rec: Records, formats: FormatTable) -> dict[str, np.nd
         raise ValueError("event formats lack the common fields (common_type, common_pid, ...)")
     if any(f.size not in (1, 2, 4, 8) for f in fields.values()):
         raise ValueError("event formats give a common field a size other than 1, 2, 4 or 8 bytes")
-    values = dict(zip(fields, read_ints(pages, rec.pos, list(fields.values()))))
-    return {"tid": values["common_pid"].astype(np.int32), "type": values["common_type"],
-            **_flags(values["common_flags"].astype(np.uint8), values["common_preempt_count"].astype(np.uint8))}
+    # Read as the types kept (an event id fits an int32 unless its field is wider than 2 bytes).
+    kinds = [np.int32 if fields["common_type"].size <= 2 else np.int64, np.uint8, np.uint8, np.int32]
+    values = dict(zip(fields, read_ints(pages, rec.pos, list(fields.values()), kinds)))
+    return {"tid": values["common_pid"], "type": values["common_type"],
+            **_flags(values["common_flags"], values["common_preempt_count"])}
 
 
 @dataclass
