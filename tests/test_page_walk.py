@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from kptrace.read.formats import Field, PageHeader
 from kptrace.read.pages import (Pages, Records, byte_matrix, distinct_keys, grouped, join_pages, read_ints,
-                                walk)
+                                small_codes, walk)
 
 PAGE_SIZE = 512
 _MISSED, _STORED = 1 << 31, 1 << 30
@@ -230,3 +230,14 @@ def test_records_share_a_key_number_exactly_when_their_keys_are_equal(data, draw
     distinct = list(dict.fromkeys(keys))  # numbered in order of first appearance
     assert code.tolist() == [distinct.index(key) for key in keys]
     assert first.tolist() == [keys.index(key) for key in distinct]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(-(1 << 40), 1 << 40), min_size=1, max_size=40), st.integers(0, 6),
+       st.sampled_from([np.int32, np.int64]))
+def test_small_integer_codes_number_the_distinct_values_in_ascending_order(values, spread, kind):
+    values = np.array(values, dtype=np.int64) % (1 << spread) + (values[0] if kind == np.int64 else -3)
+    values = values.astype(kind)
+    distinct, code = small_codes(values, int(values.min()), int(values.max()))
+    assert distinct.dtype == kind and distinct.tolist() == sorted(set(values.tolist()))
+    assert distinct[code].tolist() == values.tolist()

@@ -14,6 +14,9 @@
  *
  * distinct_keys: which records hold the same bytes (a task name, a device, a whole record), by
  * hashing, one pass; numpy can only sort every value.
+ *
+ * small_codes: the same for integers in a small range (event ids, task ids), by a table indexed
+ * by value: two passes, where numpy needs a scatter, a cumulative sum and a gather.
  */
 #include <stdint.h>
 #include <string.h>
@@ -295,5 +298,25 @@ int64_t distinct_keys(const uint8_t *data, int64_t size, const int64_t *start, c
             }
         }
     }
+    return distinct;
+}
+
+/* Integers values[0, rows) (int32 when `width` is 4, else int64), each in [low, low + range):
+ * numbers the distinct values in ascending order, code[i] being values[i]'s. table (range
+ * entries, zeroed) is left holding 1 + the number of each value present, 0 for the others;
+ * returns how many values are distinct. */
+int64_t small_codes(const void *values, int width, int64_t rows, int64_t low, uint32_t *table, int64_t range,
+                    uint32_t *code)
+{
+    const int32_t *narrow = values;
+    const int64_t *wide = values;
+    for (int64_t i = 0; i < rows; i++)
+        table[(width == 4 ? narrow[i] : wide[i]) - low] = 1;
+    uint32_t distinct = 0;
+    for (int64_t r = 0; r < range; r++)
+        if (table[r])
+            table[r] = ++distinct;
+    for (int64_t i = 0; i < rows; i++)
+        code[i] = table[(width == 4 ? narrow[i] : wide[i]) - low] - 1;
     return distinct;
 }

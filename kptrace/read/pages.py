@@ -268,6 +268,20 @@ def distinct_keys(data: np.ndarray, start: np.ndarray, length: np.ndarray, cut_a
     return code, first[:count]
 
 
+def small_codes(values: np.ndarray, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of int32 or int64 `values`, all in [low, high] (a small range), in
+    ascending order, and each value's index among them (uint32), by the compiled table (pages.c)."""
+    ffi, lib = _compiled()
+    values = np.ascontiguousarray(values)
+    if values.dtype not in (np.int32, np.int64):
+        raise ValueError(f"small_codes takes int32 or int64 values, not {values.dtype}")
+    table, code = np.zeros(high - low + 1, np.uint32), np.empty(len(values), np.uint32)
+    lib.small_codes(ffi.from_buffer(values), values.itemsize, len(values), low,
+                    ffi.from_buffer("uint32_t[]", table, require_writable=True), len(table),
+                    ffi.from_buffer("uint32_t[]", code, require_writable=True))
+    return (np.flatnonzero(table) + low).astype(values.dtype), code
+
+
 def field_span(pages: Pages, pos: np.ndarray, field: Field, limit: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Where a text or array field's bytes start in each record at `pos`, and how many there are
     (at most `limit`): a fixed array in place, a dynamic one where its location word says."""

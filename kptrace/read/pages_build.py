@@ -28,6 +28,8 @@ void read_ints(const uint8_t *data, int64_t size, int swap, const int64_t *pos, 
 int64_t distinct_keys(const uint8_t *data, int64_t size, const int64_t *start, const int64_t *length,
                       int64_t rows, int64_t spans, int cut, uint32_t *code, int64_t *first,
                       uint32_t *slot, int64_t slots, uint64_t *hash);
+int64_t small_codes(const void *values, int width, int64_t rows, int64_t low, uint32_t *table, int64_t range,
+                    uint32_t *code);
 """)
 ffibuilder.set_source("kptrace.read._pages", (_HERE / "pages.c").read_text(), extra_compile_args=["-O2"])
 
