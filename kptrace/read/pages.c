@@ -136,6 +136,16 @@ void copy_spans(const uint8_t *data, int64_t size, const int64_t *from, const in
  * the gap after the last. */
 #define GROUP_GAP 64
 
+/* How many records of each type there are (count[k]) and how many bytes they take (bytes[k]),
+ * both zeroed by the caller: group_records' first pass. */
+void count_groups(const int32_t *length, const uint32_t *kind, int64_t rows, int64_t *count, int64_t *bytes)
+{
+    for (int64_t i = 0; i < rows; i++) {
+        count[kind[i]]++;
+        bytes[kind[i]] += length[i];
+    }
+}
+
 /* Records grouped by type, each type's in their own order (a counting sort): record i, of type
  * kind[i], takes the next slot of its type (slot[kind[i]]++), order[that slot] = i, and its
  * length[i] bytes go to out at the next byte of its type (byte[kind[i]], advanced by them),

@@ -200,17 +200,21 @@ def grouped(pages: Pages, rec: Records, kind: np.ndarray, kinds: int) -> Grouped
     (pages.c group_records, a counting sort): reading one type's fields where they lie would
     cost a cache miss per record, for every field."""
     ffi, lib = _compiled()
-    counts = np.bincount(kind, minlength=kinds)
-    sizes = np.bincount(kind, weights=rec.length, minlength=kinds).astype(np.int64) + _GROUP_GAP
-    bounds, first_byte = (np.concatenate([[0], np.cumsum(a)]).astype(np.int64) for a in (counts, sizes))
+    kind = np.ascontiguousarray(kind, np.uint32)
+    length = np.ascontiguousarray(rec.length, np.int32)
+    if len(kind) and kind.max() >= kinds:
+        raise ValueError(f"a record of type {kind.max()}, past the {kinds} types")
+    counts, sizes = np.zeros(kinds, np.int64), np.zeros(kinds, np.int64)
+    lib.count_groups(ffi.from_buffer("int32_t[]", length), ffi.from_buffer("uint32_t[]", kind), len(kind),
+                     *(ffi.from_buffer("int64_t[]", a, require_writable=True) for a in (counts, sizes)))
+    bounds, first_byte = (np.concatenate([[0], np.cumsum(a)]).astype(np.int64) for a in (counts, sizes + _GROUP_GAP))
     data = np.empty(first_byte[-1] + SLACK, dtype=np.uint8)
     # Each type's gap and the slack zeroed, the only bytes the copy may leave unwritten: a damaged
     # record shorter than its fields then reads the same bytes on every run.
     data[(first_byte[1:, None] - _GROUP_GAP + np.arange(_GROUP_GAP)).ravel()] = 0
     data[first_byte[-1]:] = 0
     order, start = np.empty(len(kind), np.int64), np.empty(len(kind), np.int64)
-    kind = np.ascontiguousarray(kind, np.uint32)
-    pos, length = np.ascontiguousarray(rec.pos, np.int64), np.ascontiguousarray(rec.length, np.int32)
+    pos = np.ascontiguousarray(rec.pos, np.int64)
     lib.group_records(ffi.from_buffer("uint8_t[]", pages.data), len(pages.data), ffi.from_buffer("int64_t[]", pos),
                       ffi.from_buffer("int32_t[]", length), ffi.from_buffer("uint32_t[]", kind), len(kind),
                       *(ffi.from_buffer(t, a, require_writable=True) for t, a in (

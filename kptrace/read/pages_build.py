@@ -19,6 +19,7 @@ int64_t walk_pages(const uint8_t *data, int swap, int big, int64_t page_size, in
                    int64_t *offset, int64_t *ts, int8_t *type_len, int32_t *length, int32_t *page);
 void copy_spans(const uint8_t *data, int64_t size, const int64_t *from, const int64_t *length, const int64_t *to,
                 int64_t rows, uint8_t *out);
+void count_groups(const int32_t *length, const uint32_t *kind, int64_t rows, int64_t *count, int64_t *bytes);
 void group_records(const uint8_t *data, int64_t size, const int64_t *pos, const int32_t *length,
                    const uint32_t *kind, int64_t rows, int64_t *slot, int64_t *byte, int64_t *order,
                    int64_t *start, uint8_t *out);
