@@ -179,6 +179,8 @@ def _wide(column: str, parts: list[tuple[_Placed, pl.Series]], count: int) -> pl
     Integers are scattered in numpy; other types are gathered once from the families' values,
     cast to the schema's type while they are only the family's rows."""
     dtype = EVENT_SCHEMA[column]
+    if not parts:
+        return pl.repeat(None, count, dtype=dtype, eager=True).alias(column)
     kept = []
     for place, series in parts:
         series = series.cast(dtype)
