@@ -204,7 +204,7 @@ def _wide(column: str, parts: list[tuple[_Placed, pl.Series]], count: int) -> pl
     for (at, _), offset in reversed(list(zip(kept, offsets))):
         where[at] = np.arange(offset, offset + len(at), dtype=np.uint32)
         valid[at] = True
-    source = pl.concat([series for _, series in kept]) if kept else pl.Series(column, [], dtype=dtype)
+    source = pl.concat([series for _, series in kept])
     index = pl.Series(where)
     return source.gather(index if valid.all() else index.set(pl.Series(~valid), None)).alias(column)
 
