@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from kptrace.read.formats import Field, PageHeader
 from kptrace.read.pages import (Pages, Records, byte_matrix, distinct_keys, grouped, join_pages, read_ints,
-                                walk)
+                                small_codes, walk)
 
 PAGE_SIZE = 512
 _MISSED, _STORED = 1 << 31, 1 << 30
@@ -114,6 +114,18 @@ def test_damaged_pages_give_records_that_start_inside_their_own_page(blob, order
     assert (np.diff(records.pos) > 0).all()
 
 
+def test_pages_of_zeros_give_a_record_every_four_bytes():
+    """A zero word is a long record (type_len 0) stating no length, so the walk steps 4 bytes: more
+    records than the walk makes room for at first (one per 8 bytes), so it counts, then walks again."""
+    header = PageHeader(timestamp_offset=0, commit_offset=8, commit_size=8, data_offset=16, data_size=PAGE_SIZE - 16)
+    page = struct.pack("<QQ", 5, header.data_size).ljust(PAGE_SIZE, b"\0")
+    records = walk(join_pages([(0, page * 3)], header, "<"))
+    steps = np.arange(header.data_size // 4)
+    expected = np.concatenate([p * PAGE_SIZE + header.data_offset + 8 + 4 * steps for p in range(3)])
+    assert records.pos.tolist() == expected.tolist()
+    assert (records.ts == 5).all() and (records.length == 0).all()
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=64), st.lists(st.integers(-80, 80), max_size=20), st.integers(1, 24))
 def test_gathered_rows_equal_slices_of_the_data_with_zeros_outside_it(data, starts, width):
@@ -141,6 +153,18 @@ def test_compiled_integer_reads_equal_plain_decoding_in_either_byte_order(data, 
     got = read_ints(pages, np.array(starts, dtype=np.int64), spec)
     assert [column.tolist() for column in got] == [
         [_plain_int(data, start + f.offset, f.size, f.signed, order) for start in starts] for f in spec]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64), st.lists(st.integers(-16, 80), max_size=20), _fields,
+       st.lists(st.sampled_from([np.int8, np.uint8, np.int16, np.int32, np.uint32, np.int64]), min_size=5, max_size=5))
+def test_integer_reads_into_narrow_types_equal_the_int64_reads_cast(data, starts, fields, kinds):
+    pages = Pages(data=np.frombuffer(data, np.uint8), cpu=np.zeros(0, np.int16), header=None, byte_order="<")
+    spec = [Field(f"f{i}", "int", offset, size, signed) for i, (offset, size, signed) in enumerate(fields)]
+    pos = np.array(starts, dtype=np.int64)
+    got = read_ints(pages, pos, spec, kinds[:len(spec)])
+    wide = read_ints(pages, pos, spec)
+    assert [(g.dtype, g.tolist()) for g in got] == [(np.dtype(k), w.astype(k).tolist()) for w, k in zip(wide, kinds)]
 
 
 @settings(max_examples=300, deadline=None)
@@ -206,3 +230,14 @@ def test_records_share_a_key_number_exactly_when_their_keys_are_equal(data, draw
     distinct = list(dict.fromkeys(keys))  # numbered in order of first appearance
     assert code.tolist() == [distinct.index(key) for key in keys]
     assert first.tolist() == [keys.index(key) for key in distinct]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(-(1 << 40), 1 << 40), min_size=1, max_size=40), st.integers(0, 6),
+       st.sampled_from([np.int32, np.int64]))
+def test_small_integer_codes_number_the_distinct_values_in_ascending_order(values, spread, kind):
+    values = np.array(values, dtype=np.int64) % (1 << spread) + (values[0] if kind == np.int64 else -3)
+    values = values.astype(kind)
+    distinct, code = small_codes(values, int(values.min()), int(values.max()))
+    assert distinct.dtype == kind and distinct.tolist() == sorted(set(values.tolist()))
+    assert distinct[code].tolist() == values.tolist()

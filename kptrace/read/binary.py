@@ -20,7 +20,7 @@ import pyarrow as pa
 from kptrace.read.fields import VECTOR_HANDLERS, state_letters
 from kptrace.read.formats import EventFormat, Field, FormatTable, PageHeader
 from kptrace.read.pages import (Pages, Records, distinct_keys, field_span, join_pages, read_field_bytes,
-                                grouped, read_field_ints, read_ints, walk)
+                                grouped, read_field_ints, read_ints, small_codes, walk)
 from kptrace.read.table import ROW, EventTable, held_type
 from kptrace.schema import CORE_COLUMNS, EVENT_SCHEMA, FAMILIES, SOFTIRQ_NAMES
 
@@ -55,13 +55,12 @@ def parse_cmdlines(text: str) -> dict[int, str]:
 def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct values and each value's index among them, without sorting every value: a
     trace repeats a few tasks and states a million times. Integers in a small range are
-    counted in a bitmap; others are hashed (pages.distinct_keys)."""
-    if values.dtype.kind == "i" and len(values) and int(values.max()) - int(values.min()) < 1 << 22:
-        low = values.min()
-        offset = values - low if low else values
-        present = np.zeros(int(values.max() - low) + 1, dtype=bool)
-        present[offset] = True
-        return np.flatnonzero(present) + low, (np.cumsum(present) - 1).astype(np.uint32)[offset]
+    numbered through a table indexed by value (pages.small_codes); others are hashed
+    (pages.distinct_keys)."""
+    if values.dtype in (np.int32, np.int64) and len(values):
+        low, high = int(values.min()), int(values.max())
+        if high - low < 1 << 22:
+            return small_codes(values, low, high)
     items = np.ascontiguousarray(values)
     width = items.itemsize
     which, first = distinct_keys(items.view(np.uint8).ravel(), np.arange(len(items), dtype=np.int64) * width,
@@ -282,9 +281,11 @@ def _common(pages: Pages, rec: Records, formats: FormatTable) -> dict[str, np.nd
         raise ValueError("event formats lack the common fields (common_type, common_pid, ...)")
     if any(f.size not in (1, 2, 4, 8) for f in fields.values()):
         raise ValueError("event formats give a common field a size other than 1, 2, 4 or 8 bytes")
-    values = dict(zip(fields, read_ints(pages, rec.pos, list(fields.values()))))
-    return {"tid": values["common_pid"].astype(np.int32), "type": values["common_type"],
-            **_flags(values["common_flags"].astype(np.uint8), values["common_preempt_count"].astype(np.uint8))}
+    # Read as the types kept (an event id fits an int32 unless its field is wider than 2 bytes).
+    kinds = [np.int32 if fields["common_type"].size <= 2 else np.int64, np.uint8, np.uint8, np.int32]
+    values = dict(zip(fields, read_ints(pages, rec.pos, list(fields.values()), kinds)))
+    return {"tid": values["common_pid"], "type": values["common_type"],
+            **_flags(values["common_flags"], values["common_preempt_count"])}
 
 
 @dataclass

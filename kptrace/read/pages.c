@@ -14,6 +14,9 @@
  *
  * distinct_keys: which records hold the same bytes (a task name, a device, a whole record), by
  * hashing, one pass; numpy can only sort every value.
+ *
+ * small_codes: the same for integers in a small range (event ids, task ids), by a table indexed
+ * by value: two passes, where numpy needs a scatter, a cumulative sum and a gather.
  */
 #include <stdint.h>
 #include <string.h>
@@ -39,7 +42,7 @@ static uint32_t word_at(const uint8_t *data, int64_t pos, int swap)
  * to the commit end or past it, ends the page: a damaged page never loops. */
 static int64_t page_records(const uint8_t *data, int swap, int big, int64_t pos, int64_t end, uint64_t page_ts,
                             int data_only, int64_t page, int64_t *offset, int64_t *ts, int8_t *type_len,
-                            int64_t *length, int64_t *page_of)
+                            int32_t *length, int32_t *page_of)
 {
     uint64_t now = page_ts;
     int64_t n = 0;
@@ -70,8 +73,8 @@ static int64_t page_records(const uint8_t *data, int swap, int big, int64_t pos,
             offset[n] = data_only ? pos + header : pos;
             ts[n] = (int64_t)now;
             type_len[n] = (int8_t)kind;
-            length[n] = body > 0 ? body : 0;
-            page_of[n] = page;
+            length[n] = (int32_t)(body > 0 ? body : 0);  /* within a page */
+            page_of[n] = (int32_t)page;
         }
         n += keep;
         if (next <= pos || next >= end)
@@ -81,21 +84,29 @@ static int64_t page_records(const uint8_t *data, int swap, int big, int64_t pos,
 }
 
 /* Every record (with `data_only`, every data record) of every page, in page order (see
- * page_records); returns how many. */
+ * page_records); returns how many. With `offset` NULL only counts them; else writes at most
+ * `capacity` of them and returns -1 when there are more (the caller counts, then walks again). */
 int64_t walk_pages(const uint8_t *data, int swap, int big, int64_t page_size, int64_t data_offset,
-                   int64_t pages, const int64_t *size, const int64_t *page_ts, int data_only,
-                   int64_t *offset, int64_t *ts, int8_t *type_len, int64_t *length, int64_t *page)
+                   int64_t pages, const int64_t *size, const int64_t *page_ts, int data_only, int64_t capacity,
+                   int64_t *offset, int64_t *ts, int8_t *type_len, int32_t *length, int32_t *page)
 {
     int64_t total = 0;
     for (int64_t p = 0; p < pages; p++) {
         if (size[p] <= 0)
             continue;
         int64_t start = p * page_size + data_offset;
-        int write = offset != NULL;
+        if (offset == NULL) {
+            total += page_records(data, swap, big, start, start + size[p], (uint64_t)page_ts[p], data_only, p,
+                                  NULL, NULL, NULL, NULL, NULL);
+            continue;
+        }
+        /* A page of `size` bytes holds at most size / 4 records: each takes 4 bytes or more. */
+        if (total + size[p] / 4 + 1 > capacity &&
+            total + page_records(data, swap, big, start, start + size[p], (uint64_t)page_ts[p], data_only, p,
+                                 NULL, NULL, NULL, NULL, NULL) > capacity)
+            return -1;
         total += page_records(data, swap, big, start, start + size[p], (uint64_t)page_ts[p], data_only, p,
-                              write ? offset + total : NULL, write ? ts + total : NULL,
-                              write ? type_len + total : NULL, write ? length + total : NULL,
-                              write ? page + total : NULL);
+                              offset + total, ts + total, type_len + total, length + total, page + total);
     }
     return total;
 }
@@ -125,12 +136,22 @@ void copy_spans(const uint8_t *data, int64_t size, const int64_t *from, const in
  * the gap after the last. */
 #define GROUP_GAP 64
 
+/* How many records of each type there are (count[k]) and how many bytes they take (bytes[k]),
+ * both zeroed by the caller: group_records' first pass. */
+void count_groups(const int32_t *length, const uint32_t *kind, int64_t rows, int64_t *count, int64_t *bytes)
+{
+    for (int64_t i = 0; i < rows; i++) {
+        count[kind[i]]++;
+        bytes[kind[i]] += length[i];
+    }
+}
+
 /* Records grouped by type, each type's in their own order (a counting sort): record i, of type
  * kind[i], takes the next slot of its type (slot[kind[i]]++), order[that slot] = i, and its
  * length[i] bytes go to out at the next byte of its type (byte[kind[i]], advanced by them),
  * start[that slot] saying where. The caller sets each type's first slot and byte. The records
  * are read in their own order, near-sequentially through the pages. */
-void group_records(const uint8_t *data, int64_t size, const int64_t *pos, const int64_t *length,
+void group_records(const uint8_t *data, int64_t size, const int64_t *pos, const int32_t *length,
                    const uint32_t *kind, int64_t rows, int64_t *slot, int64_t *byte, int64_t *order,
                    int64_t *start, uint8_t *out)
 {
@@ -148,10 +169,12 @@ void group_records(const uint8_t *data, int64_t size, const int64_t *pos, const 
 }
 
 /* Integer fields of the records at pos[0, rows): field f (offset[f] bytes into the record,
- * width[f] = 1, 2, 4 or 8 bytes, is_signed[f]) as int64 at out[f * rows + i]; an unsigned
- * 8-byte value wraps, as C's would. A field not wholly inside data[0, size) reads as 0. */
+ * width[f] = 1, 2, 4 or 8 bytes, is_signed[f]) read as int64 (an unsigned 8-byte value wraps, as
+ * C's would), then stored as an integer of out_width[f] bytes (cut as C casts cut) at
+ * out + out_at[f] + i * out_width[f]. A field not wholly inside data[0, size) reads as 0. */
 void read_ints(const uint8_t *data, int64_t size, int swap, const int64_t *pos, int64_t rows,
-               int64_t fields, const int64_t *offset, const int8_t *width, const int8_t *is_signed, int64_t *out)
+               int64_t fields, const int64_t *offset, const int8_t *width, const int8_t *is_signed,
+               const int8_t *out_width, const int64_t *out_at, uint8_t *out)
 {
     for (int64_t i = 0; i < rows; i++) {
         for (int64_t f = 0; f < fields; f++) {
@@ -179,7 +202,24 @@ void read_ints(const uint8_t *data, int64_t size, int swap, const int64_t *pos, 
                     value = (int64_t)(swap ? __builtin_bswap64(b8) : b8);
                 }
             }
-            out[f * rows + i] = value;
+            uint8_t *to = out + out_at[f] + i * out_width[f];
+            int8_t v1; int16_t v2; int32_t v4;
+            switch (out_width[f]) {
+            case 1:
+                v1 = (int8_t)value;
+                memcpy(to, &v1, 1);
+                break;
+            case 2:
+                v2 = (int16_t)value;
+                memcpy(to, &v2, 2);
+                break;
+            case 4:
+                v4 = (int32_t)value;
+                memcpy(to, &v4, 4);
+                break;
+            default:
+                memcpy(to, &value, 8);
+            }
         }
     }
 }
@@ -268,5 +308,25 @@ int64_t distinct_keys(const uint8_t *data, int64_t size, const int64_t *start, c
             }
         }
     }
+    return distinct;
+}
+
+/* Integers values[0, rows) (int32 when `width` is 4, else int64), each in [low, low + range):
+ * numbers the distinct values in ascending order, code[i] being values[i]'s. table (range
+ * entries, zeroed) is left holding 1 + the number of each value present, 0 for the others;
+ * returns how many values are distinct. */
+int64_t small_codes(const void *values, int width, int64_t rows, int64_t low, uint32_t *table, int64_t range,
+                    uint32_t *code)
+{
+    const int32_t *narrow = values;
+    const int64_t *wide = values;
+    for (int64_t i = 0; i < rows; i++)
+        table[(width == 4 ? narrow[i] : wide[i]) - low] = 1;
+    uint32_t distinct = 0;
+    for (int64_t r = 0; r < range; r++)
+        if (table[r])
+            table[r] = ++distinct;
+    for (int64_t i = 0; i < rows; i++)
+        code[i] = table[(width == 4 ? narrow[i] : wide[i]) - low] - 1;
     return distinct;
 }

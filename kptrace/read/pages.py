@@ -42,10 +42,10 @@ class Pages:
 class Records:
     """Data records in page order: where each one's bytes are and when it was written."""
 
-    page: np.ndarray  # int64 page index
+    page: np.ndarray  # int32 page index
     pos: np.ndarray  # int64 byte offset of the record's data in Pages.data
     ts: np.ndarray  # int64 ns on the trace clock
-    length: np.ndarray  # int64 bytes of the record's data (as far as its page's commit end)
+    length: np.ndarray  # int32 bytes of the record's data (as far as its page's commit end)
     missed_pages: np.ndarray  # page indexes whose header says events were lost before them
     missed_counts: np.ndarray  # int64 events lost (-1: the kernel did not count them)
     missed_ts: np.ndarray  # start time of each of those pages
@@ -123,20 +123,27 @@ def _compiled():
 
 def record_headers(pages: Pages, size: np.ndarray, page_ts: np.ndarray, data_only: bool = False
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Byte offset, time, type_len, data length and page of every record (data, padding, time) of
-    the pages whose records take `size` bytes, in page order, from the compiled walk (pages.c):
-    one pass counts them, a second fills arrays of that length. With `data_only`, only the data
-    records, each offset that of its data (after its header)."""
+    """Byte offset, time, type_len, data length (int32) and page (int32) of every record (data,
+    padding, time) of the pages whose records take `size` bytes, in page order, from the compiled
+    walk (pages.c). With `data_only`, only the data records, each offset that of its data (after
+    its header).
+
+    One pass into arrays long enough for a data record per 8 bytes (an intact data record takes
+    8 or more): untouched, their excess costs no memory. Only damaged pages of many shorter
+    records make the walk count first, then fill arrays of that length."""
     ffi, lib = _compiled()
     size, page_ts = np.ascontiguousarray(size, np.int64), np.ascontiguousarray(page_ts, np.int64)
     args = (ffi.from_buffer("uint8_t[]", pages.data), _swap(pages.byte_order), pages.byte_order == ">",
             pages.header.page_size, pages.header.data_offset, pages.count, ffi.from_buffer("int64_t[]", size),
             ffi.from_buffer("int64_t[]", page_ts), data_only)
-    total = lib.walk_pages(*args, *[ffi.NULL] * 5)
-    out = [np.empty(total, t) for t in (np.int64, np.int64, np.int8, np.int64, np.int64)]
-    lib.walk_pages(*args, *(ffi.from_buffer(t, a, require_writable=True) for t, a in zip(
-        ("int64_t[]", "int64_t[]", "int8_t[]", "int64_t[]", "int64_t[]"), out)))
-    return tuple(out)
+    capacity = int(np.maximum(size, 0).sum()) // (8 if data_only else 4) + pages.count
+    total = -1
+    while total < 0:
+        out = [np.empty(capacity, t) for t in (np.int64, np.int64, np.int8, np.int32, np.int32)]
+        total = lib.walk_pages(*args, capacity, *(ffi.from_buffer(t, a, require_writable=True) for t, a in zip(
+            ("int64_t[]", "int64_t[]", "int8_t[]", "int32_t[]", "int32_t[]"), out)))
+        capacity = lib.walk_pages(*args, 0, *[ffi.NULL] * 5) if total < 0 else capacity
+    return tuple(a[:total] for a in out)
 
 
 def walk(pages: Pages) -> Records:
@@ -193,19 +200,23 @@ def grouped(pages: Pages, rec: Records, kind: np.ndarray, kinds: int) -> Grouped
     (pages.c group_records, a counting sort): reading one type's fields where they lie would
     cost a cache miss per record, for every field."""
     ffi, lib = _compiled()
-    counts = np.bincount(kind, minlength=kinds)
-    sizes = np.bincount(kind, weights=rec.length, minlength=kinds).astype(np.int64) + _GROUP_GAP
-    bounds, first_byte = (np.concatenate([[0], np.cumsum(a)]).astype(np.int64) for a in (counts, sizes))
+    kind = np.ascontiguousarray(kind, np.uint32)
+    length = np.ascontiguousarray(rec.length, np.int32)
+    if len(kind) and kind.max() >= kinds:
+        raise ValueError(f"a record of type {kind.max()}, past the {kinds} types")
+    counts, sizes = np.zeros(kinds, np.int64), np.zeros(kinds, np.int64)
+    lib.count_groups(ffi.from_buffer("int32_t[]", length), ffi.from_buffer("uint32_t[]", kind), len(kind),
+                     *(ffi.from_buffer("int64_t[]", a, require_writable=True) for a in (counts, sizes)))
+    bounds, first_byte = (np.concatenate([[0], np.cumsum(a)]).astype(np.int64) for a in (counts, sizes + _GROUP_GAP))
     data = np.empty(first_byte[-1] + SLACK, dtype=np.uint8)
     # Each type's gap and the slack zeroed, the only bytes the copy may leave unwritten: a damaged
     # record shorter than its fields then reads the same bytes on every run.
     data[(first_byte[1:, None] - _GROUP_GAP + np.arange(_GROUP_GAP)).ravel()] = 0
     data[first_byte[-1]:] = 0
     order, start = np.empty(len(kind), np.int64), np.empty(len(kind), np.int64)
-    kind = np.ascontiguousarray(kind, np.uint32)
-    pos, length = (np.ascontiguousarray(a, np.int64) for a in (rec.pos, rec.length))
+    pos = np.ascontiguousarray(rec.pos, np.int64)
     lib.group_records(ffi.from_buffer("uint8_t[]", pages.data), len(pages.data), ffi.from_buffer("int64_t[]", pos),
-                      ffi.from_buffer("int64_t[]", length), ffi.from_buffer("uint32_t[]", kind), len(kind),
+                      ffi.from_buffer("int32_t[]", length), ffi.from_buffer("uint32_t[]", kind), len(kind),
                       *(ffi.from_buffer(t, a, require_writable=True) for t, a in (
                           ("int64_t[]", bounds[:-1].copy()), ("int64_t[]", first_byte[:-1].copy()),
                           ("int64_t[]", order), ("int64_t[]", start), ("uint8_t[]", data))))
@@ -213,21 +224,28 @@ def grouped(pages: Pages, rec: Records, kind: np.ndarray, kinds: int) -> Grouped
                    order, start, bounds)
 
 
-def read_ints(pages: Pages, pos: np.ndarray, fields: list[Field]) -> list[np.ndarray]:
-    """Integer fields of every record at `pos`, as int64 (a u64 wraps), each record's fields read
-    in one compiled pass where the records lie (pages.c); a field outside the data reads as 0."""
+def read_ints(pages: Pages, pos: np.ndarray, fields: list[Field], kinds: list[type] | None = None
+              ) -> list[np.ndarray]:
+    """Integer fields of every record at `pos`, as int64 (a u64 wraps) or as the numpy integer
+    types `kinds` (cut as `astype` cuts), each record's fields read in one compiled pass where the
+    records lie (pages.c); a field outside the data reads as 0. Narrow types are written
+    narrow: no int64 column is filled only to be cast."""
     if any(f.size not in (1, 2, 4, 8) for f in fields):
         raise ValueError(f"no integer of {next(f.size for f in fields if f.size not in (1, 2, 4, 8))} bytes")
     ffi, lib = _compiled()
     pos = np.ascontiguousarray(pos, np.int64)
-    out = np.empty((len(fields), len(pos)), dtype=np.int64)
+    kinds = [np.dtype(k) for k in (kinds or [np.int64] * len(fields))]
+    out_at = np.cumsum([0, *(-(-k.itemsize * len(pos) // 8) * 8 for k in kinds)]).astype(np.int64)  # 8-aligned
+    out = np.empty(int(out_at[-1]), dtype=np.uint8)
     offset = np.array([f.offset for f in fields], dtype=np.int64)
-    width, signed = (np.array(v, dtype=np.int8) for v in ([f.size for f in fields], [f.signed for f in fields]))
+    width, signed, out_width = (np.array(v, dtype=np.int8) for v in (
+        [f.size for f in fields], [f.signed for f in fields], [k.itemsize for k in kinds]))
     lib.read_ints(ffi.from_buffer("uint8_t[]", pages.data), len(pages.data), _swap(pages.byte_order),
                   ffi.from_buffer("int64_t[]", pos), len(pos), len(fields), ffi.from_buffer("int64_t[]", offset),
                   ffi.from_buffer("int8_t[]", width), ffi.from_buffer("int8_t[]", signed),
-                  ffi.from_buffer("int64_t[]", out, require_writable=True))
-    return list(out)
+                  ffi.from_buffer("int8_t[]", out_width), ffi.from_buffer("int64_t[]", out_at[:-1].copy()),
+                  ffi.from_buffer("uint8_t[]", out, require_writable=True))
+    return [out[start: start + kind.itemsize * len(pos)].view(kind) for start, kind in zip(out_at[:-1], kinds)]
 
 
 def _swap(byte_order: str) -> bool:
@@ -252,6 +270,20 @@ def distinct_keys(data: np.ndarray, start: np.ndarray, length: np.ndarray, cut_a
                                   ("uint32_t[]", code), ("int64_t[]", first), ("uint32_t[]", slots))),
                               len(slots), ffi.from_buffer("uint64_t[]", hashes, require_writable=True))
     return code, first[:count]
+
+
+def small_codes(values: np.ndarray, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of int32 or int64 `values`, all in [low, high] (a small range), in
+    ascending order, and each value's index among them (uint32), by the compiled table (pages.c)."""
+    ffi, lib = _compiled()
+    values = np.ascontiguousarray(values)
+    if values.dtype not in (np.int32, np.int64):
+        raise ValueError(f"small_codes takes int32 or int64 values, not {values.dtype}")
+    table, code = np.zeros(high - low + 1, np.uint32), np.empty(len(values), np.uint32)
+    lib.small_codes(ffi.from_buffer(values), values.itemsize, len(values), low,
+                    ffi.from_buffer("uint32_t[]", table, require_writable=True), len(table),
+                    ffi.from_buffer("uint32_t[]", code, require_writable=True))
+    return (np.flatnonzero(table) + low).astype(values.dtype), code
 
 
 def field_span(pages: Pages, pos: np.ndarray, field: Field, limit: int = 256) -> tuple[np.ndarray, np.ndarray]:

@@ -96,23 +96,22 @@ class EventTable:
         return EventTable(self.core.filter(pl.Series(keep)), families)
 
     def _columns_at(self, rows: np.ndarray, columns: list[str]) -> pl.DataFrame:
-        """Wide columns at `rows` (ascending core rows), in the schema's types."""
+        """Wide columns at `rows` (ascending core rows), in the schema's types. A family column is
+        put at its rows of the result (a scatter of the family's rows, not a gather at every row),
+        cast while it has only its family's rows."""
         whole = len(rows) == 0 or rows[-1] - rows[0] + 1 == len(rows)  # a run of rows: slice, not gather
         core = self.core.slice(int(rows[0]), len(rows)) if whole and len(rows) else self.core[rows]
         out = {}
-        places: dict[str, pl.Series] = {}
+        placed: dict[str, _Placed] = {}
         for column in dict.fromkeys(columns):
             if column in core.columns:
-                value = core[column]
-            else:
-                held = [(name, frame) for name, frame in self.families.items() if column in frame.columns]
-                for name, frame in held:
-                    if name not in places:
-                        places[name] = _places(frame[ROW].to_numpy(), rows, whole)
-                parts = [frame[column].gather(places[name]) for name, frame in held]
-                value = (pl.select(pl.coalesce([pl.lit(p) for p in parts])).to_series() if len(parts) > 1
-                         else parts[0] if parts else pl.repeat(None, len(rows), dtype=EVENT_SCHEMA[column], eager=True))
-            out[column] = value.cast(EVENT_SCHEMA[column]).alias(column)
+                out[column] = core[column].cast(EVENT_SCHEMA[column])
+                continue
+            held = [(name, frame) for name, frame in self.families.items() if column in frame.columns]
+            for name, frame in held:
+                if name not in placed:
+                    placed[name] = _placed(frame[ROW].to_numpy(), rows, whole)
+            out[column] = _wide(column, [(placed[name], frame[column]) for name, frame in held], len(rows))
         if not out:  # no column asked for (a count): the rows alone
             return pl.DataFrame({ROW: rows}).drop(ROW)
         return pl.DataFrame(out)
@@ -151,19 +150,63 @@ class EventTable:
         return EventTable(core, families)
 
 
-def _places(held: np.ndarray, rows: np.ndarray, run: bool) -> pl.Series:
-    """Where each of `rows` is in a family table whose ascending `row` column is `held`; null
-    where the family has no row for it. A run of consecutive rows is placed in one pass."""
+@dataclass
+class _Placed:
+    """Where a family's rows among some core rows are: at[i] in those rows, src[i] in the family."""
+
+    at: np.ndarray
+    src: np.ndarray
+
+
+def _placed(held: np.ndarray, rows: np.ndarray, run: bool) -> _Placed:
+    """The family rows (its ascending `row` column is `held`) among `rows`: a run of consecutive
+    rows is found by two binary searches."""
     if run and len(rows):
         lo, hi = np.searchsorted(held, [rows[0], rows[-1] + 1])
-        at = np.zeros(len(rows), dtype=np.uint32)
-        found = np.zeros(len(rows), dtype=bool)
-        at[held[lo:hi] - rows[0]] = np.arange(lo, hi, dtype=np.uint32)
-        found[held[lo:hi] - rows[0]] = True
-    else:
-        at = np.minimum(np.searchsorted(held, rows), max(len(held) - 1, 0)).astype(np.uint32)
-        found = held[at] == rows if len(held) else np.zeros(len(rows), dtype=bool)
-    return pl.Series(at).set(pl.Series(~found), None)
+        return _Placed(held[lo:hi].astype(np.int64) - rows[0], np.arange(lo, hi))
+    near = np.minimum(np.searchsorted(held, rows), max(len(held) - 1, 0))
+    found = held[near] == rows if len(held) else np.zeros(len(rows), dtype=bool)
+    return _Placed(np.flatnonzero(found), near[found])
+
+
+def _numpy_kind(dtype: pl.DataType) -> np.dtype:
+    return pl.Series(dtype=dtype).to_numpy().dtype
+
+
+def _wide(column: str, parts: list[tuple[_Placed, pl.Series]], count: int) -> pl.Series:
+    """A column of `count` rows from its families' values placed there (null elsewhere, and where a
+    family's value is null); where two families hold a row, the first's value (a coalesce).
+    Integers are scattered in numpy; other types are gathered once from the families' values,
+    cast to the schema's type while they are only the family's rows."""
+    dtype = EVENT_SCHEMA[column]
+    if not parts:
+        return pl.repeat(None, count, dtype=dtype, eager=True).alias(column)
+    kept = []
+    for place, series in parts:
+        series = series.cast(dtype)
+        if len(place.src) < len(series):
+            series = series.gather(place.src)
+        at = place.at
+        if series.null_count():
+            present = series.is_not_null().to_numpy()
+            series, at = series.filter(pl.Series(present)), at[present]
+        kept.append((at, series))
+    valid = np.zeros(count, dtype=bool)
+    if dtype.is_integer():
+        full = np.zeros(count, dtype=_numpy_kind(dtype))
+        for at, series in reversed(kept):  # the first family written last: its values stay
+            full[at] = series.to_numpy()
+            valid[at] = True
+        values = pl.Series(column, full)
+        return values if valid.all() else values.set(pl.Series(~valid), None)
+    where = np.zeros(count, dtype=np.uint32)
+    offsets = np.cumsum([0, *(len(series) for _, series in kept)])
+    for (at, _), offset in reversed(list(zip(kept, offsets))):
+        where[at] = np.arange(offset, offset + len(at), dtype=np.uint32)
+        valid[at] = True
+    source = pl.concat([series for _, series in kept])
+    index = pl.Series(where)
+    return source.gather(index if valid.all() else index.set(pl.Series(~valid), None)).alias(column)
 
 
 def _held(column: str) -> pl.Expr:

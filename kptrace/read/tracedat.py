@@ -40,6 +40,9 @@ class TraceDatError(ValueError):
     """The file is not a trace.dat this reader understands, or is cut short."""
 
 
+_NUMBER_CODES = {2: "H", 4: "I", 8: "Q"}
+
+
 @dataclass
 class _Cursor:
     """Reads numbers in the file's byte order and NUL-terminated strings, from a position."""
@@ -49,14 +52,18 @@ class _Cursor:
     order: str = "<"
 
     def take(self, n: int) -> bytes:
+        start = self.skip(n)
+        return self.data[start: self.pos]
+
+    def skip(self, n: int) -> int:
+        """Moves past n bytes without copying them; returns where they start."""
         if n < 0 or self.pos + n > len(self.data):
             raise TraceDatError(f"file ends inside a record at byte {self.pos} (wanted {n} more bytes)")
-        chunk = self.data[self.pos: self.pos + n]
         self.pos += n
-        return chunk
+        return self.pos - n
 
     def num(self, size: int) -> int:
-        return struct.unpack(self.order + {2: "H", 4: "I", 8: "Q"}[size], self.take(size))[0]
+        return struct.unpack_from(self.order + _NUMBER_CODES[size], self.data, self.skip(size))[0]
 
     def cstr(self) -> str:
         end = self.data.find(b"\0", self.pos)
@@ -121,7 +128,7 @@ def _header_info(c: _Cursor, meta: _Meta) -> None:
 
 def _skip_ftrace_formats(c: _Cursor) -> None:
     for _ in range(c.num(4)):
-        c.take(c.num(8))
+        c.skip(c.num(8))
 
 
 def _event_formats(c: _Cursor, meta: _Meta) -> None:
@@ -145,8 +152,8 @@ def _v6(c: _Cursor) -> tuple[_Meta, list[tuple[str, list[tuple[int, bytes]]]]]:
     _header_info(c, meta)
     _skip_ftrace_formats(c)
     _event_formats(c, meta)
-    c.take(c.num(4))  # kallsyms
-    c.take(c.num(4))  # trace_printk formats
+    c.skip(c.num(4))  # kallsyms
+    c.skip(c.num(4))  # trace_printk formats
     meta.cmdlines = c.take(c.num(8)).decode("utf-8", "replace")
     cpus = c.num(4)
     tables = []
@@ -155,7 +162,7 @@ def _v6(c: _Cursor) -> tuple[_Meta, list[tuple[str, list[tuple[int, bytes]]]]]:
         while (option := c.num(2)) != _DONE:
             body = c.at(c.pos)
             size = c.num(4)
-            c.take(size)
+            c.skip(size)
             if option == _BUFFER:
                 body.num(4)
                 offset, name = body.num(8), body.cstr()
@@ -190,8 +197,7 @@ def _chunk_list(c: _Cursor) -> list[tuple[int, int, int]]:
     chunks = []
     for _ in range(c.num(4)):
         packed, unpacked = c.num(4), c.num(4)
-        chunks.append((c.pos, packed, unpacked))
-        c.take(packed)
+        chunks.append((c.skip(packed), packed, unpacked))
     return chunks
 
 
@@ -226,7 +232,7 @@ def _v7(c: _Cursor) -> tuple[_Meta, list[tuple[str, list[tuple[int, bytes]]]]]:
         while True:
             option, size = options.num(2), options.num(4)
             body = options.at(options.pos)
-            options.take(size)
+            options.skip(size)
             if option == _DONE:
                 next_options = body.num(8)
                 break
