@@ -416,8 +416,9 @@ def _row_packets(rows: pl.DataFrame, seq: int, interned: dict[str, int] | None) 
         counter = row["type"] == _COUNTER
         extra = (row.get("flows_out"), row.get("flows_in"),
                  [(name, row[name]) for name in annotated if row[name] is not None], row.get("incomplete"))
-        packets.append(_event_packet(row["ts"], row["type"], row["track_uuid"], row["iid"],
-                                     (row["value"] or 0.0) if counter else None, seq, interned if i == 0 else None, extra))
+        value = (0.0 if row["value"] is None else row["value"]) if counter else None  # -0.0 kept, as _encode_rows
+        packets.append(_event_packet(row["ts"], row["type"], row["track_uuid"], row["iid"], value, seq,
+                                     interned if i == 0 else None, extra))
     return b"".join(packets)
 
 
