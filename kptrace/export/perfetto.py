@@ -459,13 +459,20 @@ def _flows(flows: pl.Series, tag: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _joined(pieces: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's pieces one after another, the rows in order: (flat bytes, length per row)."""
+    """Each row's pieces one after another, the rows in order: (flat bytes, length per row).
+    A piece of one width wherever present (tags, fixed64 values) is placed as a matrix, which
+    saves the per-byte repeat of the general case (measured: about 40% of this function)."""
     lengths = sum(n for _, n in pieces)
     out = np.empty(int(lengths.sum()), dtype=np.uint8)
     at = np.cumsum(lengths) - lengths  # where each row's next piece goes
     for flat, n in pieces:
         if len(flat):
-            out[np.repeat(at - (np.cumsum(n) - n), n) + np.arange(len(flat))] = flat
+            width = int(n.max())
+            if len(flat) == width * np.count_nonzero(n):  # every present piece is `width` bytes
+                rows = at if len(flat) == width * len(n) else at[n != 0]
+                out[rows[:, None] + np.arange(width)] = flat.reshape(-1, width)
+            else:
+                out[np.repeat(at - (np.cumsum(n) - n), n) + np.arange(len(flat))] = flat
         at += n
     return out, lengths
 
