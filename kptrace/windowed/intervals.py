@@ -52,8 +52,12 @@ def stack_frames(frames: list[pl.DataFrame]) -> pl.DataFrame:
 
 
 def _last(rows: pl.DataFrame, by: str) -> pl.DataFrame:
-    """The last row (in record order) of each `by` group."""
-    return rows.sort(by, "seq").group_by(by, maintain_order=True).last() if rows.height else rows
+    """The last row (in record order) of each `by` group. Only the rows holding their group's
+    greatest seq can be it: those few are sorted, not the whole window (all its columns)."""
+    if not rows.height:
+        return rows
+    latest = rows.filter(pl.col("seq").eq_missing(pl.col("seq").max().over(by)))
+    return latest.sort(by, "seq").group_by(by, maintain_order=True).last()
 
 
 def _without(rows: pl.DataFrame, seqs: pl.DataFrame) -> pl.DataFrame:
