@@ -157,13 +157,20 @@ def syscalls(events: pl.LazyFrame) -> pl.LazyFrame:
     return _finish(_pair_next(syscall_edges(events), "tid"), "syscall")
 
 
+#: The event columns a task run is built from (run_boundaries, runs_between, _finish): only
+#: these are sorted per CPU, not the whole table (a windowed caller collects the boundaries).
+_RUN_COLUMNS = ("ts", "cpu", "tid", "seq", "event", "subsystem", "next_pid", "comm", "next_comm", "fd", "ret")
+
+
 def _task_changes(events: pl.LazyFrame) -> pl.LazyFrame:
     """Every event per CPU in record order, with `missed`: true where the task that recorded it
     is not the one the previous event left running (that task, or the sched_switch's next_pid)
     — a switch the trace does not hold. Lost-event marks are kept (`missed` false)."""
     left_running = pl.when(_EVENT == "sched_switch").then(pl.col("next_pid")).otherwise(pl.col("tid"))
+    present = events.collect_schema().names()
     return (
         events.filter(TASK_ROW)
+        .select([c for c in _RUN_COLUMNS if c in present])
         .sort("cpu", "seq")
         .with_columns(expected=left_running.shift(1).over("cpu"), prev_lost=_LOST.shift(1).over("cpu"),
                       prev_ts=pl.col("ts").shift(1).over("cpu"))

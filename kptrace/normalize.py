@@ -60,13 +60,26 @@ def _backwards(rows: pl.DataFrame) -> int:
     return int((rows["ts"].diff() < 0).sum())
 
 
+def _tied(ts: pl.Series) -> np.ndarray:
+    """Which rows share their time with another row: in time order (the usual input) those
+    are neighbours, found without hashing every row."""
+    if ts.null_count() or (ts.diff() < 0).any():
+        return ts.is_duplicated().to_numpy()
+    values = ts.to_numpy()
+    tied = np.zeros(len(values), dtype=bool)
+    tied[1:] = values[1:] == values[:-1]
+    tied[:-1] |= tied[1:]
+    return tied
+
+
 def _duplicates(rows: pl.DataFrame) -> int:
     """Rows that repeat another exactly. Text rows carry their field text; binary rows are
     compared on every typed column. Only rows sharing a time and CPU can repeat each other:
     check those (few) on every key."""
     key = (["ts", "cpu", "tid", "event", "payload"] if "payload" in rows.columns
            else [c for c in rows.columns if c not in ("seq", "ts_resolution_ns")])
-    same_time = rows.filter(rows.select("ts", "cpu").is_duplicated())
+    tied = rows.filter(_tied(rows["ts"]))
+    same_time = tied.filter(tied.select("ts", "cpu").is_duplicated())
     return int(same_time.select(key).is_duplicated().sum())
 
 
@@ -117,11 +130,7 @@ def held_tally(table: EventTable) -> Tally:
     decoder's), so only the figures' columns are built, and only rows sharing a time and CPU
     (the few that can repeat each other) are built whole to find repeats."""
     events = table.view().select("ts", "cpu", "subsystem", "event", "value").collect()
-    ts = events["ts"].to_numpy()
-    tied = np.zeros(len(ts), dtype=bool)  # in time order, rows of one time are neighbours
-    tied[1:] = ts[1:] == ts[:-1]
-    tied[:-1] |= tied[1:]
-    candidates = np.flatnonzero(tied)
+    candidates = np.flatnonzero(_tied(events["ts"]))
     same_time = candidates[events[candidates].select(pl.struct("ts", "cpu").is_duplicated()).to_series().to_numpy()]
     repeats = int(table.rows_at(same_time).is_duplicated().sum()) if len(same_time) else 0
     return _figures(events, 1 if events.height else None, 0, repeats)

@@ -416,8 +416,9 @@ def _row_packets(rows: pl.DataFrame, seq: int, interned: dict[str, int] | None) 
         counter = row["type"] == _COUNTER
         extra = (row.get("flows_out"), row.get("flows_in"),
                  [(name, row[name]) for name in annotated if row[name] is not None], row.get("incomplete"))
-        packets.append(_event_packet(row["ts"], row["type"], row["track_uuid"], row["iid"],
-                                     (row["value"] or 0.0) if counter else None, seq, interned if i == 0 else None, extra))
+        value = (0.0 if row["value"] is None else row["value"]) if counter else None  # -0.0 kept, as _encode_rows
+        packets.append(_event_packet(row["ts"], row["type"], row["track_uuid"], row["iid"], value, seq,
+                                     interned if i == 0 else None, extra))
     return b"".join(packets)
 
 
@@ -458,13 +459,20 @@ def _flows(flows: pl.Series, tag: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _joined(pieces: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's pieces one after another, the rows in order: (flat bytes, length per row)."""
+    """Each row's pieces one after another, the rows in order: (flat bytes, length per row).
+    A piece of one width wherever present (tags, fixed64 values) is placed as a matrix, which
+    saves the per-byte repeat of the general case (measured: about 40% of this function)."""
     lengths = sum(n for _, n in pieces)
     out = np.empty(int(lengths.sum()), dtype=np.uint8)
     at = np.cumsum(lengths) - lengths  # where each row's next piece goes
     for flat, n in pieces:
         if len(flat):
-            out[np.repeat(at - (np.cumsum(n) - n), n) + np.arange(len(flat))] = flat
+            width = int(n.max())
+            if len(flat) == width * np.count_nonzero(n):  # every present piece is `width` bytes
+                rows = at if len(flat) == width * len(n) else at[n != 0]
+                out[rows[:, None] + np.arange(width)] = flat.reshape(-1, width)
+            else:
+                out[np.repeat(at - (np.cumsum(n) - n), n) + np.arange(len(flat))] = flat
         at += n
     return out, lengths
 

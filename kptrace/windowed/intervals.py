@@ -52,8 +52,12 @@ def stack_frames(frames: list[pl.DataFrame]) -> pl.DataFrame:
 
 
 def _last(rows: pl.DataFrame, by: str) -> pl.DataFrame:
-    """The last row (in record order) of each `by` group."""
-    return rows.sort(by, "seq").group_by(by, maintain_order=True).last() if rows.height else rows
+    """The last row (in record order) of each `by` group. Only the rows holding their group's
+    greatest seq can be it: those few are sorted, not the whole window (all its columns)."""
+    if not rows.height:
+        return rows
+    latest = rows.filter(pl.col("seq").eq_missing(pl.col("seq").max().over(by)))
+    return latest.sort(by, "seq").group_by(by, maintain_order=True).last()
 
 
 def _without(rows: pl.DataFrame, seqs: pl.DataFrame) -> pl.DataFrame:
@@ -65,6 +69,12 @@ def _open_entries(edges: pl.DataFrame, by: str) -> pl.DataFrame:
     if not edges.height:
         return pl.DataFrame({"seq": []}, schema={"seq": pl.UInt32})
     return _last(edges, by).filter(pl.col("edge") == 1).select("seq")
+
+
+def _edges(stream: pl.LazyFrame, by: str) -> pl.DataFrame:
+    """The columns _open_entries reads of an edge stream: collected alone, the stream's sort
+    moves only those, not every event column."""
+    return stream.select(by, "seq", "edge").collect()
 
 
 @dataclass
@@ -85,8 +95,8 @@ class _Carry:
 def _irqs(rows: pl.DataFrame, carry: _Carry, last: bool) -> pl.DataFrame:
     events = stack_frames([carry.irq, rows])
     made = iv.hard_and_soft_irqs(events.lazy()).collect()
-    open_ = None if last else stack_frames([_open_entries(iv._irq_stream(events.lazy(), kind).collect(), "cpu")
-                                            for kind in ("hardirq", "softirq")])
+    open_ = None if last else stack_frames([
+        _open_entries(_edges(iv._irq_stream(events.lazy(), kind), "cpu"), "cpu") for kind in ("hardirq", "softirq")])
     made, carry.irq = _held_back(events, made, open_)
     return made
 
@@ -94,7 +104,7 @@ def _irqs(rows: pl.DataFrame, carry: _Carry, last: bool) -> pl.DataFrame:
 def _syscalls(rows: pl.DataFrame, carry: _Carry, last: bool) -> pl.DataFrame:
     events = stack_frames([carry.syscall, rows])
     made = iv.syscalls(events.lazy()).collect()
-    open_ = None if last else _open_entries(iv.syscall_edges(events.lazy()).collect(), "tid")
+    open_ = None if last else _open_entries(_edges(iv.syscall_edges(events.lazy()), "tid"), "tid")
     made, carry.syscall = _held_back(events, made, open_)
     return made
 
