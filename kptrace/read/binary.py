@@ -260,17 +260,17 @@ def _masked(values: np.ndarray, valid: np.ndarray) -> pl.Series:
 _SOFTIRQS = pl.Series([*SOFTIRQ_NAMES, None], dtype=pl.Categorical)  # an unknown vector: null
 
 
-def _flags(flags: np.ndarray, preempt: np.ndarray) -> dict[str, np.ndarray]:
-    """The irq-info columns, bit by bit as the kernel prints its flags letters."""
-    return {
-        "irqs_off": (flags & _IRQS_OFF) != 0,
-        "bh_off": (flags & _BH_OFF) != 0,
-        "need_resched": (flags & (_NEED_RESCHED | _RESCHED_LAZY | _PREEMPT_RESCHED)) != 0,
-        "in_hardirq": (flags & _HARDIRQ) != 0,
-        "in_softirq": ((flags & _SOFTIRQ) != 0) & ((flags & _NMI) == 0),
-        "in_nmi": (flags & _NMI) != 0,
-        "preempt_depth": (preempt & 0xF).astype(np.int8),
-    }
+def _flags(flags: pl.Series, preempt: pl.Series) -> dict[str, pl.Series]:
+    """The irq-info columns, bit by bit as the kernel prints its flags letters (null where the
+    flags are: a lost-events row). Made in one Polars query: numpy would fill a byte array per
+    bit test, fresh memory paid in page faults on the first read."""
+    def bit(mask: int) -> pl.Expr:
+        return (pl.col("flags") & pl.lit(mask, pl.UInt8)) != 0
+
+    return pl.DataFrame({"flags": flags, "preempt": preempt}).select(
+        irqs_off=bit(_IRQS_OFF), bh_off=bit(_BH_OFF), need_resched=bit(_NEED_RESCHED | _RESCHED_LAZY | _PREEMPT_RESCHED),
+        in_hardirq=bit(_HARDIRQ), in_softirq=bit(_SOFTIRQ) & ~bit(_NMI), in_nmi=bit(_NMI),
+        preempt_depth=(pl.col("preempt") & pl.lit(0xF, pl.UInt8)).cast(pl.Int8)).to_dict()
 
 
 def _common(pages: Pages, rec: Records, formats: FormatTable) -> dict[str, np.ndarray]:
@@ -284,8 +284,8 @@ def _common(pages: Pages, rec: Records, formats: FormatTable) -> dict[str, np.nd
     # Read as the types kept (an event id fits an int32 unless its field is wider than 2 bytes).
     kinds = [np.int32 if fields["common_type"].size <= 2 else np.int64, np.uint8, np.uint8, np.int32]
     values = dict(zip(fields, read_ints(pages, rec.pos, list(fields.values()), kinds)))
-    return {"tid": values["common_pid"], "type": values["common_type"],
-            **_flags(values["common_flags"], values["common_preempt_count"])}
+    return {"tid": values["common_pid"], "type": values["common_type"], "flags": values["common_flags"],
+            "preempt": values["common_preempt_count"]}
 
 
 @dataclass
@@ -293,24 +293,22 @@ class _Rows:
     """Where every record and every lost-events marker goes in the time-ordered table."""
 
     ts: np.ndarray  # of every row
-    record_row: np.ndarray  # the row of each record (records in time order, so ascending)
+    record_row: np.ndarray | None  # the row of each record (ascending); None: no marker, record i is row i
     marker_row: np.ndarray  # the row of each lost-events marker (in the order of Records.missed_pages)
-    record_order: np.ndarray  # the page-order index of each record, in time order
 
     @property
     def count(self) -> int:
         return len(self.ts)
 
 
-def _time_order(pages: Pages, rec: Records) -> _Rows:
-    """Rows in time order: a record before another of the same time keeps its place (page
-    order), and a lost-events marker comes just before the first record of the page that
-    reported the loss. Each CPU's pages are already in time order, so a stable sort on time
-    alone merges these sorted runs."""
+def _time_order(pages: Pages, rec: Records) -> tuple[_Rows, np.ndarray]:
+    """Rows in time order, and the page-order index of each record in time order: a record
+    before another of the same time keeps its place (page order), and a lost-events marker
+    comes just before the first record of the page that reported the loss. Each CPU's pages are
+    already in time order, so a stable sort on time alone merges these sorted runs."""
     if not len(rec.missed_pages):  # no loss reported (the usual case): the records alone
         order = np.argsort(rec.ts, kind="stable")
-        return _Rows(ts=rec.ts[order], record_row=np.arange(len(order)), marker_row=np.zeros(0, np.int64),
-                     record_order=order)
+        return _Rows(ts=rec.ts[order], record_row=None, marker_row=np.zeros(0, np.int64)), order
     after = np.searchsorted(rec.page, rec.missed_pages)
     nearest = np.minimum(after, max(len(rec.page) - 1, 0))
     same_cpu = (after < len(rec.page)) & (pages.cpu[rec.page[nearest]] == pages.cpu[rec.missed_pages])
@@ -322,17 +320,19 @@ def _time_order(pages: Pages, rec: Records) -> _Rows:
     record_of_slot = np.cumsum(~is_marker) - 1
     marker_row = np.empty(len(after), dtype=np.int64)  # in the order of rec.missed_pages
     marker_row[(np.cumsum(is_marker) - 1)[order[marker_at]]] = np.flatnonzero(marker_at)
-    return _Rows(ts=slot_ts[order], record_row=np.flatnonzero(~marker_at), marker_row=marker_row,
-                 record_order=record_of_slot[order[~marker_at]])
+    return (_Rows(ts=slot_ts[order], record_row=np.flatnonzero(~marker_at), marker_row=marker_row),
+            record_of_slot[order[~marker_at]])
 
 
-def _in_time_order(rec: Records, rows: _Rows) -> Records:
-    """The records reordered as the table's rows hold them."""
-    order = rows.record_order
-    ts = rows.ts if rows.count == len(order) else rows.ts[rows.record_row]  # the records' rows, no markers
+def _in_time_order(pages: Pages, rec: Records) -> tuple[Records, _Rows]:
+    """The records reordered as the table's rows hold them, and the rows. The order is dropped
+    here, and no row number is made for a table of records alone: on the first read of a
+    process every array is fresh memory, paid in page faults."""
+    rows, order = _time_order(pages, rec)
+    ts = rows.ts if rows.record_row is None else rows.ts[rows.record_row]  # the records' rows, no markers
     return Records(page=rec.page[order], pos=rec.pos[order], ts=ts, length=rec.length[order],
                    missed_pages=rec.missed_pages,
-                   missed_counts=rec.missed_counts, missed_ts=rec.missed_ts)
+                   missed_counts=rec.missed_counts, missed_ts=rec.missed_ts), rows
 
 
 def _numbers(count: int, pieces: list[tuple[np.ndarray, np.ndarray]], kind: np.dtype) -> pl.Series:
@@ -416,7 +416,10 @@ def _held_columns(pages: Pages, rec: Records, rows: _Rows, formats: FormatTable
     pieces: only the rows of a family get that family's columns."""
     common = _common(pages, rec, formats)
     types = common.pop("type")
-    core = {name: _numbers(rows.count, [(rows.record_row, values)], values.dtype) for name, values in common.items()}
+    only_records = rows.record_row is None
+    core = {name: pl.Series(values) if only_records else _numbers(rows.count, [(rows.record_row, values)], values.dtype)
+            for name, values in common.items()}
+    core.update(_flags(core.pop("flags"), core.pop("preempt")))
     ids, kind = _distinct(types)  # kind: each record's type, as an index into ids
     fmts = [formats.get(int(ident)) for ident in ids]
     by_type = grouped(pages, rec, kind, len(ids))
@@ -427,7 +430,6 @@ def _held_columns(pages: Pages, rec: Records, rows: _Rows, formats: FormatTable
     # side): the many short steps of each type hold the GIL.
     extracted = [{} if fmt is None else _extractor(fmt)(by_type.pages, by_type.start[bounds[i]: bounds[i + 1]], fmt)
                  for i, fmt in enumerate(fmts)]
-    only_records = rows.count == len(kind)  # no lost-events rows: record i is row i
     families: dict[str, list[_Piece]] = {}
     for fmt, at, out in zip(fmts, records, extracted):
         values = {c: v for c, v in out.items() if v is not None}
@@ -468,12 +470,14 @@ def decode_table(capture: Capture) -> EventTable | None:
     rec = walk(pages)
     if not len(capture.formats) or not len(rec.pos):
         return None
-    rows = _time_order(pages, rec)
-    rec = _in_time_order(rec, rows)
+    rec, rows = _in_time_order(pages, rec)
     core, families = _held_columns(pages, rec, rows, capture.formats)
-    cpu = np.empty(rows.count, dtype=np.int16)
-    cpu[rows.record_row] = pages.cpu[rec.page]
-    cpu[rows.marker_row] = pages.cpu[rec.missed_pages]
+    if rows.record_row is None:
+        cpu = pages.cpu[rec.page]
+    else:
+        cpu = np.empty(rows.count, dtype=np.int16)
+        cpu[rows.record_row] = pages.cpu[rec.page]
+        cpu[rows.marker_row] = pages.cpu[rec.missed_pages]
     marker = np.zeros(rows.count, dtype=bool)
     marker[rows.marker_row] = True
     counted = rec.missed_counts >= 0
