@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from kptrace.errors import TraceError
+from kptrace.errors import SetupError, TraceError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Measure what interrupts cost a server, from its own kernel traces.")
@@ -379,5 +379,15 @@ def record(ctx: typer.Context) -> None:
     os.execv(sys.executable, [sys.executable, str(COLLECTOR), *arguments])
 
 
+def main() -> None:
+    """The `kptrace` command: the app, with an incomplete kptrace (SetupError, from any command)
+    told in one line rather than a traceback."""
+    try:
+        app()
+    except SetupError as error:
+        _echo(f"kptrace: error: {error}", err=True)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    app()
+    main()

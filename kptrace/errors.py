@@ -1,4 +1,5 @@
-"""The one error type kptrace raises for bad input; the CLI prints it as a single line."""
+"""The errors kptrace raises for bad input (TraceError) and for an incomplete kptrace itself
+(SetupError); the CLI prints each as a single line."""
 
 from __future__ import annotations
 
@@ -12,3 +13,7 @@ class TraceError(Exception):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+class SetupError(Exception):
+    """kptrace itself is incomplete where it runs (its compiled part not built), not the input."""

@@ -100,3 +100,20 @@ def test_outside_ci_a_skip_is_only_a_skip(tmp_path):
     assert re.search(r"\b1 passed, 1 skipped, 1 xfailed\b", run.stdout), run.stdout
     run = run_pytest_with_our_conftest(tmp_path, SKIPPING_MODULE, ci=False)
     assert run.returncode == pytest.ExitCode.NO_TESTS_COLLECTED and "1 skipped" in run.stdout, run.stdout
+
+
+def test_a_source_tree_without_its_compiled_reader_says_so_in_one_line(tmp_path):
+    """kptrace run from a source tree whose pages.c was never built (PYTHONPATH, no install):
+    reading a binary trace ends in one error line saying how to build it, exit 1, no traceback."""
+    import zstandard
+
+    tree = tmp_path / "src"
+    shutil.copytree(REPO / "kptrace", tree / "kptrace", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    trace = tmp_path / "v6.dat"
+    trace.write_bytes(zstandard.ZstdDecompressor().stream_reader(
+        open(REPO / "tests" / "data" / "binary" / "v6.dat.zst", "rb")).read())
+    r = subprocess.run([sys.executable, "-m", "kptrace.cli", "analyze", str(trace), "-o", str(tmp_path / "out")],
+                       cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.splitlines() == ["kptrace: error: kptrace's compiled page reader is not built (pip install "
+                                     "kptrace, or python kptrace/read/pages_build.py in a source checkout)"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kptrace.errors import SetupError
 from kptrace.read.formats import Field, PageHeader
 
 #: Zero bytes after the last page: reading a record header's second word never runs past the data.
@@ -116,8 +117,8 @@ def _compiled():
     try:
         from kptrace.read._pages import ffi, lib
     except ImportError:
-        raise RuntimeError("kptrace's compiled page reader is not built (pip install kptrace, or "
-                           "python kptrace/read/pages_build.py in a source checkout)") from None
+        raise SetupError("kptrace's compiled page reader is not built (pip install kptrace, or "
+                         "python kptrace/read/pages_build.py in a source checkout)") from None
     return ffi, lib
 
 
