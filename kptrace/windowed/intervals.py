@@ -80,8 +80,7 @@ def _open_entries(edges: pl.DataFrame, by: str) -> pl.DataFrame:
 
 
 def _edges(stream: pl.LazyFrame, by: str) -> pl.DataFrame:
-    """The columns _open_entries reads of an edge stream: collected alone, the stream's sort
-    moves only those, not every event column."""
+    """The columns _open_entries reads of an edge stream, collected alone."""
     return stream.select(by, "seq", "edge").collect()
 
 
