@@ -137,6 +137,7 @@ def held_tally(table: EventTable) -> Tally:
 
 
 def _figures(events: pl.DataFrame, resolution: int | None, backwards: int, duplicates: int) -> Tally:
+    events = events.select("ts", "cpu", "subsystem", "event", "value")  # the filters move these, not every column
     real = events.filter(pl.col("subsystem") != "kptrace")
     per_cpu = events.group_by("cpu").agg(
         events=(pl.col("subsystem") != "kptrace").sum(),

@@ -211,7 +211,9 @@ def requests_of(calls: pl.LazyFrame, work: pl.LazyFrame, numbered: pl.LazyFrame,
     each root's disruption_id (root, disruption_id), and the off-CPU gaps (off_cpu_gaps). With
     `keep_first_id` requests keep `first_id` (the opening read's id: request_id's tie-break),
     for a caller that numbers requests built in parts (kptrace.windowed.requests)."""
-    spans = _request_spans(calls)
+    # Collected once: the windows, the spans' own row and three joins read it, and a lazy plan
+    # would find the spans again for each.
+    spans = _request_spans(calls).collect().lazy()
     window = spans.select("request_id", "tid", w_cpu="cpu", w_ts="ts", w_end="end")
     complete = pl.col("complete")
     work_inside = (

@@ -82,6 +82,16 @@ def _sub_capture(capture: Capture, starts: list[np.ndarray], lo: int | None, hi:
     return replace(capture, buffers=[(capture.buffers[0][0], blobs)], warnings=[])
 
 
+def _merge_sorted(rows: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """`rows.sort(keys)` (unique keys) for rows whose tail is already in order, as a window's
+    decoded rows after the few rows held from the last window are: the order is found on the
+    key columns alone, and only the rows before the in-order tail are gathered."""
+    order = rows.select(pl.arg_sort_by(keys)).to_series().to_numpy()
+    moved = np.flatnonzero(order != np.arange(len(order)))
+    head = int(moved[-1]) + 1 if len(moved) else 0
+    return pl.concat([rows[:head][order[:head]], rows[head:]]) if head else rows
+
+
 def decoded_windows(capture: Capture, rows_per_window: int,
                     ) -> Iterator[tuple[int | None, int | None, pl.DataFrame, int]]:
     """decode(capture) in consecutive time windows (module docstring): (start, end, rows, page
@@ -104,7 +114,7 @@ def decoded_windows(capture: Capture, rows_per_window: int,
             rows = rows.with_columns(_window=pl.lit(k, pl.Int32), _rank=pl.col("cpu").replace_strict(
                 rank, default=len(rank), return_dtype=pl.Int32))
         if held.height:
-            rows = pl.concat([held, rows], how="diagonal_relaxed").sort("ts", "_rank", "_window", "seq")
+            rows = _merge_sorted(pl.concat([held, rows], how="diagonal_relaxed"), ["ts", "_rank", "_window", "seq"])
         if hi is not None and rows.height:
             held, rows = rows.filter(pl.col("ts") >= hi), rows.filter(pl.col("ts") < hi)
         else:

@@ -69,7 +69,8 @@ class _EventFacts:
         self.softirq_raises, self.counter_rows = 0, False
 
     def add(self, events: pl.DataFrame) -> None:
-        self.softirq_raises += events.filter(pl.col("event").cast(pl.String) == "softirq_raise").height
+        raised = pl.col("event").cast(pl.Categorical) == "softirq_raise"  # compared on the distinct names
+        self.softirq_raises += events.lazy().filter(raised).select(pl.len()).collect().item()
         self.counter_rows |= bool((events["subsystem"] == "counter").any())
 
 

@@ -40,7 +40,7 @@ import polars as pl
 
 from kptrace import intervals as iv
 
-_EVENT = pl.col("event").cast(pl.String)
+_EVENT = pl.col("event").cast(pl.Categorical)  # compared on its distinct names (intervals._NAMED)
 _KEY = ["ts", "depth", "seq", "end_seq"]
 _RAISE = {"raise_ts": pl.Int64, "raised_hard": pl.UInt32, "raised_soft": pl.UInt32}
 
@@ -60,6 +60,14 @@ def _last(rows: pl.DataFrame, by: str) -> pl.DataFrame:
     return latest.sort(by, "seq").group_by(by, maintain_order=True).last()
 
 
+def _last_of(rows: pl.DataFrame, member: pl.Expr, by: str) -> pl.DataFrame:
+    """The last row (in record order) of each `by` group among the rows where `member` holds:
+    found on a few columns, then only those rows taken whole (not every member row)."""
+    at = (rows.lazy().with_row_index("_at").filter(member).group_by(by).agg(pl.col("_at").sort_by("seq").last())
+          .sort(by).collect()["_at"])
+    return rows.select(pl.all().gather(at))
+
+
 def _without(rows: pl.DataFrame, seqs: pl.DataFrame) -> pl.DataFrame:
     return rows.join(seqs.select("seq"), on="seq", how="anti") if seqs.height and rows.height else rows
 
@@ -72,8 +80,7 @@ def _open_entries(edges: pl.DataFrame, by: str) -> pl.DataFrame:
 
 
 def _edges(stream: pl.LazyFrame, by: str) -> pl.DataFrame:
-    """The columns _open_entries reads of an edge stream: collected alone, the stream's sort
-    moves only those, not every event column."""
+    """The columns _open_entries reads of an edge stream, collected alone."""
     return stream.select(by, "seq", "edge").collect()
 
 
@@ -121,7 +128,7 @@ def _held_back(events: pl.DataFrame, made: pl.DataFrame, open_: pl.DataFrame | N
 def _napi(rows: pl.DataFrame, carry: _Carry) -> pl.DataFrame:
     events = stack_frames([carry.napi, rows])
     made = _without(iv.napi_polls(events.lazy()).collect(), carry.napi)
-    carry.napi = _last(events.filter(iv.NAPI_BOUNDARY), "cpu")
+    carry.napi = _last_of(events, iv.NAPI_BOUNDARY, "cpu")
     return made
 
 
@@ -129,7 +136,7 @@ def _task_runs(rows: pl.DataFrame, carry: _Carry, last: bool) -> pl.DataFrame:
     events = stack_frames([carry.task, rows])
     starts = _without(iv.run_boundaries(events.lazy()).collect(), carry.task)
     carry.missed += starts["missed"].sum()
-    carry.task = _last(events.filter(iv.TASK_ROW), "cpu")
+    carry.task = _last_of(events, iv.TASK_ROW, "cpu")
     boundaries = stack_frames([carry.run, starts])
     made = iv.runs_between(boundaries.lazy()).collect()
     if last:
@@ -152,8 +159,8 @@ def _candidates(rows: pl.DataFrame, made: pl.DataFrame, carry: _Carry) -> pl.Dat
     """The raises a run of this window or a later one can be credited with (each vector's
     carried first raise, and this window's), each with the hard IRQ and softirq made so far
     that encloses it (its `raised_in` candidates, by seq)."""
-    raises = rows.filter(_EVENT == "softirq_raise").select(
-        "cpu", name=pl.col("softirq").cast(pl.String), raise_seq="seq", raise_ts="ts")
+    raises = rows.lazy().filter(_EVENT == "softirq_raise").select(
+        "cpu", name=pl.col("softirq").cast(pl.String), raise_seq="seq", raise_ts="ts").collect()
     carried = carry.raises.drop("after") if "raise_seq" in carry.raises.columns else pl.DataFrame()
     candidates = stack_frames([carried, raises])
     if not candidates.height:
@@ -169,8 +176,8 @@ def _candidates(rows: pl.DataFrame, made: pl.DataFrame, carry: _Carry) -> pl.Dat
 def _runs(rows: pl.DataFrame, before: pl.DataFrame | None) -> pl.DataFrame:
     """The window's softirq runs, each with `after`: the seq of its vector's previous run on its
     CPU (carried from an earlier window for the first), 0 when none."""
-    runs = rows.filter(_EVENT == "softirq_entry").select(
-        pl.col("cpu").cast(pl.Int16), name=pl.col("softirq").cast(pl.String), run_seq="seq")
+    runs = rows.lazy().filter(_EVENT == "softirq_entry").select(
+        pl.col("cpu").cast(pl.Int16), name=pl.col("softirq").cast(pl.String), run_seq="seq").collect()
     runs = runs.sort("cpu", "name", "run_seq").with_columns(after=pl.col("run_seq").shift(1).over("cpu", "name"))
     if before is not None and runs.height:
         runs = runs.join(before.rename({"after": "carried"}), on=["cpu", "name"], how="left").with_columns(

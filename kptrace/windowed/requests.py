@@ -70,9 +70,8 @@ def _part(calls: pl.DataFrame, work: pl.DataFrame, gaps: pl.DataFrame) -> tuple[
     if not calls.height:
         return pl.DataFrame(), pl.DataFrame()
     roots = work.select("root", disruption_id="root").unique()
-    requests, hits = requests_of(calls.lazy(), work.lazy(), roots.lazy(), gaps.lazy(), keep_first_id=True)
-    requests = requests.collect()
-    hits = hits.collect().join(requests.select("request_id", "first_id", request_ts="ts"), on="request_id")
+    requests, hits = pl.collect_all(requests_of(calls.lazy(), work.lazy(), roots.lazy(), gaps.lazy(), keep_first_id=True))
+    hits = hits.join(requests.select("request_id", "first_id", request_ts="ts"), on="request_id")
     return requests, hits.drop("request_id")
 
 
