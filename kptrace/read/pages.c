@@ -17,6 +17,10 @@
  *
  * small_codes: the same for integers in a small range (event ids, task ids), by a table indexed
  * by value: two passes, where numpy needs a scatter, a cumulative sum and a gather.
+ *
+ * merge_runs: records in time order from runs already in time order (each CPU's pages), by a
+ * merge that writes every record's fields in that order as it goes; numpy needs a sort of
+ * every time, then a gather per field.
  */
 #include <stdint.h>
 #include <string.h>
@@ -329,4 +333,68 @@ int64_t small_codes(const void *values, int width, int64_t rows, int64_t low, ui
     for (int64_t i = 0; i < rows; i++)
         code[i] = table[(width == 4 ? narrow[i] : wide[i]) - low] - 1;
     return distinct;
+}
+
+/* A run in merge_runs' heap: the time of its next record (kept here, not looked up on each
+ * comparison), the run, where its next record is and where it ends. */
+struct head {
+    int64_t ts, run, next, end;
+};
+
+/* a's next record comes before b's: earlier, or as early and from an earlier run. */
+static int comes_first(const struct head *a, const struct head *b)
+{
+    return a->ts < b->ts || (a->ts == b->ts && a->run < b->run);
+}
+
+/* Moves heap[i] down the binary heap of n runs until neither child comes first. */
+static void sift_down(struct head *heap, int64_t n, int64_t i)
+{
+    for (;;) {
+        int64_t first = i, child = 2 * i + 1;
+        if (child < n && comes_first(&heap[child], &heap[first]))
+            first = child;
+        if (child + 1 < n && comes_first(&heap[child + 1], &heap[first]))
+            first = child + 1;
+        if (first == i)
+            return;
+        struct head run = heap[i];
+        heap[i] = heap[first];
+        heap[first] = run;
+        i = first;
+    }
+}
+
+/* Records 0..rows-1 whose times ts are ascending within each of `runs` runs (run r holds the
+ * records from start[r] up to start[r + 1], start[runs] = rows, none empty), written in the
+ * order of a stable sort on time: by a merge that always takes the earliest next record of a
+ * run (on a tie, the earlier run's), so records of equal time keep their order. Each record's
+ * time, offset, length and page go to the out arrays in that order. heap (runs entries of 4
+ * int64) is scratch. */
+void merge_runs(const int64_t *ts, const int64_t *pos, const int32_t *length, const int32_t *page, int64_t rows,
+                const int64_t *start, int64_t runs, int64_t *heap_space, int64_t *ts_out, int64_t *pos_out,
+                int32_t *length_out, int32_t *page_out)
+{
+    struct head *heap = (struct head *)heap_space;
+    for (int64_t r = 0; r < runs; r++) {
+        heap[r].ts = ts[start[r]];
+        heap[r].run = r;
+        heap[r].next = start[r];
+        heap[r].end = start[r + 1];
+    }
+    for (int64_t i = runs / 2 - 1; i >= 0; i--)
+        sift_down(heap, runs, i);
+    int64_t live = runs;
+    for (int64_t i = 0; i < rows && live > 0; i++) {
+        int64_t j = heap[0].next++;
+        ts_out[i] = ts[j];
+        pos_out[i] = pos[j];
+        length_out[i] = length[j];
+        page_out[i] = page[j];
+        if (heap[0].next == heap[0].end)
+            heap[0] = heap[--live];
+        else
+            heap[0].ts = ts[heap[0].next];
+        sift_down(heap, live, 0);
+    }
 }

@@ -10,6 +10,7 @@ tells equal values apart: each a pass over all records of a type at once.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 
@@ -160,6 +161,39 @@ def walk(pages: Pages) -> Records:
         counts[stored] = read_uint(pages.data, count_pos[stored], pages.header.commit_size, pages.byte_order)
     return Records(page=page, pos=pos, ts=ts, length=length, missed_pages=missed, missed_counts=counts,
                    missed_ts=page_ts[missed])
+
+
+#: Past this many runs of records in time order (damaged pages), a sort beats a merge.
+_MAX_RUNS = 1024
+
+
+def time_sorted(rec: Records) -> Records:
+    """The records in the order of a stable sort on time (records of equal time keep their page
+    order). Each CPU's pages are in time order, so the records are a few runs in time order,
+    merged by pages.c (merge_runs) in one pass that writes every field in its place: no sort of
+    every time and gather per field (on the benchmark trace, 2 runs of 1.44 M records: argsort
+    and gathers 0.05-0.16 s). A run ends wherever time steps back, so any times come out sorted;
+    past _MAX_RUNS runs by numpy's stable sort."""
+    ts = np.ascontiguousarray(rec.ts, np.int64)
+    steps_back = np.flatnonzero(ts[1:] < ts[:-1]) + 1
+    if len(steps_back) >= _MAX_RUNS:
+        order = np.argsort(ts, kind="stable")
+        return dataclasses.replace(rec, page=rec.page[order], pos=rec.pos[order], ts=ts[order],
+                                   length=rec.length[order])
+    ffi, lib = _compiled()
+    rows = len(ts)
+    start = np.concatenate([[0], steps_back, [rows]]).astype(np.int64) if rows else np.zeros(1, np.int64)
+    runs = len(start) - 1
+    pos, length, page = (np.ascontiguousarray(a, t) for a, t in ((rec.pos, np.int64), (rec.length, np.int32),
+                                                                  (rec.page, np.int32)))
+    out = [np.empty(rows, t) for t in (np.int64, np.int64, np.int32, np.int32)]
+    lib.merge_runs(ffi.from_buffer("int64_t[]", ts), ffi.from_buffer("int64_t[]", pos),
+                   ffi.from_buffer("int32_t[]", length), ffi.from_buffer("int32_t[]", page), rows,
+                   ffi.from_buffer("int64_t[]", start), runs,
+                   ffi.from_buffer("int64_t[]", np.empty(4 * runs, np.int64), require_writable=True),
+                   *(ffi.from_buffer(t, a, require_writable=True)
+                     for t, a in zip(("int64_t[]", "int64_t[]", "int32_t[]", "int32_t[]"), out)))
+    return dataclasses.replace(rec, ts=out[0], pos=out[1], length=out[2], page=out[3])
 
 
 def copy_spans(data: np.ndarray, start: np.ndarray, length: np.ndarray, to: np.ndarray, out: np.ndarray) -> None:
