@@ -6,8 +6,8 @@ lost-events flags), in either byte order and with a 4- or 8-byte commit word, an
 where each data record's bytes start and what time it carries: the walk must find exactly
 those. Damaged pages (random bytes) must give records that start inside their pages, never a hang.
 The compiled gather of record bytes must equal plain slicing, zeros outside the data; the
-compiled field reads, grouping by type, hashing of keys and merge into time order must equal
-plain Python doing the same.
+compiled field reads, grouping by type and hashing of keys must equal plain Python doing the
+same, and the walk straight into time order the walk in page order then sorted.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from kptrace.read.formats import Field, PageHeader
 from kptrace.read.pages import (Pages, Records, byte_matrix, distinct_keys, grouped, join_pages, read_ints,
-                                small_codes, time_sorted, walk)
+                                small_codes, walk, walk_in_time_order)
 
 PAGE_SIZE = 512
 _MISSED, _STORED = 1 << 31, 1 << 30
@@ -244,32 +244,36 @@ def test_small_integer_codes_number_the_distinct_values_in_ascending_order(value
     assert distinct[code].tolist() == values.tolist()
 
 
-def _records_at(ts: list[int]) -> Records:
-    """Records with times `ts` whose offset, length and page say which record each one is."""
-    n = len(ts)
-    return Records(page=np.arange(n, dtype=np.int32) * 3, pos=np.arange(n, dtype=np.int64) * 8 + 16,
-                   ts=np.array(ts, dtype=np.int64), length=np.arange(n, dtype=np.int32) + 4,
-                   missed_pages=np.zeros(0, np.int64), missed_counts=np.zeros(0, np.int64),
-                   missed_ts=np.zeros(0, np.int64))
+
+#: Pages whose records often share a time with another CPU's: small start times and deltas.
+_close_page = st.tuples(st.integers(0, 4), st.lists(st.tuples(st.just("data"), st.integers(0, 2),
+                                                              st.integers(1, 4).map(lambda n: 4 * n)), max_size=8),
+                        st.sampled_from(["none", "none", "uncounted"]), st.booleans())
 
 
-def _assert_stably_sorted(rec: Records) -> None:
-    """Every field of `rec` in the order of a plain stable sort on time (ties in record order)."""
-    order = sorted(range(len(rec.ts)), key=lambda i: (int(rec.ts[i]), i))
-    merged = time_sorted(rec)
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.lists(_page | _close_page, max_size=4), max_size=4), st.booleans(), st.sampled_from(["<", ">"]),
+       st.sampled_from([4, 8]))
+def test_the_walk_in_time_order_equals_the_walk_then_a_stable_sort_on_time(cpus, in_order, order, commit_size):
+    """Each CPU's pages walked side by side into time order (ties in page order): the records of
+    a walk in page order, stably sorted on time, with their offsets, lengths and pages. None when
+    a page reports lost events or a CPU's times step back (the caller then sorts)."""
+    blobs = []
+    for cpu, pages in enumerate(cpus):
+        if in_order:  # pages in time order, as the kernel writes them
+            pages = [(ts, *rest) for ts, (_, *rest) in zip(sorted(p[0] for p in pages), pages)]
+        built = _pages(pages, order, commit_size)[0]
+        blobs.append((cpu % 2, built.data[: built.count * PAGE_SIZE].tobytes()))  # two CPU ids, alternating
+    header = _pages([], order, commit_size)[0].header
+    pages = join_pages(blobs, header, order)
+    walked, got = walk(pages), walk_in_time_order(pages)
+    run_of_page = np.cumsum(np.r_[0, pages.cpu[1:] != pages.cpu[:-1]])  # a run: pages of one CPU in a row
+    run = run_of_page[walked.page]
+    steps_back = bool(((np.diff(walked.ts) < 0) & (np.diff(run) == 0)).any())
+    if len(walked.missed_pages) or steps_back:
+        assert got is None
+        return
+    by_time = np.argsort(walked.ts, kind="stable")
     for name in ("ts", "pos", "length", "page"):
-        got, given_ = getattr(merged, name), getattr(rec, name)
-        assert got.dtype == given_.dtype and got.tolist() == [given_[i] for i in order], name
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.lists(st.integers(-3, 12), max_size=12), max_size=8), st.booleans())
-def test_merged_runs_equal_a_stable_sort_on_time(runs, in_order):
-    """Runs of records in time order (each CPU's pages), merged; ties within and across runs
-    keep their record order. Unsorted runs are split where time steps back, so any times sort."""
-    _assert_stably_sorted(_records_at([t for run in runs for t in (sorted(run) if in_order else run)]))
-
-
-def test_times_stepping_back_more_often_than_a_merge_pays_are_sorted_as_well():
-    rng = np.random.default_rng(3)
-    _assert_stably_sorted(_records_at(rng.integers(0, 500, size=5000).tolist()))
+        assert getattr(got, name).tolist() == getattr(walked, name)[by_time].tolist(), name
+    assert not len(got.missed_pages)

@@ -10,7 +10,6 @@ tells equal values apart: each a pass over all records of a type at once.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass
 
@@ -163,37 +162,38 @@ def walk(pages: Pages) -> Records:
                    missed_ts=page_ts[missed])
 
 
-#: Past this many runs of records in time order (damaged pages), a sort beats a merge.
-_MAX_RUNS = 1024
-
-
-def time_sorted(rec: Records) -> Records:
-    """The records in the order of a stable sort on time (records of equal time keep their page
-    order). Each CPU's pages are in time order, so the records are a few runs in time order,
-    merged by pages.c (merge_runs) in one pass that writes every field in its place: no sort of
-    every time and gather per field (on the benchmark trace, 2 runs of 1.44 M records: argsort
-    and gathers 0.05-0.16 s). A run ends wherever time steps back, so any times come out sorted;
-    past _MAX_RUNS runs by numpy's stable sort."""
-    ts = np.ascontiguousarray(rec.ts, np.int64)
-    steps_back = np.flatnonzero(ts[1:] < ts[:-1]) + 1
-    if len(steps_back) >= _MAX_RUNS:
-        order = np.argsort(ts, kind="stable")
-        return dataclasses.replace(rec, page=rec.page[order], pos=rec.pos[order], ts=ts[order],
-                                   length=rec.length[order])
+def walk_in_time_order(pages: Pages) -> Records | None:
+    """`walk`'s records in the order of a stable sort on time (records of equal time keep their
+    page order), in one compiled pass (pages.c walk_in_time_order): each CPU's pages are in time
+    order, so they are walked side by side and each record written at its place in time, not
+    walked in page order into arrays that a sort of every time and a gather per field then
+    reorder (on the benchmark trace, 1.44 M records: the walk's arrays alone are 36 MB of fresh
+    memory). None when a page reports lost events (their markers are placed in page order), a
+    CPU's times step back, or damaged pages hold more records than there is room for: the
+    caller then walks in page order and sorts."""
+    page_ts, commit = _page_words(pages)
+    if (commit & _MISSED_EVENTS).any():
+        return None
     ffi, lib = _compiled()
-    rows = len(ts)
-    start = np.concatenate([[0], steps_back, [rows]]).astype(np.int64) if rows else np.zeros(1, np.int64)
-    runs = len(start) - 1
-    pos, length, page = (np.ascontiguousarray(a, t) for a, t in ((rec.pos, np.int64), (rec.length, np.int32),
-                                                                  (rec.page, np.int32)))
-    out = [np.empty(rows, t) for t in (np.int64, np.int64, np.int32, np.int32)]
-    lib.merge_runs(ffi.from_buffer("int64_t[]", ts), ffi.from_buffer("int64_t[]", pos),
-                   ffi.from_buffer("int32_t[]", length), ffi.from_buffer("int32_t[]", page), rows,
-                   ffi.from_buffer("int64_t[]", start), runs,
-                   ffi.from_buffer("int64_t[]", np.empty(4 * runs, np.int64), require_writable=True),
-                   *(ffi.from_buffer(t, a, require_writable=True)
-                     for t, a in zip(("int64_t[]", "int64_t[]", "int32_t[]", "int32_t[]"), out)))
-    return dataclasses.replace(rec, ts=out[0], pos=out[1], length=out[2], page=out[3])
+    size = np.ascontiguousarray(np.minimum(commit & _COMMIT_MASK, pages.header.data_size), np.int64)
+    start = np.concatenate([[0], np.flatnonzero(pages.cpu[1:] != pages.cpu[:-1]) + 1, [pages.count]]).astype(np.int64)
+    runs = len(start) - 1 if pages.count else 0
+    capacity = int(np.maximum(size, 0).sum()) // 8 + pages.count
+    out = [np.empty(capacity, t) for t in (np.int64, np.int64, np.int32, np.int32)]
+    total = lib.walk_in_time_order(
+        ffi.from_buffer("uint8_t[]", pages.data), _swap(pages.byte_order), pages.byte_order == ">",
+        pages.header.page_size, pages.header.data_offset, ffi.from_buffer("int64_t[]", size),
+        ffi.from_buffer("int64_t[]", np.ascontiguousarray(page_ts, np.int64)), ffi.from_buffer("int64_t[]", start), runs,
+        capacity, ffi.new("struct walker[]", runs), ffi.from_buffer("int64_t[]", np.empty(runs, np.int64),
+                                                                   require_writable=True),
+        *(ffi.from_buffer(t, a, require_writable=True) for t, a in zip(("int64_t[]", "int64_t[]", "int32_t[]",
+                                                                        "int32_t[]"), out)))
+    if total < 0:
+        return None
+    ts, pos, length, page = (a[:total] for a in out)
+    nothing = np.zeros(0, np.int64)
+    return Records(page=page, pos=pos, ts=ts, length=length, missed_pages=nothing, missed_counts=nothing,
+                   missed_ts=nothing)
 
 
 def copy_spans(data: np.ndarray, start: np.ndarray, length: np.ndarray, to: np.ndarray, out: np.ndarray) -> None:
