@@ -6,7 +6,8 @@ lost-events flags), in either byte order and with a 4- or 8-byte commit word, an
 where each data record's bytes start and what time it carries: the walk must find exactly
 those. Damaged pages (random bytes) must give records that start inside their pages, never a hang.
 The compiled gather of record bytes must equal plain slicing, zeros outside the data; the
-compiled field reads, grouping by type and hashing of keys must equal plain Python doing the same.
+compiled field reads, grouping by type and hashing of keys must equal plain Python doing the
+same, and the walk straight into time order the walk in page order then sorted.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 from kptrace.read.formats import Field, PageHeader
 from kptrace.read.pages import (Pages, Records, byte_matrix, distinct_keys, grouped, join_pages, read_ints,
-                                small_codes, walk)
+                                small_codes, walk, walk_in_time_order)
 
 PAGE_SIZE = 512
 _MISSED, _STORED = 1 << 31, 1 << 30
@@ -241,3 +242,38 @@ def test_small_integer_codes_number_the_distinct_values_in_ascending_order(value
     distinct, code = small_codes(values, int(values.min()), int(values.max()))
     assert distinct.dtype == kind and distinct.tolist() == sorted(set(values.tolist()))
     assert distinct[code].tolist() == values.tolist()
+
+
+
+#: Pages whose records often share a time with another CPU's: small start times and deltas.
+_close_page = st.tuples(st.integers(0, 4), st.lists(st.tuples(st.just("data"), st.integers(0, 2),
+                                                              st.integers(1, 4).map(lambda n: 4 * n)), max_size=8),
+                        st.sampled_from(["none", "none", "uncounted"]), st.booleans())
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.lists(_page | _close_page, max_size=4), max_size=4), st.booleans(), st.sampled_from(["<", ">"]),
+       st.sampled_from([4, 8]))
+def test_the_walk_in_time_order_equals_the_walk_then_a_stable_sort_on_time(cpus, in_order, order, commit_size):
+    """Each CPU's pages walked side by side into time order (ties in page order): the records of
+    a walk in page order, stably sorted on time, with their offsets, lengths and pages. None when
+    a page reports lost events or a CPU's times step back (the caller then sorts)."""
+    blobs = []
+    for cpu, pages in enumerate(cpus):
+        if in_order:  # pages in time order, as the kernel writes them
+            pages = [(ts, *rest) for ts, (_, *rest) in zip(sorted(p[0] for p in pages), pages)]
+        built = _pages(pages, order, commit_size)[0]
+        blobs.append((cpu % 2, built.data[: built.count * PAGE_SIZE].tobytes()))  # two CPU ids, alternating
+    header = _pages([], order, commit_size)[0].header
+    pages = join_pages(blobs, header, order)
+    walked, got = walk(pages), walk_in_time_order(pages)
+    run_of_page = np.cumsum(np.r_[0, pages.cpu[1:] != pages.cpu[:-1]])  # a run: pages of one CPU in a row
+    run = run_of_page[walked.page]
+    steps_back = bool(((np.diff(walked.ts) < 0) & (np.diff(run) == 0)).any())
+    if len(walked.missed_pages) or steps_back:
+        assert got is None
+        return
+    by_time = np.argsort(walked.ts, kind="stable")
+    for name in ("ts", "pos", "length", "page"):
+        assert getattr(got, name).tolist() == getattr(walked, name)[by_time].tolist(), name
+    assert not len(got.missed_pages)

@@ -20,7 +20,7 @@ import pyarrow as pa
 from kptrace.read.fields import VECTOR_HANDLERS, state_letters
 from kptrace.read.formats import EventFormat, Field, FormatTable, PageHeader
 from kptrace.read.pages import (Pages, Records, distinct_keys, field_span, join_pages, read_field_bytes,
-                                grouped, read_field_ints, read_ints, small_codes, walk)
+                                grouped, read_field_ints, read_ints, small_codes, walk, walk_in_time_order)
 from kptrace.read.table import ROW, EventTable, held_type
 from kptrace.schema import CORE_COLUMNS, EVENT_SCHEMA, FAMILIES, SOFTIRQ_NAMES
 
@@ -306,7 +306,7 @@ def _time_order(pages: Pages, rec: Records) -> tuple[_Rows, np.ndarray]:
     before another of the same time keeps its place (page order), and a lost-events marker
     comes just before the first record of the page that reported the loss. Each CPU's pages are
     already in time order, so a stable sort on time alone merges these sorted runs."""
-    if not len(rec.missed_pages):  # no loss reported (the usual case): the records alone
+    if not len(rec.missed_pages):  # no loss reported: the records alone
         order = np.argsort(rec.ts, kind="stable")
         return _Rows(ts=rec.ts[order], record_row=None, marker_row=np.zeros(0, np.int64)), order
     after = np.searchsorted(rec.page, rec.missed_pages)
@@ -324,10 +324,17 @@ def _time_order(pages: Pages, rec: Records) -> tuple[_Rows, np.ndarray]:
             record_of_slot[order[~marker_at]])
 
 
-def _in_time_order(pages: Pages, rec: Records) -> tuple[Records, _Rows]:
-    """The records reordered as the table's rows hold them, and the rows. The order is dropped
-    here, and no row number is made for a table of records alone: on the first read of a
-    process every array is fresh memory, paid in page faults."""
+def _in_time_order(pages: Pages) -> tuple[Records, _Rows]:
+    """Every record, ordered as the table's rows hold them, and the rows. Usually walked straight
+    into time order (pages.walk_in_time_order), else walked in page order and sorted. The order
+    is dropped here, and no row number is made for a table of records alone: on the first read
+    of a process every array is fresh memory, paid in page faults."""
+    rec = walk_in_time_order(pages)
+    if rec is not None:
+        return rec, _Rows(ts=rec.ts, record_row=None, marker_row=np.zeros(0, np.int64))
+    rec = walk(pages)
+    if not len(rec.pos):  # no record: no table
+        return rec, _Rows(ts=rec.ts, record_row=None, marker_row=np.zeros(0, np.int64))
     rows, order = _time_order(pages, rec)
     ts = rows.ts if rows.record_row is None else rows.ts[rows.record_row]  # the records' rows, no markers
     return Records(page=rec.page[order], pos=rec.pos[order], ts=ts, length=rec.length[order],
@@ -467,10 +474,11 @@ def decode_table(capture: Capture) -> EventTable | None:
     from the pages and put straight at their rows of their family's table.
     """
     pages = join_pages([blob for _, blobs in capture.buffers for blob in blobs], capture.header, capture.byte_order)
-    rec = walk(pages)
-    if not len(capture.formats) or not len(rec.pos):
+    if not len(capture.formats):
         return None
-    rec, rows = _in_time_order(pages, rec)
+    rec, rows = _in_time_order(pages)
+    if not len(rec.pos):
+        return None
     core, families = _held_columns(pages, rec, rows, capture.formats)
     if rows.record_row is None:
         cpu = pages.cpu[rec.page]

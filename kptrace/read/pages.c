@@ -17,6 +17,10 @@
  *
  * small_codes: the same for integers in a small range (event ids, task ids), by a table indexed
  * by value: two passes, where numpy needs a scatter, a cumulative sum and a gather.
+ *
+ * walk_in_time_order: the walk of every CPU's pages side by side, the records written in time
+ * order as they are found (each CPU's pages are in time order): numpy would need the walk's
+ * arrays in page order, a sort of every time, then a gather per field.
  */
 #include <stdint.h>
 #include <string.h>
@@ -35,6 +39,35 @@ static uint32_t word_at(const uint8_t *data, int64_t pos, int swap)
     return swap ? __builtin_bswap32(word) : word;
 }
 
+/* The record whose header is at pos, on a page whose records end at `end`: its type_len
+ * (returned), the time after it (*now, running from the page's time), where the next record
+ * starts (*next) and how many bytes follow its header, up to the end (*body). */
+static int64_t read_record(const uint8_t *data, int swap, int big, int64_t pos, int64_t end, uint64_t page_ts,
+                           uint64_t *now, int64_t *next, int64_t *body)
+{
+    uint32_t word = word_at(data, pos, swap);
+    int64_t array = word_at(data, pos + 4, swap);
+    int64_t kind = big ? word >> TS_SHIFT : word & 31;
+    uint64_t delta = big ? word & DELTA_MASK : word >> 5;
+    if (kind == TIME_STAMP)  /* absolute: the page time's top 5 bits, then the 59 stored */
+        *now = (page_ts & ~((UINT64_C(1) << 59) - 1)) | ((uint64_t)array << TS_SHIFT) | delta;
+    else if (kind == TIME_EXTEND)  /* a delta too long for 27 bits: its high bits follow */
+        *now += delta + ((uint64_t)array << TS_SHIFT);
+    else
+        *now += delta;
+    if (kind >= TIME_EXTEND)
+        *next = pos + 8;
+    else if (kind == PADDING)
+        *next = delta == 0 ? end : pos + 4 + array;
+    else if (kind == 0)  /* a long record: its length in bytes, header word included, follows */
+        *next = pos + 8 + ((array - 4 + 3) & ~INT64_C(3));
+    else
+        *next = pos + 4 + kind * 4;
+    int64_t n = (*next < end ? *next : end) - pos - (kind == 0 ? 8 : 4);
+    *body = n > 0 ? n : 0;
+    return kind;
+}
+
 /* One page's records from `pos` to `end` (with `data_only`, only its data records, type_len at
  * most MAX_DATA_TYPE); with `offset` NULL only counts them, else writes each one's offset (of
  * its header, or with `data_only` of its data), running time, type_len, length (bytes after
@@ -47,33 +80,14 @@ static int64_t page_records(const uint8_t *data, int swap, int big, int64_t pos,
     uint64_t now = page_ts;
     int64_t n = 0;
     for (;;) {
-        uint32_t word = word_at(data, pos, swap);
-        int64_t array = word_at(data, pos + 4, swap);
-        int64_t kind = big ? word >> TS_SHIFT : word & 31;
-        uint64_t delta = big ? word & DELTA_MASK : word >> 5;
-        if (kind == TIME_STAMP)  /* absolute: the page time's top 5 bits, then the 59 stored */
-            now = (page_ts & ~((UINT64_C(1) << 59) - 1)) | ((uint64_t)array << TS_SHIFT) | delta;
-        else if (kind == TIME_EXTEND)  /* a delta too long for 27 bits: its high bits follow */
-            now += delta + ((uint64_t)array << TS_SHIFT);
-        else
-            now += delta;
-        int64_t next;
-        if (kind >= TIME_EXTEND)
-            next = pos + 8;
-        else if (kind == PADDING)
-            next = delta == 0 ? end : pos + 4 + array;
-        else if (kind == 0)  /* a long record: its length in bytes, header word included, follows */
-            next = pos + 8 + ((array - 4 + 3) & ~INT64_C(3));
-        else
-            next = pos + 4 + kind * 4;
+        int64_t next, body;
+        int64_t kind = read_record(data, swap, big, pos, end, page_ts, &now, &next, &body);
         int keep = !data_only || kind <= MAX_DATA_TYPE;
         if (offset && keep) {
-            int64_t header = kind == 0 ? 8 : 4;
-            int64_t body = (next < end ? next : end) - pos - header;
-            offset[n] = data_only ? pos + header : pos;
+            offset[n] = data_only ? pos + (kind == 0 ? 8 : 4) : pos;
             ts[n] = (int64_t)now;
             type_len[n] = (int8_t)kind;
-            length[n] = (int32_t)(body > 0 ? body : 0);  /* within a page */
+            length[n] = (int32_t)body;  /* within a page */
             page_of[n] = (int32_t)page;
         }
         n += keep;
@@ -329,4 +343,108 @@ int64_t small_codes(const void *values, int width, int64_t rows, int64_t low, ui
     for (int64_t i = 0; i < rows; i++)
         code[i] = table[(width == 4 ? narrow[i] : wide[i]) - low] - 1;
     return distinct;
+}
+
+/* The walk of one run of pages in walk_in_time_order: pages page..last-1, at `pos` on the
+ * current page (which ends at `end`; -1: at the start of the next page), and the run's next
+ * data record (its time ts, data offset at, length and page at_page) once found. */
+struct walker {
+    int64_t ts, at, length, at_page, page, last, pos, end;
+    uint64_t now;
+};
+
+/* Moves w on to its run's next data record, as page_records finds them; 0 when it has none. */
+static int next_data_record(const uint8_t *data, int swap, int big, int64_t page_size, int64_t data_offset,
+                            const int64_t *size, const int64_t *page_ts, struct walker *w)
+{
+    for (;;) {
+        if (w->pos < 0) {
+            while (w->page < w->last && size[w->page] <= 0)
+                w->page++;
+            if (w->page >= w->last)
+                return 0;
+            w->pos = w->page * page_size + data_offset;
+            w->end = w->pos + size[w->page];
+            w->now = (uint64_t)page_ts[w->page];
+        }
+        int64_t pos = w->pos, page = w->page, next, body;
+        int64_t kind = read_record(data, swap, big, pos, w->end, (uint64_t)page_ts[page], &w->now, &next, &body);
+        if (next <= pos || next >= w->end) {
+            w->pos = -1;
+            w->page++;
+        } else {
+            w->pos = next;
+        }
+        if (kind <= MAX_DATA_TYPE) {
+            w->ts = (int64_t)w->now;
+            w->at = pos + (kind == 0 ? 8 : 4);
+            w->length = body;
+            w->at_page = page;
+            return 1;
+        }
+    }
+}
+
+/* Run a's next record comes before run b's: earlier, or as early and from an earlier run. */
+static int comes_first(const struct walker *w, int64_t a, int64_t b)
+{
+    return w[a].ts < w[b].ts || (w[a].ts == w[b].ts && a < b);
+}
+
+/* Moves heap[i] down the binary heap of n runs until neither child comes first. */
+static void sift_down(const struct walker *w, int64_t *heap, int64_t n, int64_t i)
+{
+    for (;;) {
+        int64_t first = i, child = 2 * i + 1;
+        if (child < n && comes_first(w, heap[child], heap[first]))
+            first = child;
+        if (child + 1 < n && comes_first(w, heap[child + 1], heap[first]))
+            first = child + 1;
+        if (first == i)
+            return;
+        int64_t run = heap[i];
+        heap[i] = heap[first];
+        heap[first] = run;
+        i = first;
+    }
+}
+
+/* The data records of the pages, as walk_pages finds them, in the order of a stable sort on
+ * time, in one pass: `runs` runs of pages (run r: pages start[r]..start[r+1]-1, a CPU's, in
+ * time order) are walked side by side, the earliest next record taken each time (on a tie, the
+ * earlier run's, so records of equal time keep their page order). Writes each one's time,
+ * data offset, length and page; returns how many, -1 when more than `capacity`, -2 when a
+ * run's time steps back (the caller then walks in page order and sorts). walkers (runs
+ * entries) and heap (runs entries) are scratch. */
+int64_t walk_in_time_order(const uint8_t *data, int swap, int big, int64_t page_size, int64_t data_offset,
+                           const int64_t *size, const int64_t *page_ts, const int64_t *start, int64_t runs,
+                           int64_t capacity, void *walkers, int64_t *heap, int64_t *restrict ts,
+                           int64_t *restrict offset, int32_t *restrict length, int32_t *restrict page)
+{
+    struct walker *w = walkers;
+    int64_t live = 0, n = 0;
+    for (int64_t r = 0; r < runs; r++) {
+        w[r] = (struct walker){.page = start[r], .last = start[r + 1], .pos = -1};
+        if (next_data_record(data, swap, big, page_size, data_offset, size, page_ts, &w[r]))
+            heap[live++] = r;
+    }
+    for (int64_t i = live / 2 - 1; i >= 0; i--)
+        sift_down(w, heap, live, i);
+    while (live > 0) {
+        struct walker *top = &w[heap[0]];
+        if (n >= capacity)
+            return -1;
+        ts[n] = top->ts;
+        offset[n] = top->at;
+        length[n] = (int32_t)top->length;
+        page[n] = (int32_t)top->at_page;
+        n++;
+        int64_t before = top->ts;
+        if (!next_data_record(data, swap, big, page_size, data_offset, size, page_ts, top))
+            heap[0] = heap[--live];
+        else if (top->ts < before)
+            return -2;
+        sift_down(w, heap, live, 0);
+    }
+    return n;
 }

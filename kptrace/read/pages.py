@@ -162,6 +162,40 @@ def walk(pages: Pages) -> Records:
                    missed_ts=page_ts[missed])
 
 
+def walk_in_time_order(pages: Pages) -> Records | None:
+    """`walk`'s records in the order of a stable sort on time (records of equal time keep their
+    page order), in one compiled pass (pages.c walk_in_time_order): each CPU's pages are in time
+    order, so they are walked side by side and each record written at its place in time, not
+    walked in page order into arrays that a sort of every time and a gather per field then
+    reorder (on the benchmark trace, 1.44 M records: the walk's arrays alone are 36 MB of fresh
+    memory). None when a page reports lost events (their markers are placed in page order), a
+    CPU's times step back, or damaged pages hold more records than there is room for: the
+    caller then walks in page order and sorts."""
+    page_ts, commit = _page_words(pages)
+    if (commit & _MISSED_EVENTS).any():
+        return None
+    ffi, lib = _compiled()
+    size = np.ascontiguousarray(np.minimum(commit & _COMMIT_MASK, pages.header.data_size), np.int64)
+    start = np.concatenate([[0], np.flatnonzero(pages.cpu[1:] != pages.cpu[:-1]) + 1, [pages.count]]).astype(np.int64)
+    runs = len(start) - 1 if pages.count else 0
+    capacity = int(np.maximum(size, 0).sum()) // 8 + pages.count
+    out = [np.empty(capacity, t) for t in (np.int64, np.int64, np.int32, np.int32)]
+    total = lib.walk_in_time_order(
+        ffi.from_buffer("uint8_t[]", pages.data), _swap(pages.byte_order), pages.byte_order == ">",
+        pages.header.page_size, pages.header.data_offset, ffi.from_buffer("int64_t[]", size),
+        ffi.from_buffer("int64_t[]", np.ascontiguousarray(page_ts, np.int64)), ffi.from_buffer("int64_t[]", start), runs,
+        capacity, ffi.new("struct walker[]", runs), ffi.from_buffer("int64_t[]", np.empty(runs, np.int64),
+                                                                   require_writable=True),
+        *(ffi.from_buffer(t, a, require_writable=True) for t, a in zip(("int64_t[]", "int64_t[]", "int32_t[]",
+                                                                        "int32_t[]"), out)))
+    if total < 0:
+        return None
+    ts, pos, length, page = (a[:total] for a in out)
+    nothing = np.zeros(0, np.int64)
+    return Records(page=page, pos=pos, ts=ts, length=length, missed_pages=nothing, missed_counts=nothing,
+                   missed_ts=nothing)
+
+
 def copy_spans(data: np.ndarray, start: np.ndarray, length: np.ndarray, to: np.ndarray, out: np.ndarray) -> None:
     """`length[i]` bytes from each offset `start[i]` of `data` to offset `to[i]` of `out` (bytes
     outside the data as 0), by the compiled copy (pages.c), one memcpy each."""

@@ -31,6 +31,11 @@ int64_t distinct_keys(const uint8_t *data, int64_t size, const int64_t *start, c
                       uint32_t *slot, int64_t slots, uint64_t *hash);
 int64_t small_codes(const void *values, int width, int64_t rows, int64_t low, uint32_t *table, int64_t range,
                     uint32_t *code);
+struct walker { ...; };
+int64_t walk_in_time_order(const uint8_t *data, int swap, int big, int64_t page_size, int64_t data_offset,
+                           const int64_t *size, const int64_t *page_ts, const int64_t *start, int64_t runs,
+                           int64_t capacity, void *walkers, int64_t *heap, int64_t *ts, int64_t *offset,
+                           int32_t *length, int32_t *page);
 """)
 ffibuilder.set_source("kptrace.read._pages", (_HERE / "pages.c").read_text(), extra_compile_args=["-O2"])
 
