@@ -695,11 +695,20 @@ def report_view(analysis: Analysis) -> Analysis:
     return replace(analysis, intervals=irqs, requests=requests)
 
 
-def render_report(analysis: Analysis, summary: dict) -> str:
-    """The whole page as one HTML string."""
+def chart_specs(analysis: Analysis, summary: dict) -> dict[str, dict]:
+    """The Vega-Lite spec of each chart the page holds, by element id: the page's slow part (pure
+    Python in altair), which write_all builds on a thread while it writes the timeline."""
+    charts = build_charts(report_view(analysis), summary)
+    # Unvalidated: checking each spec against the Vega-Lite schema took half the report's time;
+    # tests/test_report.py validates every chart the report draws.
+    return {chart_id: chart.to_dict(validate=False) for chart_id, chart in charts.items()}
+
+
+def render_report(analysis: Analysis, summary: dict, specs: dict[str, dict] | None = None) -> str:
+    """The whole page as one HTML string, with the chart specs given (chart_specs) or built here."""
+    charts = chart_specs(analysis, summary) if specs is None else specs
     analysis = report_view(analysis)
     name = input_name(analysis.meta)
-    charts = build_charts(analysis, summary)
     if analysis.requests is None:
         reason = "; ".join(n for n in summary["notes"] if "request" in n) or "no per-request view: no requests found"
         no_requests = reason[:1].upper() + reason[1:] + "."
@@ -732,11 +741,8 @@ def render_report(analysis: Analysis, summary: dict) -> str:
 
     body = headline(analysis, summary) + "\n".join(
         f'<section><h2>{_esc(title)}</h2>{content}</section>' for title, content in sections)
-    # Unvalidated: checking each spec against the Vega-Lite schema took half the report's time;
-    # tests/test_report.py validates every chart the report draws.
-    specs = "\n".join(
-        f'<script type="application/json" id="spec-{chart_id}">{_json_in_script(chart.to_dict(validate=False))}</script>'
-        for chart_id, chart in charts.items())
+    specs = "\n".join(f'<script type="application/json" id="spec-{chart_id}">{_json_in_script(spec)}</script>'
+                      for chart_id, spec in charts.items())
     info = summary["input"]
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
@@ -765,9 +771,9 @@ def render_report(analysis: Analysis, summary: dict) -> str:
 """
 
 
-def write_report(path: str | Path, analysis: Analysis, summary: dict) -> Path:
-    """Write report.html (one file, works offline) and return its path."""
+def write_report(path: str | Path, analysis: Analysis, summary: dict, specs: dict[str, dict] | None = None) -> Path:
+    """Write report.html (one file, works offline) and return its path; `specs`: chart_specs, if built already."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(analysis, summary), encoding="utf-8")
+    path.write_text(render_report(analysis, summary, specs), encoding="utf-8")
     return path
