@@ -458,7 +458,7 @@ def _const(byte_values: bytes, present: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def _flows(flows: pl.Series, tag: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Repeated fixed64 flow ids: `tag` and 8 bytes, little endian, per id."""
-    ids = flows.explode().drop_nulls().to_numpy().astype("<u8")
+    ids = flows.drop_nulls().explode().drop_nulls().to_numpy().astype("<u8")  # most rows have none: dropped first
     each = np.empty((len(ids), len(tag) + 8), dtype=np.uint8)
     each[:, :len(tag)] = np.frombuffer(tag, dtype=np.uint8)
     each[:, len(tag):] = ids.view(np.uint8).reshape(len(ids), 8)
