@@ -24,6 +24,7 @@ from pathlib import Path
 
 import altair as alt
 import polars as pl
+from altair.utils.schemapi import debug_mode
 
 from kptrace import tables
 from kptrace.schema import PROVENANCES
@@ -697,8 +698,11 @@ def report_view(analysis: Analysis) -> Analysis:
 
 def chart_specs(analysis: Analysis, summary: dict) -> dict[str, dict]:
     """The Vega-Lite spec of each chart the page holds, by element id: the page's slow part (pure
-    Python in altair), which write_all builds on a thread while it writes the timeline."""
-    charts = build_charts(report_view(analysis), summary)
+    Python in altair), which write_all builds on a thread while it writes the timeline. Built
+    without altair's check of each schema object as it is made (debug mode), as the specs are
+    written unvalidated, for the same reason (below)."""
+    with debug_mode(False):
+        charts = build_charts(report_view(analysis), summary)
     # Unvalidated: checking each spec against the Vega-Lite schema took half the report's time;
     # tests/test_report.py validates every chart the report draws.
     return {chart_id: chart.to_dict(validate=False) for chart_id, chart in charts.items()}
