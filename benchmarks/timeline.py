@@ -6,9 +6,10 @@ intervals, requests) or a trace/capture, which is analysed once first (`kptrace 
 so that only the timeline is measured. Each implementation runs in its own process over the same
 scanned tables, as write_all calls it (counters from kptrace.summary.counter_samples); a process
 reports the RSS it had before the call, its peak RSS after it (ru_maxrss: the call's high-water
-mark, as loading the scans costs next to nothing), the call's wall time, and the sha256 of the
-decompressed timeline, so that old and new are shown to write the same bytes. "old" is
-kptrace/export/perfetto.py at git revision --baseline (default: main). Usage:
+mark, as loading the scans costs next to nothing), the call's wall and CPU time (all threads; the
+steadier figure on a loaded machine), and the sha256 of the decompressed timeline, so that old
+and new are shown to write the same bytes. "old" is kptrace/export/perfetto.py at git revision
+--baseline (default: main). Usage:
 
     python benchmarks/timeline.py /tmp/s7/out5m [--baseline main] [--repeats 1]
     python benchmarks/timeline.py /tmp/kptbin-bench/trace.dat
@@ -49,12 +50,12 @@ def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
 before = rss()
-started = time.perf_counter()
+started, cpu_started = time.perf_counter(), time.process_time()
 written = perfetto.write_timeline(out, events, intervals, requests, counters)
-wall = time.perf_counter() - started
+wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 digest = hashlib.sha256(gzip.open(out).read()).hexdigest()
-print(json.dumps({"wall_s": wall, "rss_before": before, "peak": peak, "sha256": digest,
+print(json.dumps({"wall_s": wall, "cpu_s": cpu, "rss_before": before, "peak": peak, "sha256": digest,
                   "packets": written["packets"], "slices": sum(written["slices"].values())}))
 """
 
@@ -99,14 +100,14 @@ def main() -> None:
         tables = tables_of(args.source, scratch)
         variants = {"new": ""} if args.new_only else {"old": str(baseline_module(args.baseline, scratch)), "new": ""}
         print(f"write_timeline of {tables} (baseline {args.baseline})")
-        print(f"{'':4} {'run':>3} {'wall s':>8} {'RSS before GB':>14} {'peak GB':>8} {'growth GB':>10} "
+        print(f"{'':4} {'run':>3} {'wall s':>8} {'CPU s':>7} {'RSS before GB':>14} {'peak GB':>8} {'growth GB':>10} "
               f"{'packets':>10}  sha256 of the decompressed timeline")
         digests = set()
         for run in range(args.repeats):
             for name, module_file in variants.items():
                 r = measure(module_file, tables, scratch / f"{name}.perfetto-trace.gz")
                 digests.add(r["sha256"])
-                print(f"{name:4} {run + 1:>3} {r['wall_s']:8.2f} {r['rss_before'] / 1e9:14.2f} {r['peak'] / 1e9:8.2f} "
+                print(f"{name:4} {run + 1:>3} {r['wall_s']:8.2f} {r['cpu_s']:7.2f} {r['rss_before'] / 1e9:14.2f} {r['peak'] / 1e9:8.2f} "
                       f"{(r['peak'] - r['rss_before']) / 1e9:10.2f} {r['packets']:>10}  {r['sha256'][:16]}")
         if not args.new_only:
             print("identical output" if len(digests) == 1 else "OUTPUTS DIFFER")

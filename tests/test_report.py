@@ -402,3 +402,25 @@ def test_the_report_shows_the_counter_source_it_is_given(sample_analysis):
     assert report.counters_subtitle(pmu).startswith("this trace has hardware counters")
     assert report.counters_subtitle({"kind": "none", "names": []}).startswith(
         "this trace has no hardware counters (counters: none)")
+
+
+def test_write_all_builds_the_charts_on_a_thread_into_the_page_write_report_writes(sample_analysis, tmp_path):
+    """write_all builds the chart specs beside the timeline: the page is the one write_report
+    writes on its own (but for the minute it was generated in)."""
+    from kptrace.export import write_all
+
+    summary = write_all(sample_analysis, tmp_path / "all", build_summary(sample_analysis))
+    alone = write_report(tmp_path / "alone.html", sample_analysis, summary)
+    generated = re.compile(r"generated \d{4}-\d\d-\d\d \d\d:\d\d UTC")
+    assert generated.sub("", (tmp_path / "all" / "report.html").read_text()) == generated.sub("", alone.read_text())
+
+
+def test_an_error_building_the_charts_on_the_thread_is_raised_by_write_all(sample_analysis, tmp_path, monkeypatch):
+    from kptrace.export import write_all
+
+    def broken(analysis, summary):
+        raise RuntimeError("chart failed")
+    monkeypatch.setattr(report, "chart_specs", broken)
+    with pytest.raises(RuntimeError, match="chart failed"):
+        write_all(sample_analysis, tmp_path / "all", build_summary(sample_analysis))
+    assert not (tmp_path / "all" / "report.html").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,10 +28,10 @@ def write_all(analysis: Analysis, out: str | Path, summary: dict | None = None, 
     trace's start, [start, end)), else the busiest seconds of a trace too large to draw whole
     (kptrace.export.perfetto.TIMELINE_MAX_ITEMS); the tables always hold everything. Tables a
     windowed analysis stored already are left in place when `out` is where it stored them, and
-    copied when it is not (write_tables_of)."""
-    from kptrace.export.perfetto import write_timeline
-    from kptrace.export.report import write_report
-    from kptrace.summary import build_summary, counter_samples
+    copied when it is not (write_tables_of). The report's charts are built on a thread while the
+    timeline is written (altair's pure Python beside the timeline's Polars, numpy and zlib, which
+    release the GIL); an error there is raised here all the same."""
+    from kptrace.summary import build_summary
     from kptrace.whatif.render import whatif_frame
 
     out = Path(out)
@@ -39,6 +40,29 @@ def write_all(analysis: Analysis, out: str | Path, summary: dict | None = None, 
     if summary.get("whatif"):
         written["whatif"] = whatif_frame(summary["whatif"])
     analysis = write_tables_of(analysis, out, written)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-charts") as thread:
+        specs = thread.submit(_report_charts, analysis, dict(summary))  # a copy: notes and outputs change below
+        _write_timeline_and_summary(analysis, out, summary, group, predicted, timeline_window, written)
+        charts = specs.result()
+    from kptrace.export.report import write_report
+
+    write_report(out / "report.html", analysis, summary, charts)
+    return summary
+
+
+def _report_charts(analysis: Analysis, summary: dict) -> dict[str, dict]:
+    """report.chart_specs; altair is imported on this thread too (0.4-0.6 s)."""
+    from kptrace.export.report import chart_specs
+
+    return chart_specs(analysis, summary)
+
+
+def _write_timeline_and_summary(analysis: Analysis, out: Path, summary: dict, group: str, predicted: str | None,
+                                timeline_window: tuple[float, float] | None, written: dict) -> None:
+    """Write the timeline and summary.json, the summary given its `outputs` entry (write_all)."""
+    from kptrace.export.perfetto import write_timeline
+    from kptrace.summary import counter_samples
+
     counters = None if analysis.events is None else counter_samples(analysis.events)
     path = out / "timeline.perfetto-trace.gz"
     trace_start = int(analysis.meta.get("start_ns") or 0)
@@ -64,8 +88,6 @@ def write_all(analysis: Analysis, out: str | Path, summary: dict | None = None, 
                           "tables": sorted(analysis.tables()),
                           "whatif": str(out / "whatif.parquet") if "whatif" in written else None}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    write_report(out / "report.html", analysis, summary)
-    return summary
 
 
 def _stored_as_is(table, stored: Path | None, name: str) -> Path | None:

@@ -7,6 +7,7 @@ windowed driver (kptrace.windowed.events) can append one window at a time (Parqu
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -37,21 +38,39 @@ def write_tables(out_dir: str | Path, tables: dict[str, pl.DataFrame | pl.LazyFr
 
 class ParquetAppender:
     """One Parquet file written a frame at a time (each frame one or more row groups), for tables
-    too large to hold whole; every frame must have the first frame's schema."""
+    too large to hold whole; every frame must have the first frame's schema.
+
+    Each frame is encoded and written on a thread of its own while the caller goes on (pyarrow
+    releases the GIL, so the windowed analysis overlaps its own writes on a second core). At most
+    one write is in flight: `append` waits for the previous one first, so one more frame is held
+    at most, and a failed write raises in the next `append` or in `close`."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer: pq.ParquetWriter | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-append")
+        self._pending: Future | None = None
         self.rows = 0
 
     def append(self, frame: pl.DataFrame) -> None:
+        self._wait()
         table = frame.to_arrow()
         if self._writer is None:
             self._writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
-        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        self._pending = self._thread.submit(self._writer.write_table, table, row_group_size=ROW_GROUP_ROWS)
         self.rows += frame.height
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        try:
+            self._wait()
+        finally:
+            self._thread.shutdown()
+            if self._writer is not None:
+                self._writer.close()
+
+    def _wait(self) -> None:
+        """Let the write in flight finish; raise its error, if any."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()

@@ -242,22 +242,19 @@ def _lanes(ts: np.ndarray, end: np.ndarray) -> np.ndarray:
 
 
 def _assign_lanes(items: pl.DataFrame) -> pl.DataFrame:
-    """Add `lane` (0 unless slices on a track overlap without nesting)."""
+    """Add `lane` (0 unless slices on a track overlap without nesting). _lanes runs over the
+    crowds alone (runs of two or more items of a track, each begun before the run's earlier items
+    all ended), track by track: at a crowd's first item every lane of the track is free again, so
+    a crowd's lanes do not depend on the items before it, and an item alone is in lane 0. Crowds
+    held 13.5 k of the benchmark trace's 416 k intervals."""
     items = items.sort("track", "ts", "width", "item", descending=[False, False, True, False])
     prev_reach = pl.col("end").cum_max().shift(1).over("track")
-    flat = items.select(((prev_reach.is_null()) | (pl.col("ts") >= prev_reach)).all()).item()
-    items = items.with_columns(lane=pl.lit(0, pl.Int64))
-    if flat:
-        return items
-    parts = []
-    for (_,), part in items.group_by(["track"], maintain_order=True):
-        reach = part["end"].cum_max().shift(1)
-        if ((reach.is_null()) | (part["ts"] >= reach)).all():
-            parts.append(part)
-            continue
-        lanes = _lanes(part["ts"].to_numpy(), part["end"].to_numpy())
-        parts.append(part.with_columns(lane=pl.Series(lanes, dtype=pl.Int64)))
-    return pl.concat(parts)
+    alone = prev_reach.is_null() | (pl.col("ts") >= prev_reach)  # begins after all before it: a crowd's first, or alone
+    crowds = items.with_row_index("row").filter(~alone | ~alone.shift(-1, fill_value=True))
+    lanes = np.zeros(items.height, dtype=np.int64)
+    for (_,), part in crowds.group_by(["track"], maintain_order=True):
+        lanes[part["row"].to_numpy()] = _lanes(part["ts"].to_numpy(), part["end"].to_numpy())
+    return items.with_columns(lane=pl.Series(lanes, dtype=pl.Int64))
 
 
 def _interval_items(intervals: pl.LazyFrame) -> pl.LazyFrame:
@@ -430,7 +427,10 @@ _VARINT_STEPS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
 
 
 def _varints(values: np.ndarray, present: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Protobuf varints of unsigned values (signed ones as their 64-bit two's complement)."""
+    """Protobuf varints of unsigned values (signed ones as their 64-bit two's complement); with
+    `present`, of those rows only (the others: length 0)."""
+    if present is not None:
+        return _in_rows(present, _varints(values[present]))
     v = values.astype(np.uint64)
     n_bytes = np.searchsorted(_VARINT_STEPS, v, side="right") + 1
     width = int(n_bytes.max()) if len(v) else 1
@@ -438,9 +438,16 @@ def _varints(values: np.ndarray, present: np.ndarray | None = None) -> tuple[np.
     for k in range(width):
         more = (k < n_bytes - 1).astype(np.uint8) << 7
         out[:, k] = ((v >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8) | more
-    if present is not None:
-        n_bytes = np.where(present, n_bytes, 0)
+    if len(v) and n_bytes.min() == width:  # all of one length (timestamps, track uuids): no mask
+        return out.ravel(), n_bytes
     return out[np.arange(width)[None, :] < n_bytes[:, None]], n_bytes
+
+
+def _in_rows(present: np.ndarray, piece: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A piece made for the `present` rows alone, as a piece of every row."""
+    lengths = np.zeros(len(present), dtype=np.int64)
+    lengths[present] = piece[1]
+    return piece[0], lengths
 
 
 def _const(byte_values: bytes, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -451,7 +458,7 @@ def _const(byte_values: bytes, present: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def _flows(flows: pl.Series, tag: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Repeated fixed64 flow ids: `tag` and 8 bytes, little endian, per id."""
-    ids = flows.explode().drop_nulls().to_numpy().astype("<u8")
+    ids = flows.drop_nulls().explode().drop_nulls().to_numpy().astype("<u8")  # most rows have none: dropped first
     each = np.empty((len(ids), len(tag) + 8), dtype=np.uint8)
     each[:, :len(tag)] = np.frombuffer(tag, dtype=np.uint8)
     each[:, len(tag):] = ids.view(np.uint8).reshape(len(ids), 8)
@@ -467,14 +474,27 @@ def _joined(pieces: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np
     at = np.cumsum(lengths) - lengths  # where each row's next piece goes
     for flat, n in pieces:
         if len(flat):
+            rows = at if np.count_nonzero(n) == len(n) else at[n != 0]
             width = int(n.max())
-            if len(flat) == width * np.count_nonzero(n):  # every present piece is `width` bytes
-                rows = at if len(flat) == width * len(n) else at[n != 0]
-                out[rows[:, None] + np.arange(width)] = flat.reshape(-1, width)
+            if len(flat) == width * len(rows):  # every present piece is `width` bytes
+                if width == 1:
+                    out[rows] = flat
+                else:
+                    out[rows[:, None] + np.arange(width)] = flat.reshape(-1, width)
             else:
-                out[np.repeat(at - (np.cumsum(n) - n), n) + np.arange(len(flat))] = flat
+                sizes = n[n != 0] if len(rows) < len(n) else n
+                out[np.repeat(rows - (np.cumsum(sizes) - sizes), sizes) + np.arange(len(flat))] = flat
         at += n
     return out, lengths
+
+
+def _int_annotations(name: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The debug annotation `name` = each of `values` (int_value), one per row: as _annotation."""
+    every = np.ones(len(values), dtype=bool)
+    value = _varints(values)
+    label = _annotation_name(name)
+    return _joined([_const(b"\x22", every), _varints(1 + value[1] + len(label)), _const(b"\x20", every), value,
+                    _const(label, every)])
 
 
 def _encode_rows(rows: pl.DataFrame, seq: int) -> np.ndarray:
@@ -488,10 +508,7 @@ def _encode_rows(rows: pl.DataFrame, seq: int) -> np.ndarray:
     event = []  # the TrackEvent's fields
     for name in (c for c in rows.columns if c not in _PACKET_COLUMNS):
         present = rows[name].is_not_null().to_numpy()
-        value = _varints(rows[name].fill_null(0).cast(pl.Int64).to_numpy(), present)
-        label = _annotation_name(name)
-        body = _varints(1 + value[1] + len(label), present)
-        event += [_const(b"\x22", present), body, _const(b"\x20", present), value, _const(label, present)]
+        event.append(_in_rows(present, _int_annotations(name, rows[name].drop_nulls().cast(pl.Int64).to_numpy())))
     if "incomplete" in rows.columns:
         event.append(_const(_annotation("incomplete", flag=True), rows["incomplete"].fill_null(False).to_numpy()))
     event += [_const(b"\x48", every), _varints(kind), _const(b"\x50", has_iid), _varints(iid, has_iid),
@@ -500,9 +517,8 @@ def _encode_rows(rows: pl.DataFrame, seq: int) -> np.ndarray:
     event += [_flows(rows[name], tag) for name, tag in zip(FLOW_COLUMNS, (b"\xf9\x02", b"\x81\x03"))
               if name in rows.columns]
     event_len = sum(lengths for _, lengths in event)
-    packet = [_const(b"\x40", every), _varints(rows["ts"].to_numpy()), _const(b"\x50", every),
-              _const(_varint(seq), every), _const(b"\x5a", every), _varints(event_len), *event,
-              _const(b"\x68\x02", every)]
+    packet = [_const(b"\x40", every), _varints(rows["ts"].to_numpy()), _const(b"\x50" + _varint(seq) + b"\x5a", every),
+              _varints(event_len), *event, _const(b"\x68\x02", every)]
     packet_len = sum(lengths for _, lengths in packet)
     return _joined([_const(b"\x0a", every), _varints(packet_len), *packet])[0]
 
@@ -622,8 +638,10 @@ def write_timeline(
     instant = items.lazy().filter(~complete).select(
         "item", "track_uuid", "iid", ts="ts", type=pl.lit(_INSTANT), phase=pl.lit(1),
         k2=pl.col("item"), k3=pl.col("item") * 2)
-    stream = (pl.concat([begin, end, instant]).sort("ts", "phase", "k2", "k3")
-              .select("item", "track_uuid", "iid", "ts", "type").collect().with_row_index("pos"))
+    # Sorted once collected: the same sort in the query took 0.40 s CPU on the 1 M-packet benchmark
+    # trace, 0.26 s here (5 runs each).
+    stream = (pl.concat([begin, end, instant]).collect().sort("ts", "phase", "k2", "k3")
+              .select("item", "track_uuid", "iid", "ts", "type").with_row_index("pos"))
 
     # Flows: request <-> the interrupt intervals that disrupted it; from the earlier BEGIN.
     # Each packet's flows and annotations are columns of its row (_PACKET_COLUMNS), by `pos`.

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import altair as alt
 import polars as pl
+from altair.utils.schemapi import debug_mode
 
 from kptrace import tables
 from kptrace.schema import PROVENANCES
@@ -224,6 +225,11 @@ def calibration_text(result: dict) -> str:
 # --------------------------------------------------------------------------- charts
 
 
+# Every encoding channel is given as an object (alt.X("lo:Q"), alt.Tooltip("cpu:N")), never as a
+# bare shorthand string: altair turns each string into its channel object by matching it against
+# every class of the Vega-Lite schema (from_dict), which took a third of the report's time.
+
+
 def _title(text: str, subtitle: str | list[str]) -> alt.TitleParams:
     return alt.TitleParams(text, subtitle=subtitle, anchor="start", fontSize=15, subtitleFontSize=12,
                            subtitleColor="#555", offset=10)
@@ -248,7 +254,8 @@ def irq_rate_chart(analysis: Analysis) -> alt.Chart:
                     axis=alt.Axis(labelFlush=False, tickCount=14)),
             y=alt.Y("rate:Q", title="hard IRQs / s"),
             color=alt.Color("source:N", title="source", sort=sources, scale=alt.Scale(scheme="tableau10")),
-            tooltip=["cpu:N", "source:N", alt.Tooltip("t_s:Q", title="bin start (s)", format=".3f"),
+            tooltip=[alt.Tooltip("cpu:N"), alt.Tooltip("source:N"),
+                     alt.Tooltip("t_s:Q", title="bin start (s)", format=".3f"),
                      alt.Tooltip("rate:Q", title="IRQs/s", format=",.0f")],
         )
         .properties(width=WIDTH - 60, height=height)
@@ -271,7 +278,7 @@ def service_cdf_chart(requests: pl.DataFrame) -> alt.Chart:
                     scale=alt.Scale(domain=[0, 1])),
             color=alt.Color("group:N", title=None, scale=alt.Scale(range=["#54a24b", "#e45756"]),
                             legend=alt.Legend(orient="bottom-right", fillColor="white", padding=6)),
-            tooltip=["group:N", alt.Tooltip("service_us:Q", title="µs", format=",.1f"),
+            tooltip=[alt.Tooltip("group:N"), alt.Tooltip("service_us:Q", title="µs", format=",.1f"),
                      alt.Tooltip("fraction:Q", format=".1%")],
         )
         .properties(width=WIDTH, height=280, title=_title(
@@ -293,24 +300,25 @@ def cost_chart(attribution: pl.DataFrame) -> alt.HConcatChart:
     x_us = alt.X("us:Q", title="µs per interrupt (bars: mean; whiskers: 95% interval)")
     bars = per_irq.mark_bar(height=alt.RelativeBandSize(0.42)).encode(
         x=x_us, y=y, yOffset=alt.YOffset("part:N", sort=list(COMPONENTS)), color=colour,
-        tooltip=["label:N", "component:N", alt.Tooltip("us:Q", title="µs", format=",.2f"),
+        tooltip=[alt.Tooltip("label:N"), alt.Tooltip("component:N"), alt.Tooltip("us:Q", title="µs", format=",.2f"),
                  alt.Tooltip("lo:Q", title="95% low", format=",.2f"), alt.Tooltip("hi:Q", title="95% high", format=",.2f"),
                  alt.Tooltip("count:Q", title="interrupts", format=",")],
     )
     whiskers = per_irq.mark_rule(color="#222", strokeWidth=1.2).encode(
-        x="lo:Q", x2="hi:Q", y=y, yOffset=alt.YOffset("part:N", sort=list(COMPONENTS)))
+        x=alt.X("lo:Q"), x2=alt.X2("hi:Q"), y=y, yOffset=alt.YOffset("part:N", sort=list(COMPONENTS)))
     left = alt.layer(bars, whiskers).properties(width=400, height=step)
     share_chart = alt.Chart(alt.Data(values=share.to_dicts()))
     y_share = alt.Y("label:N", sort=labels, axis=None)
     share_bars = share_chart.mark_bar(color="#72b7b2", height=alt.RelativeBandSize(0.6)).encode(
         x=alt.X("pct:Q", title="% of that CPU's time (±95%)"), y=y_share,
-        tooltip=["label:N", alt.Tooltip("pct:Q", title="% of CPU", format=".3f"),
+        tooltip=[alt.Tooltip("label:N"), alt.Tooltip("pct:Q", title="% of CPU", format=".3f"),
                  alt.Tooltip("lo:Q", title="95% low", format=".3f"), alt.Tooltip("hi:Q", title="95% high", format=".3f"),
                  alt.Tooltip("rate_per_s:Q", title="IRQs/s", format=",.1f")],
     )
-    share_whiskers = share_chart.mark_rule(color="#222", strokeWidth=1.2).encode(x="lo:Q", x2="hi:Q", y=y_share)
+    share_whiskers = share_chart.mark_rule(color="#222", strokeWidth=1.2).encode(
+        x=alt.X("lo:Q"), x2=alt.X2("hi:Q"), y=y_share)
     share_text = share_chart.mark_text(align="left", dx=4, fontSize=10.5, color="#444").encode(
-        x="hi:Q", y=y_share, text=alt.Text("pct:Q", format=".2f"))
+        x=alt.X("hi:Q"), y=y_share, text=alt.Text("pct:Q", format=".2f"))
     right = alt.layer(share_bars, share_whiskers, share_text).properties(width=250, height=step)
     more = f"; the {MAX_COST_ROWS} costliest of {attribution.height} rows (all in the table below)" \
         if attribution.height > MAX_COST_ROWS else ""
@@ -333,11 +341,12 @@ def whatif_chart(results: list[dict]) -> alt.HConcatChart:
         base = alt.Chart(alt.Data(values=frame.filter(pl.col("panel") == panel).to_dicts()))
         bars = base.mark_bar(height=alt.RelativeBandSize(0.6)).encode(
             x=alt.X("value:Q", title=f"{panel} (bars: predicted; error bars: 95% interval)"), y=y, color=colour,
-            tooltip=["label:N", alt.Tooltip("value:Q", title=panel, format=",.1f"),
+            tooltip=[alt.Tooltip("label:N"), alt.Tooltip("value:Q", title=panel, format=",.1f"),
                      alt.Tooltip("lo:Q", title="95% low", format=",.1f"),
                      alt.Tooltip("hi:Q", title="95% high", format=",.1f"),
                      alt.Tooltip("ratio:Q", title="capacity × vanilla", format=".3f")])
-        errors = base.mark_errorbar(ticks=True, color="#222").encode(x=alt.X("lo:Q", title=None), x2="hi:Q", y=y)
+        errors = base.mark_errorbar(ticks=True, color="#222").encode(
+            x=alt.X("lo:Q", title=None), x2=alt.X2("hi:Q"), y=y)
         panels.append(alt.layer(bars, errors).properties(width=330, height=alt.Step(26)))
     return alt.hconcat(*panels, spacing=30).resolve_scale(y="shared").properties(title=_title(
         "What-if: predicted capacity and p99 per interrupt policy (modelled)",
@@ -367,13 +376,14 @@ def slowdown_chart(requests: pl.DataFrame, counters: dict) -> alt.VConcatChart:
         bars = base.mark_bar(height=alt.RelativeBandSize(0.6)).encode(
             x=alt.X("mean:Q", title=x_title if last else None, axis=alt.Axis(labels=last)),
             y=y, color=colour,
-            tooltip=["panel:N", "group:N", alt.Tooltip("mean:Q", title="mean µs", format=",.2f"),
+            tooltip=[alt.Tooltip("panel:N"), alt.Tooltip("group:N"),
+                     alt.Tooltip("mean:Q", title="mean µs", format=",.2f"),
                      alt.Tooltip("lo:Q", title="95% low", format=",.2f"),
                      alt.Tooltip("hi:Q", title="95% high", format=",.2f"), alt.Tooltip("n:Q", title="requests", format=",")],
         )
-        whiskers = base.mark_rule(color="#222", strokeWidth=1.2).encode(x="lo:Q", x2="hi:Q", y=y)
+        whiskers = base.mark_rule(color="#222", strokeWidth=1.2).encode(x=alt.X("lo:Q"), x2=alt.X2("hi:Q"), y=y)
         counts = base.mark_text(align="left", dx=4, fontSize=10.5, color="#444").encode(
-            x="hi:Q", y=y, text=alt.Text("n:Q", format=","))
+            x=alt.X("hi:Q"), y=y, text=alt.Text("n:Q", format=","))
         panels.append(alt.layer(bars, whiskers, counts).properties(
             width=WIDTH - 320, height=alt.Step(24),
             title=alt.TitleParams(f"{panel} (power-of-two classes of bytes in / out)", anchor="start",
@@ -695,11 +705,23 @@ def report_view(analysis: Analysis) -> Analysis:
     return replace(analysis, intervals=irqs, requests=requests)
 
 
-def render_report(analysis: Analysis, summary: dict) -> str:
-    """The whole page as one HTML string."""
+def chart_specs(analysis: Analysis, summary: dict) -> dict[str, dict]:
+    """The Vega-Lite spec of each chart the page holds, by element id: the page's slow part (pure
+    Python in altair), which write_all builds on a thread while it writes the timeline. Built
+    without altair's check of each schema object as it is made (debug mode), as the specs are
+    written unvalidated, for the same reason (below)."""
+    with debug_mode(False):
+        charts = build_charts(report_view(analysis), summary)
+    # Unvalidated: checking each spec against the Vega-Lite schema took half the report's time;
+    # tests/test_report.py validates every chart the report draws.
+    return {chart_id: chart.to_dict(validate=False) for chart_id, chart in charts.items()}
+
+
+def render_report(analysis: Analysis, summary: dict, specs: dict[str, dict] | None = None) -> str:
+    """The whole page as one HTML string, with the chart specs given (chart_specs) or built here."""
+    charts = chart_specs(analysis, summary) if specs is None else specs
     analysis = report_view(analysis)
     name = input_name(analysis.meta)
-    charts = build_charts(analysis, summary)
     if analysis.requests is None:
         reason = "; ".join(n for n in summary["notes"] if "request" in n) or "no per-request view: no requests found"
         no_requests = reason[:1].upper() + reason[1:] + "."
@@ -732,11 +754,8 @@ def render_report(analysis: Analysis, summary: dict) -> str:
 
     body = headline(analysis, summary) + "\n".join(
         f'<section><h2>{_esc(title)}</h2>{content}</section>' for title, content in sections)
-    # Unvalidated: checking each spec against the Vega-Lite schema took half the report's time;
-    # tests/test_report.py validates every chart the report draws.
-    specs = "\n".join(
-        f'<script type="application/json" id="spec-{chart_id}">{_json_in_script(chart.to_dict(validate=False))}</script>'
-        for chart_id, chart in charts.items())
+    specs = "\n".join(f'<script type="application/json" id="spec-{chart_id}">{_json_in_script(spec)}</script>'
+                      for chart_id, spec in charts.items())
     info = summary["input"]
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
@@ -765,9 +784,9 @@ def render_report(analysis: Analysis, summary: dict) -> str:
 """
 
 
-def write_report(path: str | Path, analysis: Analysis, summary: dict) -> Path:
-    """Write report.html (one file, works offline) and return its path."""
+def write_report(path: str | Path, analysis: Analysis, summary: dict, specs: dict[str, dict] | None = None) -> Path:
+    """Write report.html (one file, works offline) and return its path; `specs`: chart_specs, if built already."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(analysis, summary), encoding="utf-8")
+    path.write_text(render_report(analysis, summary, specs), encoding="utf-8")
     return path
