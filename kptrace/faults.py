@@ -129,19 +129,25 @@ def _per_cpu(events: Table, wanted: pl.Expr) -> pl.DataFrame:
             .sort("seq"))
 
 
-def untraced_spans(events: Table) -> pl.DataFrame:
+def _neighbours(events: Table, wanted: pl.Expr, found: pl.DataFrame | None) -> pl.DataFrame:
+    """_per_cpu's rows for `wanted`: taken from `found` (_per_cpu's answer for more rows, which
+    damaged_windows reads once for every detector) when given, else read."""
+    return _per_cpu(events, wanted) if found is None else found.filter(wanted)
+
+
+def untraced_spans(events: Table, found: pl.DataFrame | None = None) -> pl.DataFrame:
     """Spans a CPU's trace does not cover by design: the gaps between the windows of a
     duty-cycled recording (`trace_gap` marks, kptrace.read.duty), from the CPU's last event to
     the mark. Not a fault: what they cut is incomplete already, and nothing is marked for them;
-    but a missing waking there proves nothing about clocks."""
-    marks = _per_cpu(events, _EVENT == TRACE_GAP)
+    but a missing waking there proves nothing about clocks. (`found`: see _neighbours.)"""
+    marks = _neighbours(events, _EVENT == TRACE_GAP, found)
     return marks.select("cpu", start_ns=pl.coalesce("prev_ts", "ts"), end_ns="ts")
 
 
-def lost_event_windows(events: Table) -> pl.DataFrame:
+def lost_event_windows(events: Table, found: pl.DataFrame | None = None) -> pl.DataFrame:
     """Each lost-event mark: from its CPU's last event before the loss to the mark, which the
-    readers date by the first event after it."""
-    marks = _per_cpu(events, _EVENT == "lost_events")
+    readers date by the first event after it. (`found`: see _neighbours.)"""
+    marks = _neighbours(events, _EVENT == "lost_events", found)
     count = pl.col("value").cast(pl.String)
     return _windows(marks.select(
         "cpu", start_ns=pl.coalesce("prev_ts", "ts"), end_ns="ts",
@@ -174,13 +180,19 @@ def cpu_windows(events: Table, meta: dict) -> pl.DataFrame:
     return pl.concat([absent, late])
 
 
-def open_interrupt_windows(events: Table | None, intervals: Table, meta: dict) -> pl.DataFrame:
+def _open_interrupts(intervals: Table) -> pl.DataFrame:
+    """The hard IRQ and softirq intervals without their exit."""
+    return (intervals.lazy().filter(pl.col("kind").is_in(["hardirq", "softirq"]) & ~pl.col("complete"))
+            .select("cpu", "ts", "kind", "name", "seq").collect())
+
+
+def open_interrupt_windows(events: Table | None, intervals: Table, meta: dict,
+                           found: pl.DataFrame | None = None) -> pl.DataFrame:
     """Hard IRQs and softirqs without their exit: from the entry to the next event on the CPU
-    (without events: to the trace end)."""
-    open_ = (intervals.lazy().filter(pl.col("kind").is_in(["hardirq", "softirq"]) & ~pl.col("complete"))
-             .select("cpu", "ts", "kind", "name", "seq").collect())
+    (without events: to the trace end). (`found`: see _neighbours.)"""
+    open_ = _open_interrupts(intervals)
     following = (pl.DataFrame(schema={"seq": pl.UInt32, "next_ts": pl.Int64, "next_event": pl.String})
-                 if events is None else _per_cpu(events, pl.col("seq").is_in(open_["seq"].implode())).select(
+                 if events is None else _neighbours(events, pl.col("seq").is_in(open_["seq"].implode()), found).select(
                      pl.col("seq").cast(pl.UInt32), "next_ts", next_event=pl.col("next_event").cast(pl.String)))
     # One cut by the gap between two windows of a duty-cycled recording is cut by design.
     open_ = open_.join(following, on="seq", how="left").filter(pl.col("next_event").ne_missing(TRACE_GAP))
@@ -331,12 +343,17 @@ def counter_windows(events: Table, meta: dict) -> pl.DataFrame:
 
 def damaged_windows(events: Table | None, intervals: Table, meta: dict) -> pl.DataFrame:
     """Every fault's windows, ordered by (start_ns, end_ns, cpu, tid, kind)."""
-    found = [open_interrupt_windows(events, intervals, meta)]
-    if events is not None:
-        lost, missing = lost_event_windows(events), cpu_windows(events, meta)
-        unseen = pl.concat([frame.select("start_ns", "end_ns") for frame in (lost, missing, untraced_spans(events))])
-        found += [lost, missing, clock_order_windows(events, intervals, unseen),
-                  pid_reuse_windows(events), counter_windows(events, meta)]
+    if events is None:
+        return open_interrupt_windows(None, intervals, meta).sort("start_ns", "end_ns", "cpu", "tid", "kind",
+                                                                  nulls_last=True)
+    # The neighbours of every mark and open interrupt in one pass over the events, not one each.
+    neighbours = _per_cpu(events, _EVENT.is_in([TRACE_GAP, "lost_events"])
+                          | pl.col("seq").is_in(_open_interrupts(intervals)["seq"].implode()))
+    lost, missing = lost_event_windows(events, neighbours), cpu_windows(events, meta)
+    unseen = pl.concat([frame.select("start_ns", "end_ns")
+                        for frame in (lost, missing, untraced_spans(events, neighbours))])
+    found = [open_interrupt_windows(events, intervals, meta, neighbours), lost, missing,
+             clock_order_windows(events, intervals, unseen), pid_reuse_windows(events), counter_windows(events, meta)]
     return pl.concat(found).sort("start_ns", "end_ns", "cpu", "tid", "kind", nulls_last=True)
 
 
