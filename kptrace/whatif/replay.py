@@ -396,7 +396,11 @@ def _back_to_back(walker: CoreWalker, costs: ArrivalCosts, work: tuple[np.ndarra
     start, first = walker.now, walker._next
     # (only this run's steps: a copy of all before it, at each of a core's many runs, made the
     # replay quadratic in its requests)
-    done = np.concatenate([[0], np.cumsum(np.stack([part[lo:hi] for part in work], axis=1).ravel())]) + start
+    done = np.empty(3 * (hi - lo) + 1, np.int64)  # the start, then the steps: summed in place
+    done[0] = start
+    for step, part in enumerate(work):
+        done[1 + step::3] = part[lo:hi]
+    np.cumsum(done, out=done)
     steps, stretches = _landings(done, costs, first, 0, 3 * (hi - lo))
     walker._next = first + len(steps)
     # each step's end stretched by the interrupts taken up to it: the stretch after the last
