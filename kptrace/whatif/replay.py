@@ -389,7 +389,7 @@ def _back_to_back(walker: CoreWalker, costs: ArrivalCosts, work: tuple[np.ndarra
     request's pre, post and demand times.
 
     The walker steps a request as its loop work, its post work and its demand (work() three
-    times; `done[s]`: when step s ends with no interrupt). An arrival is taken in the first
+    times; `done[s]`: when step s starts with no interrupt). An arrival is taken in the first
     step, from the previous arrival's on, whose end stretched by the interrupts taken so far is
     past its arrival time, and stretches it by its span, and by its indirect cost in a demand:
     one search per arrival, then every step's end at once."""
