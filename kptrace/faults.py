@@ -111,9 +111,11 @@ def _per_cpu(events: Table, wanted: pl.Expr) -> pl.DataFrame:
         rows = (events.lazy().slice(offset, NEIGHBOUR_ROWS).select("cpu", "ts", "event", "subsystem", "value")
                 .with_row_index("seq", offset=offset)
                 .filter(pl.col("cpu").is_not_null() & (pl.col("subsystem") != "counter")).drop("subsystem").collect())
-        kept.append(rows.with_columns(prev_ts=pl.col("ts").shift(1).over("cpu"),
-                                      next_ts=pl.col("ts").shift(-1).over("cpu"),
-                                      next_event=pl.col("event").shift(-1).over("cpu"))
+        # The windows over every row only for a chunk that holds a wanted one: most hold none.
+        around = rows if rows.filter(wanted).height else rows.clear()
+        kept.append(around.with_columns(prev_ts=pl.col("ts").shift(1).over("cpu"),
+                                        next_ts=pl.col("ts").shift(-1).over("cpu"),
+                                        next_event=pl.col("event").shift(-1).over("cpu"))
                     .filter(wanted).with_columns(chunk=pl.lit(chunk, pl.UInt32)))
         edges.append(rows.group_by("cpu").agg(chunk=pl.lit(chunk, pl.UInt32), first_ts=pl.col("ts").first(),
                                               first_event=pl.col("event").first(), last_ts=pl.col("ts").last()))
@@ -129,19 +131,25 @@ def _per_cpu(events: Table, wanted: pl.Expr) -> pl.DataFrame:
             .sort("seq"))
 
 
-def untraced_spans(events: Table) -> pl.DataFrame:
+def _neighbours(events: Table, wanted: pl.Expr, found: pl.DataFrame | None) -> pl.DataFrame:
+    """_per_cpu's rows for `wanted`: taken from `found` (_per_cpu's answer for more rows, which
+    damaged_windows reads once for every detector) when given, else read."""
+    return _per_cpu(events, wanted) if found is None else found.filter(wanted)
+
+
+def untraced_spans(events: Table, found: pl.DataFrame | None = None) -> pl.DataFrame:
     """Spans a CPU's trace does not cover by design: the gaps between the windows of a
     duty-cycled recording (`trace_gap` marks, kptrace.read.duty), from the CPU's last event to
     the mark. Not a fault: what they cut is incomplete already, and nothing is marked for them;
-    but a missing waking there proves nothing about clocks."""
-    marks = _per_cpu(events, _EVENT == TRACE_GAP)
+    but a missing waking there proves nothing about clocks. (`found`: see _neighbours.)"""
+    marks = _neighbours(events, _EVENT == TRACE_GAP, found)
     return marks.select("cpu", start_ns=pl.coalesce("prev_ts", "ts"), end_ns="ts")
 
 
-def lost_event_windows(events: Table) -> pl.DataFrame:
+def lost_event_windows(events: Table, found: pl.DataFrame | None = None) -> pl.DataFrame:
     """Each lost-event mark: from its CPU's last event before the loss to the mark, which the
-    readers date by the first event after it."""
-    marks = _per_cpu(events, _EVENT == "lost_events")
+    readers date by the first event after it. (`found`: see _neighbours.)"""
+    marks = _neighbours(events, _EVENT == "lost_events", found)
     count = pl.col("value").cast(pl.String)
     return _windows(marks.select(
         "cpu", start_ns=pl.coalesce("prev_ts", "ts"), end_ns="ts",
@@ -151,11 +159,13 @@ def lost_event_windows(events: Table) -> pl.DataFrame:
 
 def cpu_windows(events: Table, meta: dict) -> pl.DataFrame:
     """CPUs named but without events, and CPUs whose buffer wrapped (their trace starts late)."""
-    real = events.lazy().filter(_REAL)
-    present = set(_streamed(real.select(pl.col("cpu").drop_nulls().unique()))["cpu"].to_list())
+    first = _streamed(events.lazy().filter(_REAL).group_by("cpu").agg(first_ts=pl.col("ts").min()))
+    present = set(first["cpu"].drop_nulls().to_list())
     named = {}
-    for column, how in (("target_cpu", "a wakeup targets it"), ("orig_cpu", "a migration leaves it")):
-        for cpu in _streamed(events.lazy().select(pl.col(column).drop_nulls().unique()))[column].to_list():
+    columns = {"target_cpu": "a wakeup targets it", "orig_cpu": "a migration leaves it"}
+    targets = _streamed(events.lazy().select(pl.col(column).drop_nulls().unique().implode() for column in columns))
+    for column, how in columns.items():
+        for cpu in targets[column][0].to_list():
             named.setdefault(cpu, how)
     for entry in (meta.get("bundle") or {}).get("per_cpu") or []:
         if isinstance(entry, dict) and isinstance(entry.get("cpu"), int):
@@ -166,7 +176,6 @@ def cpu_windows(events: Table, meta: dict) -> pl.DataFrame:
         detail=pl.format("CPU {} has no events, yet {}: its interrupts and tasks are unknown", "cpu",
                          pl.col("cpu").replace_strict(named, return_dtype=pl.String))), "cpu_without_events")
     started = events.lazy().filter(_EVENT == "buffer_started").select("cpu").unique().collect()
-    first = _streamed(real.group_by("cpu").agg(first_ts=pl.col("ts").min()))
     wrapped = started.join(first, on="cpu").filter(pl.col("first_ts") > meta["start_ns"])
     late = _windows(wrapped.select("cpu", start_ns=pl.lit(meta["start_ns"]), end_ns="first_ts",
                                    detail=pl.lit("the ring buffer of this CPU wrapped: its events before are "
@@ -174,13 +183,19 @@ def cpu_windows(events: Table, meta: dict) -> pl.DataFrame:
     return pl.concat([absent, late])
 
 
-def open_interrupt_windows(events: Table | None, intervals: Table, meta: dict) -> pl.DataFrame:
+def _open_interrupts(intervals: Table) -> pl.DataFrame:
+    """The hard IRQ and softirq intervals without their exit."""
+    return (intervals.lazy().filter(pl.col("kind").is_in(["hardirq", "softirq"]) & ~pl.col("complete"))
+            .select("cpu", "ts", "kind", "name", "seq").collect())
+
+
+def open_interrupt_windows(events: Table | None, intervals: Table, meta: dict,
+                           found: pl.DataFrame | None = None) -> pl.DataFrame:
     """Hard IRQs and softirqs without their exit: from the entry to the next event on the CPU
-    (without events: to the trace end)."""
-    open_ = (intervals.lazy().filter(pl.col("kind").is_in(["hardirq", "softirq"]) & ~pl.col("complete"))
-             .select("cpu", "ts", "kind", "name", "seq").collect())
+    (without events: to the trace end). (`found`: see _neighbours.)"""
+    open_ = _open_interrupts(intervals)
     following = (pl.DataFrame(schema={"seq": pl.UInt32, "next_ts": pl.Int64, "next_event": pl.String})
-                 if events is None else _per_cpu(events, pl.col("seq").is_in(open_["seq"].implode())).select(
+                 if events is None else _neighbours(events, pl.col("seq").is_in(open_["seq"].implode()), found).select(
                      pl.col("seq").cast(pl.UInt32), "next_ts", next_event=pl.col("next_event").cast(pl.String)))
     # One cut by the gap between two windows of a duty-cycled recording is cut by design.
     open_ = open_.join(following, on="seq", how="left").filter(pl.col("next_event").ne_missing(TRACE_GAP))
@@ -206,17 +221,25 @@ def _merge(windows: pl.DataFrame, within_ns: int = 0) -> pl.DataFrame:
         pl.format("{} cases, the first: {}", "cases", "detail")).otherwise("detail")).select(list(WINDOW_SCHEMA))
 
 
-def clock_order_windows(events: Table, intervals: Table, unseen: pl.DataFrame) -> pl.DataFrame:
+def _sched_events(events: Table) -> pl.DataFrame:
+    """The scheduler events (_SIGHTINGS) with their row (`seq`) and the fields clock_order_windows
+    and pid_reuse_windows read: one pass over the events for both."""
+    return events.lazy().with_row_index("seq").filter(_EVENT.is_in(_SIGHTINGS)).select(
+        "seq", "cpu", "ts", "event", "prev_pid", "prev_comm", "prev_state", "next_pid", "next_comm", "task_pid",
+        "task_comm").collect()
+
+
+def clock_order_windows(sched: pl.DataFrame, intervals: Table, unseen: pl.DataFrame) -> pl.DataFrame:
     """A task that slept (switched out in state S or D) is switched in again only after a
     sched_waking of it, which may come while it still runs (it had set its sleeping state but not
     yet switched out). When no waking lies between the start of the run that slept and the next
     switch-in, and the first waking after it comes from another CPU, the two clocks disagree,
     unless events were lost or not traced (`unseen`) meanwhile: then the waking may be there.
     The waking must come before the task sleeps again: a later one woke that later sleep, and the
-    switch-in before it simply lacks its own waking in the trace."""
-    rows = (events.lazy().with_row_index("seq").filter(_EVENT.is_in(["sched_waking", "sched_wakeup", "sched_switch"]))
+    switch-in before it simply lacks its own waking in the trace. (`sched`: _sched_events.)"""
+    rows = (sched.filter(_EVENT.is_in(["sched_waking", "sched_wakeup", "sched_switch"]))
             .select(pl.col("seq").cast(pl.UInt32), "cpu", "ts", "event", "prev_pid", "prev_state", "next_pid",
-                    "task_pid").collect())
+                    "task_pid"))
     wakings = rows.filter(_EVENT == "sched_waking").select(
         tid="task_pid", waking_ts="ts", waking_cpu="cpu").sort("waking_ts")
     if wakings.height == 0:
@@ -277,13 +300,11 @@ def _unpaired_wakeups(rows: pl.DataFrame, unseen: pl.DataFrame) -> list[pl.DataF
     return [pairs.select(cpu=cpu, start_ns="ts", end_ns="next_ts", detail=detail) for cpu in ("cpu", "next_cpu")]
 
 
-def pid_reuse_windows(events: Table) -> pl.DataFrame:
+def pid_reuse_windows(sched: pl.DataFrame) -> pl.DataFrame:
     """A tid seen again after its task exited (switched out for the last time in state X or Z)
     belongs to another task. Seen in the scheduler's own fields (sched_switch, wakeups,
     migrations), which the kernel fills at event time; a name change alone is not counted, since
-    exec renames a task without a new tid."""
-    sched = events.lazy().with_row_index("seq").filter(_EVENT.is_in(_SIGHTINGS)).select(
-        "seq", "ts", "prev_pid", "prev_comm", "prev_state", "next_pid", "next_comm", "task_pid", "task_comm").collect()
+    exec renames a task without a new tid. (`sched`: _sched_events.)"""
     sightings = pl.concat([sched.select("seq", "ts", tid=pid, comm=comm, dead=dead) for pid, comm, dead in (
         ("prev_pid", "prev_comm", pl.col("prev_state").str.contains("^[XZ]").fill_null(False)),
         ("next_pid", "next_comm", pl.lit(False)), ("task_pid", "task_comm", pl.lit(False)))])
@@ -331,12 +352,18 @@ def counter_windows(events: Table, meta: dict) -> pl.DataFrame:
 
 def damaged_windows(events: Table | None, intervals: Table, meta: dict) -> pl.DataFrame:
     """Every fault's windows, ordered by (start_ns, end_ns, cpu, tid, kind)."""
-    found = [open_interrupt_windows(events, intervals, meta)]
-    if events is not None:
-        lost, missing = lost_event_windows(events), cpu_windows(events, meta)
-        unseen = pl.concat([frame.select("start_ns", "end_ns") for frame in (lost, missing, untraced_spans(events))])
-        found += [lost, missing, clock_order_windows(events, intervals, unseen),
-                  pid_reuse_windows(events), counter_windows(events, meta)]
+    if events is None:
+        return open_interrupt_windows(None, intervals, meta).sort("start_ns", "end_ns", "cpu", "tid", "kind",
+                                                                  nulls_last=True)
+    # The neighbours of every mark and open interrupt in one pass over the events, not one each.
+    neighbours = _per_cpu(events, _EVENT.is_in([TRACE_GAP, "lost_events"])
+                          | pl.col("seq").is_in(_open_interrupts(intervals)["seq"].implode()))
+    lost, missing = lost_event_windows(events, neighbours), cpu_windows(events, meta)
+    unseen = pl.concat([frame.select("start_ns", "end_ns")
+                        for frame in (lost, missing, untraced_spans(events, neighbours))])
+    sched = _sched_events(events)
+    found = [open_interrupt_windows(events, intervals, meta, neighbours), lost, missing,
+             clock_order_windows(sched, intervals, unseen), pid_reuse_windows(sched), counter_windows(events, meta)]
     return pl.concat(found).sort("start_ns", "end_ns", "cpu", "tid", "kind", nulls_last=True)
 
 

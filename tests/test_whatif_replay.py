@@ -5,12 +5,14 @@ a figure."""
 from __future__ import annotations
 
 from dataclasses import replace
+from unittest import mock
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kptrace.walker import Arrival, CoreWalker, direct_span
+from kptrace.whatif import replay
 from kptrace.whatif.replay import MAX_PERIODS, CoreInput, _free_run, _free_run_stepped, replay_core
 
 
@@ -121,6 +123,18 @@ def test_the_free_run_solved_a_block_at_a_time_equals_stepping_each_request(rows
     core = core_input(rows, [])
     args = (core.start_ns, core.ready_ts, core.pre_ns, core.wake_ns, core.post_ns, core.demand_ns)
     ends, waits = _free_run(*args, block=block)
+    stepped_ends, stepped_waits = _free_run_stepped(*args)
+    assert ends.tolist() == stepped_ends.tolist() and waits.tolist() == stepped_waits.tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(requests, st.integers(1, 3))
+def test_a_free_run_block_out_of_guesses_steps_its_unsettled_requests_exactly(rows, guesses):
+    # Few guesses: a block stops guessing with some requests settled and steps only the rest.
+    core = core_input(rows, [])
+    args = (core.start_ns, core.ready_ts, core.pre_ns, core.wake_ns, core.post_ns, core.demand_ns)
+    with mock.patch.object(replay, "MAX_GUESSES", guesses):
+        ends, waits = _free_run(*args)
     stepped_ends, stepped_waits = _free_run_stepped(*args)
     assert ends.tolist() == stepped_ends.tolist() and waits.tolist() == stepped_waits.tolist()
 

@@ -217,24 +217,36 @@ def _free_block(now: int, ready: np.ndarray, pre: np.ndarray, wake: np.ndarray, 
     time and starts afresh there; given a guess of which, the ends are one cumulative sum
     restarted at each fresh start. The guess is then checked against the ends it gave: the
     requests before the first wrong guess are right, so each round fixes at least one more, and
-    a guess that agrees with its ends is the stepped result exactly (integer sums)."""
+    a guess that agrees with its ends is the stepped result exactly (integer sums). A round
+    computes only the requests from the first wrong guess of the round before on."""
     n = len(pre)
-    index = np.arange(n)
-    waits_for = ready >= 0
+    ends, waits = np.empty(n, np.int64), np.empty(n, np.int64)
+    work, fresh_work = pre + post + demand, ready + post + demand  # (the same every round)
     wakes = np.zeros(n, bool)
     fresh = np.zeros(n, bool)
+    lo = 0
     for _ in range(MAX_GUESSES):
-        total = np.cumsum(pre + post + demand + np.where(wakes, wake, 0))
-        anchor = np.where(fresh, ready + post + demand - total, now)
-        last_fresh = np.maximum.accumulate(np.where(fresh, index, -1))
-        ends = np.where(last_fresh >= 0, anchor[np.maximum(last_fresh, 0)] + total, now + total)
-        at = np.concatenate([[now], ends[:-1]]) + pre
-        late = waits_for & (ready > at)
-        starts_fresh = late & (ready - wake >= at)
-        if np.array_equal(starts_fresh, fresh) and np.array_equal(late & ~starts_fresh, wakes):
-            return ends, np.where(starts_fresh, ready - wake - at, 0)
-        fresh, wakes = starts_fresh, late & ~starts_fresh
-    return _free_run_stepped(now, ready, pre, wake, post, demand)
+        part = slice(lo, n)
+        guess_fresh, guess_wakes = fresh[part], wakes[part]
+        total = np.cumsum(work[part] + np.where(guess_wakes, wake[part], 0))
+        anchor = np.where(guess_fresh, fresh_work[part] - total, now)
+        last_fresh = np.maximum.accumulate(np.where(guess_fresh, np.arange(n - lo), -1))
+        found = np.where(last_fresh >= 0, anchor[np.maximum(last_fresh, 0)] + total, now + total)
+        at = np.concatenate([[now], found[:-1]]) + pre[part]
+        late = (ready[part] >= 0) & (ready[part] > at)
+        starts_fresh = late & (ready[part] - wake[part] >= at)
+        wakes_up = late & ~starts_fresh
+        wrong = np.flatnonzero((starts_fresh != guess_fresh) | (wakes_up != guess_wakes))
+        right = int(wrong[0]) if len(wrong) else n - lo  # the requests before the first wrong guess are right
+        ends[lo:lo + right] = found[:right]
+        waits[lo:lo + right] = np.where(starts_fresh[:right], (ready[part] - wake[part] - at)[:right], 0)
+        if not len(wrong):
+            return ends, waits
+        fresh[part], wakes[part] = starts_fresh, wakes_up
+        now = int(found[right - 1]) if right else now
+        lo += right
+    ends[lo:], waits[lo:] = _free_run_stepped(now, ready[lo:], pre[lo:], wake[lo:], post[lo:], demand[lo:])
+    return ends, waits
 
 
 def _free_run_stepped(now: int, ready: np.ndarray, pre: np.ndarray, wake: np.ndarray, post: np.ndarray,
@@ -260,13 +272,13 @@ def _step_one(now: int, ready: int, pre: int, wake: int, post: int, demand: int)
     return start, start + demand, wait
 
 
-def _first_end_after(ends: np.ndarray):
+def _first_end_after(ends: np.ndarray, after_start: list[int]):
     """A search over the requests' ends: (limit, lo, hi) -> the first j in [lo, hi) whose end is
     past `limit`, else hi. Ends are in time order unless some work is negative: a bisection
-    then, else a scan in chunks that grow (the next arrival is usually near)."""
+    then (of `after_start`, the ends as a list after the start time, which the caller holds
+    anyway), else a scan in chunks that grow (the next arrival is usually near)."""
     if np.all(ends[1:] >= ends[:-1]):
-        ends_list = ends.tolist()
-        return lambda limit, lo, hi: bisect_right(ends_list, limit, lo, hi)
+        return lambda limit, lo, hi: bisect_right(after_start, limit, lo + 1, hi + 1) - 1
 
     def scan(limit: float, lo: int, hi: int) -> int:
         width = 64
@@ -292,15 +304,15 @@ def _step_requests(walker: CoreWalker, ready: np.ndarray, pre: np.ndarray, wake:
     and a long run of requests back to back from it, the whole run (_back_to_back)."""
     n = len(pre)
     if costs is not None:
-        steps = np.stack([pre, post, demand], axis=1).ravel()
-        costs = costs if steps.min(initial=0) >= 0 else None  # (_back_to_back searches the steps' ends)
-        done = np.concatenate([[0], np.cumsum(steps)])
+        # (_back_to_back searches the steps' ends)
+        costs = costs if min(int(steps.min(initial=0)) for steps in (pre, post, demand)) >= 0 else None
         if costs is not None and n and not (ready >= 0).any():  # no request waits: one run back to back
-            return _back_to_back(walker, costs, done, 0, n)
+            return _back_to_back(walker, costs, (pre, post, demand), 0, n)
     free_end, free_wait = _free_run(walker.now, ready, pre, wake, post, demand)
-    first_end_after = _first_end_after(free_end)
     free_from = np.concatenate([[walker.now], free_end]).tolist()  # [i]: when request i's loop work starts
-    waited = np.concatenate([[0], np.cumsum(free_wait)]).tolist()
+    first_end_after = _first_end_after(free_end, free_from)
+    # (an array: the loop reads it a few hundred times, fewer than a list of it would cost)
+    waited = np.concatenate([[0], np.cumsum(free_wait)])
     waiting = np.flatnonzero(ready >= 0).tolist()
     delay = np.zeros(n + 1, np.int64)   # a run's delay, as steps at its first and past its last request
     alone: list[tuple[int, int, int]] = []  # (request, start, end) stepped alone
@@ -320,7 +332,7 @@ def _step_requests(walker: CoreWalker, ready: np.ndarray, pre: np.ndarray, wake:
             if late:
                 delay[i] += late
                 delay[m] -= late
-            waits = waited[m] - waited[i]
+            waits = int(waited[m] - waited[i])
             walker.busy_ns += free_from[m] - free_from[i] - waits
             idle += waits
             now = free_from[m] + late
@@ -342,7 +354,7 @@ def _step_requests(walker: CoreWalker, ready: np.ndarray, pre: np.ndarray, wake:
             k = bisect_left(waiting, i)
             k = waiting[k] if k < len(waiting) else n
             if k - i >= MIN_RUN:
-                runs.append((i, *_back_to_back(walker, costs, done, i, k)))
+                runs.append((i, *_back_to_back(walker, costs, (pre, post, demand), i, k)))
                 now, i = walker.now, k
                 continue
         walker.work(row[1], False)
@@ -370,28 +382,32 @@ class ArrivalCosts:
     indirect_ns: np.ndarray
 
 
-def _back_to_back(walker: CoreWalker, costs: ArrivalCosts, done: np.ndarray, lo: int,
-                  hi: int) -> tuple[np.ndarray, np.ndarray]:
+def _back_to_back(walker: CoreWalker, costs: ArrivalCosts, work: tuple[np.ndarray, np.ndarray, np.ndarray],
+                  lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
     """Requests [lo, hi), which run back to back (none waits for a ready time), stepped from
-    `walker.now` with the interrupts that land in them; their starts and ends.
+    `walker.now` with the interrupts that land in them; their starts and ends. `work`: every
+    request's pre, post and demand times.
 
     The walker steps a request as its loop work, its post work and its demand (work() three
-    times; `done[s]`: the work of all steps before step s). An arrival is taken in the first
+    times; `done[s]`: when step s starts with no interrupt). An arrival is taken in the first
     step, from the previous arrival's on, whose end stretched by the interrupts taken so far is
     past its arrival time, and stretches it by its span, and by its indirect cost in a demand:
     one search per arrival, then every step's end at once."""
     start, first = walker.now, walker._next
-    offset = start - int(done[3 * lo])
     # (only this run's steps: a copy of all before it, at each of a core's many runs, made the
     # replay quadratic in its requests)
-    steps, stretches = _landings(done[3 * lo:3 * hi + 1] + offset, costs, first, 0, 3 * (hi - lo))
-    last = 3 * hi
+    done = np.empty(3 * (hi - lo) + 1, np.int64)  # the start, then the steps: summed in place
+    done[0] = start
+    for step, part in enumerate(work):
+        done[1 + step::3] = part[lo:hi]
+    np.cumsum(done, out=done)
+    steps, stretches = _landings(done, costs, first, 0, 3 * (hi - lo))
     walker._next = first + len(steps)
     # each step's end stretched by the interrupts taken up to it: the stretch after the last
     # arrival in it, carried forward over the steps none landed in
-    after = np.zeros(last - 3 * lo, np.int64)
+    after = np.zeros(3 * (hi - lo), np.int64)
     after[steps] = np.arange(1, len(steps) + 1)  # (the last of several arrivals in a step wins)
-    ends = done[3 * lo + 1:last + 1] + offset + np.concatenate([[0], stretches])[np.maximum.accumulate(after)]
+    ends = done[1:] + np.concatenate([[0], stretches])[np.maximum.accumulate(after)]
     walker.irq_ns += int(costs.span_ns[first:walker._next].sum())
     walker.now = int(ends[-1])
     walker.busy_ns += walker.now - start
