@@ -46,7 +46,9 @@ def stage_times(dat: Path, out: Path) -> dict[str, float]:
     """Seconds of each stage of one in-process analyze of `dat`, run as `kptrace analyze` runs it
     (analyze with stored=out, build_summary, write_all): the imports, the analysis's own stages
     as its progress reports them, then what-if, tables, timeline and report (write_all's parts,
-    timed by wrapping the functions it calls)."""
+    timed by wrapping the functions it calls). write_all builds the report's charts on a thread
+    beside the timeline: their time overlaps the timeline stage, any wait for them is "other",
+    and the report stage is the page made from the built charts."""
     times: dict[str, float] = {}
     mark = [time.perf_counter()]
 
@@ -71,8 +73,8 @@ def stage_times(dat: Path, out: Path) -> dict[str, float]:
         setattr(module, name, wrapper)
 
     timed(parquet, "write_tables", "write_all: Parquet tables")
-    timed(perfetto, "write_timeline", "write_all: Perfetto timeline")
-    timed(report, "write_report", "write_all: report.html")
+    timed(perfetto, "write_timeline", "write_all: Perfetto timeline (+ charts beside it)")
+    timed(report, "write_report", "write_all: report.html (from the built charts)")
     analysis = analyze(dat, lambda stage: lap(f"analysis: {stage}"), stored=out)
     lap("analysis: rest")
     summary = build_summary(analysis)
