@@ -244,7 +244,6 @@ def test_small_integer_codes_number_the_distinct_values_in_ascending_order(value
     assert distinct[code].tolist() == values.tolist()
 
 
-
 #: Pages whose records often share a time with another CPU's: small start times and deltas.
 _close_page = st.tuples(st.integers(0, 4), st.lists(st.tuples(st.just("data"), st.integers(0, 2),
                                                               st.integers(1, 4).map(lambda n: 4 * n)), max_size=8),

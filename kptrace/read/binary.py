@@ -300,6 +300,11 @@ class _Rows:
     def count(self) -> int:
         return len(self.ts)
 
+    @classmethod
+    def records_alone(cls, ts: np.ndarray) -> _Rows:
+        """The rows of a table without lost-events markers: record i is row i."""
+        return cls(ts=ts, record_row=None, marker_row=np.zeros(0, np.int64))
+
 
 def _time_order(pages: Pages, rec: Records) -> tuple[_Rows, np.ndarray]:
     """Rows in time order, and the page-order index of each record in time order: a record
@@ -308,7 +313,7 @@ def _time_order(pages: Pages, rec: Records) -> tuple[_Rows, np.ndarray]:
     already in time order, so a stable sort on time alone merges these sorted runs."""
     if not len(rec.missed_pages):  # no loss reported: the records alone
         order = np.argsort(rec.ts, kind="stable")
-        return _Rows(ts=rec.ts[order], record_row=None, marker_row=np.zeros(0, np.int64)), order
+        return _Rows.records_alone(rec.ts[order]), order
     after = np.searchsorted(rec.page, rec.missed_pages)
     nearest = np.minimum(after, max(len(rec.page) - 1, 0))
     same_cpu = (after < len(rec.page)) & (pages.cpu[rec.page[nearest]] == pages.cpu[rec.missed_pages])
@@ -331,10 +336,10 @@ def _in_time_order(pages: Pages) -> tuple[Records, _Rows]:
     of a process every array is fresh memory, paid in page faults."""
     rec = walk_in_time_order(pages)
     if rec is not None:
-        return rec, _Rows(ts=rec.ts, record_row=None, marker_row=np.zeros(0, np.int64))
+        return rec, _Rows.records_alone(rec.ts)
     rec = walk(pages)
-    if not len(rec.pos):  # no record: no table
-        return rec, _Rows(ts=rec.ts, record_row=None, marker_row=np.zeros(0, np.int64))
+    if not len(rec.pos):  # no record: no table (and no record to place a marker before)
+        return rec, _Rows.records_alone(rec.ts)
     rows, order = _time_order(pages, rec)
     ts = rows.ts if rows.record_row is None else rows.ts[rows.record_row]  # the records' rows, no markers
     return Records(page=rec.page[order], pos=rec.pos[order], ts=ts, length=rec.length[order],

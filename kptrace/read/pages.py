@@ -184,8 +184,7 @@ def walk_in_time_order(pages: Pages) -> Records | None:
         ffi.from_buffer("uint8_t[]", pages.data), _swap(pages.byte_order), pages.byte_order == ">",
         pages.header.page_size, pages.header.data_offset, ffi.from_buffer("int64_t[]", size),
         ffi.from_buffer("int64_t[]", np.ascontiguousarray(page_ts, np.int64)), ffi.from_buffer("int64_t[]", start), runs,
-        capacity, ffi.new("struct walker[]", runs), ffi.from_buffer("int64_t[]", np.empty(runs, np.int64),
-                                                                   require_writable=True),
+        capacity, ffi.new("struct walker[]", runs), ffi.new("int64_t[]", runs),
         *(ffi.from_buffer(t, a, require_writable=True) for t, a in zip(("int64_t[]", "int64_t[]", "int32_t[]",
                                                                         "int32_t[]"), out)))
     if total < 0:
