@@ -423,15 +423,14 @@ def _landings(step_end: np.ndarray, costs: ArrivalCosts, first: int, lo: int, hi
     guess corrected, and the rest searched again, each guess now the previous round's answer.
     A round looks at a window of arrivals, which doubles while the guesses hold."""
     arrive, span, indirect = costs.ts[first:], costs.span_ns[first:], costs.indirect_ns[first:]
-    # Sized to the arrivals looked at so far, not to all that are left: a run takes few of them.
-    steps, stretches, guess = np.empty(0, np.int64), np.empty(0, np.int64), np.ones(0, bool)
-    j, stretch, step, width = 0, 0, lo, MIN_WINDOW
+    # Left unset (np.empty touches no memory) past the arrivals looked at so far (`seen`): a run
+    # takes few of all that are left.
+    steps, stretches, guess = (np.empty(len(arrive), dtype) for dtype in (np.int64, np.int64, bool))
+    j, stretch, step, width, seen = 0, 0, lo, MIN_WINDOW, 0
     while j < len(arrive):
         end = min(j + width, len(arrive))
-        if end > len(guess):
-            size = min(max(end, 2 * len(guess)), len(arrive))
-            steps, stretches = np.resize(steps, size), np.resize(stretches, size)
-            guess = np.concatenate([guess, np.ones(size - len(guess), bool)])
+        if end > seen:
+            guess[seen:end], seen = True, end
         added = span[j:end] + np.where(guess[j:end], indirect[j:end], 0)
         after = stretch + np.cumsum(added)
         landed = np.maximum.accumulate(np.maximum(step_end.searchsorted(arrive[j:end] - (after - added), "right") - 1, step))
