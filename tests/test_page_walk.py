@@ -156,6 +156,21 @@ def test_compiled_integer_reads_equal_plain_decoding_in_either_byte_order(data, 
         [_plain_int(data, start + f.offset, f.size, f.signed, order) for start in starts] for f in spec]
 
 
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 1200), _fields, st.sampled_from(["<", ">"]))
+def test_integer_reads_of_many_records_equal_plain_decoding_across_the_compiled_blocks(seed, rows, fields, order):
+    """More records than one block of the compiled read (256): every block's values land at its rows."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, 512, dtype=np.uint8).tobytes()
+    starts = rng.integers(-16, 520, rows)
+    pages = Pages(data=np.frombuffer(data, np.uint8), cpu=np.zeros(0, np.int16), header=None, byte_order=order)
+    spec = [Field(f"f{i}", "int", offset, size, signed) for i, (offset, size, signed) in enumerate(fields)]
+    got = read_ints(pages, starts.astype(np.int64), spec, [np.int32] * len(spec))
+    assert [column.tolist() for column in got] == [
+        [int(np.int64(_plain_int(data, start + f.offset, f.size, f.signed, order)).astype(np.int32))
+         for start in starts.tolist()] for f in spec]
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=64), st.lists(st.integers(-16, 80), max_size=20), _fields,
        st.lists(st.sampled_from([np.int8, np.uint8, np.int16, np.int32, np.uint32, np.int64]), min_size=5, max_size=5))
