@@ -15,6 +15,7 @@ events/s and peak RSS of each, and the ratio. Usage (root, to record):
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import os
 import shutil
@@ -60,6 +61,7 @@ def stage_times(dat: Path, out: Path) -> dict[str, float]:
     from kptrace.analysis import analyze
     from kptrace.export import parquet, perfetto, report, write_all
     from kptrace.summary import build_summary
+    gc.freeze()  # as the CLI does once its imports are done (kptrace.cli._freeze_imports)
     lap("imports (kptrace, polars, altair, perfetto protos)")
 
     def timed(module, name: str, stage: str):
