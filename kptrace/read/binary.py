@@ -462,22 +462,27 @@ def _held_columns(pages: Pages, rec: Records, rows: _Rows, formats: FormatTable
     return core, families
 
 
-def _comm(tid: np.ndarray, null: np.ndarray, comms: dict[int, str]) -> pl.Series:
+def _comm(tid: np.ndarray, null: np.ndarray, comms: dict[int, str], dtype: pl.DataType) -> pl.Series:
     """Task names as trace-cmd prints them: saved cmdlines, `<idle>` for 0, else `<...>`;
     each distinct task looked up once."""
     distinct, which = _distinct(tid)
-    names = pl.Series(["<idle>" if t == 0 else comms.get(t, "<...>") for t in distinct.tolist()], dtype=pl.Categorical)
+    names = pl.Series(["<idle>" if t == 0 else comms.get(t, "<...>") for t in distinct.tolist()], dtype=dtype)
     return names.gather(_masked(which, ~null))
 
 
-def decode_table(capture: Capture) -> EventTable | None:
-    """Every record of every buffer, in time order, held as kptrace.read.table holds events: a
-    core of what every record has, and per family only its records' typed columns (None when
-    the capture holds no record or no format).
+@dataclass
+class _Decoded:
+    """A capture's rows before they are held: the core columns at full length (the task name
+    in the type asked for), and each family's pieces (rows, values)."""
 
-    Each core column is built once at its full length; each event type's values are gathered
-    from the pages and put straight at their rows of their family's table.
-    """
+    core: dict[str, pl.Series | np.ndarray]
+    families: dict[str, list[_Piece]]
+    count: int
+
+
+def _decoded(capture: Capture, names: pl.DataType) -> _Decoded | None:
+    """Every record of every buffer, in time order: decode_table's parts (None when the capture
+    holds no record or no format); `names`, the type of the task name column."""
     pages = join_pages([blob for _, blobs in capture.buffers for blob in blobs], capture.header, capture.byte_order)
     if not len(capture.formats):
         return None
@@ -496,17 +501,53 @@ def decode_table(capture: Capture) -> EventTable | None:
     counted = rec.missed_counts >= 0
     if counted.any():
         families["counters"] = [(rows.marker_row[counted], {"value": rec.missed_counts[counted]})]
-    comm = _comm(core["tid"].fill_null(0).to_numpy(), marker, capture.comms)
-    held = pl.DataFrame({"ts": rows.ts, "cpu": cpu, "tid": core.pop("tid"), "comm": comm, **core})
+    comm = _comm(core["tid"].fill_null(0).to_numpy(), marker, capture.comms, names)
+    return _Decoded({"ts": rows.ts, "cpu": cpu, "tid": core.pop("tid"), "comm": comm, **core}, families, rows.count)
+
+
+def decode_table(capture: Capture) -> EventTable | None:
+    """Every record of every buffer, in time order, held as kptrace.read.table holds events: a
+    core of what every record has, and per family only its records' typed columns (None when
+    the capture holds no record or no format).
+
+    Each core column is built once at its full length; each event type's values are gathered
+    from the pages and put straight at their rows of their family's table.
+    """
+    decoded = _decoded(capture, held_type("comm"))
+    if decoded is None:
+        return None
+    held = pl.DataFrame(decoded.core)
     return EventTable(held.select([c for c in CORE_COLUMNS if c in held.columns]),
-                      {f.name: _family_frame(families[f.name]) for f in FAMILIES if f.name in families})
+                      {f.name: _family_frame(decoded.families[f.name]) for f in FAMILIES if f.name in decoded.families})
 
 
 def decode(capture: Capture) -> pl.DataFrame:
     """decode_table's records as the wide reader rows (the schema's columns, `seq` numbering
-    the time order, `ts_resolution_ns`), for readers that handle rows (a capture's windows)."""
-    table = decode_table(capture)
-    return pl.DataFrame() if table is None else wide_rows(table)
+    the time order, `ts_resolution_ns`), for readers that handle rows (a capture's windows).
+    Each typed column is put straight at its rows of the whole table, not first into its family's
+    table and from there into the wide one (wide_rows)."""
+    decoded = _decoded(capture, EVENT_SCHEMA["comm"])
+    if decoded is None:
+        return pl.DataFrame()
+    pieces: dict[str, list] = {}
+    for family in decoded.families.values():
+        for at, values in family:
+            for column, value in values.items():
+                pieces.setdefault(column, []).append((at, value))
+    count = decoded.count
+    columns = {}
+    for column, dtype in EVENT_SCHEMA.items():
+        parts = pieces.get(column)
+        if column in decoded.core:
+            columns[column] = pl.Series(decoded.core[column]).cast(dtype)
+        elif not parts:
+            columns[column] = pl.repeat(None, count, dtype=dtype, eager=True)
+        elif isinstance(parts[0][1], _Coded):
+            columns[column] = _texts(count, parts, dtype)
+        else:
+            columns[column] = _numbers(count, parts, _numpy_type(column, parts[0][1]))
+    return pl.DataFrame(columns).with_columns(seq=pl.int_range(1, pl.len() + 1, dtype=pl.Int64),
+                                              ts_resolution_ns=pl.lit(1, pl.Int64))
 
 
 def wide_rows(table: EventTable) -> pl.DataFrame:
