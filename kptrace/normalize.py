@@ -148,7 +148,8 @@ def _figures(events: pl.DataFrame, resolution: int | None, backwards: int, dupli
     marks = events.filter(pl.col("subsystem") == "kptrace")
     return Tally(
         per_cpu=per_cpu,
-        event_counts=dict(real.group_by(pl.col("event").cast(pl.String)).len().iter_rows()),
+        # Grouped on the names as held (Categorical), then named: a String cast of every row costs more.
+        event_counts=dict(real.group_by("event").len().select(pl.col("event").cast(pl.String), "len").iter_rows()),
         start_ns=real["ts"].min(), end_ns=real["ts"].max(),
         resolution=resolution,
         unknown=frozenset(real.filter(pl.col("subsystem") == "unknown")["event"].cast(pl.String).unique()),

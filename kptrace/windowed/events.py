@@ -197,13 +197,15 @@ def event_windows(source: Source, rows_per_window: int = DEFAULT_WINDOW_ROWS,
                 records += rows.select(pl.col("subsystem").ne_missing("kptrace").sum()).item()
                 lost_pages += rows.select((pl.col("event") == "lost_events").sum()).item()
                 rows = undecodable.drop(rows)
-            rows = _merged(rows, [_in_span(f, lo, hi) for f in (counters, gaps) if f.height])
+            later = [_in_span(f, lo, hi) for f in (counters, gaps) if f.height]
+            rows = _merged(rows, later)
             if rows.height == 0:
                 progress(done, done_bytes)
                 continue
             if counters.height and "payload" not in rows.columns:
                 rows = rows.with_columns(payload=pl.lit(None, pl.String))  # as in the bundle's joined table
-            rows = idle_named(rows)
+            if any(f.height for f in later):  # the decoder's rows alone are idle-named already
+                rows = idle_named(rows)
             events = conform(in_time_order(rows)).collect()
             figures = tally(rows, events) if figures is None else figures + tally(rows, events)
             done += events.height
