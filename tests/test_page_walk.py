@@ -6,8 +6,8 @@ lost-events flags), in either byte order and with a 4- or 8-byte commit word, an
 where each data record's bytes start and what time it carries: the walk must find exactly
 those. Damaged pages (random bytes) must give records that start inside their pages, never a hang.
 The compiled gather of record bytes must equal plain slicing, zeros outside the data; the
-compiled field reads, grouping by type and hashing of keys must equal plain Python doing the
-same, and the walk straight into time order the walk in page order then sorted.
+compiled field reads, grouping by type, placing of each family's records and hashing of keys must
+equal plain Python doing the same, and the walk straight into time order the walk in page order then sorted.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kptrace.read.formats import Field, PageHeader
-from kptrace.read.pages import (Pages, Records, byte_matrix, distinct_keys, grouped, join_pages, read_ints,
-                                small_codes, walk, walk_in_time_order)
+from kptrace.read.pages import (NO_FAMILY, Pages, Records, byte_matrix, distinct_keys, family_places, grouped,
+                                join_pages, read_ints, small_codes, walk, walk_in_time_order)
 
 PAGE_SIZE = 512
 _MISSED, _STORED = 1 << 31, 1 << 30
@@ -201,6 +201,24 @@ def test_grouping_by_type_keeps_each_types_records_in_order_with_their_bytes(rec
     assert out.bounds.tolist() == np.cumsum([0, *(sum(t == k for t, _ in records) for k in range(5))]).tolist()
     copied = out.pages.data.tobytes()
     assert [copied[at: at + len(blobs[i])] for at, i in zip(out.start.tolist(), expected)] == [blobs[i] for i in expected]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 5), max_size=40),
+       st.lists(st.sampled_from([0, 1, 2, NO_FAMILY]), min_size=6, max_size=6))
+def test_family_places_equal_a_sort_of_each_familys_records(kinds, family):
+    """Types 0-5 in families 0-2 (or none): each family's records ascend, and each grouped
+    record's place is its index among its family's records."""
+    kind = np.array(kinds, dtype=np.uint32)
+    bounds = np.cumsum([0, *(kinds.count(k) for k in range(6))]).astype(np.int64)
+    row, row_bounds, place = family_places(kind, bounds, np.array(family, dtype=np.uint8), 3)
+    order = [i for k in range(6) for i, t in enumerate(kinds) if t == k]  # grouped's order
+    for f in range(3):
+        members = [i for i, t in enumerate(kinds) if family[t] == f]
+        assert row[row_bounds[f]: row_bounds[f + 1]].tolist() == members
+        slots = [s for s, i in enumerate(order) if family[kinds[i]] == f]
+        assert [place[s] for s in slots] == [members.index(order[s]) for s in slots]
+    assert row_bounds[-1] == sum(family[t] != NO_FAMILY for t in kinds)
 
 
 def test_grouping_gives_the_same_bytes_whatever_memory_it_was_given():

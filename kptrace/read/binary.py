@@ -19,8 +19,9 @@ import pyarrow as pa
 
 from kptrace.read.fields import VECTOR_HANDLERS, state_letters
 from kptrace.read.formats import EventFormat, Field, FormatTable, PageHeader
-from kptrace.read.pages import (Pages, Records, distinct_keys, field_span, join_pages, read_field_bytes,
-                                grouped, read_field_ints, read_ints, small_codes, walk, walk_in_time_order)
+from kptrace.read.pages import (NO_FAMILY, Pages, Records, distinct_keys, family_places, field_span, grouped,
+                                join_pages, read_field_bytes, read_field_ints, read_ints, small_codes, walk,
+                                walk_in_time_order)
 from kptrace.read.table import ROW, EventTable, held_type
 from kptrace.schema import CORE_COLUMNS, EVENT_SCHEMA, FAMILIES, SOFTIRQ_NAMES
 
@@ -402,19 +403,24 @@ _FAMILY_OF = {_irq_entry: "irq", _irq_exit: "irq", _vector: "vectors", _softirq:
 _Piece = tuple[np.ndarray, dict[str, "np.ndarray | _Coded"]]  # (table rows, values of each column there)
 
 
-def _family_frame(pieces: list[_Piece]) -> pl.DataFrame:
+def _family_frame(pieces: list[_Piece], placed: tuple[np.ndarray, list[np.ndarray]] | None = None) -> pl.DataFrame:
     """One family's table from the pieces of its event types: their rows in ascending order
-    (`row`), each column null on the rows of an event type that lacks it."""
-    rows = np.concatenate([at for at, _ in pieces])
-    order = np.argsort(rows, kind="stable")
-    place = np.empty(len(rows), dtype=np.int64)  # where each piece's row lands in the table
-    place[order] = np.arange(len(rows))
-    starts = np.cumsum([0, *(len(at) for at, _ in pieces)])
+    (`row`), each column null on the rows of an event type that lacks it. `placed`: those rows
+    (uint32) and where each piece's rows land among them, when known (_placed_families); else
+    found by a sort."""
+    if placed is None:
+        rows = np.concatenate([at for at, _ in pieces])
+        order = np.argsort(rows, kind="stable")
+        place = np.empty(len(rows), dtype=np.int64)  # where each piece's row lands in the table
+        place[order] = np.arange(len(rows))
+        starts = np.cumsum([0, *(len(at) for at, _ in pieces)])
+        placed = rows[order].astype(np.uint32), [place[start:start + len(at)] for (at, _), start in zip(pieces, starts)]
+    rows, places = placed
     columns: dict[str, list] = {}
-    for (at, values), start in zip(pieces, starts):
+    for (_, values), where in zip(pieces, places):
         for column, value in values.items():
-            columns.setdefault(column, []).append((place[start:start + len(at)], value))
-    out = {ROW: pl.Series(rows[order].astype(np.uint32))}
+            columns.setdefault(column, []).append((where, value))
+    out = {ROW: pl.Series(rows)}
     for column, parts in columns.items():
         sample = parts[0][1]
         out[column] = (_texts(len(rows), parts, held_type(column)) if isinstance(sample, _Coded)
@@ -422,10 +428,21 @@ def _family_frame(pieces: list[_Piece]) -> pl.DataFrame:
     return pl.DataFrame(out)
 
 
+@dataclass
+class _Grouping:
+    """Each record's type and the family each type's piece went to: what places the family
+    tables' rows without a sort (_placed_families)."""
+
+    kind: np.ndarray  # each record's type (uint32)
+    bounds: np.ndarray  # grouped's: type k's records are its order[bounds[k]: bounds[k + 1]]
+    family: list[str | None]  # of each type (None: no piece)
+    record_row: np.ndarray | None  # _Rows'
+
+
 def _held_columns(pages: Pages, rec: Records, rows: _Rows, formats: FormatTable
-                  ) -> tuple[dict[str, pl.Series], dict[str, list[_Piece]]]:
-    """The core columns of every record (`rec` in time order) at full length, and each family's
-    pieces: only the rows of a family get that family's columns."""
+                  ) -> tuple[dict[str, pl.Series], dict[str, list[_Piece]], _Grouping]:
+    """The core columns of every record (`rec` in time order) at full length, each family's
+    pieces (only the rows of a family get that family's columns), and how they were grouped."""
     common = _common(pages, rec, formats)
     types = common.pop("type")
     only_records = rows.record_row is None
@@ -443,11 +460,12 @@ def _held_columns(pages: Pages, rec: Records, rows: _Rows, formats: FormatTable
     extracted = [{} if fmt is None else _extractor(fmt)(by_type.pages, by_type.start[bounds[i]: bounds[i + 1]], fmt)
                  for i, fmt in enumerate(fmts)]
     families: dict[str, list[_Piece]] = {}
-    for fmt, at, out in zip(fmts, records, extracted):
+    family_of: list[str | None] = [None] * len(ids)
+    for i, (fmt, at, out) in enumerate(zip(fmts, records, extracted)):
         values = {c: v for c, v in out.items() if v is not None}
         if values:
-            families.setdefault(_FAMILY_OF[_extractor(fmt)], []).append(
-                (at if only_records else rows.record_row[at], values))
+            family_of[i] = _FAMILY_OF[_extractor(fmt)]
+            families.setdefault(family_of[i], []).append((at if only_records else rows.record_row[at], values))
     names = [fmt.name if fmt else f"unknown_event_{ident}" for fmt, ident in zip(fmts, ids)]
     systems = [fmt.system if fmt else "unknown" for fmt in fmts]
     if only_records:
@@ -459,7 +477,24 @@ def _held_columns(pages: Pages, rec: Records, rows: _Rows, formats: FormatTable
     for column, labels in (("event", names), ("subsystem", systems)):
         labels = pl.Series([*labels, "lost_events" if column == "event" else "kptrace"], dtype=pl.Categorical)
         core[column] = labels.gather(where)
-    return core, families
+    return core, families, _Grouping(kind, bounds, family_of, rows.record_row)
+
+
+def _placed_families(grouping: _Grouping) -> dict[str, tuple[np.ndarray, list[np.ndarray]]]:
+    """For each family of event types, its table's rows (uint32, ascending) and where each of
+    its pieces' rows land among them, in one compiled pass over the records (pages.family_places):
+    a stable sort of each family's rows took a fresh array per step."""
+    names = [f.name for f in FAMILIES]
+    code = np.array([NO_FAMILY if f is None else names.index(f) for f in grouping.family], dtype=np.uint8)
+    row, row_bounds, place = family_places(grouping.kind, grouping.bounds, code, len(names))
+    placed = {}
+    for f, name in enumerate(names):
+        types = [k for k, family in enumerate(grouping.family) if family == name]
+        if types:
+            rows = row[row_bounds[f]: row_bounds[f + 1]]
+            rows = rows if grouping.record_row is None else grouping.record_row[rows].astype(np.uint32)
+            placed[name] = rows, [place[grouping.bounds[k]: grouping.bounds[k + 1]] for k in types]
+    return placed
 
 
 def _comm(tid: np.ndarray, null: np.ndarray, comms: dict[int, str], dtype: pl.DataType) -> pl.Series:
@@ -478,6 +513,7 @@ class _Decoded:
     core: dict[str, pl.Series | np.ndarray]
     families: dict[str, list[_Piece]]
     count: int
+    grouping: _Grouping
 
 
 def _decoded(capture: Capture, names: pl.DataType) -> _Decoded | None:
@@ -489,7 +525,7 @@ def _decoded(capture: Capture, names: pl.DataType) -> _Decoded | None:
     rec, rows = _in_time_order(pages)
     if not len(rec.pos):
         return None
-    core, families = _held_columns(pages, rec, rows, capture.formats)
+    core, families, grouping = _held_columns(pages, rec, rows, capture.formats)
     if rows.record_row is None:
         cpu = pages.cpu[rec.page]
     else:
@@ -502,7 +538,8 @@ def _decoded(capture: Capture, names: pl.DataType) -> _Decoded | None:
     if counted.any():
         families["counters"] = [(rows.marker_row[counted], {"value": rec.missed_counts[counted]})]
     comm = _comm(core["tid"].fill_null(0).to_numpy(), marker, capture.comms, names)
-    return _Decoded({"ts": rows.ts, "cpu": cpu, "tid": core.pop("tid"), "comm": comm, **core}, families, rows.count)
+    return _Decoded({"ts": rows.ts, "cpu": cpu, "tid": core.pop("tid"), "comm": comm, **core}, families, rows.count,
+                    grouping)
 
 
 def decode_table(capture: Capture) -> EventTable | None:
@@ -517,8 +554,10 @@ def decode_table(capture: Capture) -> EventTable | None:
     if decoded is None:
         return None
     held = pl.DataFrame(decoded.core)
+    placed = _placed_families(decoded.grouping)  # the counters' rows (lost events) are not a type's: sorted
     return EventTable(held.select([c for c in CORE_COLUMNS if c in held.columns]),
-                      {f.name: _family_frame(decoded.families[f.name]) for f in FAMILIES if f.name in decoded.families})
+                      {f.name: _family_frame(decoded.families[f.name], placed.get(f.name))
+                       for f in FAMILIES if f.name in decoded.families})
 
 
 def decode(capture: Capture) -> pl.DataFrame:

@@ -182,6 +182,27 @@ void group_records(const uint8_t *data, int64_t size, const int64_t *pos, const 
     }
 }
 
+/* Where each grouped record goes in its family's table, in one pass over the records in their
+ * own order: record i, of type kind[i], is in slot next_slot[kind[i]]++ of group_records' order
+ * (the caller sets each type's first slot); when its type's family[kind[i]] is not NO_FAMILY, it
+ * is row next_row[f]++ of family f's rows, row[that] = i (so each family's rows ascend), and
+ * place[slot] = that row - first_row[f]. A sort of each family's rows would do the same. */
+#define NO_FAMILY 255
+void family_places(const uint32_t *kind, int64_t rows, int64_t *next_slot, const uint8_t *family,
+                   const int64_t *first_row, int64_t *next_row, uint32_t *row, int64_t *place)
+{
+    for (int64_t i = 0; i < rows; i++) {
+        uint32_t k = kind[i];
+        int64_t s = next_slot[k]++;
+        uint8_t f = family[k];
+        if (f == NO_FAMILY)
+            continue;
+        int64_t r = next_row[f]++;
+        row[r] = (uint32_t)i;
+        place[s] = r - first_row[f];
+    }
+}
+
 /* One field of records pos[0, rows) as int64 in value[0, rows): `width` bytes at offset
  * `offset`, sign-extended when `is_signed`, 0 when not wholly inside data[0, size). A loop per
  * width: the compiler keeps each one free of the choices made once per field. */

@@ -258,6 +258,35 @@ def grouped(pages: Pages, rec: Records, kind: np.ndarray, kinds: int) -> Grouped
                    order, start, bounds)
 
 
+#: A type that goes to no family's table (NO_FAMILY in pages.c).
+NO_FAMILY = 255
+
+
+def family_places(kind: np.ndarray, bounds: np.ndarray, family: np.ndarray, families: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The records of each family of types, in their own order, and where each grouped record
+    goes among them, in one compiled pass (pages.c family_places) instead of a sort of each
+    family's rows. `kind` is each record's type (< len(family)), `bounds` grouped's, `family`
+    each type's family (< families, or NO_FAMILY). Returns the records (uint32; family f's are
+    row[row_bounds[f]: row_bounds[f + 1]], ascending), row_bounds, and for each slot of
+    grouped's order its row within its family (int64; not set for a type of no family)."""
+    ffi, lib = _compiled()
+    kind, family = np.ascontiguousarray(kind, np.uint32), np.ascontiguousarray(family, np.uint8)
+    if len(family) != len(bounds) - 1 or (family[family != NO_FAMILY] >= families).any():
+        raise ValueError("a family for each type, each below the count of families")
+    sizes = np.bincount(family[family != NO_FAMILY], weights=np.diff(bounds)[family != NO_FAMILY],
+                        minlength=families).astype(np.int64)
+    row_bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    row, place = np.empty(row_bounds[-1], np.uint32), np.empty(len(kind), np.int64)
+    lib.family_places(ffi.from_buffer("uint32_t[]", kind), len(kind),
+                      ffi.from_buffer("int64_t[]", np.ascontiguousarray(bounds[:-1], np.int64).copy()),
+                      ffi.from_buffer("uint8_t[]", family), ffi.from_buffer("int64_t[]", row_bounds[:-1].copy()),
+                      ffi.from_buffer("int64_t[]", row_bounds[:-1].copy()),
+                      *(ffi.from_buffer(t, a, require_writable=True) for t, a in (("uint32_t[]", row),
+                                                                                   ("int64_t[]", place))))
+    return row, row_bounds, place
+
+
 def read_ints(pages: Pages, pos: np.ndarray, fields: list[Field], kinds: list[type] | None = None
               ) -> list[np.ndarray]:
     """Integer fields of every record at `pos`, as int64 (a u64 wraps) or as the numpy integer

@@ -23,6 +23,8 @@ void count_groups(const int32_t *length, const uint32_t *kind, int64_t rows, int
 void group_records(const uint8_t *data, int64_t size, const int64_t *pos, const int32_t *length,
                    const uint32_t *kind, int64_t rows, int64_t *slot, int64_t *byte, int64_t *order,
                    int64_t *start, uint8_t *out);
+void family_places(const uint32_t *kind, int64_t rows, int64_t *next_slot, const uint8_t *family,
+                   const int64_t *first_row, int64_t *next_row, uint32_t *row, int64_t *place);
 void read_ints(const uint8_t *data, int64_t size, int swap, const int64_t *pos, int64_t rows,
                int64_t fields, const int64_t *offset, const int8_t *width, const int8_t *is_signed,
                const int8_t *out_width, const int64_t *out_at, uint8_t *out);
