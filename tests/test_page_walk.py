@@ -255,8 +255,9 @@ def _plain_key(data: bytes, spans: list[tuple[int, int]], cut: bool) -> tuple:
 @given(st.binary(min_size=1, max_size=24).map(lambda b: b * 3), st.data(), st.booleans())
 def test_records_share_a_key_number_exactly_when_their_keys_are_equal(data, draw, cut):
     spans = draw.draw(st.integers(1, 3))
-    rows = draw.draw(st.lists(st.lists(st.tuples(st.integers(0, len(data) + 4), st.integers(0, 8)),
-                                       min_size=spans, max_size=spans), max_size=40))
+    drawn = draw.draw(st.lists(st.tuples(st.lists(st.tuples(st.integers(0, len(data) + 4), st.integers(0, 8)),
+                                                  min_size=spans, max_size=spans), st.integers(1, 3)), max_size=30))
+    rows = [row for row, times in drawn for _ in range(times)]  # a key may repeat the one before it
     start = np.array([[r[k][0] for r in rows] for k in range(spans)], dtype=np.int64).reshape(spans, len(rows))
     length = np.array([[r[k][1] for r in rows] for k in range(spans)], dtype=np.int64).reshape(spans, len(rows))
     code, first = distinct_keys(np.frombuffer(data, np.uint8), start, length, cut_at_nul=cut)

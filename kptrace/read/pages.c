@@ -13,7 +13,8 @@
  * gather per field.
  *
  * distinct_keys: which records hold the same bytes (a task name, a device, a whole record), by
- * hashing, one pass; numpy can only sort every value.
+ * hashing, one pass (a key equal to the record before's is not hashed); numpy can only sort
+ * every value.
  *
  * small_codes: the same for integers in a small range (event ids, task ids), by a table indexed
  * by value: two passes, where numpy needs a scatter, a cumulative sum and a gather.
@@ -333,6 +334,10 @@ int64_t distinct_keys(const uint8_t *data, int64_t size, const int64_t *start, c
 {
     int64_t distinct = 0;
     for (int64_t i = 0; i < rows; i++) {
+        if (i > 0 && same_key(data, size, start, length, rows, spans, cut, i - 1, i)) {
+            code[i] = code[i - 1];  /* as the record before: neither hashed nor looked up */
+            continue;
+        }
         uint64_t h = key_hash(data, size, start, length, rows, spans, cut, i);
         for (int64_t s = (int64_t)(h & (uint64_t)(slots - 1));; s = (s + 1) & (slots - 1)) {
             uint32_t d = slot[s];  /* 0: empty, else distinct key d - 1 */
