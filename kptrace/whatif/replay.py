@@ -192,6 +192,9 @@ FREE_BLOCK = 2048
 #: Runs of requests back to back at least this long are stepped together (_back_to_back); a
 #: shorter one costs less on the walker.
 MIN_RUN = 16
+#: ... and when at least this many arrivals are due before the run would end with none: on the
+#: benchmark, 3 in 4 runs took a single arrival, which the walker steps in a fraction of the time.
+MIN_RUN_ARRIVALS = 2
 #: _landings looks at this many arrivals at once after a wrong guess.
 MIN_WINDOW = 32
 
@@ -299,7 +302,8 @@ def _step_requests(walker: CoreWalker, ready: np.ndarray, pre: np.ndarray, wake:
     requests that follow their previous one, so only a request that waits for its ready time
     while delayed is stepped alone (_step_one; its wait usually absorbs the delay), and only a
     request that an arrival may land in is handed to the walker, or, with the arrivals' `costs`
-    and a long run of requests back to back from it, the whole run (_back_to_back)."""
+    and a long run of requests back to back from it that several arrivals land in, the whole
+    run (_back_to_back)."""
     n = len(pre)
     if costs is not None:
         # (_back_to_back searches the steps' ends)
@@ -351,7 +355,8 @@ def _step_requests(walker: CoreWalker, ready: np.ndarray, pre: np.ndarray, wake:
         if costs is not None and row[0] < 0:
             k = bisect_left(waiting, i)
             k = waiting[k] if k < len(waiting) else n
-            if k - i >= MIN_RUN:
+            due = bisect_left(stamps, free_from[k] + late, walker._next) - walker._next  # (each lands in the run)
+            if k - i >= MIN_RUN and due >= MIN_RUN_ARRIVALS:
                 runs.append((i, *_back_to_back(walker, costs, (pre, post, demand), i, k)))
                 now, i = walker.now, k
                 continue
