@@ -392,29 +392,31 @@ def _back_to_back(walker: CoreWalker, costs: ArrivalCosts, work: tuple[np.ndarra
     request's pre, post and demand times.
 
     The walker steps a request as its loop work, its post work and its demand (work() three
-    times; `done[s]`: when step s starts with no interrupt). An arrival is taken in the first
-    step, from the previous arrival's on, whose end stretched by the interrupts taken so far is
-    past its arrival time, and stretches it by its span, and by its indirect cost in a demand:
-    one search per arrival, then every step's end at once."""
+    times); back to back, its loop and post work run as one (no wait between them), so here a
+    request is two steps (`done[s]`: when step s starts with no interrupt), a third fewer to sum.
+    An arrival is taken in the first step, from the previous arrival's on, whose end stretched
+    by the interrupts taken so far is past its arrival time, and stretches it by its span, and
+    by its indirect cost in a demand: one search per arrival, then every step's end at once."""
     start, first = walker.now, walker._next
+    pre, post, demand = work
     # (only this run's steps: a copy of all before it, at each of a core's many runs, made the
     # replay quadratic in its requests)
-    done = np.empty(3 * (hi - lo) + 1, np.int64)  # the start, then the steps: summed in place
+    done = np.empty(2 * (hi - lo) + 1, np.int64)  # the start, then the steps: summed in place
     done[0] = start
-    for step, part in enumerate(work):
-        done[1 + step::3] = part[lo:hi]
+    np.add(pre[lo:hi], post[lo:hi], out=done[1::2])
+    done[2::2] = demand[lo:hi]
     np.cumsum(done, out=done)
-    steps, stretches = _landings(done, costs, first, 0, 3 * (hi - lo))
+    steps, stretches = _landings(done, costs, first, 0, 2 * (hi - lo))
     walker._next = first + len(steps)
     # each step's end stretched by the interrupts taken up to it: the stretch after the last
-    # arrival in it, carried forward over the steps none landed in
-    after = np.zeros(3 * (hi - lo), np.int64)
-    after[steps] = np.arange(1, len(steps) + 1)  # (the last of several arrivals in a step wins)
-    ends = done[1:] + np.concatenate([[0], stretches])[np.maximum.accumulate(after)]
+    # arrival in it (steps ascend; of several in one step the last wins), carried forward over
+    # the steps none landed in
+    held = np.diff(np.concatenate([[0], steps, [2 * (hi - lo)]]))
+    ends = done[1:] + np.repeat(np.concatenate([[0], stretches]), held)
     walker.irq_ns += int(costs.span_ns[first:walker._next].sum())
     walker.now = int(ends[-1])
     walker.busy_ns += walker.now - start
-    return ends[1::3], ends[2::3]
+    return ends[0::2], ends[1::2]
 
 
 def _landings(step_end: np.ndarray, costs: ArrivalCosts, first: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
@@ -438,7 +440,7 @@ def _landings(step_end: np.ndarray, costs: ArrivalCosts, first: int, lo: int, hi
         after = stretch + np.cumsum(added)
         landed = np.maximum.accumulate(np.maximum(step_end.searchsorted(arrive[j:end] - (after - added), "right") - 1, step))
         taken = int(landed.searchsorted(hi))
-        in_demand = landed[:taken] % 3 == 2
+        in_demand = landed[:taken] % 2 == 1
         wrong = np.flatnonzero(in_demand != guess[j:j + taken])
         guess[j:j + taken] = in_demand
         if len(wrong):
