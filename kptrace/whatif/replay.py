@@ -299,11 +299,12 @@ def _step_requests(walker: CoreWalker, ready: np.ndarray, pre: np.ndarray, wake:
     Most requests end before the next interrupt arrives, and run as they would with no
     interrupt at all (_free_run) but for a delay `late` that the interrupts taken so far left:
     those runs are taken from the free run at once. A delay carries over unchanged through
-    requests that follow their previous one, so only a request that waits for its ready time
-    while delayed is stepped alone (_step_one; its wait usually absorbs the delay), and only a
-    request that an arrival may land in is handed to the walker, or, with the arrivals' `costs`
-    and a long run of requests back to back from it that several arrivals land in, the whole
-    run (_back_to_back)."""
+    requests that were not late in the free run (they are later still), so only one that was
+    is looked at alone: it runs as in the free run when its wait absorbs the delay, else it is
+    stepped (_step_one); a negative delay stops at every request that waits. Only a request
+    that an arrival may land in is handed to the walker, or, with the arrivals' `costs` and a
+    long run of requests back to back from it that several arrivals land in, the whole run
+    (_back_to_back)."""
     n = len(pre)
     if costs is not None:
         # (_back_to_back searches the steps' ends)
@@ -316,6 +317,10 @@ def _step_requests(walker: CoreWalker, ready: np.ndarray, pre: np.ndarray, wake:
     # (an array: the loop reads it a few hundred times, fewer than a list of it would cost)
     waited = np.concatenate([[0], np.cumsum(free_wait)])
     waiting = np.flatnonzero(ready >= 0).tolist()
+    # A delay carries unchanged through a request that was not late in the free run (it is later
+    # still): only one that was late may absorb it.
+    free_late = (ready >= 0) & (ready > np.concatenate([[walker.now], free_end[:-1]]) + pre)
+    absorbing = np.flatnonzero(free_late).tolist()
     delay = np.zeros(n + 1, np.int64)   # a run's delay, as steps at its first and past its last request
     alone: list[tuple[int, int, int]] = []  # (request, start, end) stepped alone
     runs: list[tuple[int, np.ndarray, np.ndarray]] = []  # (first request, starts, ends) stepped together
@@ -324,9 +329,10 @@ def _step_requests(walker: CoreWalker, ready: np.ndarray, pre: np.ndarray, wake:
     while i < n:
         next_arrival = stamps[walker._next] if walker._next < n_stamps else NEVER
         late = now - free_from[i]
-        if late:  # the run lasts until the next request that waits for its ready time
-            k = bisect_left(waiting, i)
-            k = waiting[k] if k < len(waiting) else n
+        if late:  # the run lasts until the next request that may absorb the delay (any that waits, if negative)
+            stops = absorbing if late > 0 else waiting
+            k = bisect_left(stops, i)
+            k = stops[k] if k < len(stops) else n
         else:
             k = n
         m = first_end_after(next_arrival - late, i, k)
@@ -341,6 +347,14 @@ def _step_requests(walker: CoreWalker, ready: np.ndarray, pre: np.ndarray, wake:
             i = m
             if i == n:
                 break
+        if m == k and free_wait[i] >= late and free_wait[i] > 0 and free_from[i + 1] <= next_arrival:
+            # a delayed request whose wait absorbs the delay: it starts afresh as in the free run
+            wait = int(free_wait[i]) - late
+            walker.busy_ns += free_from[i + 1] - now - wait
+            idle += wait
+            now = free_from[i + 1]
+            i += 1
+            continue
         row = int(ready[i]), int(pre[i]), int(wake[i]), int(post[i]), int(demand[i])
         if m == k:  # a delayed request that waits for its ready time
             start, end, wait = _step_one(now, *row)
