@@ -223,7 +223,7 @@ def _free_block(now: int, ready: np.ndarray, pre: np.ndarray, wake: np.ndarray, 
     it gave: the requests before the first wrong guess are right, so each round fixes at least
     one more, and a guess that agrees with its ends is the stepped result exactly (integer
     sums). A round computes only the requests from the first wrong guess on. (Guessing, as
-    before, which late requests start afresh at their ready time took 4 times the rounds.)"""
+    before, which late requests start afresh at their ready time took 3 times the rounds.)"""
     n = len(pre)
     ends, waits = np.empty(n, np.int64), np.empty(n, np.int64)
     waiting = ready >= 0
