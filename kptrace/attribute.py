@@ -51,8 +51,10 @@ OUTLIER_FACTOR = 20
 MIN_HIT_REQUESTS = 5
 MIN_CLEAN_REQUESTS = 30
 BOOTSTRAP_REPLICATES = 1000
-#: Resampled values held in memory at once (bounds the bootstrap's memory).
-_BOOTSTRAP_CHUNK = 4_000_000
+#: Resampled values held in memory at once: few, so that the picks, the values gathered and
+#: their powers stay in the CPU's cache while they are summed (a chunk of 4 M values, as before,
+#: took half as long again), and the bootstrap's memory stays bounded.
+_BOOTSTRAP_CHUNK = 1 << 16
 
 ATTRIBUTION_SCHEMA = tables.polars_schema("attribution")
 #: The per-row provenance columns repeat the declarations (kptrace.tables) in words.

@@ -8,6 +8,8 @@ from dataclasses import replace
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kptrace.simulate import analyzed_seed
 from kptrace.whatif import Policy, servers, whatif
@@ -113,3 +115,22 @@ def test_an_analysis_without_events_is_not_corrected_and_says_why(simulated):
     (result,) = whatif(analysis, [Policy("vanilla")], replicates=0, event_cost_ns=100)
     assert result["tracing"]["corrected"] is False and "no event table" in result["tracing"]["note"]
     assert "no event table" in render_whatif(result)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 30)), max_size=30),
+       st.lists(st.integers(0, 600), max_size=200), st.booleans())
+def test_events_are_counted_for_the_innermost_window_around_them(windows, events, disjoint):
+    """Disjoint windows (the common case: no request switched out) take a shortcut; it must count
+    what the event by event search counts, and so must overlapping ones."""
+    begin = np.cumsum([gap for gap, _ in windows]).astype(np.int64)
+    if disjoint:
+        begin = begin + np.cumsum([0] + [length for _, length in windows[:-1]]).astype(np.int64)
+    end = begin + np.array([length for _, length in windows], np.int64)
+    ts = np.sort(np.array(events, np.int64))
+    innermost = np.zeros(len(begin), np.int64)
+    for t in ts:
+        holding = [i for i in range(len(begin)) if begin[i] <= t < end[i]]
+        if holding:
+            innermost[max(holding, key=lambda i: (begin[i], i))] += 1
+    assert overhead._per_window(ts, begin, end).tolist() == innermost.tolist()

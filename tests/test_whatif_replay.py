@@ -98,6 +98,16 @@ def test_a_request_ready_one_ns_too_soon_to_sleep_wakes_right_after_the_previous
     assert run.busy_ns == 600 + 100 + 300 + 100 + 300 and run.window_ns == 1_800
 
 
+def test_an_interrupt_that_spares_a_wake_up_leaves_an_early_delay_that_a_later_request_may_wait_out():
+    # with no interrupt, request 1 (ready 1650) wakes the core at 1600 and ends at 2000, request 2
+    # (ready 1980) needs no wake-up; a 60 ns IRQ in request 0 moves request 1 past its ready time,
+    # so it skips the wake-up and ends 40 ns early, at 1960: request 2 must then wake the core.
+    core = core_input([(0, 0, 0, 600, -1), (0, 0, 100, 300, 650), (0, 0, 100, 300, 980)], [(300, 60, 0, 0)])
+    run = replay_core(core, saturated=False)
+    assert run.starts.tolist() == [1_000, 1_660, 2_060] and run.ends.tolist() == [1_660, 1_960, 2_360]
+    assert (run.starts.tolist(), run.ends.tolist()) == walker_replay(core, False)[:2]
+
+
 # Long runs back to back (few requests wait) crossed by many interrupts whose indirect costs
 # often exceed a request, so that where one lands moves where the next ones land.
 dense_requests = st.lists(st.tuples(costs, costs, st.integers(0, 80), costs,
