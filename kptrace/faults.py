@@ -237,9 +237,10 @@ def clock_order_windows(sched: pl.DataFrame, intervals: Table, unseen: pl.DataFr
     unless events were lost or not traced (`unseen`) meanwhile: then the waking may be there.
     The waking must come before the task sleeps again: a later one woke that later sleep, and the
     switch-in before it simply lacks its own waking in the trace. (`sched`: _sched_events.)"""
-    rows = (sched.filter(_EVENT.is_in(["sched_waking", "sched_wakeup", "sched_switch"]))
+    # Lazily: an eager filter of `sched` would copy its comm strings too (~1 GB at 5 M rows).
+    rows = (sched.lazy().filter(_EVENT.is_in(["sched_waking", "sched_wakeup", "sched_switch"]))
             .select(pl.col("seq").cast(pl.UInt32), "cpu", "ts", "event", "prev_pid", "prev_state", "next_pid",
-                    "task_pid"))
+                    "task_pid").collect())
     wakings = rows.filter(_EVENT == "sched_waking").select(
         tid="task_pid", waking_ts="ts", waking_cpu="cpu").sort("waking_ts")
     if wakings.height == 0:
@@ -305,7 +306,7 @@ def pid_reuse_windows(sched: pl.DataFrame) -> pl.DataFrame:
     belongs to another task. Seen in the scheduler's own fields (sched_switch, wakeups,
     migrations), which the kernel fills at event time; a name change alone is not counted, since
     exec renames a task without a new tid. (`sched`: _sched_events.)"""
-    sightings = pl.concat([sched.select("seq", "ts", tid=pid, comm=comm, dead=dead) for pid, comm, dead in (
+    sightings = pl.concat([sched.lazy().select("seq", "ts", tid=pid, comm=comm, dead=dead) for pid, comm, dead in (
         ("prev_pid", "prev_comm", pl.col("prev_state").str.contains("^[XZ]").fill_null(False)),
         ("next_pid", "next_comm", pl.lit(False)), ("task_pid", "task_comm", pl.lit(False)))])
     after_exit = (sightings.drop_nulls(["tid"]).filter(pl.col("tid") != 0).sort("tid", "seq")
