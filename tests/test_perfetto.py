@@ -275,13 +275,13 @@ def test_uuids_and_sequences_differ_per_group():
     assert all(0 < s < 2**31 for s in (sequence_id("measured"), sequence_id("predicted")))
 
 
-def test_vectorised_packets_equal_protobuf_packets(tables, tmp_path, monkeypatch):
-    """The numpy fast path writes byte for byte what the perfetto protobuf classes write."""
+def test_compiled_packets_equal_protobuf_packets(tables, tmp_path, monkeypatch):
+    """The compiled encoder writes byte for byte what the perfetto protobuf classes write."""
     import kptrace.export.perfetto as perfetto_export
 
     args = (tables["events"], tables["intervals"], tables["requests"], tables["counters"])
     fast = write_timeline(tmp_path / "fast.pftrace", *args)
-    monkeypatch.setattr(perfetto_export, "VECTORISED", False)
+    monkeypatch.setattr(perfetto_export, "COMPILED", False)
     slow = write_timeline(tmp_path / "slow.pftrace", *args)
     assert fast == {**slow, "path": fast["path"]}
     assert (tmp_path / "fast.pftrace").read_bytes() == (tmp_path / "slow.pftrace").read_bytes()
@@ -411,7 +411,7 @@ _PACKET_ROW = st.fixed_dictionaries({
 @given(rows=st.lists(_PACKET_ROW, min_size=1, max_size=20), seq=st.integers(1, 2**32 - 1),
        names=st.lists(st.text(min_size=1, max_size=12).filter(lambda name: name not in ("ts", "type", "track_uuid",
                       "iid", "value", "incomplete", "flows_out", "flows_in")), unique=True, max_size=3))
-def test_packets_with_flows_and_annotations_encoded_with_numpy_have_the_protobuf_classes_bytes(rows, seq, names):
+def test_packets_with_flows_and_annotations_encoded_by_the_compiled_loop_have_the_protobuf_classes_bytes(rows, seq, names):
     """Every field the timeline's packets carry (annotations of any name and value, the
     incomplete flag, several flows each way, counter values) is encoded as protobuf does."""
     from kptrace.export.perfetto import _encode_rows, _row_packets
