@@ -422,3 +422,17 @@ def test_packets_with_flows_and_annotations_encoded_by_the_compiled_loop_have_th
                                  "value": pl.Float64, "incomplete": pl.Boolean, "flows_out": pl.List(pl.UInt64),
                                  "flows_in": pl.List(pl.UInt64), **{name: pl.Int64 for name in names}})
     assert _encode_rows(frame, seq).tobytes() == _row_packets(frame, seq, None)
+
+
+def test_a_null_flow_id_is_refused_rather_than_read_past_the_ids():
+    """The compiled encoder finds each row's flow ids by offsets counted from the list lengths: a
+    null inside a list would shift them, so it is an error."""
+    from kptrace.export.perfetto import _encode_rows
+
+    frame = pl.DataFrame({"ts": [1, 2], "type": [1, 2], "track_uuid": [5, 5], "iid": [1, None], "value": [None, None],
+                          "flows_out": [[7, None], [8]]},
+                         schema={"ts": pl.Int64, "type": pl.Int64, "track_uuid": pl.UInt64, "iid": pl.Int64,
+                                 "value": pl.Float64, "flows_out": pl.List(pl.UInt64)})
+    with pytest.raises(ValueError, match="flows_out"):
+        _encode_rows(frame, 1)
+    assert _encode_rows(frame.with_columns(flows_out=pl.Series([[7], [8]], dtype=pl.List(pl.UInt64))), 1).size

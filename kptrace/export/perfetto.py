@@ -438,10 +438,11 @@ def _column(rows: pl.DataFrame, name: str, dtype: type, null: object = 0) -> np.
 
 def _flow_ids(flows: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """Each row's flow ids at offsets[row]..offsets[row + 1] of the returned ids (uint64)."""
-    flows = flows.list.drop_nulls()  # so that each row's count is that of its ids
     ids = np.ascontiguousarray(flows.drop_nulls().explode().drop_nulls().to_numpy(), dtype=np.uint64)
     offsets = np.zeros(len(flows) + 1, dtype=np.int64)
     np.cumsum(flows.list.len().fill_null(0).to_numpy(), out=offsets[1:])
+    if offsets[-1] != len(ids):  # the encoder reads each row's ids by these offsets
+        raise ValueError(f"{flows.name}: a flow id is null")
     return offsets, ids
 
 
