@@ -244,12 +244,14 @@ def _lanes(ts: np.ndarray, end: np.ndarray) -> np.ndarray:
 
 
 def _assign_lanes(items: pl.DataFrame) -> pl.DataFrame:
-    """Add `lane` (0 unless slices on a track overlap without nesting). _lanes runs over the
-    crowds alone (runs of two or more items of a track, each begun before the run's earlier items
-    all ended), track by track: at a crowd's first item every lane of the track is free again, so
-    a crowd's lanes do not depend on the items before it, and an item alone is in lane 0. Crowds
-    held 13.5 k of the benchmark trace's 416 k intervals."""
-    items = items.sort("track", "ts", "width", "item", descending=[False, False, True, False])
+    """Add `lane` to `items` (rows in `item` order): 0 unless slices on a track overlap without
+    nesting. _lanes runs over the crowds alone (runs of two or more items of a track, each begun
+    before the run's earlier items all ended), track by track: at a crowd's first item every lane
+    of the track is free again, so a crowd's lanes do not depend on the items before it, and an
+    item alone is in lane 0. Crowds held 13.5 k of the benchmark trace's 416 k intervals."""
+    # Rows come in `item` order, so a stable sort breaks the remaining ties by item: one key fewer
+    # (0.17 -> 0.11 s CPU on the benchmark trace's 502 k items).
+    items = items.sort("track", "ts", "width", descending=[False, False, True], maintain_order=True)
     prev_reach = pl.col("end").cum_max().shift(1).over("track")
     alone = prev_reach.is_null() | (pl.col("ts") >= prev_reach)  # begins after all before it: a crowd's first, or alone
     crowds = items.with_row_index("row").filter(~alone | ~alone.shift(-1, fill_value=True))
