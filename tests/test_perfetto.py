@@ -436,3 +436,16 @@ def test_a_null_flow_id_is_refused_rather_than_read_past_the_ids():
     with pytest.raises(ValueError, match="flows_out"):
         _encode_rows(frame, 1)
     assert _encode_rows(frame.with_columns(flows_out=pl.Series([[7], [8]], dtype=pl.List(pl.UInt64))), 1).size
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.tuples(st.integers(0, 4) | st.integers(-2**62, 2**62), st.integers(0, 2),
+                               st.integers(-3, 3), st.integers(-100, 100)), max_size=60, unique_by=lambda r: r[3]))
+def test_nesting_order_is_the_sort_by_ts_phase_k2_k3(rows):
+    """Many ties (small ts ranges, groups of two and more), and spans too wide to pack."""
+    from kptrace.export.perfetto import _nesting_order
+
+    frame = pl.DataFrame({"ts": [r[0] for r in rows], "phase": [r[1] for r in rows], "k2": [r[2] for r in rows],
+                          "k3": [r[3] for r in rows]},
+                         schema={"ts": pl.Int64, "phase": pl.Int32, "k2": pl.Int64, "k3": pl.Int64})
+    assert _nesting_order(frame).equals(frame.sort("ts", "phase", "k2", "k3"))
