@@ -319,18 +319,19 @@ def _items(intervals: pl.LazyFrame, requests: pl.LazyFrame | None) -> tuple[pl.D
     return _assign_lanes(items.with_columns(track=track)), kinds, names
 
 
-def _nesting_order(stream: pl.DataFrame) -> pl.DataFrame:
-    """`stream` sorted by ts, phase, k2, k3 (k3 unique within a phase). Polars' sort on the four
-    keys took 0.2 s CPU for the benchmark trace's 1 M rows; here one stable numpy sort on (ts,
-    phase) packed into one integer, then the ties (nested slices that begin or end together: 515 k
-    rows, nearly all in pairs) put in k2, k3 order, pairs by a swap and larger groups by lexsort."""
+def _nesting_order(stream: pl.DataFrame) -> np.ndarray:
+    """The row order of `stream` sorted by ts, phase, k2, k3 (k3 unique within a phase). Polars'
+    sort on the four keys took 0.2 s CPU for the benchmark trace's 1 M rows; here one stable numpy
+    sort on (ts, phase) packed into one integer, then the ties (nested slices that begin or end
+    together: 515 k rows, nearly all in pairs) put in k2, k3 order, pairs by a swap and larger
+    groups by lexsort. Only the columns kept are gathered, by the caller."""
     keys = stream.select("ts", "phase", "k2", "k3")
     if not keys.height or keys.null_count().sum_horizontal().item():
-        return stream.sort("ts", "phase", "k2", "k3")
-    ts, phase, k2, k3 = (keys[c].to_numpy().astype(np.int64) for c in keys.columns)
+        return keys.select(pl.arg_sort_by("ts", "phase", "k2", "k3")).to_series().to_numpy()
+    ts, phase, k2, k3 = (keys[c].to_numpy().astype(np.int64, copy=False) for c in keys.columns)
     low = int(ts.min())
     if int(ts.max()) - low >= 1 << 61:  # (ts - low) * 3 + phase would overflow
-        return stream.sort("ts", "phase", "k2", "k3")
+        return np.lexsort((k3, k2, phase, ts))
     packed = (ts - low) * 3 + phase
     order = np.argsort(packed, kind="stable")
     packed = packed[order]
@@ -348,7 +349,7 @@ def _nesting_order(stream: pl.DataFrame) -> pl.DataFrame:
         larger = np.flatnonzero(~pair)
         rows[larger] = rows[larger][np.lexsort((k3[rows[larger]], k2[rows[larger]], group[larger]))]
         order[tied] = rows
-    return stream[order]
+    return order
 
 
 def _thread_names(events: pl.LazyFrame | None, tids: list[int]) -> dict[int, str]:
@@ -644,8 +645,8 @@ def write_timeline(
     instant = items.lazy().filter(~complete).select(
         "item", "track_uuid", "iid", ts="ts", type=pl.lit(_INSTANT), phase=pl.lit(1),
         k2=pl.col("item"), k3=pl.col("item") * 2)
-    stream = (_nesting_order(pl.concat([begin, end, instant]).collect())
-              .select("item", "track_uuid", "iid", "ts", "type").with_row_index("pos"))
+    stream = pl.concat([begin, end, instant]).collect()
+    stream = stream.select("item", "track_uuid", "iid", "ts", "type")[_nesting_order(stream)].with_row_index("pos")
 
     # Flows: request <-> the interrupt intervals that disrupted it; from the earlier BEGIN.
     # Each packet's flows and annotations are columns of its row (_PACKET_COLUMNS), by `pos`.
