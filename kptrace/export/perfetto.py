@@ -249,16 +249,18 @@ def _assign_lanes(items: pl.DataFrame) -> pl.DataFrame:
     before the run's earlier items all ended), track by track: at a crowd's first item every lane
     of the track is free again, so a crowd's lanes do not depend on the items before it, and an
     item alone is in lane 0. Crowds held 13.5 k of the benchmark trace's 416 k intervals."""
-    # Rows come in `item` order, so a stable sort breaks the remaining ties by item: one key fewer
-    # (0.17 -> 0.11 s CPU on the benchmark trace's 502 k items).
-    items = items.sort("track", "ts", "width", descending=[False, False, True], maintain_order=True)
+    # Only the keys are put in track order (_track_order); the items stay as they are.
+    order = _track_order(items)
     prev_reach = pl.col("end").cum_max().shift(1).over("track")
     alone = prev_reach.is_null() | (pl.col("ts") >= prev_reach)  # begins after all before it: a crowd's first, or alone
-    crowds = items.with_row_index("row").filter(~alone | ~alone.shift(-1, fill_value=True))
-    lanes = np.zeros(items.height, dtype=np.int64)
+    crowds = (items.select("track", "ts", "end")[order].with_row_index("row")
+              .filter(~alone | ~alone.shift(-1, fill_value=True)))
+    lanes = np.zeros(items.height, dtype=np.int64)  # in track order
     for (_,), part in crowds.group_by(["track"], maintain_order=True):
         lanes[part["row"].to_numpy()] = _lanes(part["ts"].to_numpy(), part["end"].to_numpy())
-    return items.with_columns(lane=pl.Series(lanes, dtype=pl.Int64))
+    item_lanes = np.empty_like(lanes)
+    item_lanes[order] = lanes
+    return items.with_columns(lane=pl.Series(item_lanes, dtype=pl.Int64))
 
 
 def _interval_items(intervals: pl.LazyFrame) -> pl.LazyFrame:
@@ -319,12 +321,38 @@ def _items(intervals: pl.LazyFrame, requests: pl.LazyFrame | None) -> tuple[pl.D
     return _assign_lanes(items.with_columns(track=track)), kinds, names
 
 
+def _order_with_ties(packed: np.ndarray, tie_keys: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Row order by `packed`, then by each of `tie_keys` in turn (together they tell every two
+    rows apart): one stable sort of `packed`, then only the tied rows put in order, pairs (nearly
+    all the ties of a timeline: nested slices that begin or end together) by a swap, larger groups
+    by lexsort. A 4-key Polars sort of the benchmark trace's 1 M packets took 0.2 s CPU."""
+    order = np.argsort(packed, kind="stable")
+    packed = packed[order]
+    same = packed[1:] == packed[:-1]  # position i ties with i + 1
+    tied = np.flatnonzero(np.concatenate([same, [False]]) | np.concatenate([[False], same]))
+    if not len(tied):
+        return order
+    rows = order[tied]
+    first = np.concatenate([[True], packed[tied[1:]] != packed[tied[:-1]]])
+    group = np.cumsum(first) - 1
+    pair = np.bincount(group)[group] == 2
+    a = np.flatnonzero(first & pair)
+    ra, rb = rows[a], rows[a + 1]
+    swap, equal = np.zeros(len(a), dtype=bool), np.ones(len(a), dtype=bool)
+    for key in tie_keys:
+        swap |= equal & (key[rb] < key[ra])
+        equal &= key[rb] == key[ra]
+    rows[a[swap]], rows[a[swap] + 1] = rb[swap], ra[swap]
+    larger = np.flatnonzero(~pair)
+    rows[larger] = rows[larger][np.lexsort((*(key[rows[larger]] for key in reversed(tie_keys)), group[larger]))]
+    order[tied] = rows
+    return order
+
+
 def _nesting_order(stream: pl.DataFrame) -> np.ndarray:
-    """The row order of `stream` sorted by ts, phase, k2, k3 (k3 unique within a phase). Polars'
-    sort on the four keys took 0.2 s CPU for the benchmark trace's 1 M rows; here one stable numpy
-    sort on (ts, phase) packed into one integer, then the ties (nested slices that begin or end
-    together: 515 k rows, nearly all in pairs) put in k2, k3 order, pairs by a swap and larger
-    groups by lexsort. Only the columns kept are gathered, by the caller."""
+    """The row order of `stream` sorted by ts, phase, k2, k3 (k3 unique within a phase), by
+    _order_with_ties of (ts, phase) packed into one integer. Only the columns kept are gathered,
+    by the caller."""
     keys = stream.select("ts", "phase", "k2", "k3")
     if not keys.height or keys.null_count().sum_horizontal().item():
         return keys.select(pl.arg_sort_by("ts", "phase", "k2", "k3")).to_series().to_numpy()
@@ -332,24 +360,21 @@ def _nesting_order(stream: pl.DataFrame) -> np.ndarray:
     low = int(ts.min())
     if int(ts.max()) - low >= 1 << 61:  # (ts - low) * 3 + phase would overflow
         return np.lexsort((k3, k2, phase, ts))
-    packed = (ts - low) * 3 + phase
-    order = np.argsort(packed, kind="stable")
-    packed = packed[order]
-    same = packed[1:] == packed[:-1]  # position i ties with i + 1
-    tied = np.flatnonzero(np.concatenate([same, [False]]) | np.concatenate([[False], same]))
-    if len(tied):
-        rows = order[tied]
-        first = np.concatenate([[True], packed[tied[1:]] != packed[tied[:-1]]])
-        group = np.cumsum(first) - 1
-        pair = np.bincount(group)[group] == 2
-        a = np.flatnonzero(first & pair)
-        ra, rb = rows[a], rows[a + 1]
-        swap = (k2[rb] < k2[ra]) | ((k2[rb] == k2[ra]) & (k3[rb] < k3[ra]))
-        rows[a[swap]], rows[a[swap] + 1] = rb[swap], ra[swap]
-        larger = np.flatnonzero(~pair)
-        rows[larger] = rows[larger][np.lexsort((k3[rows[larger]], k2[rows[larger]], group[larger]))]
-        order[tied] = rows
-    return order
+    return _order_with_ties((ts - low) * 3 + phase, (k2, k3))
+
+
+def _track_order(items: pl.DataFrame) -> np.ndarray:
+    """The row order of `items` (in `item` order) sorted by track, ts, width descending, item:
+    _order_with_ties of (track, ts) packed into one integer."""
+    keys = items.select("track", "ts", "width")
+    if not keys.height or keys.null_count().sum_horizontal().item():
+        return keys.select(pl.arg_sort_by("track", "ts", "width", descending=[False, False, True],
+                                          maintain_order=True)).to_series().to_numpy()
+    track, ts, width = (keys[c].to_numpy().astype(np.int64, copy=False) for c in keys.columns)
+    low, span = int(ts.min()), int(ts.max()) - int(ts.min()) + 1
+    if int(track.min()) < 0 or (int(track.max()) + 1) * span >= 1 << 62:  # track * span would overflow
+        return np.lexsort((-width, ts, track))
+    return _order_with_ties(track * span + (ts - low), (-width, np.arange(len(ts))))
 
 
 def _thread_names(events: pl.LazyFrame | None, tids: list[int]) -> dict[int, str]:
