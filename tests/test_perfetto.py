@@ -443,12 +443,12 @@ def test_a_null_flow_id_is_refused_rather_than_read_past_the_ids():
                                st.integers(-3, 3), st.integers(-100, 100)), max_size=60, unique_by=lambda r: r[3]))
 def test_nesting_order_is_the_sort_by_ts_phase_k2_k3(rows):
     """Many ties (small ts ranges, groups of two and more), and spans too wide to pack."""
-    from kptrace.export.perfetto import _nesting_order
+    from kptrace.export.timeline_order import nesting_order
 
     frame = pl.DataFrame({"ts": [r[0] for r in rows], "phase": [r[1] for r in rows], "k2": [r[2] for r in rows],
                           "k3": [r[3] for r in rows]},
                          schema={"ts": pl.Int64, "phase": pl.Int32, "k2": pl.Int64, "k3": pl.Int64})
-    assert frame[_nesting_order(frame)].equals(frame.sort("ts", "phase", "k2", "k3"))
+    assert frame[nesting_order(frame)].equals(frame.sort("ts", "phase", "k2", "k3"))
 
 
 @settings(max_examples=300, deadline=None)
@@ -456,9 +456,9 @@ def test_nesting_order_is_the_sort_by_ts_phase_k2_k3(rows):
                                st.integers(-1, 3)), max_size=60))
 def test_track_order_is_the_sort_by_track_ts_longest_first_then_item(rows):
     """Ties of track and start (nested slices that begin together), and spans too wide to pack."""
-    from kptrace.export.perfetto import _track_order
+    from kptrace.export.timeline_order import track_order
 
     frame = pl.DataFrame({"track": [r[0] for r in rows], "ts": [r[1] for r in rows], "width": [r[2] for r in rows]},
                          schema={"track": pl.Int64, "ts": pl.Int64, "width": pl.Int64}).with_row_index("item")
     expected = frame.sort("track", "ts", "width", "item", descending=[False, False, True, False])
-    assert frame[_track_order(frame)].equals(expected)
+    assert frame[track_order(frame)].equals(expected)

@@ -70,6 +70,7 @@ from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import (
 )
 
 from kptrace.errors import SetupError
+from kptrace.export.timeline_order import nesting_order, track_order
 
 #: Per-CPU child tracks, in display order, and their titles. Unknown kinds follow, titled as is.
 KIND_TITLES: dict[str, str] = {
@@ -249,8 +250,8 @@ def _assign_lanes(items: pl.DataFrame) -> pl.DataFrame:
     before the run's earlier items all ended), track by track: at a crowd's first item every lane
     of the track is free again, so a crowd's lanes do not depend on the items before it, and an
     item alone is in lane 0. Crowds held 13.5 k of the benchmark trace's 416 k intervals."""
-    # Only the keys are put in track order (_track_order); the items stay as they are.
-    order = _track_order(items)
+    # Only the keys are put in track order (track_order); the items stay as they are.
+    order = track_order(items)
     prev_reach = pl.col("end").cum_max().shift(1).over("track")
     alone = prev_reach.is_null() | (pl.col("ts") >= prev_reach)  # begins after all before it: a crowd's first, or alone
     crowds = (items.select("track", "ts", "end")[order].with_row_index("row")
@@ -319,62 +320,6 @@ def _items(intervals: pl.LazyFrame, requests: pl.LazyFrame | None) -> tuple[pl.D
     # One number per (source, owner, kind): the track the item is drawn on before lanes.
     track = (pl.col("owner") * 2 + pl.col("is_request").cast(pl.Int64)) * max(len(kinds), 1) + pl.col("kind")
     return _assign_lanes(items.with_columns(track=track)), kinds, names
-
-
-def _order_with_ties(packed: np.ndarray, tie_keys: tuple[np.ndarray, ...]) -> np.ndarray:
-    """Row order by `packed`, then by each of `tie_keys` in turn (together they tell every two
-    rows apart): one stable sort of `packed`, then only the tied rows put in order, pairs (nearly
-    all the ties of a timeline: nested slices that begin or end together) by a swap, larger groups
-    by lexsort. A 4-key Polars sort of the benchmark trace's 1 M packets took 0.2 s CPU."""
-    order = np.argsort(packed, kind="stable")
-    packed = packed[order]
-    same = packed[1:] == packed[:-1]  # position i ties with i + 1
-    tied = np.flatnonzero(np.concatenate([same, [False]]) | np.concatenate([[False], same]))
-    if not len(tied):
-        return order
-    rows = order[tied]
-    first = np.concatenate([[True], packed[tied[1:]] != packed[tied[:-1]]])
-    group = np.cumsum(first) - 1
-    pair = np.bincount(group)[group] == 2
-    a = np.flatnonzero(first & pair)
-    ra, rb = rows[a], rows[a + 1]
-    swap, equal = np.zeros(len(a), dtype=bool), np.ones(len(a), dtype=bool)
-    for key in tie_keys:
-        swap |= equal & (key[rb] < key[ra])
-        equal &= key[rb] == key[ra]
-    rows[a[swap]], rows[a[swap] + 1] = rb[swap], ra[swap]
-    larger = np.flatnonzero(~pair)
-    rows[larger] = rows[larger][np.lexsort((*(key[rows[larger]] for key in reversed(tie_keys)), group[larger]))]
-    order[tied] = rows
-    return order
-
-
-def _nesting_order(stream: pl.DataFrame) -> np.ndarray:
-    """The row order of `stream` sorted by ts, phase, k2, k3 (k3 unique within a phase), by
-    _order_with_ties of (ts, phase) packed into one integer. Only the columns kept are gathered,
-    by the caller."""
-    keys = stream.select("ts", "phase", "k2", "k3")
-    if not keys.height or keys.null_count().sum_horizontal().item():
-        return keys.select(pl.arg_sort_by("ts", "phase", "k2", "k3")).to_series().to_numpy()
-    ts, phase, k2, k3 = (keys[c].to_numpy().astype(np.int64, copy=False) for c in keys.columns)
-    low = int(ts.min())
-    if int(ts.max()) - low >= 1 << 61:  # (ts - low) * 3 + phase would overflow
-        return np.lexsort((k3, k2, phase, ts))
-    return _order_with_ties((ts - low) * 3 + phase, (k2, k3))
-
-
-def _track_order(items: pl.DataFrame) -> np.ndarray:
-    """The row order of `items` (in `item` order) sorted by track, ts, width descending, item:
-    _order_with_ties of (track, ts) packed into one integer."""
-    keys = items.select("track", "ts", "width")
-    if not keys.height or keys.null_count().sum_horizontal().item():
-        return keys.select(pl.arg_sort_by("track", "ts", "width", descending=[False, False, True],
-                                          maintain_order=True)).to_series().to_numpy()
-    track, ts, width = (keys[c].to_numpy().astype(np.int64, copy=False) for c in keys.columns)
-    low, span = int(ts.min()), int(ts.max()) - int(ts.min()) + 1
-    if int(track.min()) < 0 or (int(track.max()) + 1) * span >= 1 << 62:  # track * span would overflow
-        return np.lexsort((-width, ts, track))
-    return _order_with_ties(track * span + (ts - low), (-width, np.arange(len(ts))))
 
 
 def _thread_names(events: pl.LazyFrame | None, tids: list[int]) -> dict[int, str]:
@@ -671,7 +616,7 @@ def write_timeline(
         "item", "track_uuid", "iid", ts="ts", type=pl.lit(_INSTANT), phase=pl.lit(1),
         k2=pl.col("item"), k3=pl.col("item") * 2)
     stream = pl.concat([begin, end, instant]).collect()
-    stream = stream.select("item", "track_uuid", "iid", "ts", "type")[_nesting_order(stream)].with_row_index("pos")
+    stream = stream.select("item", "track_uuid", "iid", "ts", "type")[nesting_order(stream)].with_row_index("pos")
 
     # Flows: request <-> the interrupt intervals that disrupted it; from the earlier BEGIN.
     # Each packet's flows and annotations are columns of its row (_PACKET_COLUMNS), by `pos`.
