@@ -275,13 +275,13 @@ def test_uuids_and_sequences_differ_per_group():
     assert all(0 < s < 2**31 for s in (sequence_id("measured"), sequence_id("predicted")))
 
 
-def test_vectorised_packets_equal_protobuf_packets(tables, tmp_path, monkeypatch):
-    """The numpy fast path writes byte for byte what the perfetto protobuf classes write."""
+def test_compiled_packets_equal_protobuf_packets(tables, tmp_path, monkeypatch):
+    """The compiled encoder writes byte for byte what the perfetto protobuf classes write."""
     import kptrace.export.perfetto as perfetto_export
 
     args = (tables["events"], tables["intervals"], tables["requests"], tables["counters"])
     fast = write_timeline(tmp_path / "fast.pftrace", *args)
-    monkeypatch.setattr(perfetto_export, "VECTORISED", False)
+    monkeypatch.setattr(perfetto_export, "COMPILED", False)
     slow = write_timeline(tmp_path / "slow.pftrace", *args)
     assert fast == {**slow, "path": fast["path"]}
     assert (tmp_path / "fast.pftrace").read_bytes() == (tmp_path / "slow.pftrace").read_bytes()
@@ -411,7 +411,7 @@ _PACKET_ROW = st.fixed_dictionaries({
 @given(rows=st.lists(_PACKET_ROW, min_size=1, max_size=20), seq=st.integers(1, 2**32 - 1),
        names=st.lists(st.text(min_size=1, max_size=12).filter(lambda name: name not in ("ts", "type", "track_uuid",
                       "iid", "value", "incomplete", "flows_out", "flows_in")), unique=True, max_size=3))
-def test_packets_with_flows_and_annotations_encoded_with_numpy_have_the_protobuf_classes_bytes(rows, seq, names):
+def test_packets_with_flows_and_annotations_encoded_by_the_compiled_loop_have_the_protobuf_classes_bytes(rows, seq, names):
     """Every field the timeline's packets carry (annotations of any name and value, the
     incomplete flag, several flows each way, counter values) is encoded as protobuf does."""
     from kptrace.export.perfetto import _encode_rows, _row_packets
@@ -422,3 +422,43 @@ def test_packets_with_flows_and_annotations_encoded_with_numpy_have_the_protobuf
                                  "value": pl.Float64, "incomplete": pl.Boolean, "flows_out": pl.List(pl.UInt64),
                                  "flows_in": pl.List(pl.UInt64), **{name: pl.Int64 for name in names}})
     assert _encode_rows(frame, seq).tobytes() == _row_packets(frame, seq, None)
+
+
+def test_a_null_flow_id_is_refused_rather_than_read_past_the_ids():
+    """The compiled encoder finds each row's flow ids by offsets counted from the list lengths: a
+    null inside a list would shift them, so it is an error."""
+    from kptrace.export.perfetto import _encode_rows
+
+    frame = pl.DataFrame({"ts": [1, 2], "type": [1, 2], "track_uuid": [5, 5], "iid": [1, None], "value": [None, None],
+                          "flows_out": [[7, None], [8]]},
+                         schema={"ts": pl.Int64, "type": pl.Int64, "track_uuid": pl.UInt64, "iid": pl.Int64,
+                                 "value": pl.Float64, "flows_out": pl.List(pl.UInt64)})
+    with pytest.raises(ValueError, match="flows_out"):
+        _encode_rows(frame, 1)
+    assert _encode_rows(frame.with_columns(flows_out=pl.Series([[7], [8]], dtype=pl.List(pl.UInt64))), 1).size
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.tuples(st.integers(0, 4) | st.integers(-2**62, 2**62), st.integers(0, 2),
+                               st.integers(-3, 3), st.integers(-100, 100)), max_size=60, unique_by=lambda r: r[3]))
+def test_nesting_order_is_the_sort_by_ts_phase_k2_k3(rows):
+    """Many ties (small ts ranges, groups of two and more), and spans too wide to pack."""
+    from kptrace.export.timeline_order import nesting_order
+
+    frame = pl.DataFrame({"ts": [r[0] for r in rows], "phase": [r[1] for r in rows], "k2": [r[2] for r in rows],
+                          "k3": [r[3] for r in rows]},
+                         schema={"ts": pl.Int64, "phase": pl.Int32, "k2": pl.Int64, "k3": pl.Int64})
+    assert frame[nesting_order(frame)].equals(frame.sort("ts", "phase", "k2", "k3"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4) | st.integers(-2**62, 2**62),
+                               st.integers(-1, 3)), max_size=60))
+def test_track_order_is_the_sort_by_track_ts_longest_first_then_item(rows):
+    """Ties of track and start (nested slices that begin together), and spans too wide to pack."""
+    from kptrace.export.timeline_order import track_order
+
+    frame = pl.DataFrame({"track": [r[0] for r in rows], "ts": [r[1] for r in rows], "width": [r[2] for r in rows]},
+                         schema={"track": pl.Int64, "ts": pl.Int64, "width": pl.Int64}).with_row_index("item")
+    expected = frame.sort("track", "ts", "width", "item", descending=[False, False, True, False])
+    assert frame[track_order(frame)].equals(expected)

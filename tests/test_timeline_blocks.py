@@ -52,7 +52,7 @@ def test_small_blocks_equal_the_protobuf_classes_packets_when_only_counters_are_
     window = (start, start + 200_000_000)
     fast = perfetto.write_timeline(tmp_path / "fast.pftrace", *args, window=window)
     monkeypatch.setattr(perfetto, "_BLOCK", 3)
-    monkeypatch.setattr(perfetto, "VECTORISED", False)
+    monkeypatch.setattr(perfetto, "COMPILED", False)
     slow = perfetto.write_timeline(tmp_path / "slow.pftrace", *args, window=window)
     assert fast["packets"] > 3 and not fast["slices"]
     assert (tmp_path / "fast.pftrace").read_bytes() == (tmp_path / "slow.pftrace").read_bytes()

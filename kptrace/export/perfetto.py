@@ -48,10 +48,10 @@ Drawing rules:
 Packets are built with the `perfetto` package's protobuf classes (`perfetto.protos...
 TracePacket`) and framed as `Trace.packet` entries, as `perfetto.trace_builder.
 StreamingTraceProtoBuilder` frames them. Every packet but the first (which carries the interned
-names) is encoded with numpy instead (`VECTORISED`), flows and annotations included, producing
-the same bytes (tests compare the two): the 1 M-event benchmark trace's timeline takes about half
-the time it took with its 57 k request packets built one by one in Python. A path ending in
-`.gz` is gzip-compressed (Perfetto's trace processor and UI read gzip traces).
+names) is encoded by a compiled loop instead (packets.c, `COMPILED`), flows and annotations
+included, producing the same bytes (tests compare the two): for the 1 M packets of the benchmark
+trace it takes a few hundredths of a second, where numpy's one pass per field took 0.6 s. A path
+ending in `.gz` is gzip-compressed (Perfetto's trace processor and UI read gzip traces).
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import (
     TrackDescriptor,
     TrackEvent,
 )
+
+from kptrace.errors import SetupError
+from kptrace.export.timeline_order import nesting_order, track_order
 
 #: Per-CPU child tracks, in display order, and their titles. Unknown kinds follow, titled as is.
 KIND_TITLES: dict[str, str] = {
@@ -242,19 +245,23 @@ def _lanes(ts: np.ndarray, end: np.ndarray) -> np.ndarray:
 
 
 def _assign_lanes(items: pl.DataFrame) -> pl.DataFrame:
-    """Add `lane` (0 unless slices on a track overlap without nesting). _lanes runs over the
-    crowds alone (runs of two or more items of a track, each begun before the run's earlier items
-    all ended), track by track: at a crowd's first item every lane of the track is free again, so
-    a crowd's lanes do not depend on the items before it, and an item alone is in lane 0. Crowds
-    held 13.5 k of the benchmark trace's 416 k intervals."""
-    items = items.sort("track", "ts", "width", "item", descending=[False, False, True, False])
+    """Add `lane` to `items` (rows in `item` order): 0 unless slices on a track overlap without
+    nesting. _lanes runs over the crowds alone (runs of two or more items of a track, each begun
+    before the run's earlier items all ended), track by track: at a crowd's first item every lane
+    of the track is free again, so a crowd's lanes do not depend on the items before it, and an
+    item alone is in lane 0. Crowds held 13.5 k of the benchmark trace's 416 k intervals."""
+    # Only the keys are put in track order (track_order); the items stay as they are.
+    order = track_order(items)
     prev_reach = pl.col("end").cum_max().shift(1).over("track")
     alone = prev_reach.is_null() | (pl.col("ts") >= prev_reach)  # begins after all before it: a crowd's first, or alone
-    crowds = items.with_row_index("row").filter(~alone | ~alone.shift(-1, fill_value=True))
-    lanes = np.zeros(items.height, dtype=np.int64)
+    crowds = (items.select("track", "ts", "end")[order].with_row_index("row")
+              .filter(~alone | ~alone.shift(-1, fill_value=True)))
+    lanes = np.zeros(items.height, dtype=np.int64)  # in track order
     for (_,), part in crowds.group_by(["track"], maintain_order=True):
         lanes[part["row"].to_numpy()] = _lanes(part["ts"].to_numpy(), part["end"].to_numpy())
-    return items.with_columns(lane=pl.Series(lanes, dtype=pl.Int64))
+    item_lanes = np.empty_like(lanes)
+    item_lanes[order] = lanes
+    return items.with_columns(lane=pl.Series(item_lanes, dtype=pl.Int64))
 
 
 def _interval_items(intervals: pl.LazyFrame) -> pl.LazyFrame:
@@ -343,9 +350,9 @@ def _frame_packet(payload: bytes) -> bytes:
     return b"\x0a" + _varint(len(payload)) + payload
 
 
-#: Encode the event packets with numpy (same bytes as the protobuf classes, which the first
-#: packet, carrying the interned names, always uses); False: protobuf for all.
-VECTORISED = True
+#: Encode the event packets with the compiled encoder (same bytes as the protobuf classes, which
+#: the first packet, carrying the interned names, always uses); False: protobuf for all.
+COMPILED = True
 _BLOCK = 262_144
 #: Columns a packet row may carry beside ts, type, track_uuid, iid and value: whether it is an
 #: incomplete interval's instant (Boolean) and the flows it starts and ends (List(UInt64)).
@@ -406,7 +413,7 @@ def _annotation_name(name: str) -> bytes:
 
 def _row_packets(rows: pl.DataFrame, seq: int, interned: dict[str, int] | None) -> bytes:
     """_event_packet of every row (the first carrying `interned` when given): the reference the
-    numpy encoder matches, and the interned first packet."""
+    compiled encoder matches, and the interned first packet."""
     annotated = [c for c in rows.columns if c not in _PACKET_COLUMNS]
     packets = []
     for i, row in enumerate(rows.iter_rows(named=True)):
@@ -419,108 +426,78 @@ def _row_packets(rows: pl.DataFrame, seq: int, interned: dict[str, int] | None) 
     return b"".join(packets)
 
 
-# Pieces of packets, one per field, each a (flat bytes, length per row) pair: a row's packet is
-# its pieces in order (_joined); an absent field is a piece of length 0 in that row.
-
-#: The smallest value of each varint length past one byte.
-_VARINT_STEPS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
-
-
-def _varints(values: np.ndarray, present: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Protobuf varints of unsigned values (signed ones as their 64-bit two's complement); with
-    `present`, of those rows only (the others: length 0)."""
-    if present is not None:
-        return _in_rows(present, _varints(values[present]))
-    v = values.astype(np.uint64)
-    n_bytes = np.searchsorted(_VARINT_STEPS, v, side="right") + 1
-    width = int(n_bytes.max()) if len(v) else 1
-    out = np.empty((len(v), width), dtype=np.uint8)
-    for k in range(width):
-        more = (k < n_bytes - 1).astype(np.uint8) << 7
-        out[:, k] = ((v >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8) | more
-    if len(v) and n_bytes.min() == width:  # all of one length (timestamps, track uuids): no mask
-        return out.ravel(), n_bytes
-    return out[np.arange(width)[None, :] < n_bytes[:, None]], n_bytes
+def _compiled():
+    """The compiled packet encoder (packets.c) as cffi's (ffi, lib)."""
+    try:
+        from kptrace.export._packets import ffi, lib
+    except ImportError:
+        raise SetupError("kptrace's compiled timeline encoder is not built (pip install kptrace, or "
+                         "python kptrace/export/packets_build.py in a source checkout)") from None
+    return ffi, lib
 
 
-def _in_rows(present: np.ndarray, piece: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """A piece made for the `present` rows alone, as a piece of every row."""
-    lengths = np.zeros(len(present), dtype=np.int64)
-    lengths[present] = piece[1]
-    return piece[0], lengths
+def _column(rows: pl.DataFrame, name: str, dtype: type, null: object = 0) -> np.ndarray:
+    """`name` as a contiguous numpy array of `dtype`, nulls as `null`."""
+    return np.ascontiguousarray(rows[name].fill_null(null).to_numpy(), dtype=dtype)
 
 
-def _const(byte_values: bytes, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The same bytes in every row where `present`."""
-    return (np.tile(np.frombuffer(byte_values, dtype=np.uint8), int(present.sum())),
-            np.where(present, len(byte_values), 0))
+def _flow_ids(flows: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's flow ids at offsets[row]..offsets[row + 1] of the returned ids (uint64)."""
+    ids = np.ascontiguousarray(flows.drop_nulls().explode().drop_nulls().to_numpy(), dtype=np.uint64)
+    offsets = np.zeros(len(flows) + 1, dtype=np.int64)
+    np.cumsum(flows.list.len().fill_null(0).to_numpy(), out=offsets[1:])
+    if offsets[-1] != len(ids):  # the encoder reads each row's ids by these offsets
+        raise ValueError(f"{flows.name}: a flow id is null")
+    return offsets, ids
 
 
-def _flows(flows: pl.Series, tag: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Repeated fixed64 flow ids: `tag` and 8 bytes, little endian, per id."""
-    ids = flows.drop_nulls().explode().drop_nulls().to_numpy().astype("<u8")  # most rows have none: dropped first
-    each = np.empty((len(ids), len(tag) + 8), dtype=np.uint8)
-    each[:, :len(tag)] = np.frombuffer(tag, dtype=np.uint8)
-    each[:, len(tag):] = ids.view(np.uint8).reshape(len(ids), 8)
-    return each.ravel(), flows.list.len().fill_null(0).to_numpy().astype(np.int64) * each.shape[1]
+#: Bytes a packet's fixed fields take at most: the frame's tag and length, timestamp, event length,
+#: type, name_iid, track_uuid (tags and 10-byte varints), counter value, sequence flags.
+MAX_FIXED_PACKET_BYTES = 11 + 11 + 10 + 11 + 11 + 11 + 10 + 2
 
 
-def _joined(pieces: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's pieces one after another, the rows in order: (flat bytes, length per row).
-    A piece of one width wherever present (tags, fixed64 values) is placed as a matrix, which
-    saves the per-byte repeat of the general case (measured: about 40% of this function)."""
-    lengths = sum(n for _, n in pieces)
-    out = np.empty(int(lengths.sum()), dtype=np.uint8)
-    at = np.cumsum(lengths) - lengths  # where each row's next piece goes
-    for flat, n in pieces:
-        if len(flat):
-            rows = at if np.count_nonzero(n) == len(n) else at[n != 0]
-            width = int(n.max())
-            if len(flat) == width * len(rows):  # every present piece is `width` bytes
-                if width == 1:
-                    out[rows] = flat
-                else:
-                    out[rows[:, None] + np.arange(width)] = flat.reshape(-1, width)
-            else:
-                sizes = n[n != 0] if len(rows) < len(n) else n
-                out[np.repeat(rows - (np.cumsum(sizes) - sizes), sizes) + np.arange(len(flat))] = flat
-        at += n
-    return out, lengths
-
-
-def _int_annotations(name: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The debug annotation `name` = each of `values` (int_value), one per row: as _annotation."""
-    every = np.ones(len(values), dtype=bool)
-    value = _varints(values)
-    label = _annotation_name(name)
-    return _joined([_const(b"\x22", every), _varints(1 + value[1] + len(label)), _const(b"\x20", every), value,
-                    _const(label, every)])
+def _annotations(rows: pl.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray, bytes, np.ndarray]:
+    """The integer debug annotation columns of `rows` (those not in _PACKET_COLUMNS), for
+    encode_events: names, values and presence (one column after another), the names' pieces
+    (tag, length, name) joined, and where each piece starts (and the last ends)."""
+    names = [c for c in rows.columns if c not in _PACKET_COLUMNS]
+    values = np.zeros(len(names) * rows.height, dtype=np.int64)
+    present = np.zeros(len(names) * rows.height, dtype=np.uint8)
+    for k, name in enumerate(names):
+        values[k * rows.height:(k + 1) * rows.height] = rows[name].fill_null(0).cast(pl.Int64).to_numpy()
+        present[k * rows.height:(k + 1) * rows.height] = rows[name].is_not_null().to_numpy()
+    pieces = [_annotation_name(name) for name in names]
+    piece_at = np.zeros(len(names) + 1, dtype=np.int64)
+    np.cumsum([len(piece) for piece in pieces], out=piece_at[1:])
+    return names, values, present, b"".join(pieces), piece_at
 
 
 def _encode_rows(rows: pl.DataFrame, seq: int) -> np.ndarray:
     """Framed event packets of `rows` (without interned data), in order, as _row_packets
-    writes them: fields in number order, as protobuf serializes them."""
-    n = rows.height
-    every = np.ones(n, dtype=bool)
-    kind = rows["type"].to_numpy().astype(np.int64)
-    iid = rows["iid"].fill_null(-1).to_numpy()
-    has_iid, counter = iid >= 0, kind == _COUNTER
-    event = []  # the TrackEvent's fields
-    for name in (c for c in rows.columns if c not in _PACKET_COLUMNS):
-        present = rows[name].is_not_null().to_numpy()
-        event.append(_in_rows(present, _int_annotations(name, rows[name].drop_nulls().cast(pl.Int64).to_numpy())))
-    if "incomplete" in rows.columns:
-        event.append(_const(_annotation("incomplete", flag=True), rows["incomplete"].fill_null(False).to_numpy()))
-    event += [_const(b"\x48", every), _varints(kind), _const(b"\x50", has_iid), _varints(iid, has_iid),
-              _const(b"\x58", every), _varints(rows["track_uuid"].to_numpy()), _const(b"\xe1\x02", counter),
-              (rows["value"].fill_null(0.0).to_numpy()[counter].astype("<f8").view(np.uint8), np.where(counter, 8, 0))]
-    event += [_flows(rows[name], tag) for name, tag in zip(FLOW_COLUMNS, (b"\xf9\x02", b"\x81\x03"))
-              if name in rows.columns]
-    event_len = sum(lengths for _, lengths in event)
-    packet = [_const(b"\x40", every), _varints(rows["ts"].to_numpy()), _const(b"\x50" + _varint(seq) + b"\x5a", every),
-              _varints(event_len), *event, _const(b"\x68\x02", every)]
-    packet_len = sum(lengths for _, lengths in packet)
-    return _joined([_const(b"\x0a", every), _varints(packet_len), *packet])[0]
+    writes them, by the compiled encoder: fields in number order, as protobuf serializes them."""
+    ffi, lib = _compiled()
+    names, ann_values, ann_present, ann_pieces, piece_at = _annotations(rows)
+    incomplete = _column(rows, "incomplete", np.uint8, False) if "incomplete" in rows.columns else None
+    no_flows = (None, np.zeros(0, np.uint64))
+    flows = [_flow_ids(rows[name]) if name in rows.columns else no_flows for name in FLOW_COLUMNS]
+    flag = _annotation("incomplete", flag=True)
+    seq_piece = b"\x50" + _varint(seq) + b"\x5a"
+    per_row = MAX_FIXED_PACKET_BYTES + len(seq_piece) + len(flag) + 22 * len(names) + len(ann_pieces)
+    out = np.empty(rows.height * per_row + 10 * sum(len(ids) for _, ids in flows), dtype=np.uint8)
+
+    def buffer(cdecl: str, array: np.ndarray | bytes | None):
+        return ffi.NULL if array is None else ffi.from_buffer(cdecl, array)
+
+    size = lib.encode_events(
+        rows.height, buffer("int64_t[]", _column(rows, "ts", np.int64)),
+        buffer("int64_t[]", _column(rows, "type", np.int64)), buffer("uint64_t[]", _column(rows, "track_uuid", np.uint64)),
+        buffer("int64_t[]", _column(rows, "iid", np.int64, -1)), buffer("double[]", _column(rows, "value", np.float64, 0.0)),
+        _COUNTER, buffer("uint8_t[]", incomplete), len(names), buffer("int64_t[]", ann_values),
+        buffer("uint8_t[]", ann_present), buffer("uint8_t[]", ann_pieces), buffer("int64_t[]", piece_at),
+        buffer("int64_t[]", flows[0][0]), buffer("uint64_t[]", flows[0][1]),
+        buffer("int64_t[]", flows[1][0]), buffer("uint64_t[]", flows[1][1]),
+        buffer("uint8_t[]", flag), len(flag), buffer("uint8_t[]", seq_piece), len(seq_piece), buffer("uint8_t[]", out))
+    return out[:size]
 
 
 def _write_events(out, rows: pl.DataFrame, seq: int, interned: dict[str, int] | None) -> int:
@@ -530,7 +507,7 @@ def _write_events(out, rows: pl.DataFrame, seq: int, interned: dict[str, int] | 
     sequence state. Returns the packet count."""
     for lo in range(0, rows.height, _BLOCK):
         block = rows.slice(lo, _BLOCK)
-        by_classes = block.height if not VECTORISED else int(interned is not None and lo == 0)
+        by_classes = block.height if not COMPILED else int(interned is not None and lo == 0)
         packets = [_row_packets(block.head(by_classes), seq, interned if lo == 0 else None)] if by_classes else []
         if by_classes < block.height:
             packets.append(_encode_rows(block.slice(by_classes), seq).tobytes())
@@ -638,10 +615,8 @@ def write_timeline(
     instant = items.lazy().filter(~complete).select(
         "item", "track_uuid", "iid", ts="ts", type=pl.lit(_INSTANT), phase=pl.lit(1),
         k2=pl.col("item"), k3=pl.col("item") * 2)
-    # Sorted once collected: the same sort in the query took 0.40 s CPU on the 1 M-packet benchmark
-    # trace, 0.26 s here (5 runs each).
-    stream = (pl.concat([begin, end, instant]).collect().sort("ts", "phase", "k2", "k3")
-              .select("item", "track_uuid", "iid", "ts", "type").with_row_index("pos"))
+    stream = pl.concat([begin, end, instant]).collect()
+    stream = stream.select("item", "track_uuid", "iid", "ts", "type")[nesting_order(stream)].with_row_index("pos")
 
     # Flows: request <-> the interrupt intervals that disrupted it; from the earlier BEGIN.
     # Each packet's flows and annotations are columns of its row (_PACKET_COLUMNS), by `pos`.
