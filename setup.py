@@ -1,5 +1,6 @@
-"""Only for the compiled part: cffi builds kptrace.read._pages (kptrace/read/pages.c) at install.
+"""Only for the compiled parts: cffi builds kptrace.read._pages (kptrace/read/pages.c) and
+kptrace.export._packets (kptrace/export/packets.c) at install.
 Everything else is in pyproject.toml."""
 from setuptools import setup
 
-setup(cffi_modules=["kptrace/read/pages_build.py:ffibuilder"])
+setup(cffi_modules=["kptrace/read/pages_build.py:ffibuilder", "kptrace/export/packets_build.py:ffibuilder"])
