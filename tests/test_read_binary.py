@@ -161,6 +161,26 @@ def test_damaged_compressed_chunks_are_a_one_line_error(tmp_path):
     assert "trace.dat" in str(error.value) and "\n" not in str(error.value)
 
 
+def test_a_chunk_shorter_than_stated_leaves_no_gap_in_its_pages(tmp_path, monkeypatch):
+    """A version 7 page chunk that inflates to fewer bytes than its list states: the pages of the
+    next chunk follow it directly (the chunks are inflated at once at their stated places, then
+    moved up), so every row is the same as when the sizes are stated right."""
+    from kptrace.read import tracedat
+    lists, chunk_list = [], tracedat._chunk_list
+    monkeypatch.setattr(tracedat, "_chunk_list", lambda c: lists.append(c.pos) or chunk_list(c))
+    original = read_any(DATA / "v7-zstd.dat").rows
+    monkeypatch.undo()
+    data = bytearray((DATA / "v7-zstd.dat").read_bytes())
+    several = [at for at in lists if int.from_bytes(data[at: at + 4], "little") > 1]
+    assert several
+    for at in several:  # the first chunk of each list of two or more states a page more than it holds
+        stated = at + 8  # after the list's count and the chunk's packed size
+        data[stated: stated + 4] = (int.from_bytes(data[stated: stated + 4], "little") + 4096).to_bytes(4, "little")
+    changed = tmp_path / "stated-longer.dat"
+    changed.write_bytes(bytes(data))
+    assert read_any(changed).rows.equals(original)
+
+
 def test_a_compressed_trace_dat_is_recognised_by_its_first_bytes_after_decompression(tmp_path):
     compressed = read_any(DATA / "v6.dat.zst")
     assert compressed.source_format == "trace.dat"

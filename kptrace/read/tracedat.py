@@ -18,7 +18,7 @@ import zstandard
 
 from kptrace.read.binary import Capture, parse_cmdlines
 from kptrace.read.formats import FormatTable, check_header_event, parse_header_page
-from kptrace.read.pages import SLACK
+from kptrace.read.pages import SLACK, at_once
 
 MAGIC = b"\x17\x08\x44tracing"
 
@@ -202,27 +202,43 @@ def _chunk_list(c: _Cursor) -> list[tuple[int, int, int]]:
     return chunks
 
 
-def _inflate_side_by_side(c: _Cursor, per_cpu: list[list[tuple[int, int, int]]], inflate) -> list[memoryview]:
+def _inflate_side_by_side(c: _Cursor, per_cpu: list[list[tuple[int, int, int]]], compression: str) -> list[memoryview]:
     """Each CPU's chunks inflated into one array, the CPUs side by side and SLACK zero bytes
     after, so the page reader takes them as they lie (pages.join_pages); a chunk shorter than
-    stated leaves no gap in its CPU's pages."""
+    stated leaves no gap in its CPU's pages. The chunks are inflated in two halves at once, each
+    at its stated place (zstd lets go of the GIL: 1324 chunks, 54 MB, took 0.05-0.09 s in one
+    thread on the benchmark trace)."""
     stated = [sum(unpacked for _, _, unpacked in chunks) for chunks in per_cpu]
     out = np.empty(sum(stated) + SLACK, dtype=np.uint8)
     out[sum(stated):] = 0
-    whole, data, blobs, at = memoryview(out), memoryview(c.data), [], 0
+    places = np.cumsum([0, *(unpacked for chunks in per_cpu for _, _, unpacked in chunks)]).tolist()
+    spans = [(start, packed, at, unpacked) for (start, packed, unpacked), at in
+             zip((chunk for chunks in per_cpu for chunk in chunks), places)]
+    middle = int(np.searchsorted(places, places[-1] / 2))
+    whole, data = memoryview(out), memoryview(c.data)
+
+    def inflate_all(part: list[tuple[int, int, int, int]]) -> list[int]:
+        inflate = _decompressor(compression)  # a context of its own: one is not shared by threads
+        return [inflate(data[start: start + packed], whole[at: at + unpacked]) for start, packed, at, unpacked in part]
+
+    halves = at_once(lambda: inflate_all(spans[:middle]), lambda: inflate_all(spans[middle:]))
+    done = [n for half in halves for n in half]
+    blobs, chunk, at = [], 0, 0
     for chunks, size in zip(per_cpu, stated):
-        done = 0
-        for start, packed, unpacked in chunks:
-            done += inflate(data[start: start + packed], whole[at + done: at + done + unpacked])
-        blobs.append(whole[at: at + done])
-        at += size
+        end = at
+        for place, n in zip(places[chunk: chunk + len(chunks)], done[chunk: chunk + len(chunks)]):
+            if place != end:  # after a short chunk: moved up to close the gap
+                out[end: end + n] = out[place: place + n]
+            end += n
+        blobs.append(whole[at: end])
+        chunk, at = chunk + len(chunks), at + size
     return blobs
 
 
 def _v7(c: _Cursor) -> tuple[_Meta, list[tuple[str, list[tuple[int, bytes]]]]]:
     compression = c.cstr()
     c.cstr()  # compression library version
-    inflate = None if compression == "none" else _decompressor(compression)
+    inflate = None if compression == "none" else _decompressor(compression)  # for the sections
     meta, buffers = _Meta(), []
     readers = {_HEADER_INFO: _header_info, _EVENT_FORMATS: _event_formats,
                _CMDLINES: lambda s, m: setattr(m, "cmdlines", s.take(s.num(8)).decode("utf-8", "replace"))}
@@ -241,17 +257,18 @@ def _v7(c: _Cursor) -> tuple[_Meta, list[tuple[str, list[tuple[int, bytes]]]]]:
                 _, section = _section(c.at(body.num(8)), inflate)
                 readers[option](section, meta)
             elif option == _BUFFER:
-                buffers.append(_v7_buffer(c, body, inflate))
+                buffers.append(_v7_buffer(c, body, None if inflate is None else compression))
     return meta, buffers
 
 
-def _v7_buffer(c: _Cursor, body: _Cursor, inflate) -> tuple[str, list[tuple[int, bytes]]]:
+def _v7_buffer(c: _Cursor, body: _Cursor, compression: str | None) -> tuple[str, list[tuple[int, bytes]]]:
     """A BUFFER option: offset of its section, instance name, clock, page size, then for each
-    CPU its id and the offset and size of its pages (compressed size when the section is)."""
+    CPU its id and the offset and size of its pages (compressed size when the section is;
+    `compression` None when the file's sections are not)."""
     section_offset, name = body.num(8), body.cstr()
     body.cstr()  # trace clock
     body.num(4)  # page size
-    compressed = inflate is not None and c.at(section_offset + 2).num(2) & _COMPRESSED
+    compressed = compression is not None and c.at(section_offset + 2).num(2) & _COMPRESSED
     cpus = []
     for _ in range(body.num(4)):
         cpu, offset, size = body.num(4), body.num(8), body.num(8)
@@ -261,7 +278,8 @@ def _v7_buffer(c: _Cursor, body: _Cursor, inflate) -> tuple[str, list[tuple[int,
             raise TraceDatError(f"buffer {name!r} names CPU {cpu}, past any machine's (a damaged file)"[:200])
         cpus.append((cpu, _chunk_list(c.at(offset)) if compressed else _span(c, offset, size)))
     if compressed:
-        return name, list(zip([cpu for cpu, _ in cpus], _inflate_side_by_side(c, [chunks for _, chunks in cpus], inflate)))
+        blobs = _inflate_side_by_side(c, [chunks for _, chunks in cpus], compression)
+        return name, list(zip([cpu for cpu, _ in cpus], blobs))
     return name, cpus
 
 
