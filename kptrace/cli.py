@@ -104,17 +104,18 @@ def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = No
     from kptrace.analysis import analyze as run_analysis
     from kptrace.archive import opened
     from kptrace.export import write_all
-    from kptrace.summary import build_summary
 
     _freeze_imports()
     with _stages(trace.name, quiet) as progress:
         with opened(trace, out) as readable:  # a bundle archive is unpacked safely into out, then removed
             analysis = run_analysis(readable, progress, stored=out)  # a large binary capture: windowed
         _warn(analysis.meta)
-        summary = build_summary(analysis)
-        servers = len(summary["whatif"])
-        progress(f"replayed the what-if policies for {servers} server{'s' * (servers != 1)}")
-        summary = write_all(analysis, out, summary, predicted=predicted, timeline_window=timeline_window)
+
+        def replayed(summary: dict) -> None:
+            servers = len(summary["whatif"])
+            progress(f"replayed the what-if policies for {servers} server{'s' * (servers != 1)}")
+        # The summary (what-if) is built inside write_all, beside the tables and the timeline.
+        summary = write_all(analysis, out, predicted=predicted, timeline_window=timeline_window, summarized=replayed)
         progress(f"wrote tables, report and timeline ({summary['outputs']['timeline_slices']:,} slices)")
     return summary
 
