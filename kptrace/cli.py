@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated
@@ -97,6 +98,14 @@ def ingest(
     )
 
 
+def _import_ahead() -> None:
+    """Import what only the outputs need (the report's altair, about 0.5 s of pure Python, and the
+    timeline's protobufs) on a thread while the read runs, mostly in C and numpy. An import that
+    fails here is left to fail again where the outputs import it, with the error it always had."""
+    with contextlib.suppress(Exception):
+        import kptrace.export.report  # noqa: F401
+
+
 def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = None,
                  timeline_window: tuple[float, float] | None = None) -> dict:
     """Analyze one input into `out`, what-if predictions included (and the `predicted` policy's
@@ -106,10 +115,13 @@ def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = No
     from kptrace.export import write_all
 
     _freeze_imports()
+    ahead = threading.Thread(target=_import_ahead, name="import-ahead")
+    ahead.start()
     with _stages(trace.name, quiet) as progress:
         with opened(trace, out) as readable:  # a bundle archive is unpacked safely into out, then removed
             analysis = run_analysis(readable, progress, stored=out)  # a large binary capture: windowed
         _warn(analysis.meta)
+        ahead.join()
 
         def replayed(summary: dict) -> None:
             servers = len(summary["whatif"])

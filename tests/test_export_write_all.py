@@ -69,3 +69,12 @@ def test_the_timeline_written_beside_the_summary_is_the_one_written_alone(analys
     alone = write_timeline(tmp_path / "alone" / "timeline.perfetto-trace.gz", analysis.events, analysis.intervals,
                            analysis.requests, kptrace.summary.counter_samples(analysis.events))
     assert (tmp_path / "all" / "timeline.perfetto-trace.gz").read_bytes() == Path(alone["path"]).read_bytes()
+
+
+def test_an_import_that_fails_ahead_is_left_to_fail_where_the_outputs_import_it(monkeypatch):
+    from kptrace import cli
+
+    monkeypatch.setitem(sys.modules, "kptrace.export.report", None)  # any import of it fails
+    cli._import_ahead()  # quietly
+    with pytest.raises(ImportError):
+        import kptrace.export.report  # noqa: F401
