@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,13 +44,14 @@ def wall_and_peak(command: list[str], env: dict | None = None, cwd: Path | None 
     return time.perf_counter() - start, int(result.stderr.strip().splitlines()[-1])
 
 
-def stage_times(dat: Path, out: Path) -> dict[str, float]:
+def stage_times(dat: Path, out: Path) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
     """Seconds of each stage of one in-process analyze of `dat`, run as `kptrace analyze` runs it
-    (analyze with stored=out, build_summary, write_all): the imports, the analysis's own stages
-    as its progress reports them, then what-if, tables, timeline and report (write_all's parts,
-    timed by wrapping the functions it calls). write_all builds the report's charts on a thread
-    beside the timeline: their time overlaps the timeline stage, any wait for them is "other",
-    and the report stage is the page made from the built charts."""
+    (the imports, analyze with stored=out while the outputs' imports run on a thread as the CLI's
+    do, then write_all building the summary): the analysis's own stages as its progress reports
+    them, one after another, so they add up to the total. And write_all's parts, which run side by
+    side (summary and what-if, Parquet tables, Perfetto timeline, the report's charts; then the
+    page): each as its (start, end) seconds from write_all's start, timed by wrapping the
+    functions it calls; they overlap, so they add up to more than write_all's stage."""
     times: dict[str, float] = {}
     mark = [time.perf_counter()]
 
@@ -58,32 +60,37 @@ def stage_times(dat: Path, out: Path) -> dict[str, float]:
         times[stage] = times.get(stage, 0.0) + now - mark[0]
         mark[0] = now
 
+    from kptrace import cli, export, summary
     from kptrace.analysis import analyze
-    from kptrace.export import parquet, perfetto, report, write_all
-    from kptrace.summary import build_summary
     gc.freeze()  # as the CLI does once its imports are done (kptrace.cli._freeze_imports)
-    lap("imports (kptrace, polars, altair, perfetto protos)")
+    lap("imports (kptrace, polars, pyarrow)")
+    ahead = threading.Thread(target=cli._import_ahead)  # as the CLI does: altair and the perfetto protos
+    ahead.start()
+    analysis = analyze(dat, lambda stage: lap(f"analysis: {stage}"), stored=out)
+    ahead.join()
+    lap("analysis: rest (and the wait for the imports on the thread)")
+    from kptrace.export import perfetto, report
+    parts: dict[str, tuple[float, float]] = {}
 
-    def timed(module, name: str, stage: str):
+    def timed(module, name: str, part: str):
         original = getattr(module, name)
 
         def wrapper(*args, **kwargs):
-            lap("write_all: other")
-            result = original(*args, **kwargs)
-            lap(stage)
-            return result
+            start = time.perf_counter() - mark[0]
+            try:
+                return original(*args, **kwargs)
+            finally:
+                parts[part] = (start, time.perf_counter() - mark[0])
         setattr(module, name, wrapper)
 
-    timed(parquet, "write_tables", "write_all: Parquet tables")
-    timed(perfetto, "write_timeline", "write_all: Perfetto timeline (+ charts beside it)")
-    timed(report, "write_report", "write_all: report.html (from the built charts)")
-    analysis = analyze(dat, lambda stage: lap(f"analysis: {stage}"), stored=out)
-    lap("analysis: rest")
-    summary = build_summary(analysis)
-    lap("summary and what-if (build_summary)")
-    write_all(analysis, out, summary)
-    lap("write_all: other")
-    return times
+    timed(summary, "build_summary", "summary and what-if (build_summary)")
+    timed(export, "write_tables_of", "Parquet tables")
+    timed(perfetto, "write_timeline", "Perfetto timeline")
+    timed(report, "chart_specs", "report's charts")
+    timed(report, "write_report", "report.html (from the built charts)")
+    export.write_all(analysis, out)
+    lap("write_all: summary, tables, timeline, charts side by side; report")
+    return times, parts
 
 
 def cli_wall(dat: Path, out: Path) -> float:
@@ -107,9 +114,12 @@ def main() -> None:
         if args.stages:
             if args.dat is None:
                 parser.error("--stages needs --dat")
-            times = stage_times(args.dat, work / "out")
+            times, parts = stage_times(args.dat, work / "out")
             for stage, seconds in times.items():
                 print(f"  {stage:<60} {seconds:6.2f} s")
+            print("    write_all's parts, each from its start to its end (they overlap):")
+            for part, (start, end) in parts.items():
+                print(f"      {part:<56} {end - start:6.2f} s  ({start:5.2f} -> {end:5.2f})")
             print(f"  {'total in process':<60} {sum(times.values()):6.2f} s")
             wall = cli_wall(args.dat, work / "out-cli")
             print(f"  {'kptrace analyze, a fresh process (same work)':<60} {wall:6.2f} s")

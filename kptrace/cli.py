@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated
@@ -97,6 +98,14 @@ def ingest(
     )
 
 
+def _import_ahead() -> None:
+    """Import what only the outputs need (the report's altair, about 0.5 s of pure Python, and the
+    timeline's protobufs) on a thread while the read runs, mostly in C and numpy. An import that
+    fails here is left to fail again where the outputs import it, with the error it always had."""
+    with contextlib.suppress(Exception):
+        import kptrace.export.report  # noqa: F401
+
+
 def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = None,
                  timeline_window: tuple[float, float] | None = None) -> dict:
     """Analyze one input into `out`, what-if predictions included (and the `predicted` policy's
@@ -104,17 +113,21 @@ def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = No
     from kptrace.analysis import analyze as run_analysis
     from kptrace.archive import opened
     from kptrace.export import write_all
-    from kptrace.summary import build_summary
 
     _freeze_imports()
+    ahead = threading.Thread(target=_import_ahead, name="import-ahead")
+    ahead.start()
     with _stages(trace.name, quiet) as progress:
         with opened(trace, out) as readable:  # a bundle archive is unpacked safely into out, then removed
             analysis = run_analysis(readable, progress, stored=out)  # a large binary capture: windowed
         _warn(analysis.meta)
-        summary = build_summary(analysis)
-        servers = len(summary["whatif"])
-        progress(f"replayed the what-if policies for {servers} server{'s' * (servers != 1)}")
-        summary = write_all(analysis, out, summary, predicted=predicted, timeline_window=timeline_window)
+        ahead.join()
+
+        def replayed(summary: dict) -> None:
+            servers = len(summary["whatif"])
+            progress(f"replayed the what-if policies for {servers} server{'s' * (servers != 1)}")
+        # The summary (what-if) is built inside write_all, beside the tables and the timeline.
+        summary = write_all(analysis, out, predicted=predicted, timeline_window=timeline_window, summarized=replayed)
         progress(f"wrote tables, report and timeline ({summary['outputs']['timeline_slices']:,} slices)")
     return summary
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -20,34 +21,76 @@ PREDICTED_GROUP = "predicted: {policy}"
 
 
 def write_all(analysis: Analysis, out: str | Path, summary: dict | None = None, group: str = "measured",
-              predicted: str | None = None, timeline_window: tuple[float, float] | None = None) -> dict:
+              predicted: str | None = None, timeline_window: tuple[float, float] | None = None, *,
+              summarized: Callable[[dict], None] = lambda summary: None) -> dict:
     """Write the Parquet tables and meta.json, whatif.parquet (when the summary holds what-if
     results), summary.json, report.html and the Perfetto timeline (its tracks under `group`, and
     with `predicted=POLICY` a second group replaying that policy) into `out`; return the summary
-    with an `outputs` entry naming them. The timeline draws `timeline_window` (seconds from the
-    trace's start, [start, end)), else the busiest seconds of a trace too large to draw whole
-    (kptrace.export.perfetto.TIMELINE_MAX_ITEMS); the tables always hold everything. Tables a
-    windowed analysis stored already are left in place when `out` is where it stored them, and
-    copied when it is not (write_tables_of). The report's charts are built on a thread while the
-    timeline is written (altair's pure Python beside the timeline's Polars, numpy and zlib, which
-    release the GIL); an error there is raised here all the same."""
+    with an `outputs` entry naming them. The summary is built here (build_summary) when not
+    given, and `summarized` hears it as soon as it is. The timeline draws `timeline_window`
+    (seconds from the trace's start, [start, end)), else the busiest seconds of a trace too large
+    to draw whole (kptrace.export.perfetto.TIMELINE_MAX_ITEMS); the tables always hold
+    everything. Tables a windowed analysis stored already are left in place when `out` is where it
+    stored them, and copied when it is not (write_tables_of).
+
+    The parts run side by side (_write_side_by_side); those of a windowed analysis, whose tables
+    are scans of its files, one after another but for the report's charts (_write_in_turn). An
+    error in a part is raised here: the first in the order the parts run in turn (summary,
+    tables, timeline, charts)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)  # before the parts, which write into it side by side
+    write = _write_in_turn if analysis.stored is not None else _write_side_by_side
+    analysis, summary, charts, drawn = write(analysis, out, summary, summarized, group, predicted, timeline_window)
+    _finish_summary(analysis, out, summary, *drawn)
+    from kptrace.export.report import write_report
+
+    write_report(out / "report.html", analysis, summary, charts)
+    return summary
+
+
+def _write_side_by_side(analysis: Analysis, out: Path, summary: dict | None, summarized: Callable[[dict], None],
+                        group: str, predicted: str | None, timeline_window: tuple[float, float] | None):
+    """The Parquet tables (Polars' writer) and the timeline (Polars, numpy and zlib), which release
+    the GIL, each on a thread of its own while this one builds the summary (the what-if replay,
+    mostly Python), then the report's charts (altair, pure Python) on a third thread and
+    whatif.parquet here once the tables are written. The analysis is held whole, so the tables
+    written are the analysis's own (write_tables_of returns it unchanged)."""
+    from kptrace.summary import build_summary
+
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="write-all") as threads:
+        tables = threads.submit(write_tables_of, analysis, out, dict(analysis.tables()))
+        timeline = threads.submit(_write_timeline, analysis, out, group, predicted, timeline_window)
+        summary = build_summary(analysis) if summary is None else summary
+        summarized(summary)
+        charts = threads.submit(_report_charts, analysis, dict(summary))  # a copy: notes and outputs change later
+        tables.result()
+        if summary.get("whatif"):
+            from kptrace.export.parquet import write_table
+            from kptrace.whatif.render import whatif_frame
+
+            write_table(out / "whatif.parquet", whatif_frame(summary["whatif"]))
+        drawn = timeline.result()
+        return analysis, summary, charts.result(), drawn
+
+
+def _write_in_turn(analysis: Analysis, out: Path, summary: dict | None, summarized: Callable[[dict], None],
+                   group: str, predicted: str | None, timeline_window: tuple[float, float] | None):
+    """The summary, the tables, then the timeline with the report's charts built on a thread beside
+    it: a windowed analysis's parts one after another, so no two hold window-sized frames at once
+    (its peak memory is bounded, docs/windows.md). The analysis returned scans the tables written."""
     from kptrace.summary import build_summary
     from kptrace.whatif.render import whatif_frame
 
-    out = Path(out)
     summary = build_summary(analysis) if summary is None else summary
+    summarized(summary)
     written = dict(analysis.tables())
     if summary.get("whatif"):
         written["whatif"] = whatif_frame(summary["whatif"])
     analysis = write_tables_of(analysis, out, written)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-charts") as thread:
-        specs = thread.submit(_report_charts, analysis, dict(summary))  # a copy: notes and outputs change below
-        _write_timeline_and_summary(analysis, out, summary, group, predicted, timeline_window, written)
-        charts = specs.result()
-    from kptrace.export.report import write_report
-
-    write_report(out / "report.html", analysis, summary, charts)
-    return summary
+        charts = thread.submit(_report_charts, analysis, dict(summary))  # a copy: notes and outputs change later
+        drawn = _write_timeline(analysis, out, group, predicted, timeline_window)
+        return analysis, summary, charts.result(), drawn
 
 
 def _report_charts(analysis: Analysis, summary: dict) -> dict[str, dict]:
@@ -57,9 +100,10 @@ def _report_charts(analysis: Analysis, summary: dict) -> dict[str, dict]:
     return chart_specs(analysis, summary)
 
 
-def _write_timeline_and_summary(analysis: Analysis, out: Path, summary: dict, group: str, predicted: str | None,
-                                timeline_window: tuple[float, float] | None, written: dict) -> None:
-    """Write the timeline and summary.json, the summary given its `outputs` entry (write_all)."""
+def _write_timeline(analysis: Analysis, out: Path, group: str, predicted: str | None,
+                    timeline_window: tuple[float, float] | None) -> tuple[dict, str | None]:
+    """Write the timeline; return its entries of the summary's `outputs` and, when the
+    `predicted` policy could not be replayed, the note saying why."""
     from kptrace.export.perfetto import write_timeline
     from kptrace.summary import counter_samples
 
@@ -71,22 +115,27 @@ def _write_timeline_and_summary(analysis: Analysis, out: Path, summary: dict, gr
                               window=asked)
     drawn_window = timeline["window"]
     groups = {group: sum(timeline["slices"].values())}
+    note = None
     if predicted is not None:
         frames, why_none = predicted_timeline(analysis, predicted)
         if frames is None:
-            summary["notes"] = summary["notes"] + [f"no {PREDICTED_GROUP.format(policy=predicted)} timeline group: "
-                                                   f"{why_none}"]
+            note = f"no {PREDICTED_GROUP.format(policy=predicted)} timeline group: {why_none}"
         else:
             name = PREDICTED_GROUP.format(policy=predicted)
             drawn = write_timeline(path, None, *frames, group=name, append=True,
                                    window=drawn_window and tuple(drawn_window), max_items=None)
             groups[name] = sum(drawn["slices"].values())
+    return {"timeline": str(timeline["path"]), "timeline_slices": sum(groups.values()), "timeline_groups": groups,
+            "timeline_window": _window_drawn(drawn_window, trace_start, asked is not None)}, note
+
+
+def _finish_summary(analysis: Analysis, out: Path, summary: dict, timeline: dict, note: str | None) -> None:
+    """Give the summary its `outputs` entry (and the timeline's note) and write it as summary.json."""
+    if note is not None:
+        summary["notes"] = summary["notes"] + [note]
     summary["outputs"] = {"directory": str(out), "summary": str(out / "summary.json"),
-                          "report": str(out / "report.html"), "timeline": str(timeline["path"]),
-                          "timeline_slices": sum(groups.values()), "timeline_groups": groups,
-                          "timeline_window": _window_drawn(drawn_window, trace_start, asked is not None),
-                          "tables": sorted(analysis.tables()),
-                          "whatif": str(out / "whatif.parquet") if "whatif" in written else None}
+                          "report": str(out / "report.html"), **timeline, "tables": sorted(analysis.tables()),
+                          "whatif": str(out / "whatif.parquet") if summary.get("whatif") else None}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
 
 

@@ -25,15 +25,20 @@ def write_tables(out_dir: str | Path, tables: dict[str, pl.DataFrame | pl.LazyFr
     written = []
     for name, table in tables.items():
         target = out / f"{name}.parquet"
-        if isinstance(table, pl.LazyFrame):
-            table.sink_parquet(target, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-        else:
-            table.write_parquet(target, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        write_table(target, table)
         written.append(target)
     meta_path = out / "meta.json"
     meta_path.write_text(json.dumps(meta, indent=2, default=str) + "\n")
     written.append(meta_path)
     return written
+
+
+def write_table(target: Path, table: pl.DataFrame | pl.LazyFrame) -> None:
+    """One table as a zstd Parquet file in row groups of ROW_GROUP_ROWS; a LazyFrame is streamed."""
+    if isinstance(table, pl.LazyFrame):
+        table.sink_parquet(target, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+    else:
+        table.write_parquet(target, compression="zstd", row_group_size=ROW_GROUP_ROWS)
 
 
 class ParquetAppender:
