@@ -120,6 +120,19 @@ def test_raw_pages_are_read_from_a_bundle_in_the_collector_layout(tmp_path):
     assert raw.rows.height == read_any(DATA / "raw").rows.height
 
 
+def test_a_torn_last_page_of_a_raw_cpu_file_is_left_out_with_a_warning(tmp_path):
+    """The CPU files are read end to end into one array; a file whose last page is torn breaks
+    that layout (its whole pages end before the next file starts), and its rows must still be
+    exactly those of its whole pages, with a warning naming the bytes left out."""
+    raw = tmp_path / "raw"
+    shutil.copytree(DATA / "raw", raw)
+    with open(raw / "cpu0.raw", "ab") as cpu0:
+        cpu0.write(bytes(1000))
+    torn = read_any(raw)
+    assert torn.rows.equals(read_any(DATA / "raw").rows)
+    assert any("cpu0.raw: 1000 bytes after the last whole page ignored" in w for w in torn.warnings)
+
+
 @pytest.mark.parametrize("name", ["v7-none.dat", "v7-zstd.dat", "v6.dat"])
 @pytest.mark.parametrize("keep", [0.5, 0.02])
 def test_truncated_trace_dat_is_a_one_line_error(name, keep, tmp_path):
