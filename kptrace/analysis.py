@@ -35,6 +35,16 @@ WHOLE_MAX_ROWS = 3_000_000
 
 #: A table held in memory, or scanned from the Parquet file a windowed analysis wrote it to.
 Table = pl.DataFrame | pl.LazyFrame
+#: Hears each table as soon as a whole-trace analysis has built it, so the outputs that need only
+#: those can start while the analysis goes on (kptrace.export.EarlyOutputs): ("events", the
+#: events) once read, then ("intervals", ...), ("disruptions", ...) and ("requests", the requests
+#: or None when the trace gives none) before attribution. They are the analysis's own tables,
+#: unchanged later but for the fault-mark columns mark_faults adds to the requests.
+Built = Callable[[str, Table | None], None]
+
+
+def _unheard(name: str, table: Table | None) -> None:
+    """A Built that nobody listens to."""
 
 
 @dataclass
@@ -135,12 +145,14 @@ def frame_meta(table: pl.DataFrame) -> dict:
 
 
 def analyze(path: str | Path, progress: Callable[[str], None] = lambda stage: None, stored: Path | None = None,
-            window_rows: int | None = None) -> Analysis:
+            window_rows: int | None = None, built: Built = _unheard) -> Analysis:
     """Read and normalize a trace file or bundle, then analyze its events (analyze_events);
     `progress` hears one line as each stage ends. With `stored`, a binary capture is analysed
     window by window in bounded memory, its tables written there as they are built
     (kptrace.windowed.analyze): in windows of `window_rows` events, or by default whole when it
-    fits WHOLE_MAX_ROWS and else in windows of DEFAULT_WINDOW_ROWS. A text input is read whole."""
+    fits WHOLE_MAX_ROWS and else in windows of DEFAULT_WINDOW_ROWS. A text input is read whole.
+    `built` hears the tables of a whole-trace analysis as they are built (Built); a windowed one
+    stores its own."""
     if stored is not None and (source := open_source(path)) is not None:
         if window_rows is not None or window_bounds(source.capture, WHOLE_MAX_ROWS):
             from kptrace.windowed.analyze import analyze_windowed  # it imports this module
@@ -148,23 +160,24 @@ def analyze(path: str | Path, progress: Callable[[str], None] = lambda stage: No
             return analyze_windowed(source, Path(stored), progress, window_rows or DEFAULT_WINDOW_ROWS)
         events = pl.concat(event_windows(source, WHOLE_MAX_ROWS))  # one window: the whole capture
         progress(f"read {source.meta['event_count']:,} events ({source.meta['source_format']})")
-        return analyze_events(events, source.meta, progress)
+        return analyze_events(events, source.meta, progress, built)
     normalized = normalize(read_any(path))
     progress(f"read {normalized.meta['event_count']:,} events ({normalized.meta['source_format']})")
     # The wide table, built once: the stages query it many times, faster than through the view.
-    return analyze_events(normalized.events, normalized.meta, progress)
+    return analyze_events(normalized.events, normalized.meta, progress, built)
 
 
 def analyze_events(events: Table, meta: dict | None = None,
-                   progress: Callable[[str], None] = lambda stage: None) -> Analysis:
+                   progress: Callable[[str], None] = lambda stage: None, built: Built = _unheard) -> Analysis:
     """Analyze a typed event table (kptrace.schema): rebuild its intervals, then analyze_intervals.
     `meta` describes the input (normalize's meta.json); without it, it is derived from the table."""
     meta = meta if meta is not None else frame_meta(events)
-    return analyze_intervals(build_intervals(events.lazy()).collect(), meta, events, progress)
+    built("events", events)
+    return analyze_intervals(build_intervals(events.lazy()).collect(), meta, events, progress, built)
 
 
 def analyze_intervals(intervals: pl.DataFrame, meta: dict | None = None, events: Table | None = None,
-                      progress: Callable[[str], None] = lambda stage: None) -> Analysis:
+                      progress: Callable[[str], None] = lambda stage: None, built: Built = _unheard) -> Analysis:
     """Disruptions, requests and attribution from an interval table (kptrace.intervals). Events
     are optional: without them the analysis cannot check which interrupt events were recorded
     nor read counters, and says so."""
@@ -176,15 +189,17 @@ def analyze_intervals(intervals: pl.DataFrame, meta: dict | None = None, events:
     if not _missing_request_families(seen.syscalls):
         requests_lazy, hits_lazy = build_requests(intervals.lazy())
         requests, hits = requests_lazy.collect(), hits_lazy.collect()
-    return completed(meta, events, intervals, chains, requests, hits, seen, progress)
+    return completed(meta, events, intervals, chains, requests, hits, seen, progress, built=built)
 
 
 def completed(meta: dict, events: Table | None, intervals: Table, chains: Table, requests: Table | None,
               hits: Table | None, seen: Seen, progress: Callable[[str], None],
-              keep: Callable[[str, pl.LazyFrame], Table] = lambda name, table: table.collect()) -> Analysis:
+              keep: Callable[[str, pl.LazyFrame], Table] = lambda name, table: table.collect(),
+              built: Built = _unheard) -> Analysis:
     """The analysis from its built tables: notes, attribution, counters per request and faults.
     Tables may be scans (a windowed analysis); `keep` makes a table that grows with the trace
-    (request_counters): collected, or written and scanned."""
+    (request_counters): collected, or written and scanned. `built` hears the tables this starts
+    from once it knows whether there are requests (Built)."""
     notes = []
     if seen.incomplete:
         notes.append(f"{seen.incomplete:,} of {seen.intervals:,} intervals lack their entry or exit (trace edges, "
@@ -198,6 +213,8 @@ def completed(meta: dict, events: Table | None, intervals: Table, chains: Table,
                      "epoll_wait calls (kptrace's request model is an epoll server)")
         requests = hits = None
     progress(f"found {0 if requests is None else _rows(requests):,} requests")
+    for name, table in (("intervals", intervals), ("disruptions", chains), ("requests", requests)):
+        built(name, table)
     if events is None:
         notes.append("analysed from an interval table without events: which interrupt events were recorded "
                      "is not checked, and counters (IPC) are not read")

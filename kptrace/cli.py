@@ -112,14 +112,16 @@ def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = No
     replay as a timeline group); return its summary. Stage progress goes to stderr."""
     from kptrace.analysis import analyze as run_analysis
     from kptrace.archive import opened
-    from kptrace.export import write_all
+    from kptrace.export import EarlyOutputs, write_all
 
     _freeze_imports()
     ahead = threading.Thread(target=_import_ahead, name="import-ahead")
     ahead.start()
-    with _stages(trace.name, quiet) as progress:
+    # events.parquet and the timeline are written on threads as soon as their tables are built.
+    with _stages(trace.name, quiet) as progress, EarlyOutputs(out, timeline_window is None) as early:
         with opened(trace, out) as readable:  # a bundle archive is unpacked safely into out, then removed
-            analysis = run_analysis(readable, progress, stored=out)  # a large binary capture: windowed
+            # A large binary capture is analysed in windows, which store their own tables.
+            analysis = run_analysis(readable, progress, stored=out, built=early.built)
         _warn(analysis.meta)
         ahead.join()
 
@@ -127,7 +129,8 @@ def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = No
             servers = len(summary["whatif"])
             progress(f"replayed the what-if policies for {servers} server{'s' * (servers != 1)}")
         # The summary (what-if) is built inside write_all, beside the tables and the timeline.
-        summary = write_all(analysis, out, predicted=predicted, timeline_window=timeline_window, summarized=replayed)
+        summary = write_all(analysis, out, predicted=predicted, timeline_window=timeline_window, summarized=replayed,
+                            early=early)
         progress(f"wrote tables, report and timeline ({summary['outputs']['timeline_slices']:,} slices)")
     return summary
 

@@ -4,9 +4,11 @@ soon as it is built, and an error in any part raised as the part that ran first 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 import kptrace.export as export
@@ -78,3 +80,63 @@ def test_an_import_that_fails_ahead_is_left_to_fail_where_the_outputs_import_it(
     cli._import_ahead()  # quietly
     with pytest.raises(ImportError):
         import kptrace.export.report  # noqa: F401
+
+
+def _same_outputs(left: Path, right: Path) -> None:
+    """Every file of two output folders equal: Parquet by content, the rest byte for byte but for
+    the folder's own path and the report's date."""
+    names = sorted(p.name for p in left.iterdir())
+    assert names == sorted(p.name for p in right.iterdir())
+    for name in names:
+        if name.endswith(".parquet"):
+            assert pl.read_parquet(left / name).equals(pl.read_parquet(right / name)), name
+        elif name == "report.html":
+            dated = r"generated \d{4}-\d\d-\d\d \d\d:\d\d UTC"
+            assert re.sub(dated, "", (left / name).read_text()) == re.sub(dated, "", (right / name).read_text())
+        else:
+            assert ((left / name).read_bytes().replace(bytes(left), b"OUT")
+                    == (right / name).read_bytes().replace(bytes(right), b"OUT")), name
+
+
+@pytest.mark.parametrize("predicted", [None, "remove"])
+def test_outputs_started_while_the_analysis_runs_are_those_written_after_it(analysis, tmp_path, predicted):
+    """events.parquet and the timeline's measured group start as their tables are built, the
+    what-if group is appended after; every output equals one written after the analysis."""
+    trace = analysis.meta["files"][0]
+    with export.EarlyOutputs(tmp_path / "early") as early:
+        started = analyze(trace, built=early.built)
+        assert early.events_written is not None and early.timeline_drawn is not None  # before write_all
+        export.write_all(started, tmp_path / "early", predicted=predicted, early=early)
+    export.write_all(analysis, tmp_path / "after", predicted=predicted)
+    _same_outputs(tmp_path / "early", tmp_path / "after")
+    groups = json.loads((tmp_path / "early" / "summary.json").read_text())["outputs"]["timeline_groups"]
+    assert len(groups) == (1 if predicted is None else 2)
+
+
+def test_an_asked_timeline_window_is_drawn_after_the_analysis(analysis, tmp_path):
+    """Drawing an asked window needs the trace's start, known at the end: only the events start early."""
+    window = (0.1, 0.2)
+    with export.EarlyOutputs(tmp_path / "early", draw_timeline=False) as early:
+        started = analyze(analysis.meta["files"][0], built=early.built)
+        assert early.events_written is not None and early.timeline_drawn is None
+        export.write_all(started, tmp_path / "early", timeline_window=window, early=early)
+    export.write_all(analysis, tmp_path / "after", timeline_window=window)
+    _same_outputs(tmp_path / "early", tmp_path / "after")
+
+
+def test_an_early_events_write_that_fails_is_raised_by_write_all(analysis, tmp_path, monkeypatch):
+    import kptrace.export.parquet as parquet
+
+    write_table = parquet.write_table
+
+    def events_fail(target, table):
+        if Path(target).name == "events.parquet":
+            raise TraceError("input", "events failed")
+        write_table(target, table)
+
+    monkeypatch.setattr(parquet, "write_table", events_fail)
+    with export.EarlyOutputs(tmp_path) as early:
+        started = analyze(analysis.meta["files"][0], built=early.built)
+        with pytest.raises(TraceError, match="events failed"):
+            export.write_all(started, tmp_path, early=early)
+    assert not (tmp_path / "summary.json").exists()

@@ -6,23 +6,60 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from kptrace.analysis import Analysis
+from kptrace.analysis import Analysis, Table
 
 SLICE_SCHEMA = {"ts": pl.Int64, "dur": pl.Int64, "name": pl.String}
 #: The Perfetto group a what-if replay draws into, beside "measured".
 PREDICTED_GROUP = "predicted: {policy}"
+TIMELINE_FILE = "timeline.perfetto-trace.gz"
+
+
+class EarlyOutputs:
+    """The outputs that need only the first tables of a whole-trace analysis, written on threads
+    while the analysis goes on (attribution, faults, the what-if): events.parquet as soon as the
+    events are read, and the timeline's measured group once the requests are known. Its `built`
+    is the analysis's hook (kptrace.analysis.Built); write_all(early=...) waits for what it
+    started and writes the rest. Leaving it as a context manager waits for its threads.
+
+    With `draw_timeline` False (an asked window, which needs the trace's start from the meta the
+    analysis ends with), write_all draws the timeline. A what-if group is always drawn there."""
+
+    def __init__(self, out: str | Path, draw_timeline: bool = True):
+        self.out = Path(out)
+        self.draw_timeline = draw_timeline
+        self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="early-outputs")
+        self._tables: dict[str, Table | None] = {}
+        self.events_written: Future | None = None
+        self.timeline_drawn: Future | None = None
+
+    def __enter__(self) -> EarlyOutputs:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._threads.shutdown(wait=True)
+
+    def built(self, name: str, table: Table | None) -> None:
+        self._tables[name] = table
+        if name == "events" and isinstance(table, pl.DataFrame):
+            from kptrace.export.parquet import write_table
+
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.events_written = self._threads.submit(write_table, self.out / "events.parquet", table)
+        elif name == "requests" and self.draw_timeline and self.events_written is not None:
+            self.timeline_drawn = self._threads.submit(
+                _draw_measured, self.out, self._tables["events"], self._tables["intervals"], table)
 
 
 def write_all(analysis: Analysis, out: str | Path, summary: dict | None = None, group: str = "measured",
               predicted: str | None = None, timeline_window: tuple[float, float] | None = None, *,
-              summarized: Callable[[dict], None] = lambda summary: None) -> dict:
+              summarized: Callable[[dict], None] = lambda summary: None, early: EarlyOutputs | None = None) -> dict:
     """Write the Parquet tables and meta.json, whatif.parquet (when the summary holds what-if
     results), summary.json, report.html and the Perfetto timeline (its tracks under `group`, and
     with `predicted=POLICY` a second group replaying that policy) into `out`; return the summary
@@ -31,7 +68,8 @@ def write_all(analysis: Analysis, out: str | Path, summary: dict | None = None, 
     (seconds from the trace's start, [start, end)), else the busiest seconds of a trace too large
     to draw whole (kptrace.export.perfetto.TIMELINE_MAX_ITEMS); the tables always hold
     everything. Tables a windowed analysis stored already are left in place when `out` is where it
-    stored them, and copied when it is not (write_tables_of).
+    stored them, and copied when it is not (write_tables_of). The outputs `early` started while
+    the analysis ran (EarlyOutputs, into the same `out`) are waited for, not written again.
 
     The parts run side by side (_write_side_by_side); those of a windowed analysis, whose tables
     are scans of its files, one after another but for the report's charts (_write_in_turn). An
@@ -39,8 +77,12 @@ def write_all(analysis: Analysis, out: str | Path, summary: dict | None = None, 
     tables, timeline, charts)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)  # before the parts, which write into it side by side
-    write = _write_in_turn if analysis.stored is not None else _write_side_by_side
-    analysis, summary, charts, drawn = write(analysis, out, summary, summarized, group, predicted, timeline_window)
+    if analysis.stored is not None:
+        analysis, summary, charts, drawn = _write_in_turn(analysis, out, summary, summarized, group, predicted,
+                                                          timeline_window)
+    else:
+        analysis, summary, charts, drawn = _write_side_by_side(analysis, out, summary, summarized, group, predicted,
+                                                               timeline_window, early)
     _finish_summary(analysis, out, summary, *drawn)
     from kptrace.export.report import write_report
 
@@ -49,21 +91,30 @@ def write_all(analysis: Analysis, out: str | Path, summary: dict | None = None, 
 
 
 def _write_side_by_side(analysis: Analysis, out: Path, summary: dict | None, summarized: Callable[[dict], None],
-                        group: str, predicted: str | None, timeline_window: tuple[float, float] | None):
+                        group: str, predicted: str | None, timeline_window: tuple[float, float] | None,
+                        early: EarlyOutputs | None):
     """The Parquet tables (Polars' writer) and the timeline (Polars, numpy and zlib), which release
     the GIL, each on a thread of its own while this one builds the summary (the what-if replay,
     mostly Python), then the report's charts (altair, pure Python) on a third thread and
-    whatif.parquet here once the tables are written. The analysis is held whole, so the tables
-    written are the analysis's own (write_tables_of returns it unchanged)."""
+    whatif.parquet here once the tables are written; events.parquet and the timeline's measured
+    group are only waited for when `early` started them. The analysis is held whole, so the
+    tables written are the analysis's own (write_tables_of returns it unchanged)."""
     from kptrace.summary import build_summary
 
+    events_written, timeline_drawn = (None, None) if early is None else (early.events_written, early.timeline_drawn)
+    written = dict(analysis.tables())
+    if events_written is not None:
+        del written["events"]
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="write-all") as threads:
-        tables = threads.submit(write_tables_of, analysis, out, dict(analysis.tables()))
-        timeline = threads.submit(_write_timeline, analysis, out, group, predicted, timeline_window)
+        tables = threads.submit(write_tables_of, analysis, out, written)
+        timeline = threads.submit(_write_timeline, analysis, out, group, predicted, timeline_window,
+                                  timeline_drawn)
         summary = build_summary(analysis) if summary is None else summary
         summarized(summary)
         charts = threads.submit(_report_charts, analysis, dict(summary))  # a copy: notes and outputs change later
         tables.result()
+        if events_written is not None:
+            events_written.result()
         if summary.get("whatif"):
             from kptrace.export.parquet import write_table
             from kptrace.whatif.render import whatif_frame
@@ -100,19 +151,31 @@ def _report_charts(analysis: Analysis, summary: dict) -> dict[str, dict]:
     return chart_specs(analysis, summary)
 
 
-def _write_timeline(analysis: Analysis, out: Path, group: str, predicted: str | None,
-                    timeline_window: tuple[float, float] | None) -> tuple[dict, str | None]:
-    """Write the timeline; return its entries of the summary's `outputs` and, when the
-    `predicted` policy could not be replayed, the note saying why."""
+def _draw_measured(out: Path, events: Table | None, intervals: Table, requests: Table | None,
+                   trace_start: int = 0, timeline_window: tuple[float, float] | None = None,
+                   group: str = "measured") -> dict:
+    """Write the timeline's measured group (`timeline_window`: seconds from `trace_start`);
+    return write_timeline's account of it."""
     from kptrace.export.perfetto import write_timeline
     from kptrace.summary import counter_samples
 
-    counters = None if analysis.events is None else counter_samples(analysis.events)
-    path = out / "timeline.perfetto-trace.gz"
-    trace_start = int(analysis.meta.get("start_ns") or 0)
+    counters = None if events is None else counter_samples(events)
     asked = None if timeline_window is None else tuple(trace_start + round(s * 1e9) for s in timeline_window)
-    timeline = write_timeline(path, analysis.events, analysis.intervals, analysis.requests, counters, group=group,
-                              window=asked)
+    return write_timeline(out / TIMELINE_FILE, events, intervals, requests, counters, group=group, window=asked)
+
+
+def _write_timeline(analysis: Analysis, out: Path, group: str, predicted: str | None,
+                    timeline_window: tuple[float, float] | None, measured: Future | None = None
+                    ) -> tuple[dict, str | None]:
+    """Write the timeline, or only its `predicted` group when the `measured` one is being drawn
+    already (EarlyOutputs); return its entries of the summary's `outputs` and, when the
+    `predicted` policy could not be replayed, the note saying why."""
+    from kptrace.export.perfetto import write_timeline
+
+    path = out / TIMELINE_FILE
+    trace_start = int(analysis.meta.get("start_ns") or 0)
+    timeline = measured.result() if measured is not None else _draw_measured(
+        out, analysis.events, analysis.intervals, analysis.requests, trace_start, timeline_window, group)
     drawn_window = timeline["window"]
     groups = {group: sum(timeline["slices"].values())}
     note = None
@@ -126,7 +189,7 @@ def _write_timeline(analysis: Analysis, out: Path, group: str, predicted: str | 
                                    window=drawn_window and tuple(drawn_window), max_items=None)
             groups[name] = sum(drawn["slices"].values())
     return {"timeline": str(timeline["path"]), "timeline_slices": sum(groups.values()), "timeline_groups": groups,
-            "timeline_window": _window_drawn(drawn_window, trace_start, asked is not None)}, note
+            "timeline_window": _window_drawn(drawn_window, trace_start, timeline_window is not None)}, note
 
 
 def _finish_summary(analysis: Analysis, out: Path, summary: dict, timeline: dict, note: str | None) -> None:
