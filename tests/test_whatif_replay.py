@@ -1,19 +1,17 @@
 """The replay's request stepping (kptrace.whatif.replay) gives exactly what stepping every piece
-of work on the walker gives: most requests skip the walker, and that shortcut must never change
-a figure."""
+of work on the walker gives: the compiled stepping (steps.c) must follow the walker's rules to
+the ns."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from unittest import mock
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kptrace.walker import Arrival, CoreWalker, direct_span
-from kptrace.whatif import replay
-from kptrace.whatif.replay import MAX_PERIODS, CoreInput, _free_run, _free_run_stepped, replay_core
+from kptrace.whatif.replay import MAX_PERIODS, CoreInput, replay_core
 
 
 def walker_replay(core: CoreInput, saturated: bool) -> tuple:
@@ -125,28 +123,6 @@ def test_long_back_to_back_runs_under_many_interrupts_step_as_on_the_walker(rows
     starts, ends, busy, window, interrupts, _ = walker_replay(core, saturated)
     assert run.starts.tolist() == starts and run.ends.tolist() == ends
     assert (run.busy_ns, run.window_ns, run.interrupts) == (busy, window, interrupts)
-
-
-@settings(max_examples=200, deadline=None)
-@given(requests, st.integers(1, 64))
-def test_the_free_run_solved_a_block_at_a_time_equals_stepping_each_request(rows, block):
-    core = core_input(rows, [])
-    args = (core.start_ns, core.ready_ts, core.pre_ns, core.wake_ns, core.post_ns, core.demand_ns)
-    ends, waits = _free_run(*args, block=block)
-    stepped_ends, stepped_waits = _free_run_stepped(*args)
-    assert ends.tolist() == stepped_ends.tolist() and waits.tolist() == stepped_waits.tolist()
-
-
-@settings(max_examples=200, deadline=None)
-@given(requests, st.integers(1, 3))
-def test_a_free_run_block_out_of_guesses_steps_its_unsettled_requests_exactly(rows, guesses):
-    # Few guesses: a block stops guessing with some requests settled and steps only the rest.
-    core = core_input(rows, [])
-    args = (core.start_ns, core.ready_ts, core.pre_ns, core.wake_ns, core.post_ns, core.demand_ns)
-    with mock.patch.object(replay, "MAX_GUESSES", guesses):
-        ends, waits = _free_run(*args)
-    stepped_ends, stepped_waits = _free_run_stepped(*args)
-    assert ends.tolist() == stepped_ends.tolist() and waits.tolist() == stepped_waits.tolist()
 
 
 # A saturated replay of a few periods' work: it reaches some of the MAX_PERIODS repeats of the
