@@ -101,7 +101,7 @@ def replay_core(core: CoreInput, saturated: bool, record: bool = False) -> CoreR
     arrivals = _Tiled(core.arrivals, core.period_ns, order)
     ready = np.full(len(core.demand_ns), -1, np.int64) if saturated else core.ready_ts
     if core.nic_policy is None:
-        now, busy_ns, starts, ends, taken_at = _stepped(core, ready, tiled[order], order, repeats)
+        now, busy_ns, starts, ends, taken_at = _stepped(core, ready, tiled[order], order, repeats, record)
         taken = tuple(zip(taken_at.tolist(), map(arrivals.__getitem__, range(len(taken_at))))) if record else ()
         fired = 0
     else:
@@ -121,26 +121,28 @@ def _compiled():
     return ffi, lib
 
 
-def _stepped(core: CoreInput, ready: np.ndarray, stamps: np.ndarray, order: np.ndarray, repeats: int):
+def _stepped(core: CoreInput, ready: np.ndarray, stamps: np.ndarray, order: np.ndarray, repeats: int,
+             record: bool):
     """The requests stepped through the tiled arrivals (`stamps`, in `order` of the repeats) by the
     compiled walker (steps.c): the walker's end and busy time, each request's start and end, and
-    when each arrival it took was taken."""
+    with `record` when each arrival it took was taken (else None)."""
     ffi, lib = _compiled()
     as_int64 = [np.ascontiguousarray(a, np.int64) for a in (
         ready, core.pre_ns, core.wake_ns, core.post_ns, core.demand_ns, stamps,
         np.tile(core.arrivals.span_ns, repeats)[order], np.tile(core.arrivals.indirect_ns, repeats)[order])]
     n = len(core.demand_ns)
-    starts, ends, taken_at = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(len(stamps), np.int64)
+    starts, ends = np.empty(n, np.int64), np.empty(n, np.int64)
+    taken_at = np.empty(len(stamps), np.int64) if record else None
     state = np.array([core.start_ns, 0, 0, 0, 0], np.int64)  # now, busy, idle, irq, next arrival
 
     def pointer(array: np.ndarray):
         return ffi.from_buffer("int64_t[]", array)
 
     work, arrivals = as_int64[:5], as_int64[5:]
-    lib.step_requests(n, *map(pointer, work), len(stamps), *map(pointer, arrivals),
-                      *map(pointer, (starts, ends, taken_at, state)))
+    lib.step_requests(n, *map(pointer, work), len(stamps), *map(pointer, arrivals), pointer(starts), pointer(ends),
+                      ffi.NULL if taken_at is None else pointer(taken_at), pointer(state))
     now, busy_ns, _, _, taken = state.tolist()
-    return now, busy_ns, starts, ends, taken_at[:taken]
+    return now, busy_ns, starts, ends, None if taken_at is None else taken_at[:taken]
 
 
 def _stepped_with_nic(core: CoreInput, ready: np.ndarray, arrivals: _Tiled, stamps: np.ndarray, saturated: bool,

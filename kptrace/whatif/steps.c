@@ -9,7 +9,7 @@ struct walker {
     int64_t now, busy, idle, irq, next;
     int64_t arrivals;
     const int64_t *stamps, *span, *indirect;
-    int64_t *taken_at;  /* when each arrival was taken */
+    int64_t *taken_at;  /* when each arrival was taken, or NULL: not kept */
 };
 
 static int64_t later(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -19,7 +19,8 @@ static int64_t take_next(struct walker *w)
 {
     int64_t i = w->next++;
     int64_t at = later(w->stamps[i], w->now);
-    w->taken_at[i] = at;
+    if (w->taken_at)
+        w->taken_at[i] = at;
     w->now = at + w->span[i];
     return i;
 }
@@ -54,7 +55,7 @@ static void idle_until(struct walker *w, int64_t ts)
 
 /* Each request's loop work, its wait for its ready time (-1: none) with the wake-up, its post
  * work and its demand; its start and end. `state` holds now, busy, idle, irq and the next
- * arrival on entry and is left as the walker ends; `taken_at[i]` is set for each arrival taken. */
+ * arrival on entry and is left as the walker ends; `taken_at[i]`, unless NULL, is set for each arrival taken. */
 void step_requests(int64_t n, const int64_t *ready, const int64_t *pre, const int64_t *wake, const int64_t *post,
                    const int64_t *demand, int64_t arrivals, const int64_t *stamps, const int64_t *span,
                    const int64_t *indirect, int64_t *starts, int64_t *ends, int64_t *taken_at, int64_t *state)
