@@ -363,8 +363,9 @@ def counters_subtitle(counters: dict) -> str:
     return f"this trace has no hardware counters (counters: {counters['kind']}), so no IPC: the slowdown is shown in time"
 
 
-def slowdown_chart(requests: pl.DataFrame, counters: dict) -> alt.VConcatChart:
-    frame = slowdown_frame(requests).with_columns(is_clean=pl.col("group").str.starts_with("clean"))
+def slowdown_chart(slowdown: pl.DataFrame, counters: dict) -> alt.VConcatChart:
+    """The rows of slowdown_frame, one panel per comparison group (CPU, thread and size class)."""
+    frame = slowdown.with_columns(is_clean=pl.col("group").str.starts_with("clean"))
     y = alt.Y("group:N", title=None, sort=None, axis=alt.Axis(labelLimit=280, labelFontSize=11.5, minExtent=200))
     colour = alt.Color("is_clean:N", legend=None, scale=alt.Scale(domain=[True, False], range=["#54a24b", "#e45756"]))
     x_title = "own time per request (µs; bars: mean, whiskers: 95% interval; label: requests)"
@@ -637,8 +638,8 @@ def build_charts(analysis: Analysis, summary: dict) -> dict[str, alt.TopLevelMix
         charts["service-cdf"] = service_cdf_chart(requests)
     if analysis.attribution.height:
         charts["cost"] = cost_chart(analysis.attribution)
-    if requests is not None and slowdown_frame(requests).height:
-        charts["slowdown"] = slowdown_chart(requests, summary["input"]["counters"])
+    if requests is not None and (slowdown := slowdown_frame(requests)).height:
+        charts["slowdown"] = slowdown_chart(slowdown, summary["input"]["counters"])
     if summary.get("whatif"):
         charts["whatif"] = whatif_chart(summary["whatif"])
     return charts
