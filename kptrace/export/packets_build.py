@@ -5,6 +5,7 @@ setup.py names this builder (`cffi_modules`, beside kptrace/read/pages_build.py)
 kptrace compiles it; run this file directly to build it in place in a source checkout.
 """
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,7 +25,16 @@ int64_t encode_events(int64_t rows, const int64_t *ts, const int64_t *type, cons
 """)
 ffibuilder.set_source("kptrace.export._packets", (_HERE / "packets.c").read_text(), extra_compile_args=["-O2"])
 
-if __name__ == "__main__":  # the module next to this file; the C and object files in a scratch directory
+if __name__ == "__main__":
+    # Named as pip names it (cffi builds for the stable ABI), so a build here and an install never
+    # leave two copies of which Python would load the other; moved over the old one, never
+    # written into it, as a running process may have it mapped. The C and object files stay in a
+    # scratch directory.
     with tempfile.TemporaryDirectory() as scratch:
         built = Path(ffibuilder.compile(tmpdir=scratch))
-        shutil.copy(built, _HERE / built.name)
+        target = _HERE / "_packets.abi3.so"
+        staged = target.with_name(f".{target.name}.new")
+        shutil.copyfile(built, staged)
+        os.replace(staged, target)
+        for stale in set(_HERE.glob("_packets.*.so")) - {target}:
+            stale.unlink()

@@ -6,6 +6,7 @@ installing kptrace compiles it; run this file directly to build it in place in a
 """
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,10 +22,16 @@ void step_requests(int64_t n, const int64_t *ready, const int64_t *pre, const in
 """)
 ffibuilder.set_source("kptrace.whatif._steps", (_HERE / "steps.c").read_text(), extra_compile_args=["-O2"])
 
-if __name__ == "__main__":  # the module next to this file; the C and object files in a scratch directory
+if __name__ == "__main__":
+    # Named as pip names it (cffi builds for the stable ABI), so a build here and an install never
+    # leave two copies of which Python would load the other; moved over the old one, never
+    # written into it, as a running process may have it mapped. The C and object files stay in a
+    # scratch directory.
     with tempfile.TemporaryDirectory() as scratch:
         built = Path(ffibuilder.compile(tmpdir=scratch))
-        # moved over the old one, never written into it: a running process may have it mapped
-        staged = _HERE / f".{built.name}.new"
-        staged.write_bytes(built.read_bytes())
-        os.replace(staged, _HERE / built.name)
+        target = _HERE / "_steps.abi3.so"
+        staged = target.with_name(f".{target.name}.new")
+        shutil.copyfile(built, staged)
+        os.replace(staged, target)
+        for stale in set(_HERE.glob("_steps.*.so")) - {target}:
+            stale.unlink()
