@@ -46,12 +46,13 @@ def wall_and_peak(command: list[str], env: dict | None = None, cwd: Path | None 
 
 def stage_times(dat: Path, out: Path) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
     """Seconds of each stage of one in-process analyze of `dat`, run as `kptrace analyze` runs it
-    (the imports, analyze with stored=out while the outputs' imports run on a thread as the CLI's
-    do, then write_all building the summary): the analysis's own stages as its progress reports
-    them, one after another, so they add up to the total. And write_all's parts, which run side by
-    side (summary and what-if, Parquet tables, Perfetto timeline, the report's charts; then the
-    page): each as its (start, end) seconds from write_all's start, timed by wrapping the
-    functions it calls; they overlap, so they add up to more than write_all's stage."""
+    (the imports; analyze with stored=out while the outputs' imports run on a thread and the
+    early outputs start on theirs, as the CLI's do; then write_all building the summary): the
+    main thread's stages as the analysis's progress reports them, one after another, so they add
+    up to the total. And the output parts, which run side by side (events.parquet and the
+    Perfetto timeline started early, summary and what-if, the other Parquet tables, the report's
+    charts; then the page): each as its (start, end) seconds from the end of the imports, timed
+    by wrapping the functions that make them; they overlap the stages and each other."""
     times: dict[str, float] = {}
     mark = [time.perf_counter()]
 
@@ -62,34 +63,39 @@ def stage_times(dat: Path, out: Path) -> tuple[dict[str, float], dict[str, tuple
 
     from kptrace import cli, export, summary
     from kptrace.analysis import analyze
+    from kptrace.export import parquet
     gc.freeze()  # as the CLI does once its imports are done (kptrace.cli._freeze_imports)
     lap("imports (kptrace, polars, pyarrow)")
-    ahead = threading.Thread(target=cli._import_ahead)  # as the CLI does: altair and the perfetto protos
-    ahead.start()
-    analysis = analyze(dat, lambda stage: lap(f"analysis: {stage}"), stored=out)
-    ahead.join()
-    lap("analysis: rest (and the wait for the imports on the thread)")
-    from kptrace.export import perfetto, report
+    origin = mark[0]
     parts: dict[str, tuple[float, float]] = {}
 
-    def timed(module, name: str, part: str):
+    def timed(module, name: str, part, when=lambda *args: True):
         original = getattr(module, name)
 
         def wrapper(*args, **kwargs):
-            start = time.perf_counter() - mark[0]
+            start = time.perf_counter() - origin
             try:
                 return original(*args, **kwargs)
             finally:
-                parts[part] = (start, time.perf_counter() - mark[0])
+                if when(*args):
+                    parts[part] = (start, time.perf_counter() - origin)
         setattr(module, name, wrapper)
 
+    timed(parquet, "write_table", "events.parquet (early)", lambda target, table: Path(target).name == "events.parquet")
+    timed(export, "_draw_measured", "Perfetto timeline (early)")
     timed(summary, "build_summary", "summary and what-if (build_summary)")
-    timed(export, "write_tables_of", "Parquet tables")
-    timed(perfetto, "write_timeline", "Perfetto timeline")
-    timed(report, "chart_specs", "report's charts")
-    timed(report, "write_report", "report.html (from the built charts)")
-    export.write_all(analysis, out)
-    lap("write_all: summary, tables, timeline, charts side by side; report")
+    timed(export, "write_tables_of", "the other Parquet tables")
+    ahead = threading.Thread(target=cli._import_ahead)  # as the CLI does: altair and the perfetto protos
+    ahead.start()
+    with export.EarlyOutputs(out) as early:
+        analysis = analyze(dat, lambda stage: lap(f"analysis: {stage}"), stored=out, built=early.built)
+        ahead.join()
+        lap("analysis: rest (and the wait for the imports on the thread)")
+        from kptrace.export import report
+        timed(report, "chart_specs", "report's charts")
+        timed(report, "write_report", "report.html (from the built charts)")
+        export.write_all(analysis, out, early=early)
+    lap("write_all: summary, tables, charts; waits for the early parts; report")
     return times, parts
 
 
@@ -117,7 +123,7 @@ def main() -> None:
             times, parts = stage_times(args.dat, work / "out")
             for stage, seconds in times.items():
                 print(f"  {stage:<60} {seconds:6.2f} s")
-            print("    write_all's parts, each from its start to its end (they overlap):")
+            print("    the output parts, each from its start to its end after the imports (they overlap):")
             for part, (start, end) in parts.items():
                 print(f"      {part:<56} {end - start:6.2f} s  ({start:5.2f} -> {end:5.2f})")
             print(f"  {'total in process':<60} {sum(times.values()):6.2f} s")
