@@ -92,7 +92,8 @@ def stage_times(dat: Path, out: Path) -> tuple[dict[str, float], dict[str, tuple
         ahead.join()
         lap("analysis: rest (and the wait for the imports on the thread)")
         from kptrace.export import report
-        timed(report, "chart_specs", "report's charts")
+        timed(report, "measured_chart_specs", "report's charts of measured figures")
+        timed(report, "chart_specs", "report's charts: the what-if's")
         timed(report, "write_report", "report.html (from the built charts)")
         export.write_all(analysis, out, early=early)
     lap("write_all: summary, tables, charts; waits for the early parts; report")

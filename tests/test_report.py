@@ -418,9 +418,9 @@ def test_write_all_builds_the_charts_on_a_thread_into_the_page_write_report_writ
 def test_an_error_building_the_charts_on_the_thread_is_raised_by_write_all(sample_analysis, tmp_path, monkeypatch):
     from kptrace.export import write_all
 
-    def broken(analysis, summary):
+    def broken(analysis):
         raise RuntimeError("chart failed")
-    monkeypatch.setattr(report, "chart_specs", broken)
+    monkeypatch.setattr(report, "measured_chart_specs", broken)
     with pytest.raises(RuntimeError, match="chart failed"):
         write_all(sample_analysis, tmp_path / "all", build_summary(sample_analysis))
     assert not (tmp_path / "all" / "report.html").exists()

@@ -94,11 +94,12 @@ def _write_side_by_side(analysis: Analysis, out: Path, summary: dict | None, sum
                         group: str, predicted: str | None, timeline_window: tuple[float, float] | None,
                         early: EarlyOutputs | None):
     """The Parquet tables (Polars' writer) and the timeline (Polars, numpy and zlib), which release
-    the GIL, each on a thread of its own while this one builds the summary (the what-if replay,
-    mostly Python), then the report's charts (altair, pure Python) on a third thread and
-    whatif.parquet here once the tables are written; events.parquet and the timeline's measured
-    group are only waited for when `early` started them. The analysis is held whole, so the
-    tables written are the analysis's own (write_tables_of returns it unchanged)."""
+    the GIL, each on a thread of its own, and the report's charts of measured figures (altair,
+    pure Python) on a third, while this one builds the summary (the what-if, mostly Polars and
+    compiled stepping), then the what-if's chart, and whatif.parquet once the tables are
+    written; events.parquet and the timeline's measured group are only waited for when `early`
+    started them. The analysis is held whole, so the tables written are the analysis's own
+    (write_tables_of returns it unchanged)."""
     from kptrace.summary import build_summary
 
     events_written, timeline_drawn = (None, None) if early is None else (early.events_written, early.timeline_drawn)
@@ -109,9 +110,9 @@ def _write_side_by_side(analysis: Analysis, out: Path, summary: dict | None, sum
         tables = threads.submit(write_tables_of, analysis, out, written)
         timeline = threads.submit(_write_timeline, analysis, out, group, predicted, timeline_window,
                                   timeline_drawn)
+        measured_charts = threads.submit(_measured_charts, analysis)
         summary = build_summary(analysis) if summary is None else summary
         summarized(summary)
-        charts = threads.submit(_report_charts, analysis, dict(summary))  # a copy: notes and outputs change later
         tables.result()
         if events_written is not None:
             events_written.result()
@@ -121,7 +122,7 @@ def _write_side_by_side(analysis: Analysis, out: Path, summary: dict | None, sum
 
             write_table(out / "whatif.parquet", whatif_frame(summary["whatif"]))
         drawn = timeline.result()
-        return analysis, summary, charts.result(), drawn
+        return analysis, summary, _report_charts(analysis, summary, measured_charts.result()), drawn
 
 
 def _write_in_turn(analysis: Analysis, out: Path, summary: dict | None, summarized: Callable[[dict], None],
@@ -144,11 +145,18 @@ def _write_in_turn(analysis: Analysis, out: Path, summary: dict | None, summariz
         return analysis, summary, charts.result(), drawn
 
 
-def _report_charts(analysis: Analysis, summary: dict) -> dict[str, dict]:
+def _report_charts(analysis: Analysis, summary: dict, measured: dict[str, dict] | None = None) -> dict[str, dict]:
     """report.chart_specs; altair is imported on this thread too (0.4-0.6 s)."""
     from kptrace.export.report import chart_specs
 
-    return chart_specs(analysis, summary)
+    return chart_specs(analysis, summary, measured)
+
+
+def _measured_charts(analysis: Analysis) -> dict[str, dict]:
+    """report.measured_chart_specs (see _report_charts)."""
+    from kptrace.export.report import measured_chart_specs
+
+    return measured_chart_specs(analysis)
 
 
 def _draw_measured(out: Path, events: Table | None, intervals: Table, requests: Table | None,

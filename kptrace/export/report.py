@@ -31,7 +31,7 @@ from kptrace.schema import PROVENANCES
 from kptrace.analysis import Analysis
 from kptrace.attribute import COMPARABLE_BY, INDIRECT_PROVENANCE, Z95, comparable_requests
 from kptrace.export.perfetto import bin_count, irq_rate_bins
-from kptrace.summary import NOT_SIGNIFICANT, SIGNIFICANCE, counters_text, figure_text
+from kptrace.summary import NOT_SIGNIFICANT, SIGNIFICANCE, counter_source, counters_text, figure_text
 
 #: Chart (a) draws at most this many time bins, and bins are never shorter than 10 ms.
 MAX_BINS = 200
@@ -630,6 +630,15 @@ def _figure(charts: dict, chart_id: str, provenance: str, missing: str) -> str:
 
 def build_charts(analysis: Analysis, summary: dict) -> dict[str, alt.TopLevelMixin]:
     """The charts the page holds, by element id; a chart without data is left out."""
+    charts = measured_charts(analysis, summary["input"]["counters"])
+    if summary.get("whatif"):
+        charts["whatif"] = whatif_chart(summary["whatif"])
+    return charts
+
+
+def measured_charts(analysis: Analysis, counters: dict) -> dict[str, alt.TopLevelMixin]:
+    """The charts of measured and estimated figures (all but the what-if's), by element id:
+    they need no summary but its counter source (summary.counter_source)."""
     charts = {}
     if _counted(_hard_irqs(analysis), "cpu").height:
         charts["irq-rate"] = irq_rate_chart(analysis)
@@ -639,9 +648,7 @@ def build_charts(analysis: Analysis, summary: dict) -> dict[str, alt.TopLevelMix
     if analysis.attribution.height:
         charts["cost"] = cost_chart(analysis.attribution)
     if requests is not None and (slowdown := slowdown_frame(requests)).height:
-        charts["slowdown"] = slowdown_chart(slowdown, summary["input"]["counters"])
-    if summary.get("whatif"):
-        charts["whatif"] = whatif_chart(summary["whatif"])
+        charts["slowdown"] = slowdown_chart(slowdown, counters)
     return charts
 
 
@@ -706,15 +713,28 @@ def report_view(analysis: Analysis) -> Analysis:
     return replace(analysis, intervals=irqs, requests=requests)
 
 
-def chart_specs(analysis: Analysis, summary: dict) -> dict[str, dict]:
+def chart_specs(analysis: Analysis, summary: dict, measured: dict[str, dict] | None = None) -> dict[str, dict]:
     """The Vega-Lite spec of each chart the page holds, by element id: the page's slow part (pure
-    Python in altair), which write_all builds on a thread while it writes the timeline. Built
-    without altair's check of each schema object as it is made (debug mode), as the specs are
-    written unvalidated, for the same reason (below)."""
+    Python in altair), which write_all builds on threads. `measured`: the specs of
+    measured_chart_specs, when built already (beside the summary). Built without altair's check
+    of each schema object as it is made (debug mode), as the specs are written unvalidated, for
+    the same reason (_specs)."""
+    measured = measured_chart_specs(analysis) if measured is None else measured
     with debug_mode(False):
-        charts = build_charts(report_view(analysis), summary)
-    # Unvalidated: checking each spec against the Vega-Lite schema took half the report's time;
-    # tests/test_report.py validates every chart the report draws.
+        whatif = {"whatif": whatif_chart(summary["whatif"])} if summary.get("whatif") else {}
+    return measured | _specs(whatif)
+
+
+def measured_chart_specs(analysis: Analysis) -> dict[str, dict]:
+    """The specs of measured_charts: all but the what-if's, which need no summary, so that
+    write_all builds them while the summary is built (its what-if mostly in Polars and C)."""
+    with debug_mode(False):
+        return _specs(measured_charts(report_view(analysis), counter_source(analysis)))
+
+
+def _specs(charts: dict[str, alt.TopLevelMixin]) -> dict[str, dict]:
+    """Each chart's spec, unvalidated: checking each against the Vega-Lite schema took half the
+    report's time; tests/test_report.py validates every chart the report draws."""
     return {chart_id: chart.to_dict(validate=False) for chart_id, chart in charts.items()}
 
 
