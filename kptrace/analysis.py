@@ -4,6 +4,7 @@ event table (analyze_events) or an interval table (analyze_intervals)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import polars as pl
 
 from kptrace.attribute import (HARDWARE_COUNTERS, OUTLIER_FACTOR, attribute, counter_iterations, ipc_decomposition,
                                outlier_requests)
-from kptrace.faults import mark_faults
+from kptrace.faults import damaged_windows, mark_faults
 from kptrace.intervals import build_intervals, missed_switches, serving_load
 from kptrace.normalize import normalize
 from kptrace.read import read_any
@@ -189,17 +190,20 @@ def analyze_intervals(intervals: pl.DataFrame, meta: dict | None = None, events:
     if not _missing_request_families(seen.syscalls):
         requests_lazy, hits_lazy = build_requests(intervals.lazy())
         requests, hits = requests_lazy.collect(), hits_lazy.collect()
-    return completed(meta, events, intervals, chains, requests, hits, seen, progress, built=built)
+    return completed(meta, events, intervals, chains, requests, hits, seen, progress, built=built, held=True)
 
 
 def completed(meta: dict, events: Table | None, intervals: Table, chains: Table, requests: Table | None,
               hits: Table | None, seen: Seen, progress: Callable[[str], None],
               keep: Callable[[str, pl.LazyFrame], Table] = lambda name, table: table.collect(),
-              built: Built = _unheard) -> Analysis:
+              built: Built = _unheard, held: bool = False) -> Analysis:
     """The analysis from its built tables: notes, attribution, counters per request and faults.
     Tables may be scans (a windowed analysis); `keep` makes a table that grows with the trace
     (request_counters): collected, or written and scanned. `built` hears the tables this starts
-    from once it knows whether there are requests (Built)."""
+    from once it knows whether there are requests (Built). With the tables `held` whole, the
+    damaged windows (Polars) are found on a thread beside the attribution (whose bootstrap is
+    numpy holding the GIL); a windowed analysis finds them after, so that no two of its
+    whole-trace scans peak at once."""
     notes = []
     if seen.incomplete:
         notes.append(f"{seen.incomplete:,} of {seen.intervals:,} intervals lack their entry or exit (trace edges, "
@@ -215,6 +219,16 @@ def completed(meta: dict, events: Table | None, intervals: Table, chains: Table,
     progress(f"found {0 if requests is None else _rows(requests):,} requests")
     for name, table in (("intervals", intervals), ("disruptions", chains), ("requests", requests)):
         built(name, table)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="damaged-windows") as beside:
+        windows = beside.submit(damaged_windows, events, intervals, meta) if held else None
+        analysis = _attributed(meta, events, intervals, chains, requests, hits, seen, notes, keep)
+        return mark_faults(analysis, None if windows is None else windows.result())
+
+
+def _attributed(meta: dict, events: Table | None, intervals: Table, chains: Table, requests: Table | None,
+                hits: Table | None, seen: Seen, notes: list[str],
+                keep: Callable[[str, pl.LazyFrame], Table]) -> Analysis:
+    """completed's analysis before its faults: attribution, counters per request and the notes."""
     if events is None:
         notes.append("analysed from an interval table without events: which interrupt events were recorded "
                      "is not checked, and counters (IPC) are not read")
@@ -232,8 +246,8 @@ def completed(meta: dict, events: Table | None, intervals: Table, chains: Table,
     elif events is not None and requests is not None:
         notes.append("no IPC/IPQ decomposition: it needs cycles and instructions read at each epoll_wait return "
                      "(kptrace record does so where the CPU exposes a PMU; this trace has none)")
-    return mark_faults(Analysis(meta=meta, events=events, intervals=intervals, disruptions=chains, requests=requests,
-                                hits=hits, attribution=attribution, notes=notes, ipc=ipc, request_counters=counters))
+    return Analysis(meta=meta, events=events, intervals=intervals, disruptions=chains, requests=requests, hits=hits,
+                    attribution=attribution, notes=notes, ipc=ipc, request_counters=counters)
 
 
 def _rows(table: Table) -> int:

@@ -450,9 +450,10 @@ def fault_text(fault: dict) -> str:
             f"lists them (first: {fault['first']})")
 
 
-def mark_faults(analysis: Analysis) -> Analysis:
-    """The analysis with its damaged windows, its requests and attribution marked, and a warning per fault."""
-    windows = damaged_windows(analysis.events, analysis.intervals, analysis.meta)
+def mark_faults(analysis: Analysis, windows: pl.DataFrame | None = None) -> Analysis:
+    """The analysis with its damaged windows (damaged_windows, found here unless given), its
+    requests and attribution marked, and a warning per fault."""
+    windows = damaged_windows(analysis.events, analysis.intervals, analysis.meta) if windows is None else windows
     requests = None if analysis.requests is None else mark_requests(analysis.requests, windows)
     meta = analysis.meta | {"warnings": [*analysis.meta["warnings"], *map(fault_text, fault_overview(windows, requests))]}
     return replace(analysis, meta=meta, requests=requests, attribution=mark_attribution(analysis.attribution, windows),
