@@ -34,7 +34,7 @@ import numpy as np
 import polars as pl
 
 from kptrace import tables
-from kptrace.intervals import inside, sorted_rows
+from kptrace.intervals import CPU_ORDER, inside, sorted_rows
 
 EPOLL = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 RECEIVES = ("read", "recvfrom", "recvmsg")
@@ -70,7 +70,7 @@ def charged_work(intervals: pl.LazyFrame) -> pl.LazyFrame:
         intervals.filter(pl.col("kind").is_in(["hardirq", "softirq"]))
         .select("id", "cpu", "tid", "ts", "dur", "kind", "name", "complete", "seq", "end_seq", "raise_ts", "raised_in")
         .with_columns(end=pl.col("ts") + pl.col("dur").fill_null(0))
-        .sort("cpu", "seq")
+        .sort(CPU_ORDER)
         .with_columns(gap=pl.col("ts") - pl.col("end").cum_max().shift(1).over("cpu"))
         .with_columns(adjacent=(pl.col("gap") <= CHAIN_GAP_NS).fill_null(False))
     )
@@ -81,8 +81,7 @@ def charged_work(intervals: pl.LazyFrame) -> pl.LazyFrame:
     ).group_by("soft_id").agg(pl.col("nested_ns").sum())
     adjacency_head = pl.when((pl.col("kind") == "hardirq") | ~pl.col("adjacent")).then(pl.col("id"))
     irq = (
-        irq.join(nested, left_on="id", right_on="soft_id", how="left")
-        .sort("cpu", "seq")
+        irq.join(nested, left_on="id", right_on="soft_id", how="left", maintain_order="left")
         .with_columns(
             own_ns=(pl.col("dur").fill_null(0) - pl.col("nested_ns").fill_null(0)).clip(0),
             glue_ns=pl.when(soft & pl.col("adjacent")).then(pl.col("gap").clip(0)).otherwise(0),
@@ -91,22 +90,23 @@ def charged_work(intervals: pl.LazyFrame) -> pl.LazyFrame:
             .otherwise(adjacency_head.forward_fill().over("cpu")),
         )
         .with_columns(charged_ns=pl.col("own_ns") + pl.col("glue_ns"))
+        .sort("id")
         .collect()
     )
+    ids = irq["id"].to_numpy()
     parent = np.arange(int(irq["id"].max() or 0) + 1, dtype=np.int64)
-    parent[irq["id"].to_numpy()] = irq["parent"].to_numpy()
-    root = _roots(parent)[irq["id"].to_numpy()]
-    heads = irq.select(root="id", root_kind="kind", root_name="name")
+    parent[ids] = irq["parent"].to_numpy()
+    root = pl.Series(_roots(parent)[ids], dtype=pl.UInt32)
+    # Each root's own row (ids ascending: found by binary search, not joined).
+    head = pl.Series(np.searchsorted(ids, root.to_numpy()), dtype=pl.UInt32)
+    root_kind, root_name = irq["kind"].gather(head), irq["name"].gather(head)
     return (
-        irq.with_columns(root=pl.Series(root, dtype=pl.UInt32))
-        .join(heads, on="root", how="left")
+        irq.with_columns(root=root)
         .select(
             "id", "cpu", "tid", "ts", "end", "kind", "complete", "own_ns", "glue_ns", "charged_ns", "root",
-            source=pl.when(pl.col("root_kind") == "hardirq").then(pl.col("root_name"))
-            .otherwise(pl.lit("inline:") + pl.col("root_name")),
-            disruptive=pl.col("root_kind") == "hardirq",
+            source=pl.when(root_kind == "hardirq").then(root_name).otherwise(pl.lit("inline:") + root_name),
+            disruptive=root_kind == "hardirq",
         )
-        .sort("id")
         .lazy()
     )
 
@@ -205,7 +205,8 @@ def build_requests(intervals: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]
     disruption) whose charged work ran inside the request: request_id, disruption_id, source,
     span_ns (that work's charged time inside the request)."""
     work = charged_work(intervals).collect().lazy()
-    numbered = _chains(work).select(root="interval_id", disruption_id="disruption_id")
+    # _chains numbers the disruptions in root order: only that numbering is needed here.
+    numbered = work.select(pl.col("root").unique().sort()).with_row_index("disruption_id")
     return requests_of(intervals.filter((pl.col("kind") == "syscall") & pl.col("complete")), work, numbered,
                        off_cpu_gaps(intervals.filter((pl.col("kind") == "running") & pl.col("complete"))))
 
