@@ -129,12 +129,15 @@ NAPI_BOUNDARY = ((_NAMED == "napi_poll") | ((_NAMED == "softirq_entry") & (pl.co
 
 def napi_polls(events: pl.LazyFrame) -> pl.LazyFrame:
     """A poll runs from the previous boundary inside its NET_RX softirq run to its napi_poll."""
+    # In (cpu, seq) order the previous boundary on the CPU is the row before, if on that CPU.
+    same_cpu = pl.col("cpu").eq_missing(pl.col("cpu").shift(1))
     boundaries = (
         events.filter(NAPI_BOUNDARY)
         .sort(CPU_ORDER)
-        .with_columns(prev_event=_EVENT.shift(1).over("cpu"), prev_ts=pl.col("ts").shift(1).over("cpu"))
+        .with_columns(prev_opens=same_cpu & _NAMED.is_in(["softirq_entry", "napi_poll"]).shift(1),
+                      prev_ts=pl.when(same_cpu).then(pl.col("ts").shift(1)))
     )
-    complete = pl.col("prev_event").is_in(["softirq_entry", "napi_poll"]).fill_null(False)
+    complete = pl.col("prev_opens").fill_null(False)
     return _finish(
         boundaries.filter(_NAMED == "napi_poll").with_columns(
             ts=pl.when(complete).then(pl.col("prev_ts")).otherwise(pl.col("ts")),
@@ -314,14 +317,15 @@ def sorted_rows(frame: pl.DataFrame, by: list[pl.Series], nulls_last: bool = Fal
 
 def _raisers(intervals: pl.LazyFrame, events: pl.LazyFrame) -> pl.LazyFrame:
     """raise_ts and raised_in of each softirq run (module docstring); `id` must be set."""
+    # Vectors as categories: the as-of join matches them as integers, not as strings.
     runs = (
         intervals.filter(pl.col("kind") == "softirq")
-        .select("id", "cpu", "name", "seq")
-        .sort("cpu", "name", "seq")
+        .select("id", "cpu", pl.col("name").cast(pl.Categorical), "seq")
+        .sort("seq")
         .with_columns(after=pl.col("seq").shift(1).over("cpu", "name").fill_null(0))
     )
     raises = events.filter(_NAMED == "softirq_raise").select(
-        "cpu", name=pl.col("softirq").cast(pl.String), raise_seq="seq", raise_ts="ts")
+        "cpu", name=pl.col("softirq").cast(pl.Categorical), raise_seq="seq", raise_ts="ts")
     # The first raise at or after `after` (the vector's previous run on the CPU), if it comes
     # before the run: the runs of one vector part the CPU's record, so it is the first of the
     # raises in [after, seq).
