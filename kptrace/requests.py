@@ -175,7 +175,8 @@ def _request_spans(calls: pl.LazyFrame) -> pl.LazyFrame:
         .filter(pl.col("segment") > pl.when("stream_start").then(pl.col("segment") - pl.col("starts").cast(pl.UInt32)).forward_fill())
     )
     return (
-        spans.group_by("segment")
+        # The spans' rows are in runs, numbered in order: grouped as sorted runs, not hashed.
+        spans.with_columns(pl.col("segment").set_sorted()).group_by("segment", maintain_order=True)
         .agg(
             first_id=pl.col("id").first(),
             tid=pl.col("tid").first(),
