@@ -238,6 +238,7 @@ def requests_of(calls: pl.LazyFrame, work: pl.LazyFrame, numbered: pl.LazyFrame,
         inside(work.filter(complete), window, "tid")
         .join(numbered, on="root")
         .with_columns(charged_in=pl.min_horizontal("own_ns", pl.col("w_end") - pl.col("ts")) + pl.col("glue_ns"))
+        .collect().lazy()  # read three times below
     )
     hits = (
         work_inside.filter("disruptive")
@@ -246,12 +247,14 @@ def requests_of(calls: pl.LazyFrame, work: pl.LazyFrame, numbered: pl.LazyFrame,
         .sort("request_id", "disruption_id")
     )
     hard = pl.col("kind") == "hardirq"
+    # Nearly every request holds some softirq work, few a hard IRQ: the id lists are made of
+    # the hard IRQs' rows alone (a request without any gets its empty list below).
     irq_time = work_inside.group_by("request_id").agg(
-        irq_interval_ids=pl.col("id").filter(hard).sort(),
-        hardirq_ns=pl.col("own_ns").filter(hard).sum(),
-        softirq_ns=pl.col("own_ns").filter(~hard).sum(),
+        hardirq_ns=pl.when(hard).then("own_ns").sum(),
+        softirq_ns=pl.when(~hard).then("own_ns").sum(),
         n_irq=hard.sum(),
-    )
+    ).join(work_inside.filter(hard).group_by("request_id").agg(irq_interval_ids=pl.col("id").sort()),
+           on="request_id", how="left")
     syscall_time = inside(calls, window, "tid")
     syscall_time = syscall_time.group_by("request_id").agg(syscall_ns=pl.col("dur").sum())
     off_cpu = inside(gaps, window, "tid").group_by("request_id").agg(
