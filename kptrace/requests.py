@@ -235,8 +235,8 @@ def requests_of(calls: pl.LazyFrame, work: pl.LazyFrame, numbered: pl.LazyFrame,
     for a caller that numbers requests built in parts (kptrace.windowed.requests)."""
     # Collected once: the windows, the spans' own row and three joins read it, and a lazy plan
     # would find the spans again for each.
-    spans = _request_spans(calls).collect().lazy()
-    window = spans.select("request_id", "tid", w_cpu="cpu", w_ts="ts", w_end="end")
+    spans = _request_spans(calls).collect()
+    window = spans.lazy().select("request_id", "tid", w_cpu="cpu", w_ts="ts", w_end="end")
     complete = pl.col("complete")
     work_inside = (
         inside(work.filter(complete), window, "tid")
@@ -266,12 +266,10 @@ def requests_of(calls: pl.LazyFrame, work: pl.LazyFrame, numbered: pl.LazyFrame,
         n_offcpu=pl.len(),
         migrated=(pl.col("next_cpu") != pl.col("w_cpu")).any(),
     )
-    per_hit = hits.group_by("request_id").agg(disruption_ns=pl.col("span_ns").sum(), sources=pl.col("source").sort())
+    hits, *parts = pl.collect_all([hits, irq_time, syscall_time, off_cpu])
+    parts.append(hits.group_by("request_id").agg(disruption_ns=pl.col("span_ns").sum(), sources=pl.col("source").sort()))
     requests = (
-        spans.join(irq_time, on="request_id", how="left")
-        .join(syscall_time, on="request_id", how="left")
-        .join(off_cpu, on="request_id", how="left")
-        .join(per_hit, on="request_id", how="left")
+        spans.with_columns(column for part in parts for column in _by_request(spans.height, part)).lazy()
         .with_columns(
             pl.col("hardirq_ns", "softirq_ns", "syscall_ns", "disruption_ns", "offcpu_ns").fill_null(0),
             n_irq=pl.col("n_irq").fill_null(0),
@@ -285,9 +283,17 @@ def requests_of(calls: pl.LazyFrame, work: pl.LazyFrame, numbered: pl.LazyFrame,
             disrupted=pl.col("sources").list.len() > 0,
         )
         .select([pl.col(c).cast(t) for c, t in REQUEST_SCHEMA.items()] + (["first_id"] if keep_first_id else []))
-        .sort("request_id")
     )
-    return requests, hits
+    return requests, hits.lazy()
+
+
+def _by_request(requests: int, part: pl.DataFrame) -> list[pl.Series]:
+    """The columns of `part` (one row per request_id, for some of the requests) laid out one row
+    per request, null where it has none: request_id is the spans' row number, so a gather does
+    what a left join would (and keeps the spans' order)."""
+    row = pl.Series([], dtype=pl.UInt32).extend_constant(None, requests).scatter(
+        part["request_id"], pl.Series(np.arange(part.height, dtype=np.uint32)))
+    return [part[c].gather(row) for c in part.columns if c != "request_id"]
 
 
 def request_counters(events: pl.LazyFrame, requests: pl.LazyFrame) -> pl.LazyFrame:
