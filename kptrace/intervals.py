@@ -176,10 +176,11 @@ _RUN_COLUMNS = ("ts", "cpu", "tid", "seq", "event", "subsystem", "next_pid", "co
 
 def _task_changes(events: pl.LazyFrame) -> pl.LazyFrame:
     """Every event of a task, in the order given (`events` in record order on each CPU, as the
-    event table is: nothing this large is sorted), with `missed`: true where the task that
-    recorded it is not the one the previous event on its CPU left running (that task, or the
-    sched_switch's next_pid) — a switch the trace does not hold — and there `prev_ts`, the
-    time of that previous event. Lost-event marks are kept (`missed` false)."""
+    event table is: only the few columns _missed_after reads are put in CPU order), with
+    `missed`: true where the task that recorded it is not the one the previous event on its
+    CPU left running (that task, or the sched_switch's next_pid) — a switch the trace does not
+    hold — and there `prev_ts`, the time of that previous event. Lost-event marks are kept
+    (`missed` false)."""
     left_running = pl.when(_NAMED == "sched_switch").then(pl.col("next_pid")).otherwise(pl.col("tid"))
     present = events.collect_schema().names()
     rows = events.filter(TASK_ROW).select([c for c in _RUN_COLUMNS if c in present])

@@ -176,7 +176,8 @@ def _request_spans(calls: pl.LazyFrame) -> pl.LazyFrame:
         # A span runs from a receive that starts one to the next start; the sends before a
         # stream's first start belong to none (their span number is the stream's last before).
         .with_columns(segment=pl.col("starts").cum_sum())
-        .filter(pl.col("segment") > pl.when("stream_start").then(pl.col("segment") - pl.col("starts").cast(pl.UInt32)).forward_fill())
+        .with_columns(before=pl.when("stream_start").then(pl.col("segment") - pl.col("starts").cast(pl.UInt32)))
+        .filter(pl.col("segment") > pl.col("before").forward_fill())
     )
     return (
         # The spans' rows are in runs, numbered in order: grouped as sorted runs, not hashed.
@@ -233,8 +234,8 @@ def requests_of(calls: pl.LazyFrame, work: pl.LazyFrame, numbered: pl.LazyFrame,
     each root's disruption_id (root, disruption_id), and the off-CPU gaps (off_cpu_gaps). With
     `keep_first_id` requests keep `first_id` (the opening read's id: request_id's tie-break),
     for a caller that numbers requests built in parts (kptrace.windowed.requests)."""
-    # Collected once: the windows, the spans' own row and three joins read it, and a lazy plan
-    # would find the spans again for each.
+    # Collected once: the windows and the requests' own rows read it, and a lazy plan would
+    # find the spans again for each.
     spans = _request_spans(calls).collect()
     window = spans.lazy().select("request_id", "tid", w_cpu="cpu", w_ts="ts", w_end="end")
     complete = pl.col("complete")
