@@ -96,10 +96,13 @@ def charged_work(intervals: pl.LazyFrame) -> pl.LazyFrame:
     ids = irq["id"].to_numpy()
     parent = np.arange(int(irq["id"].max() or 0) + 1, dtype=np.int64)
     parent[ids] = irq["parent"].to_numpy()
-    root = pl.Series(_roots(parent)[ids], dtype=pl.UInt32)
-    # Each root's own row (ids ascending: found by binary search, not joined).
-    head = pl.Series(np.searchsorted(ids, root.to_numpy()), dtype=pl.UInt32)
+    root = _roots(parent)[ids]
+    # Each root's own row, found by binary search over the ascending ids (not joined); a root
+    # the table does not hold (a cut table's raiser) has no kind or name, as a join leaves it.
+    head = np.minimum(np.searchsorted(ids, root), len(ids) - 1)
+    head = pl.Series(head, dtype=pl.UInt32).set(pl.Series(ids[head] != root, dtype=pl.Boolean), None)
     root_kind, root_name = irq["kind"].gather(head), irq["name"].gather(head)
+    root = pl.Series(root, dtype=pl.UInt32)
     return (
         irq.with_columns(root=root)
         .select(
