@@ -209,11 +209,9 @@ def _missed_after(rows: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
                            & (tid[1:] != left[:-1]))
     missed = np.empty_like(missed_in_order)
     missed[order] = missed_in_order
-    prev_ts = np.zeros(len(order), dtype=np.int64)
-    after = order[1:][missed_in_order[1:]]
-    prev_ts[after] = rows["ts"].to_numpy()[order[:-1][missed_in_order[1:]]]
-    missed = pl.Series("missed", missed)
-    return missed, pl.select(pl.when(missed).then(pl.Series(prev_ts))).to_series().alias("prev_ts")
+    after, before = order[1:][missed_in_order[1:]], order[:-1][missed_in_order[1:]]
+    prev_ts = pl.Series("prev_ts", [], rows["ts"].dtype).extend_constant(None, rows.height)
+    return pl.Series("missed", missed), prev_ts.scatter(after, rows["ts"].gather(before))
 
 
 def missed_switches(events: pl.LazyFrame | pl.DataFrame) -> int:
