@@ -41,6 +41,7 @@ raise was traced (the trace start, lost events, or a trace without softirq_raise
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from kptrace import tables
@@ -75,13 +76,12 @@ def _finish(frame: pl.LazyFrame, kind: str) -> pl.LazyFrame:
 
 
 def _pair_next(stream: pl.LazyFrame, by: str) -> pl.LazyFrame:
-    """Each entry (edge +1) with the next edge in its stream; complete when that is its exit."""
-    stream = stream.with_columns(
-        next_edge=pl.col("edge").shift(-1).over(by),
-        next_name=pl.col("name").shift(-1).over(by),
-        next_ts=pl.col("ts").shift(-1).over(by),
-        next_ret=pl.col("ret").shift(-1).over(by),
-        next_seq=pl.col("seq").shift(-1).over(by),
+    """Each entry (edge +1) with the next edge in its stream; complete when that is its exit.
+    One shift over the streams finds each row's next row; the columns read there are gathered
+    (cheaper than a shift over the streams for each, or a sort of every column by stream)."""
+    following = pl.col("_pair_row").shift(-1).over(by)
+    stream = stream.with_row_index("_pair_row").with_columns(_pair_next=following).with_columns(
+        pl.col(c).gather(pl.col("_pair_next")).alias(f"next_{c}") for c in ("edge", "name", "ts", "ret", "seq")
     )
     complete = (pl.col("next_edge") == -1) & (pl.col("next_name") == pl.col("name"))
     return stream.filter(pl.col("edge") == 1).with_columns(
@@ -128,12 +128,15 @@ NAPI_BOUNDARY = ((_NAMED == "napi_poll") | ((_NAMED == "softirq_entry") & (pl.co
 
 def napi_polls(events: pl.LazyFrame) -> pl.LazyFrame:
     """A poll runs from the previous boundary inside its NET_RX softirq run to its napi_poll."""
+    # In (cpu, seq) order the previous boundary on the CPU is the row before, if on that CPU.
+    same_cpu = pl.col("cpu").eq_missing(pl.col("cpu").shift(1))
     boundaries = (
         events.filter(NAPI_BOUNDARY)
         .sort(CPU_ORDER)
-        .with_columns(prev_event=_EVENT.shift(1).over("cpu"), prev_ts=pl.col("ts").shift(1).over("cpu"))
+        .with_columns(prev_opens=same_cpu & _NAMED.is_in(["softirq_entry", "napi_poll"]).shift(1),
+                      prev_ts=pl.when(same_cpu).then(pl.col("ts").shift(1)))
     )
-    complete = pl.col("prev_event").is_in(["softirq_entry", "napi_poll"]).fill_null(False)
+    complete = pl.col("prev_opens").fill_null(False)
     return _finish(
         boundaries.filter(_NAMED == "napi_poll").with_columns(
             ts=pl.when(complete).then(pl.col("prev_ts")).otherwise(pl.col("ts")),
@@ -146,14 +149,17 @@ def napi_polls(events: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+_SYS_ENTER = _NAMED.cat.starts_with("sys_enter_")
+
+
 def syscall_edges(events: pl.LazyFrame) -> pl.LazyFrame:
     """Every syscall enter (edge 1) and exit (-1), in the order given: record order, as the
     event table is (_pair_next reads them per task)."""
     return (
-        events.filter(_NAMED.cat.starts_with("sys_enter_") | _NAMED.cat.starts_with("sys_exit_"))
+        events.filter(_SYS_ENTER | _NAMED.cat.starts_with("sys_exit_"))
         .with_columns(
-            name=_EVENT.str.replace(r"^sys_(enter|exit)_", ""),
-            edge=pl.when(_NAMED.cat.starts_with("sys_enter_")).then(1).otherwise(-1),
+            name=pl.when(_SYS_ENTER).then(_NAMED.cat.slice(len("sys_enter_"))).otherwise(_NAMED.cat.slice(len("sys_exit_"))),
+            edge=pl.when(_SYS_ENTER).then(1).otherwise(-1),
         )
     )
 
@@ -170,19 +176,42 @@ _RUN_COLUMNS = ("ts", "cpu", "tid", "seq", "event", "subsystem", "next_pid", "co
 
 def _task_changes(events: pl.LazyFrame) -> pl.LazyFrame:
     """Every event of a task, in the order given (`events` in record order on each CPU, as the
-    event table is: nothing this large is sorted), with `missed`: true where the task that
-    recorded it is not the one the previous event on its CPU left running (that task, or the
-    sched_switch's next_pid) — a switch the trace does not hold. Lost-event marks are kept
+    event table is: only the few columns _missed_after reads are put in CPU order), with
+    `missed`: true where the task that recorded it is not the one the previous event on its
+    CPU left running (that task, or the sched_switch's next_pid) — a switch the trace does not
+    hold — and there `prev_ts`, the time of that previous event. Lost-event marks are kept
     (`missed` false)."""
     left_running = pl.when(_NAMED == "sched_switch").then(pl.col("next_pid")).otherwise(pl.col("tid"))
     present = events.collect_schema().names()
-    return (
-        events.filter(TASK_ROW)
-        .select([c for c in _RUN_COLUMNS if c in present])
-        .with_columns(expected=left_running.shift(1).over("cpu"), prev_lost=_LOST.shift(1).over("cpu"),
-                      prev_ts=pl.col("ts").shift(1).over("cpu"))
-        .with_columns(missed=(~_LOST & (pl.col("tid") != pl.col("expected")) & ~pl.col("prev_lost")).fill_null(False))
-    )
+    rows = events.filter(TASK_ROW).select([c for c in _RUN_COLUMNS if c in present])
+    missed, prev_ts = _missed_after(rows.select("cpu", "tid", "ts", lost=_LOST, left=left_running).collect())
+    return rows.with_columns(missed=missed, prev_ts=prev_ts)
+
+
+def _missed_after(rows: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
+    """_task_changes' `missed` and `prev_ts` of `rows` (cpu, tid, ts, lost, left: the task the
+    row leaves running), each row compared with the previous one on its CPU in numpy: the rows
+    put in CPU order by a stable sort (Polars' shift over each CPU, or its gather, costs several
+    times more). A null value proves nothing: no switch is inferred from it."""
+    order = np.argsort(rows["cpu"].to_numpy(), kind="stable")  # null CPUs (NaN) sort together
+
+    def in_cpu_order(name: str) -> tuple[np.ndarray, np.ndarray]:
+        column = rows[name]
+        known = column.is_not_null().to_numpy()[order] if column.null_count() else np.ones(len(order), dtype=bool)
+        return column.fill_null(0).to_numpy()[order], known
+
+    (cpu, cpu_known), (tid, tid_known), (left, left_known), (lost, lost_known) = map(
+        in_cpu_order, ("cpu", "tid", "left", "lost"))
+    same_cpu = (cpu[1:] == cpu[:-1]) & (cpu_known[1:] == cpu_known[:-1])
+    not_lost = lost_known & ~lost
+    missed_in_order = np.zeros(len(order), dtype=bool)
+    missed_in_order[1:] = (same_cpu & not_lost[1:] & not_lost[:-1] & tid_known[1:] & left_known[:-1]
+                           & (tid[1:] != left[:-1]))
+    missed = np.empty_like(missed_in_order)
+    missed[order] = missed_in_order
+    after, before = order[1:][missed_in_order[1:]], order[:-1][missed_in_order[1:]]
+    prev_ts = pl.Series("prev_ts", [], rows["ts"].dtype).extend_constant(None, rows.height)
+    return pl.Series("missed", missed), prev_ts.scatter(after, rows["ts"].gather(before))
 
 
 def missed_switches(events: pl.LazyFrame | pl.DataFrame) -> int:
@@ -275,20 +304,35 @@ def mark_lost_gaps(intervals: pl.LazyFrame, gaps: pl.LazyFrame) -> pl.LazyFrame:
     ).drop("gap_seq", "broken")
 
 
+def sorted_rows(frame: pl.DataFrame, by: list[pl.Series], nulls_last: bool = False) -> pl.DataFrame:
+    """`frame` sorted by the keys `by` (nulls first, or last, as Polars sorts), ties kept in row
+    order: numpy's lexsort, several times faster than Polars' sort on several integer keys."""
+    keys = []
+    for key in reversed(by):
+        keys += [key.fill_null(0).to_numpy(), (key.is_null() if nulls_last else key.is_not_null()).to_numpy()]
+    return frame[np.lexsort(keys)] if frame.height else frame
+
+
 def _raisers(intervals: pl.LazyFrame, events: pl.LazyFrame) -> pl.LazyFrame:
     """raise_ts and raised_in of each softirq run (module docstring); `id` must be set."""
+    # Vectors as categories: the as-of join matches them as integers, not as strings.
     runs = (
         intervals.filter(pl.col("kind") == "softirq")
-        .select("id", "cpu", "name", "seq")
-        .sort("cpu", "name", "seq")
+        .select("id", "cpu", pl.col("name").cast(pl.Categorical), "seq")
+        .sort("seq")
         .with_columns(after=pl.col("seq").shift(1).over("cpu", "name").fill_null(0))
     )
     raises = events.filter(_NAMED == "softirq_raise").select(
-        "cpu", name=pl.col("softirq").cast(pl.String), raise_seq="seq", raise_ts="ts")
-    # The first raise after `after` and before the run: [after, seq) holds it.
-    credited = inside(raises, runs.select("id", "cpu", "name", w_ts="after", w_end="seq"),
-                      ["cpu", "name"], at="raise_seq")
-    first = credited.group_by("id").agg(pl.all().sort_by("raise_seq").first()).select("id", "cpu", "raise_seq", "raise_ts")
+        "cpu", name=pl.col("softirq").cast(pl.Categorical), raise_seq="seq", raise_ts="ts")
+    # The first raise at or after `after` (the vector's previous run on the CPU), if it comes
+    # before the run: the runs of one vector part the CPU's record, so it is the first of the
+    # raises in [after, seq).
+    first = (
+        runs.sort("after").join_asof(raises.sort("raise_seq"), left_on="after", right_on="raise_seq",
+                                     by=["cpu", "name"], strategy="forward", check_sortedness=False)
+        .filter(pl.col("raise_seq") < pl.col("seq"))
+        .select("id", "cpu", "raise_seq", "raise_ts")
+    )
     enclosing = {
         kind: inside(first.select("id", "cpu", "raise_seq"),
                      intervals.filter(pl.col("kind") == kind).select("cpu", encloser="id", w_ts="seq", w_end="end_seq"),
@@ -304,15 +348,19 @@ def _raisers(intervals: pl.LazyFrame, events: pl.LazyFrame) -> pl.LazyFrame:
 def build_intervals(events: pl.LazyFrame) -> pl.LazyFrame:
     """All interval kinds, numbered in (ts, depth, seq, end_seq) order, with the raiser of each softirq."""
     events = events.with_row_index("seq")
-    every = pl.concat([hard_and_soft_irqs(events), napi_polls(events), syscalls(events), running(events)])
-    # Collected once: the raisers read it twice, and a lazy plan would rebuild it for each.
-    numbered = (mark_lost_gaps(every, lost_marks(events)).sort("ts", "depth", "seq", "end_seq", nulls_last=True)
-                .with_row_index("id").collect().lazy())
-    return (
-        numbered.join(_raisers(numbered, events), on="id", how="left")
-        .with_columns([pl.col(c).cast(t) for c, t in RAISE_SCHEMA.items()])
-        .sort("id")
-    )
+    calls = syscalls(events)
+    # Only a syscall can be broken by a gap, and most traces have none.
+    if (gaps := lost_marks(events).collect()).height:
+        calls = mark_lost_gaps(calls, gaps.lazy())
+    every = pl.concat([hard_and_soft_irqs(events), napi_polls(events), calls, running(events)]).collect()
+    numbered = sorted_rows(every, [every["ts"], every["depth"], every["seq"], every["end_seq"]], nulls_last=True)
+    numbered = numbered.with_row_index("id")
+    raisers = _raisers(numbered.lazy(), events).collect()
+    # Written into the softirqs' rows (`id` is the row number), null elsewhere: not joined.
+    return numbered.with_columns(
+        pl.Series(c, [], t).extend_constant(None, numbered.height).scatter(raisers["id"], raisers[c].cast(t))
+        for c, t in RAISE_SCHEMA.items()
+    ).lazy()
 
 
 def irq_intervals(events: pl.LazyFrame) -> pl.LazyFrame:

@@ -34,7 +34,7 @@ import numpy as np
 import polars as pl
 
 from kptrace import tables
-from kptrace.intervals import inside
+from kptrace.intervals import CPU_ORDER, inside, sorted_rows
 
 EPOLL = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 RECEIVES = ("read", "recvfrom", "recvmsg")
@@ -70,7 +70,7 @@ def charged_work(intervals: pl.LazyFrame) -> pl.LazyFrame:
         intervals.filter(pl.col("kind").is_in(["hardirq", "softirq"]))
         .select("id", "cpu", "tid", "ts", "dur", "kind", "name", "complete", "seq", "end_seq", "raise_ts", "raised_in")
         .with_columns(end=pl.col("ts") + pl.col("dur").fill_null(0))
-        .sort("cpu", "seq")
+        .sort(CPU_ORDER)
         .with_columns(gap=pl.col("ts") - pl.col("end").cum_max().shift(1).over("cpu"))
         .with_columns(adjacent=(pl.col("gap") <= CHAIN_GAP_NS).fill_null(False))
     )
@@ -81,8 +81,7 @@ def charged_work(intervals: pl.LazyFrame) -> pl.LazyFrame:
     ).group_by("soft_id").agg(pl.col("nested_ns").sum())
     adjacency_head = pl.when((pl.col("kind") == "hardirq") | ~pl.col("adjacent")).then(pl.col("id"))
     irq = (
-        irq.join(nested, left_on="id", right_on="soft_id", how="left")
-        .sort("cpu", "seq")
+        irq.join(nested, left_on="id", right_on="soft_id", how="left", maintain_order="left")
         .with_columns(
             own_ns=(pl.col("dur").fill_null(0) - pl.col("nested_ns").fill_null(0)).clip(0),
             glue_ns=pl.when(soft & pl.col("adjacent")).then(pl.col("gap").clip(0)).otherwise(0),
@@ -91,22 +90,26 @@ def charged_work(intervals: pl.LazyFrame) -> pl.LazyFrame:
             .otherwise(adjacency_head.forward_fill().over("cpu")),
         )
         .with_columns(charged_ns=pl.col("own_ns") + pl.col("glue_ns"))
+        .sort("id")
         .collect()
     )
+    ids = irq["id"].to_numpy()
     parent = np.arange(int(irq["id"].max() or 0) + 1, dtype=np.int64)
-    parent[irq["id"].to_numpy()] = irq["parent"].to_numpy()
-    root = _roots(parent)[irq["id"].to_numpy()]
-    heads = irq.select(root="id", root_kind="kind", root_name="name")
+    parent[ids] = irq["parent"].to_numpy()
+    root = _roots(parent)[ids]
+    # Each root's own row, found by binary search over the ascending ids (not joined); a root
+    # the table does not hold (a cut table's raiser) has no kind or name, as a join leaves it.
+    head = np.minimum(np.searchsorted(ids, root), len(ids) - 1)
+    head = pl.Series(head, dtype=pl.UInt32).set(pl.Series(ids[head] != root, dtype=pl.Boolean), None)
+    root_kind, root_name = irq["kind"].gather(head), irq["name"].gather(head)
+    root = pl.Series(root, dtype=pl.UInt32)
     return (
-        irq.with_columns(root=pl.Series(root, dtype=pl.UInt32))
-        .join(heads, on="root", how="left")
+        irq.with_columns(root=root)
         .select(
             "id", "cpu", "tid", "ts", "end", "kind", "complete", "own_ns", "glue_ns", "charged_ns", "root",
-            source=pl.when(pl.col("root_kind") == "hardirq").then(pl.col("root_name"))
-            .otherwise(pl.lit("inline:") + pl.col("root_name")),
-            disruptive=pl.col("root_kind") == "hardirq",
+            source=pl.when(root_kind == "hardirq").then(root_name).otherwise(pl.lit("inline:") + root_name),
+            disruptive=root_kind == "hardirq",
         )
-        .sort("id")
         .lazy()
     )
 
@@ -115,15 +118,19 @@ def _chains(work: pl.LazyFrame, first_id: int = 0) -> pl.LazyFrame:
     """Disruptions of the charged work, numbered by root from `first_id` (a caller that groups
     the roots in consecutive ranges numbers each range from the count of roots before it)."""
     return (
-        work.group_by("root")
+        # Grouped as sorted runs (a stable sort keeps each chain's members in order): cheaper
+        # than hashing nearly as many chains as rows.
+        work.sort("root", maintain_order=True).with_columns(pl.col("root").set_sorted())
+        .group_by("root", maintain_order=True)
         .agg(
             cpu=pl.col("cpu").first(),
             ts=pl.col("ts").min(),
             end=pl.col("end").max(),
             span_ns=pl.col("charged_ns").sum(),
             source=pl.col("source").first(),
-            hardirq_ns=pl.col("own_ns").filter(pl.col("kind") == "hardirq").sum(),
-            softirq_ns=pl.col("own_ns").filter(pl.col("kind") == "softirq").sum(),
+            # when/then, not a filter in each of the many one-member groups
+            hardirq_ns=pl.when(pl.col("kind") == "hardirq").then("own_ns").sum(),
+            softirq_ns=pl.when(pl.col("kind") == "softirq").then("own_ns").sum(),
             n_softirq=(pl.col("kind") == "softirq").sum(),
             complete=pl.col("complete").all(),
             disruptive=pl.col("disruptive").first(),
@@ -144,26 +151,44 @@ def disruptions(intervals: pl.LazyFrame) -> pl.LazyFrame:
     return _chains(charged_work(intervals))
 
 
+#: What each syscall is to a request: 0 the epoll wait that ends a loop iteration, 1 a
+#: receive, 2 a send, 3 none of them.
+_ROLE = (pl.when(pl.col("name").is_in(EPOLL)).then(0).when(pl.col("name").is_in(RECEIVES)).then(1)
+         .when(pl.col("name").is_in(SENDS)).then(2).otherwise(3).cast(pl.Int8))
+
+
 def _request_spans(calls: pl.LazyFrame) -> pl.LazyFrame:
     """Receive-with-data ... last answering send, per (tid, fd, epoch iteration), from the
     complete syscalls."""
-    calls = (
-        calls
-        # One task's syscalls do not overlap; at µs resolution a zero-length one ties with the
-        # next, so its end breaks the tie, then the order the calls were recorded (id).
-        .sort("tid", "ts", pl.col("ts") + pl.col("dur"), "id")
-        .with_columns(epoch=pl.col("name").is_in(EPOLL).cast(pl.UInt32).cum_sum().over("tid"))
-        .filter((pl.col("name").is_in(RECEIVES) & (pl.col("ret") > 0)) | (pl.col("name").is_in(SENDS) & (pl.col("ret") >= 0)))
-        .with_columns(is_send=pl.col("name").is_in(SENDS))
-        .with_columns(prev_send=pl.col("is_send").shift(1).over("tid", "fd", "epoch").fill_null(True))
-        .with_columns(starts=~pl.col("is_send") & pl.col("prev_send"))
-        .with_columns(segment=pl.col("starts").cast(pl.UInt32).cum_sum().over("tid", "fd", "epoch"))
-        .filter(pl.col("segment") > 0)
+    frame = calls.select("id", "tid", "cpu", "ts", "dur", "fd", "ret", role=_ROLE).collect()
+    # One task's syscalls do not overlap; at µs resolution a zero-length one ties with the
+    # next, so its end breaks the tie, then the order the calls were recorded (id).
+    frame = sorted_rows(frame, [frame["tid"], frame["ts"], frame["ts"] + frame["dur"], frame["id"]])
+    # Each task's loop iterations (`epoch`) in a run of rows, numbered across tasks.
+    frame = frame.with_columns(
+        epoch=((pl.col("role") == 0) | pl.col("tid").ne_missing(pl.col("tid").shift(1))).cum_sum()
+    ).filter(((pl.col("role") == 1) & (pl.col("ret") > 0)) | ((pl.col("role") == 2) & (pl.col("ret") >= 0)))
+    # Each (epoch, fd) stream in a run of rows, in time order, so that the stream's previous
+    # call is the row before when that row is of the same stream.
+    frame = sorted_rows(frame, [frame["epoch"], frame["fd"]])
+    stream_start = pl.col("epoch").ne_missing(pl.col("epoch").shift(1)) | pl.col("fd").ne_missing(pl.col("fd").shift(1))
+    spans = (
+        frame.lazy()
+        .with_columns(is_send=pl.col("role") == 2, stream_start=stream_start)
+        .with_columns(starts=~pl.col("is_send") & (pl.col("stream_start") | pl.col("is_send").shift(1)))
+        # A span runs from a receive that starts one to the next start; the sends before a
+        # stream's first start belong to none (their span number is the stream's last before).
+        .with_columns(segment=pl.col("starts").cum_sum())
+        .with_columns(before=pl.when("stream_start").then(pl.col("segment") - pl.col("starts").cast(pl.UInt32)))
+        .filter(pl.col("segment") > pl.col("before").forward_fill())
     )
     return (
-        calls.group_by("tid", "fd", "epoch", "segment", maintain_order=True)
+        # The spans' rows are in runs, numbered in order: grouped as sorted runs, not hashed.
+        spans.with_columns(pl.col("segment").set_sorted()).group_by("segment", maintain_order=True)
         .agg(
             first_id=pl.col("id").first(),
+            tid=pl.col("tid").first(),
+            fd=pl.col("fd").first(),
             cpu=pl.col("cpu").first(),
             ts=pl.col("ts").first(),
             end=(pl.col("ts") + pl.col("dur")).filter(pl.col("is_send")).max(),
@@ -189,7 +214,8 @@ def build_requests(intervals: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]
     disruption) whose charged work ran inside the request: request_id, disruption_id, source,
     span_ns (that work's charged time inside the request)."""
     work = charged_work(intervals).collect().lazy()
-    numbered = _chains(work).select(root="interval_id", disruption_id="disruption_id")
+    # _chains numbers the disruptions in root order: only that numbering is needed here.
+    numbered = work.select(pl.col("root").unique().sort()).with_row_index("disruption_id")
     return requests_of(intervals.filter((pl.col("kind") == "syscall") & pl.col("complete")), work, numbered,
                        off_cpu_gaps(intervals.filter((pl.col("kind") == "running") & pl.col("complete"))))
 
@@ -211,15 +237,16 @@ def requests_of(calls: pl.LazyFrame, work: pl.LazyFrame, numbered: pl.LazyFrame,
     each root's disruption_id (root, disruption_id), and the off-CPU gaps (off_cpu_gaps). With
     `keep_first_id` requests keep `first_id` (the opening read's id: request_id's tie-break),
     for a caller that numbers requests built in parts (kptrace.windowed.requests)."""
-    # Collected once: the windows, the spans' own row and three joins read it, and a lazy plan
-    # would find the spans again for each.
-    spans = _request_spans(calls).collect().lazy()
-    window = spans.select("request_id", "tid", w_cpu="cpu", w_ts="ts", w_end="end")
+    # Collected once: the windows and the requests' own rows read it, and a lazy plan would
+    # find the spans again for each.
+    spans = _request_spans(calls).collect()
+    window = spans.lazy().select("request_id", "tid", w_cpu="cpu", w_ts="ts", w_end="end")
     complete = pl.col("complete")
     work_inside = (
         inside(work.filter(complete), window, "tid")
         .join(numbered, on="root")
         .with_columns(charged_in=pl.min_horizontal("own_ns", pl.col("w_end") - pl.col("ts")) + pl.col("glue_ns"))
+        .collect().lazy()  # read three times below
     )
     hits = (
         work_inside.filter("disruptive")
@@ -228,12 +255,14 @@ def requests_of(calls: pl.LazyFrame, work: pl.LazyFrame, numbered: pl.LazyFrame,
         .sort("request_id", "disruption_id")
     )
     hard = pl.col("kind") == "hardirq"
+    # Nearly every request holds some softirq work, few a hard IRQ: the id lists are made of
+    # the hard IRQs' rows alone (a request without any gets its empty list below).
     irq_time = work_inside.group_by("request_id").agg(
-        irq_interval_ids=pl.col("id").filter(hard).sort(),
-        hardirq_ns=pl.col("own_ns").filter(hard).sum(),
-        softirq_ns=pl.col("own_ns").filter(~hard).sum(),
+        hardirq_ns=pl.when(hard).then("own_ns").sum(),
+        softirq_ns=pl.when(~hard).then("own_ns").sum(),
         n_irq=hard.sum(),
-    )
+    ).join(work_inside.filter(hard).group_by("request_id").agg(irq_interval_ids=pl.col("id").sort()),
+           on="request_id", how="left")
     syscall_time = inside(calls, window, "tid")
     syscall_time = syscall_time.group_by("request_id").agg(syscall_ns=pl.col("dur").sum())
     off_cpu = inside(gaps, window, "tid").group_by("request_id").agg(
@@ -241,12 +270,10 @@ def requests_of(calls: pl.LazyFrame, work: pl.LazyFrame, numbered: pl.LazyFrame,
         n_offcpu=pl.len(),
         migrated=(pl.col("next_cpu") != pl.col("w_cpu")).any(),
     )
-    per_hit = hits.group_by("request_id").agg(disruption_ns=pl.col("span_ns").sum(), sources=pl.col("source").sort())
+    hits, *parts = pl.collect_all([hits, irq_time, syscall_time, off_cpu])
+    parts.append(hits.group_by("request_id").agg(disruption_ns=pl.col("span_ns").sum(), sources=pl.col("source").sort()))
     requests = (
-        spans.join(irq_time, on="request_id", how="left")
-        .join(syscall_time, on="request_id", how="left")
-        .join(off_cpu, on="request_id", how="left")
-        .join(per_hit, on="request_id", how="left")
+        spans.with_columns(column for part in parts for column in _by_request(spans.height, part)).lazy()
         .with_columns(
             pl.col("hardirq_ns", "softirq_ns", "syscall_ns", "disruption_ns", "offcpu_ns").fill_null(0),
             n_irq=pl.col("n_irq").fill_null(0),
@@ -260,9 +287,17 @@ def requests_of(calls: pl.LazyFrame, work: pl.LazyFrame, numbered: pl.LazyFrame,
             disrupted=pl.col("sources").list.len() > 0,
         )
         .select([pl.col(c).cast(t) for c, t in REQUEST_SCHEMA.items()] + (["first_id"] if keep_first_id else []))
-        .sort("request_id")
     )
-    return requests, hits
+    return requests, hits.lazy()
+
+
+def _by_request(requests: int, part: pl.DataFrame) -> list[pl.Series]:
+    """The columns of `part` (one row per request_id, for some of the requests) laid out one row
+    per request, null where it has none: request_id is the spans' row number, so a gather does
+    what a left join would (and keeps the spans' order)."""
+    row = pl.Series([], dtype=pl.UInt32).extend_constant(None, requests).scatter(
+        part["request_id"], pl.Series(np.arange(part.height, dtype=np.uint32)))
+    return [part[c].gather(row) for c in part.columns if c != "request_id"]
 
 
 def request_counters(events: pl.LazyFrame, requests: pl.LazyFrame) -> pl.LazyFrame:

@@ -94,6 +94,22 @@ def test_a_softirq_raised_inside_a_hard_irq_is_charged_to_that_irq():
     ]
 
 
+def test_a_softirq_whose_raiser_is_cut_from_the_table_has_no_source():
+    """An interval table cut in time can keep a softirq and lose the hard IRQ that raised it:
+    the softirq's chain then starts at an interval the table does not hold, and it has no
+    source (nor is it disruptive), rather than another interval's."""
+    trace = (Trace().hardirq(100, 102, 0, SERVER, "virtio1-req.0", raises="BLOCK").softirq(103, 110, 0, SERVER, "BLOCK")
+             .hardirq(200, 202, 0, SERVER, "local_timer"))
+    intervals, _, _, _ = trace.analyse()
+    cut = intervals.filter(pl.col("name") != "virtio1-req.0")
+    assert cut.height == intervals.height - 1
+    chains = disruptions(cut.lazy()).collect()
+    assert chains.select("source", "disruptive", "n_softirq").sort("n_softirq").rows() == [
+        ("local_timer", True, 0),
+        (None, None, 1),
+    ]
+
+
 def _send_interrupted_by_disk() -> Trace:
     """A request whose send raises loopback NET_RX with bottom halves off; a disk IRQ arrives,
     raises BLOCK, and both softirqs run when the send re-enables bottom halves."""
