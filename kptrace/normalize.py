@@ -87,9 +87,9 @@ def _duplicates(rows: pl.DataFrame) -> int:
     check those (few) on every key."""
     key = (["ts", "cpu", "tid", "event", "payload"] if "payload" in rows.columns
            else [c for c in rows.columns if c not in ("seq", "ts_resolution_ns")])
-    tied = rows[np.flatnonzero(_tied(rows["ts"]))]  # gathered: a filter would test every row of every column
-    same_time = tied.filter(tied.select("ts", "cpu").is_duplicated())
-    return int(same_time.select(key).is_duplicated().sum())
+    tied = np.flatnonzero(_tied(rows["ts"]))  # gathered: a filter would test every row of every column
+    same_time = tied[rows.select("ts", "cpu")[tied].is_duplicated().to_numpy()]  # then every key column of fewer
+    return int(rows.select(key)[same_time].is_duplicated().sum())
 
 
 @dataclass
