@@ -380,17 +380,27 @@ def _fits(values: np.ndarray, kind: np.dtype) -> bool:
     return bool(values.min() >= bounds.min and values.max() <= bounds.max)
 
 
+#: A String column whose values fill fewer than one row in this many is scattered into nulls.
+_SPARSE = 10
+
+
 def _texts(count: int, pieces: list[tuple[np.ndarray, _Coded]], dtype: pl.DataType) -> pl.Series:
-    """A text column of `count` rows from (rows, coded values) pieces, null elsewhere: one
-    gather of all the pieces' distinct values by one index."""
+    """A text column of `count` rows from (rows, coded values) pieces (of different event types:
+    their rows never overlap), null elsewhere: one gather of all the pieces' distinct values by
+    one index. A String column of few rows (sched_switch's names among every event) is put at
+    its rows of a null column instead: a gather by an index of every row wrote each row's string
+    view (wide rows of the benchmark trace, its four such columns: ~17 ms each)."""
     distinct = pl.concat([coded.distinct.cast(dtype, strict=False) for _, coded in pieces], rechunk=True)
+    offsets = np.cumsum([0, *(len(coded.distinct) for _, coded in pieces)])
+    if dtype == pl.String and sum(len(at) for at, _ in pieces) * _SPARSE < count:
+        at = np.concatenate([at for at, _ in pieces])
+        index = np.concatenate([coded.codes + np.uint32(offset) for (_, coded), offset in zip(pieces, offsets)])
+        return pl.repeat(None, count, dtype=dtype, eager=True).scatter(at, distinct.gather(pl.Series(index)))
     where = np.zeros(count, dtype=np.uint32)
     valid = np.zeros(count, dtype=bool)
-    offset = 0
-    for at, coded in pieces:
+    for (at, coded), offset in zip(pieces, offsets):
         where[at] = coded.codes + np.uint32(offset)
         valid[at] = True
-        offset += len(coded.distinct)
     return distinct.gather(_masked(where, valid))
 
 
