@@ -166,7 +166,8 @@ def _per_cpu(events: pl.DataFrame) -> pl.DataFrame:
         return events.select(pl.arg_where(condition.fill_null(False))).to_series().to_numpy()
 
     rows = np.bincount(slot, minlength=width)
-    unmarked = rows - np.bincount(slot[rows_where((pl.col("subsystem") != "kptrace").fill_null(False).not_())], minlength=width)
+    marked = rows_where((pl.col("subsystem") != "kptrace").fill_null(False).not_())  # marks and null subsystems
+    unmarked = rows - np.bincount(slot[marked], minlength=width)
     lost = rows_where(pl.col("event") == "lost_events")
     lost_events = np.zeros(width, np.int64)
     np.add.at(lost_events, slot[lost], events["value"].gather(lost).fill_null(0).to_numpy())
