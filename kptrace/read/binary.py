@@ -252,10 +252,15 @@ def _extractor(fmt: EventFormat) -> _Extractor:
 
 
 def _masked(values: np.ndarray, valid: np.ndarray) -> pl.Series:
-    """A Series of `values`, null where `valid` is not set (built in Polars: a Series from Arrow
-    buffers would import pyarrow.compute, ~0.2 s, on the first read of a process)."""
-    series = pl.Series(values)
-    return series if valid.all() else series.set(pl.Series(~valid), None)
+    """A Series of numeric `values`, null where `valid` is not set: the values and a validity
+    bitmap handed over as Arrow buffers, without a copy (Polars' `set` to null copied the
+    values and made a mask Series of every row)."""
+    if valid.all():
+        return pl.Series(values)
+    values = np.ascontiguousarray(values)
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pl.Series(_ArrowStream(pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values),
+                                                        [bitmap, pa.py_buffer(values)])))
 
 
 _SOFTIRQS = pl.Series([*SOFTIRQ_NAMES, None], dtype=pl.Categorical)  # an unknown vector: null
@@ -375,18 +380,39 @@ def _fits(values: np.ndarray, kind: np.dtype) -> bool:
     return bool(values.min() >= bounds.min and values.max() <= bounds.max)
 
 
+#: A String column whose values fill fewer than one row in this many is scattered into nulls.
+_SPARSE = 10
+
+
 def _texts(count: int, pieces: list[tuple[np.ndarray, _Coded]], dtype: pl.DataType) -> pl.Series:
-    """A text column of `count` rows from (rows, coded values) pieces, null elsewhere: one
-    gather of all the pieces' distinct values by one index."""
+    """A text column of `count` rows from (rows, coded values) pieces (of different event types:
+    their rows never overlap), null elsewhere: one gather of all the pieces' distinct values by
+    one index. A String column of few rows (sched_switch's names among every event) is put at
+    its rows of a null column instead: a gather by an index of every row wrote each row's string
+    view (wide rows of the benchmark trace, its four such columns: ~17 ms each)."""
     distinct = pl.concat([coded.distinct.cast(dtype, strict=False) for _, coded in pieces], rechunk=True)
+    offsets = np.cumsum([0, *(len(coded.distinct) for _, coded in pieces)])
+    if dtype == pl.String and sum(len(at) for at, _ in pieces) * _SPARSE < count:
+        at = np.concatenate([at for at, _ in pieces])
+        index = np.concatenate([coded.codes + np.uint32(offset) for (_, coded), offset in zip(pieces, offsets)])
+        return pl.repeat(None, count, dtype=dtype, eager=True).scatter(at, distinct.gather(pl.Series(index)))
     where = np.zeros(count, dtype=np.uint32)
     valid = np.zeros(count, dtype=bool)
-    offset = 0
-    for at, coded in pieces:
+    for (at, coded), offset in zip(pieces, offsets):
         where[at] = coded.codes + np.uint32(offset)
         valid[at] = True
-        offset += len(coded.distinct)
     return distinct.gather(_masked(where, valid))
+
+
+class _ArrowStream:
+    """An Arrow array offered to Polars as an Arrow PyCapsule stream, taken without a copy: a
+    pyarrow array given as such imports pyarrow.compute (~0.11 s on a process's first)."""
+
+    def __init__(self, array: pa.Array) -> None:
+        self.array = array
+
+    def __arrow_c_stream__(self, requested_schema=None):
+        return pa.chunked_array([self.array]).__arrow_c_stream__(requested_schema)
 
 
 def _numpy_type(column: str, values: np.ndarray) -> np.dtype:
