@@ -17,7 +17,7 @@ from kptrace.intervals import build_intervals, missed_switches, serving_load
 from kptrace.normalize import normalize
 from kptrace.read import read_any
 from kptrace.read.chunks import window_bounds
-from kptrace.requests import EPOLL, RECEIVES, SENDS, build_requests, disruptions, request_counters
+from kptrace.requests import EPOLL, RECEIVES, SENDS, build_requests, charged_work, disruptions, request_counters
 from kptrace.windowed.events import DEFAULT_WINDOW_ROWS, event_windows, open_source
 
 #: Syscall exits a request view needs, one of each family, and how to get them.
@@ -103,7 +103,7 @@ class Seen:
         if events is not None:
             lazy = events.lazy()
             seen.missed_switches = missed_switches(lazy)
-            raises = lazy.filter(pl.col("event").cast(pl.String) == "softirq_raise")
+            raises = lazy.filter(pl.col("event") == "softirq_raise")  # on the categories as held
             seen.softirq_raises = raises.select(pl.len()).collect().item()
             seen.counter_rows = lazy.filter(pl.col("subsystem") == "counter").select(pl.len()).collect().item() > 0
         return seen
@@ -183,12 +183,13 @@ def analyze_intervals(intervals: pl.DataFrame, meta: dict | None = None, events:
     are optional: without them the analysis cannot check which interrupt events were recorded
     nor read counters, and says so."""
     meta = meta if meta is not None else frame_meta(intervals)
-    chains = disruptions(intervals.lazy()).collect()
+    work = charged_work(intervals.lazy()).collect().lazy()  # held: the chains and the requests both read it
+    chains = disruptions(intervals.lazy(), work).collect()
     progress(f"rebuilt {intervals.height:,} intervals and {chains.height:,} interrupt chains")
     seen = Seen.of(intervals, events)
     requests = hits = None
     if not _missing_request_families(seen.syscalls):
-        requests_lazy, hits_lazy = build_requests(intervals.lazy())
+        requests_lazy, hits_lazy = build_requests(intervals.lazy(), work)
         requests, hits = requests_lazy.collect(), hits_lazy.collect()
     return completed(meta, events, intervals, chains, requests, hits, seen, progress, built=built, held=True)
 

@@ -142,13 +142,14 @@ def _chains(work: pl.LazyFrame, first_id: int = 0) -> pl.LazyFrame:
     )
 
 
-def disruptions(intervals: pl.LazyFrame) -> pl.LazyFrame:
+def disruptions(intervals: pl.LazyFrame, work: pl.LazyFrame | None = None) -> pl.LazyFrame:
     """One row per hard IRQ with the softirqs charged to it, and per inline chain
     (DISRUPTION_SCHEMA): interval_id (its first interval), span_ns (time charged to it, see the
     module docstring), hardirq_ns and softirq_ns (its members' own time), n_softirq, complete
     (every member has both ends), disruptive (false for inline chains); end is its last
-    member's end, so with members apart end - ts may exceed span_ns."""
-    return _chains(charged_work(intervals))
+    member's end, so with members apart end - ts may exceed span_ns. `work`: the intervals'
+    charged_work, when the caller holds it already (build_requests reads it too)."""
+    return _chains(charged_work(intervals) if work is None else work)
 
 
 #: What each syscall is to a request: 0 the epoll wait that ends a loop iteration, 1 a
@@ -209,11 +210,11 @@ def _size_class(column: str) -> pl.Expr:
     return pl.lit("2^") + pl.col(column).clip(1).log(2).floor().cast(pl.Int32).cast(pl.String)
 
 
-def build_requests(intervals: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+def build_requests(intervals: pl.LazyFrame, work: pl.LazyFrame | None = None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """(requests, hits): the per-request table (REQUEST_SCHEMA) and one row per (request,
     disruption) whose charged work ran inside the request: request_id, disruption_id, source,
-    span_ns (that work's charged time inside the request)."""
-    work = charged_work(intervals).collect().lazy()
+    span_ns (that work's charged time inside the request). `work`: as for disruptions."""
+    work = (charged_work(intervals) if work is None else work).collect().lazy()
     # _chains numbers the disruptions in root order: only that numbering is needed here.
     numbered = work.select(pl.col("root").unique().sort()).with_row_index("disruption_id")
     return requests_of(intervals.filter((pl.col("kind") == "syscall") & pl.col("complete")), work, numbered,
