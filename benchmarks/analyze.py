@@ -9,6 +9,7 @@ events/s and peak RSS of each, and the ratio. Usage (root, to record):
     python benchmarks/analyze.py --dat trace.dat        # an existing recording
     python benchmarks/analyze.py --dat trace.dat --text trace.txt   # also analyze its text
     python benchmarks/analyze.py --dat trace.dat --stages           # where analyze's time goes
+    python benchmarks/analyze.py --dat trace.dat --serial           # each part alone: wall and CPU
     python benchmarks/analyze.py --dat trace.dat --before /tmp/old  # also the kptrace of another checkout
 """
 
@@ -100,6 +101,37 @@ def stage_times(dat: Path, out: Path) -> tuple[dict[str, float], dict[str, tuple
     return times, parts
 
 
+def serial_parts(dat: Path, out: Path) -> list[tuple[str, float, float]]:
+    """(part, wall s, CPU s) of each part of one in-process analyze of `dat`, run one after
+    another on this thread (no early outputs, nothing side by side): what each part costs alone.
+    CPU is the process's (Polars' own threads included)."""
+    rows = []
+    mark = [time.perf_counter(), time.process_time()]
+
+    def lap(part: str) -> None:
+        now = [time.perf_counter(), time.process_time()]
+        rows.append((part, now[0] - mark[0], now[1] - mark[1]))
+        mark[:] = now
+
+    from kptrace import cli, export, summary
+    from kptrace.analysis import analyze
+    gc.freeze()
+    lap("imports (kptrace, polars, pyarrow)")
+    cli._import_ahead()
+    lap("the outputs' imports (altair, perfetto protos)")
+    analysis = analyze(dat, lambda stage: lap(f"analysis: {stage}"), stored=out)
+    lap("analysis: rest (attribution, faults)")
+    built = summary.build_summary(analysis)
+    lap("summary and what-if (build_summary)")
+    export.write_tables_of(analysis, out, dict(analysis.tables()))
+    lap("Parquet tables")
+    export._write_timeline(analysis, out, "measured", None, None)
+    lap("Perfetto timeline")
+    export._report_charts(analysis, built)
+    lap("report's charts")
+    return rows
+
+
 def cli_wall(dat: Path, out: Path) -> float:
     """Wall seconds of one `kptrace analyze` of `dat` (a fresh interpreter: startup and exit included)."""
     return wall_and_peak([sys.executable, "-m", "kptrace.cli", "analyze", str(dat), "-o", str(out), "--quiet"])[0]
@@ -112,12 +144,21 @@ def main() -> None:
     parser.add_argument("--dat", type=Path, help="an existing trace.dat instead of a new recording")
     parser.add_argument("--text", type=Path, help="also time `kptrace analyze` of this text of the same trace")
     parser.add_argument("--stages", action="store_true", help="only time each stage of one in-process analyze of --dat")
+    parser.add_argument("--serial", action="store_true", help="only time each part of one in-process analyze of --dat, "
+                                                              "one after another: wall and CPU")
     parser.add_argument("--before", type=Path, help="also time `kptrace analyze` with the kptrace of this checkout "
                                                     "(e.g. a `git archive` of the base commit), alternating")
     args = parser.parse_args()
     args.dat = args.dat and args.dat.resolve()  # --before runs from its checkout
     work = Path(tempfile.mkdtemp(prefix="kptrace-bench-analyze-"))
     try:
+        if args.serial:
+            if args.dat is None:
+                parser.error("--serial needs --dat")
+            rows = serial_parts(args.dat, work / "out")
+            for part, wall, cpu in rows + [("total", sum(r[1] for r in rows), sum(r[2] for r in rows))]:
+                print(f"  {part:<60} wall {wall:5.2f} s  CPU {cpu:5.2f} s")
+            return
         if args.stages:
             if args.dat is None:
                 parser.error("--stages needs --dat")
