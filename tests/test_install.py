@@ -116,4 +116,29 @@ def test_a_source_tree_without_its_compiled_reader_says_so_in_one_line(tmp_path)
                        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
     assert r.returncode == 1, r.stderr
     assert r.stderr.splitlines() == ["kptrace: error: kptrace's compiled page reader is not built (pip install "
-                                     "kptrace, or python kptrace/read/pages_build.py in a source checkout)"]
+                                     "kptrace, or python kptrace/build_compiled.py in a source checkout)"]
+
+
+def test_building_in_place_makes_every_compiled_part_and_drops_a_stale_copy(tmp_path):
+    """`python kptrace/build_compiled.py` in a source tree: each module as pip names it
+    (NAME.abi3.so), a copy under Python's preferred suffix (which would be loaded instead) removed,
+    and the tree then reads a binary trace."""
+    import sysconfig
+
+    tree = tmp_path / "src"
+    shutil.copytree(REPO / "kptrace", tree / "kptrace", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    stale = tree / "kptrace" / "whatif" / f"_steps{sysconfig.get_config_var('EXT_SUFFIX')}"
+    stale.write_bytes(b"not a module")
+    built = subprocess.run([sys.executable, str(tree / "kptrace" / "build_compiled.py")], cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*.so")) == [
+        "kptrace/export/_packets.abi3.so", "kptrace/read/_pages.abi3.so", "kptrace/whatif/_steps.abi3.so"]
+    import zstandard
+
+    trace = tmp_path / "v6.dat"
+    trace.write_bytes(zstandard.ZstdDecompressor().stream_reader(
+        open(REPO / "tests" / "data" / "binary" / "v6.dat.zst", "rb")).read())
+    r = subprocess.run([sys.executable, "-m", "kptrace.cli", "ingest", str(trace), "-o", str(tmp_path / "out")],
+                       cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

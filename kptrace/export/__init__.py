@@ -24,7 +24,7 @@ TIMELINE_FILE = "timeline.perfetto-trace.gz"
 class EarlyOutputs:
     """The outputs that need only the first tables of a whole-trace analysis, written on threads
     while the analysis goes on (attribution, faults, the what-if): events.parquet as soon as the
-    events are read, and the timeline's measured group once the requests are known. Its `built`
+    events are read, and the timeline's "measured" group once the requests are known. Its `built`
     is the analysis's hook (kptrace.analysis.Built); write_all(early=...) waits for what it
     started and writes the rest. Leaving it as a context manager waits for its threads.
 

@@ -432,7 +432,7 @@ def _compiled():
         from kptrace.export._packets import ffi, lib
     except ImportError:
         raise SetupError("kptrace's compiled timeline encoder is not built (pip install kptrace, or "
-                         "python kptrace/export/packets_build.py in a source checkout)") from None
+                         "python kptrace/build_compiled.py in a source checkout)") from None
     return ffi, lib
 
 

@@ -136,7 +136,7 @@ def _compiled():
         from kptrace.read._pages import ffi, lib
     except ImportError:
         raise SetupError("kptrace's compiled page reader is not built (pip install kptrace, or "
-                         "python kptrace/read/pages_build.py in a source checkout)") from None
+                         "python kptrace/build_compiled.py in a source checkout)") from None
     return ffi, lib
 
 

@@ -1,12 +1,9 @@
 """Builds kptrace.read._pages, the compiled loops of the page reader (pages.c), with cffi.
 
-setup.py names this builder (`cffi_modules`), so installing kptrace compiles it; run this file
-directly to build it in place in a source checkout.
+setup.py names this builder (`cffi_modules`), so installing kptrace compiles it;
+`python kptrace/build_compiled.py` builds it in place in a source checkout.
 """
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from cffi import FFI
@@ -41,17 +38,3 @@ int64_t walk_in_time_order(const uint8_t *data, int swap, int big, int64_t page_
                            int32_t *length, int32_t *page);
 """)
 ffibuilder.set_source("kptrace.read._pages", (_HERE / "pages.c").read_text(), extra_compile_args=["-O2"])
-
-if __name__ == "__main__":
-    # Named as pip names it (cffi builds for the stable ABI), so a build here and an install never
-    # leave two copies of which Python would load the other; moved over the old one, never
-    # written into it, as a running process may have it mapped. The C and object files stay in a
-    # scratch directory.
-    with tempfile.TemporaryDirectory() as scratch:
-        built = Path(ffibuilder.compile(tmpdir=scratch))
-        target = _HERE / "_pages.abi3.so"
-        staged = target.with_name(f".{target.name}.new")
-        shutil.copyfile(built, staged)
-        os.replace(staged, target)
-        for stale in set(_HERE.glob("_pages.*.so")) - {target}:
-            stale.unlink()

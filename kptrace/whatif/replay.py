@@ -117,7 +117,7 @@ def _compiled():
         from kptrace.whatif._steps import ffi, lib
     except ImportError:
         raise SetupError("kptrace's compiled what-if replay is not built (pip install kptrace, or "
-                         "python kptrace/whatif/steps_build.py in a source checkout)") from None
+                         "python kptrace/build_compiled.py in a source checkout)") from None
     return ffi, lib
 
 
