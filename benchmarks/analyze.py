@@ -10,6 +10,7 @@ events/s and peak RSS of each, and the ratio. Usage (root, to record):
     python benchmarks/analyze.py --dat trace.dat --text trace.txt   # also analyze its text
     python benchmarks/analyze.py --dat trace.dat --stages           # where analyze's time goes
     python benchmarks/analyze.py --dat trace.dat --serial           # each part alone: wall and CPU
+    python benchmarks/analyze.py --dat trace.dat --main-chain       # what every output waits for, alone
     python benchmarks/analyze.py --dat trace.dat --before /tmp/old  # also the kptrace of another checkout
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import json
 import os
 import shutil
 import statistics
@@ -132,6 +134,24 @@ def serial_parts(dat: Path, out: Path) -> list[tuple[str, float, float]]:
     return rows
 
 
+def main_chain(dat: Path, out: Path) -> dict[str, float]:
+    """Seconds from the start of this function to the end of each step of the chain every output
+    waits for, with nothing else run: the imports, the analysis (events.parquet written early on
+    its thread, as the CLI does; no timeline) and the summary (the what-if). No other table,
+    no timeline, no chart: a lower bound on `kptrace analyze` in one process."""
+    start = time.perf_counter()
+    from kptrace import export, summary
+    from kptrace.analysis import analyze
+    gc.freeze()
+    marks = {"imports": time.perf_counter() - start}
+    with export.EarlyOutputs(out, draw_timeline=False) as early:
+        analysis = analyze(dat, stored=out, built=early.built)
+        marks["analysis"] = time.perf_counter() - start
+        summary.build_summary(analysis)
+        marks["summary and what-if"] = time.perf_counter() - start
+    return marks
+
+
 def cli_wall(dat: Path, out: Path) -> float:
     """Wall seconds of one `kptrace analyze` of `dat` (a fresh interpreter: startup and exit included)."""
     return wall_and_peak([sys.executable, "-m", "kptrace.cli", "analyze", str(dat), "-o", str(out), "--quiet"])[0]
@@ -146,12 +166,25 @@ def main() -> None:
     parser.add_argument("--stages", action="store_true", help="only time each stage of one in-process analyze of --dat")
     parser.add_argument("--serial", action="store_true", help="only time each part of one in-process analyze of --dat, "
                                                               "one after another: wall and CPU")
+    parser.add_argument("--main-chain", action="store_true", help="only time, in a fresh interpreter per run, the "
+                                                                  "chain every output waits for (--repeats runs)")
     parser.add_argument("--before", type=Path, help="also time `kptrace analyze` with the kptrace of this checkout "
                                                     "(e.g. a `git archive` of the base commit), alternating")
     args = parser.parse_args()
     args.dat = args.dat and args.dat.resolve()  # --before runs from its checkout
     work = Path(tempfile.mkdtemp(prefix="kptrace-bench-analyze-"))
     try:
+        if args.main_chain:
+            if args.dat is None:
+                parser.error("--main-chain needs --dat")
+            code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import analyze, json; "
+                    f"print(json.dumps(analyze.main_chain(analyze.Path({str(args.dat)!r}), "
+                    f"analyze.Path({str(work / 'chain')!r}))))")
+            for _ in range(args.repeats):
+                marks = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                                  check=True).stdout)
+                print("  " + ", ".join(f"{step} done at {seconds:.2f} s" for step, seconds in marks.items()))
+            return
         if args.serial:
             if args.dat is None:
                 parser.error("--serial needs --dat")
