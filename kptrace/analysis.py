@@ -220,10 +220,12 @@ def completed(meta: dict, events: Table | None, intervals: Table, chains: Table,
     progress(f"found {0 if requests is None else _rows(requests):,} requests")
     for name, table in (("intervals", intervals), ("disruptions", chains), ("requests", requests)):
         built(name, table)
+    if not held:
+        return mark_faults(_attributed(meta, events, intervals, chains, requests, hits, seen, notes, keep))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="damaged-windows") as beside:
-        windows = beside.submit(damaged_windows, events, intervals, meta) if held else None
+        windows = beside.submit(damaged_windows, events, intervals, meta)
         analysis = _attributed(meta, events, intervals, chains, requests, hits, seen, notes, keep)
-        return mark_faults(analysis, None if windows is None else windows.result())
+        return mark_faults(analysis, windows.result())
 
 
 def _attributed(meta: dict, events: Table | None, intervals: Table, chains: Table, requests: Table | None,

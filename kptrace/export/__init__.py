@@ -146,7 +146,7 @@ def _write_in_turn(analysis: Analysis, out: Path, summary: dict | None, summariz
 
 
 def _report_charts(analysis: Analysis, summary: dict, measured: dict[str, dict] | None = None) -> dict[str, dict]:
-    """report.chart_specs; altair is imported on this thread too (0.4-0.6 s)."""
+    """report.chart_specs (altair, 0.4-0.6 s to import, is imported by whichever thread needs it first)."""
     from kptrace.export.report import chart_specs
 
     return chart_specs(analysis, summary, measured)

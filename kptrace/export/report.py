@@ -630,10 +630,12 @@ def _figure(charts: dict, chart_id: str, provenance: str, missing: str) -> str:
 
 def build_charts(analysis: Analysis, summary: dict) -> dict[str, alt.TopLevelMixin]:
     """The charts the page holds, by element id; a chart without data is left out."""
-    charts = measured_charts(analysis, summary["input"]["counters"])
-    if summary.get("whatif"):
-        charts["whatif"] = whatif_chart(summary["whatif"])
-    return charts
+    return measured_charts(analysis, summary["input"]["counters"]) | whatif_charts(summary)
+
+
+def whatif_charts(summary: dict) -> dict[str, alt.TopLevelMixin]:
+    """The what-if's chart, when the summary holds what-if results."""
+    return {"whatif": whatif_chart(summary["whatif"])} if summary.get("whatif") else {}
 
 
 def measured_charts(analysis: Analysis, counters: dict) -> dict[str, alt.TopLevelMixin]:
@@ -719,10 +721,10 @@ def chart_specs(analysis: Analysis, summary: dict, measured: dict[str, dict] | N
     measured_chart_specs, when built already (beside the summary). Built without altair's check
     of each schema object as it is made (debug mode), as the specs are written unvalidated, for
     the same reason (_specs)."""
-    measured = measured_chart_specs(analysis) if measured is None else measured
     with debug_mode(False):
-        whatif = {"whatif": whatif_chart(summary["whatif"])} if summary.get("whatif") else {}
-    return measured | _specs(whatif)
+        if measured is None:
+            return _specs(build_charts(report_view(analysis), summary))
+        return measured | _specs(whatif_charts(summary))
 
 
 def measured_chart_specs(analysis: Analysis) -> dict[str, dict]:
