@@ -105,8 +105,9 @@ def stage_times(dat: Path, out: Path) -> tuple[dict[str, float], dict[str, tuple
 
 def serial_parts(dat: Path, out: Path) -> list[tuple[str, float, float]]:
     """(part, wall s, CPU s) of each part of one in-process analyze of `dat`, run one after
-    another on this thread (no early outputs, nothing side by side): what each part costs alone.
-    CPU is the process's (Polars' own threads included)."""
+    another on this thread (no early outputs, no output beside another; only the analysis's own
+    damaged-windows thread runs beside its attribution, as it always does): what each part costs
+    alone. CPU is the process's (Polars' own threads included)."""
     rows = []
     mark = [time.perf_counter(), time.process_time()]
 
