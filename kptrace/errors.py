@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 
@@ -17,3 +18,14 @@ class TraceError(Exception):
 
 class SetupError(Exception):
     """kptrace itself is incomplete where it runs (its compiled part not built), not the input."""
+
+
+def compiled_part(module: str, what: str) -> tuple:
+    """kptrace's compiled (cffi) `module` as its (ffi, lib), or a SetupError that names it as
+    `what` when it is not built."""
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError:
+        raise SetupError(f"kptrace's compiled {what} is not built (pip install kptrace, or "
+                         "python kptrace/build_compiled.py in a source checkout)") from None
+    return loaded.ffi, loaded.lib

@@ -69,7 +69,7 @@ from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import (
     TrackEvent,
 )
 
-from kptrace.errors import SetupError
+from kptrace.errors import compiled_part
 from kptrace.export.timeline_order import nesting_order, track_order
 
 #: Per-CPU child tracks, in display order, and their titles. Unknown kinds follow, titled as is.
@@ -426,16 +426,6 @@ def _row_packets(rows: pl.DataFrame, seq: int, interned: dict[str, int] | None) 
     return b"".join(packets)
 
 
-def _compiled():
-    """The compiled packet encoder (packets.c) as cffi's (ffi, lib)."""
-    try:
-        from kptrace.export._packets import ffi, lib
-    except ImportError:
-        raise SetupError("kptrace's compiled timeline encoder is not built (pip install kptrace, or "
-                         "python kptrace/build_compiled.py in a source checkout)") from None
-    return ffi, lib
-
-
 def _column(rows: pl.DataFrame, name: str, dtype: type, null: object = 0) -> np.ndarray:
     """`name` as a contiguous numpy array of `dtype`, nulls as `null`."""
     return np.ascontiguousarray(rows[name].fill_null(null).to_numpy(), dtype=dtype)
@@ -475,7 +465,7 @@ def _annotations(rows: pl.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray,
 def _encode_rows(rows: pl.DataFrame, seq: int) -> np.ndarray:
     """Framed event packets of `rows` (without interned data), in order, as _row_packets
     writes them, by the compiled encoder: fields in number order, as protobuf serializes them."""
-    ffi, lib = _compiled()
+    ffi, lib = compiled_part("kptrace.export._packets", "timeline encoder")
     names, ann_values, ann_present, ann_pieces, piece_at = _annotations(rows)
     incomplete = _column(rows, "incomplete", np.uint8, False) if "incomplete" in rows.columns else None
     no_flows = (None, np.zeros(0, np.uint64))

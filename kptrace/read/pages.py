@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from kptrace.errors import SetupError
+from kptrace.errors import compiled_part
 from kptrace.read.formats import Field, PageHeader
 
 #: Zero bytes after the last page: reading a record header's second word never runs past the data.
@@ -132,12 +132,7 @@ def _page_words(pages: Pages) -> tuple[np.ndarray, np.ndarray]:
 
 def _compiled():
     """The compiled loops (pages.c) as cffi's (ffi, lib)."""
-    try:
-        from kptrace.read._pages import ffi, lib
-    except ImportError:
-        raise SetupError("kptrace's compiled page reader is not built (pip install kptrace, or "
-                         "python kptrace/build_compiled.py in a source checkout)") from None
-    return ffi, lib
+    return compiled_part("kptrace.read._pages", "page reader")
 
 
 def record_headers(pages: Pages, size: np.ndarray, page_ts: np.ndarray, data_only: bool = False

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kptrace.errors import SetupError
+from kptrace.errors import compiled_part
 from kptrace.walker import Arrival, CoreWalker, direct_span
 from kptrace.whatif.arrivals import Arrivals
 from kptrace.whatif.nic import NicCosts, NicPolicy, NicQueue, epoll_poll
@@ -111,22 +111,12 @@ def replay_core(core: CoreInput, saturated: bool, record: bool = False) -> CoreR
                    interrupts=_count_before(core, MAX_PERIODS if saturated else 1, now) + fired, taken=taken)
 
 
-def _compiled():
-    """The compiled request stepping (steps.c) as cffi's (ffi, lib)."""
-    try:
-        from kptrace.whatif._steps import ffi, lib
-    except ImportError:
-        raise SetupError("kptrace's compiled what-if replay is not built (pip install kptrace, or "
-                         "python kptrace/build_compiled.py in a source checkout)") from None
-    return ffi, lib
-
-
 def _stepped(core: CoreInput, ready: np.ndarray, stamps: np.ndarray, order: np.ndarray, repeats: int,
              record: bool):
     """The requests stepped through the tiled arrivals (`stamps`, in `order` of the repeats) by the
     compiled walker (steps.c): the walker's end and busy time, each request's start and end, and
     with `record` when each arrival it took was taken (else None)."""
-    ffi, lib = _compiled()
+    ffi, lib = compiled_part("kptrace.whatif._steps", "what-if replay")
     as_int64 = [np.ascontiguousarray(a, np.int64) for a in (
         ready, core.pre_ns, core.wake_ns, core.post_ns, core.demand_ns, stamps,
         np.tile(core.arrivals.span_ns, repeats)[order], np.tile(core.arrivals.indirect_ns, repeats)[order])]
