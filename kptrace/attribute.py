@@ -41,6 +41,7 @@ import numpy as np
 import polars as pl
 
 from kptrace import tables
+from kptrace.errors import compiled_part
 
 Z95 = 1.96
 #: Requests are compared only with requests of the same CPU, thread and size class.
@@ -51,10 +52,6 @@ OUTLIER_FACTOR = 20
 MIN_HIT_REQUESTS = 5
 MIN_CLEAN_REQUESTS = 30
 BOOTSTRAP_REPLICATES = 1000
-#: Resampled values held in memory at once: few, so that the picks, the values gathered and
-#: their powers stay in the CPU's cache while they are summed (a chunk of 4 M values, as before,
-#: took half as long again), and the bootstrap's memory stays bounded.
-_BOOTSTRAP_CHUNK = 1 << 16
 
 ATTRIBUTION_SCHEMA = tables.polars_schema("attribution")
 #: The per-row provenance columns repeat the declarations (kptrace.tables) in words.
@@ -122,35 +119,20 @@ def _data_seed(*arrays: np.ndarray) -> int:
     return int.from_bytes(digest.digest(), "little")
 
 
-def _resampled_sums(sample: np.ndarray, powers: tuple[int, ...], rng: np.random.Generator,
-                    replicates: int) -> np.ndarray:
-    """Sums of sample**p for each p in `powers`, over the sample itself and `replicates`
-    resamples of it with replacement: (replicates + 1, len(powers)), the sample's own row first.
-
-    Text traces have µs resolution, so a sample often holds few distinct values; a resample is
-    then drawn as multinomial counts of those values — the same distribution, far cheaper."""
-    values, counts = np.unique(sample, return_counts=True)
-    moments = np.column_stack([values**p for p in powers])
-    parts = [(counts @ moments)[None]]
-    # Drawn a chunk of replicates at a time (the same draws as all at once), so memory stays
-    # at _BOOTSTRAP_CHUNK numbers whatever the sample's size.
-    if len(values) * 4 <= len(sample):
-        chunk = max(1, _BOOTSTRAP_CHUNK // len(values))
-        for done in range(0, replicates, chunk):
-            size = min(chunk, replicates - done)
-            parts.append(rng.multinomial(len(sample), counts / len(sample), size=size) @ moments)
-    else:
-        chunk = max(1, _BOOTSTRAP_CHUNK // len(sample))
-        for done in range(0, replicates, chunk):
-            picks = sample[rng.integers(0, len(sample), (min(chunk, replicates - done), len(sample)))]
-            parts.append(np.column_stack([_power(picks, p).sum(axis=1) for p in powers]))
-    return np.concatenate(parts)
-
-
-def _power(values: np.ndarray, p: int) -> np.ndarray:
-    """values**p, the same numbers, cheaper for a resample matrix: no copy for p = 1, and a
-    product for p = 2 (numpy's integer power loops; its float power squares exactly so)."""
-    return values if p == 1 else values * values if p == 2 else values**p
+def _resampled_sums(sample: np.ndarray, rng: np.random.Generator, replicates: int) -> np.ndarray:
+    """The sums of the sample's values and of their squares, over the sample itself and
+    `replicates` resamples of it with replacement: (replicates + 1, 2), the sample's own row
+    first. The picks are drawn and summed in compiled code (resample.c), from a stream seeded
+    by `rng`: numpy would draw them either as multinomial counts (~120 ns a binomial) or as index
+    arrays written to memory and read back, several times slower (docs/performance.md)."""
+    ffi, lib = compiled_part("kptrace._resample", "bootstrap resampler")
+    sample = np.ascontiguousarray(sample, dtype=np.float64)
+    sums = np.empty((replicates + 1, 2))
+    sums[0] = sample.sum(), (sample * sample).sum()
+    seed = int(rng.integers(0, np.iinfo(np.uint64).max, dtype=np.uint64, endpoint=True))
+    lib.resampled_sums(len(sample), ffi.from_buffer("double[]", sample), replicates, seed,
+                       ffi.from_buffer("double[]", sums[1:], require_writable=True))
+    return sums
 
 
 def _bootstrap_indirect(hit_ns: np.ndarray, hit_lengths: np.ndarray, hit_group: np.ndarray,
@@ -166,9 +148,9 @@ def _bootstrap_indirect(hit_ns: np.ndarray, hit_lengths: np.ndarray, hit_group: 
     rng = np.random.default_rng(_data_seed(hit_ns, hit_lengths, clean_ns, clean_lengths))
     # E[x²]/E[x]: the mean own time a randomly arriving interrupt finds (see the docstring).
     references = np.stack([sums[:, 1] / sums[:, 0] for sums in
-                           (_resampled_sums(group, (1, 2), rng, replicates)
+                           (_resampled_sums(group, rng, replicates)
                             for group in np.split(clean_ns, np.cumsum(clean_lengths)[:-1]))])
-    extra = np.stack([_resampled_sums(segment, (1,), rng, replicates)[:, 0] - n * references[group]
+    extra = np.stack([_resampled_sums(segment, rng, replicates)[:, 0] - n * references[group]
                       for segment, n, group in zip(np.split(hit_ns, np.cumsum(hit_lengths)[:-1]),
                                                    hit_lengths, hit_group, strict=True)])
     per_source = np.stack([extra[hit_source == s].sum(axis=0) / hit_lengths[hit_source == s].sum()

@@ -16,7 +16,8 @@ from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
 #: Each builder's file and the module it builds (its set_source name).
-BUILDERS = {"read/pages_build.py": "_pages", "export/packets_build.py": "_packets", "whatif/steps_build.py": "_steps"}
+BUILDERS = {"read/pages_build.py": "_pages", "export/packets_build.py": "_packets", "whatif/steps_build.py": "_steps",
+            "resample_build.py": "_resample"}
 
 
 def build_in_place(builder: Path, module: str) -> Path:

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from kptrace.analysis import analyze
-from kptrace.attribute import attribute, comparable_requests, indirect_costs, outlier_requests
+from kptrace.attribute import _resampled_sums, attribute, comparable_requests, indirect_costs, outlier_requests
 from kptrace.intervals import build_intervals
 from kptrace.simulate import Scenario, analyzed_seed, write_simulation
 
@@ -185,6 +185,35 @@ def test_indirect_intervals_cover_the_truth_in_90_to_98_percent_of_seeds():
     print("coverage over", len(seeds), "seeds:", covered)
     for source, hits in covered.items():
         assert 0.90 <= hits / len(seeds) <= 0.98, (source, hits)
+
+
+def test_a_resample_picks_every_member_of_the_sample_equally_often():
+    """The compiled resampler (kptrace/resample.c): members valued 1, 2^16 and 2^32 make each
+    resample's sum spell how often each one was picked. Each is picked a third of the time,
+    each resample's count of a member is Binomial(3, 1/3), and the squares follow the picks."""
+    sample = np.array([1.0, 2.0**16, 2.0**32])
+    sums = _resampled_sums(sample, np.random.default_rng(4), 60_000)
+    assert np.array_equal(sums[0], [sample.sum(), (sample**2).sum()])
+    picks = sums[1:, 0].astype(np.int64)
+    counts = np.stack([picks & 0xFFFF, (picks >> 16) & 0xFFFF, picks >> 32])
+    assert (counts.sum(axis=0) == 3).all()
+    chi2 = ((counts.sum(axis=1) - 60_000) ** 2 / 60_000).sum()
+    assert chi2 < 13.8, counts.sum(axis=1)  # p = 0.001 with 2 degrees of freedom
+    assert abs(counts[0].var() - 2 / 3) < 0.03
+    assert np.allclose(sums[1:, 1], counts.T @ sample**2, rtol=1e-12)
+
+
+def test_resamples_vary_as_the_bootstrap_says_and_repeat_with_their_seed():
+    """Over many resamples the sum of a sample of n has mean n·mean and variance n·variance
+    (picks with replacement); the same generator state gives the same resamples."""
+    sample = np.random.default_rng(8).lognormal(9, 0.6, 1_000)
+    sums = _resampled_sums(sample, np.random.default_rng(5), 4_000)[1:, 0]
+    assert abs(sums.mean() - sample.sum()) < 4 * np.sqrt(len(sample) * sample.var() / 4_000)
+    assert abs(sums.var() / (len(sample) * sample.var()) - 1) < 0.1
+    assert np.array_equal(_resampled_sums(sample, np.random.default_rng(5), 50),
+                          _resampled_sums(sample, np.random.default_rng(5), 50))
+    assert not np.array_equal(_resampled_sums(sample, np.random.default_rng(6), 50)[1:],
+                              _resampled_sums(sample, np.random.default_rng(5), 50)[1:])
 
 
 def test_stolen_requests_are_set_aside_as_outliers_with_where_their_time_went():

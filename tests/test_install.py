@@ -133,7 +133,8 @@ def test_building_in_place_makes_every_compiled_part_and_drops_a_stale_copy(tmp_
                            capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-2000:]
     assert sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*.so")) == [
-        "kptrace/export/_packets.abi3.so", "kptrace/read/_pages.abi3.so", "kptrace/whatif/_steps.abi3.so"]
+        "kptrace/_resample.abi3.so", "kptrace/export/_packets.abi3.so", "kptrace/read/_pages.abi3.so",
+        "kptrace/whatif/_steps.abi3.so"]
     import zstandard
 
     trace = tmp_path / "v6.dat"

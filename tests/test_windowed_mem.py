@@ -61,20 +61,3 @@ def test_a_windowed_analysis_with_small_parts_after_the_windows_equals_the_whole
     whole, windowed, count = _analysed_in_windows(data / "tracefs.txt.zst", 6_000, 16, tmp_path)
     assert count > 25 and whole.requests.height > 10 * 61 and whole.disruptions.height > 10 * 53
     _assert_same(whole, windowed, tmp_path)
-
-
-def test_bootstrap_resamples_drawn_a_chunk_at_a_time_equal_those_drawn_at_once(monkeypatch):
-    """Both resampling paths (few distinct values: multinomial counts; many: picks) give the
-    same sums whatever the chunk, so memory is bounded without changing any interval."""
-    import kptrace.attribute as attribute
-
-    rng = np.random.default_rng(3)
-    few = rng.integers(1_000, 1_050, 4_000).astype(np.float64)  # µs-like: many repeats
-    many = rng.lognormal(9, 0.6, 3_000)
-    for sample in (few, many):
-        at_once = attribute._resampled_sums(sample, (1, 2), np.random.default_rng(11), 200)
-        monkeypatch.setattr(attribute, "_BOOTSTRAP_CHUNK", 7_000)
-        chunked = attribute._resampled_sums(sample, (1, 2), np.random.default_rng(11), 200)
-        monkeypatch.undo()
-        assert at_once.shape == (201, 2) and np.array_equal(at_once, chunked)
-        assert len(np.unique(at_once[:, 0])) > 150, "the resamples differ from each other"
