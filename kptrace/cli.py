@@ -17,9 +17,13 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import typer
+# kptrace's linear algebra is two small least-squares fits: OpenBLAS's helper threads only spin
+# (~0.15 s of CPU at numpy's import, measured in docs/performance.md). Before numpy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from kptrace.errors import SetupError, TraceError
+import typer  # noqa: E402
+
+from kptrace.errors import SetupError, TraceError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Measure what interrupts cost a server, from its own kernel traces.")
