@@ -235,6 +235,12 @@ def _title(text: str, subtitle: str | list[str]) -> alt.TitleParams:
                            subtitleColor="#555", offset=10)
 
 
+#: Composed charts get their sizes, titles and shared scales through the constructors: each
+#: .properties() or .resolve_scale() would copy every panel again (altair copies deeply: the
+#: slowdown chart's six panels took 0.2 s of CPU that way).
+_SHARED_Y = alt.Resolve(scale=alt.ScaleResolveMap(y="shared"))
+
+
 def irq_rate_chart(analysis: Analysis) -> alt.Chart:
     frame, bin_ns, n_bins, cpus = irq_rate_frame(analysis)
     bin_ms = bin_ns // 1_000_000
@@ -306,7 +312,7 @@ def cost_chart(attribution: pl.DataFrame) -> alt.HConcatChart:
     )
     whiskers = per_irq.mark_rule(color="#222", strokeWidth=1.2).encode(
         x=alt.X("lo:Q"), x2=alt.X2("hi:Q"), y=y, yOffset=alt.YOffset("part:N", sort=list(COMPONENTS)))
-    left = alt.layer(bars, whiskers).properties(width=400, height=step)
+    left = alt.layer(bars, whiskers, width=400, height=step)
     share_chart = alt.Chart(alt.Data(values=share.to_dicts()))
     y_share = alt.Y("label:N", sort=labels, axis=None)
     share_bars = share_chart.mark_bar(color="#72b7b2", height=alt.RelativeBandSize(0.6)).encode(
@@ -319,10 +325,10 @@ def cost_chart(attribution: pl.DataFrame) -> alt.HConcatChart:
         x=alt.X("lo:Q"), x2=alt.X2("hi:Q"), y=y_share)
     share_text = share_chart.mark_text(align="left", dx=4, fontSize=10.5, color="#444").encode(
         x=alt.X("hi:Q"), y=y_share, text=alt.Text("pct:Q", format=".2f"))
-    right = alt.layer(share_bars, share_whiskers, share_text).properties(width=250, height=step)
+    right = alt.layer(share_bars, share_whiskers, share_text, width=250, height=step)
     more = f"; the {MAX_COST_ROWS} costliest of {attribution.height} rows (all in the table below)" \
         if attribution.height > MAX_COST_ROWS else ""
-    return alt.hconcat(left, right, spacing=30).resolve_scale(y="shared").properties(title=_title(
+    return alt.hconcat(left, right, spacing=30, resolve=_SHARED_Y, title=_title(
         "Cost per interrupt source (left: per interrupt; right: share of CPU)",
         [f"direct = the handler and the softirqs it raised; indirect = extra own time of the requests it hit{more}",
          "share of CPU = rate × (direct + indirect when significant); no orange bar: no request was hit once by "
@@ -347,8 +353,8 @@ def whatif_chart(results: list[dict]) -> alt.HConcatChart:
                      alt.Tooltip("ratio:Q", title="capacity × vanilla", format=".3f")])
         errors = base.mark_errorbar(ticks=True, color="#222").encode(
             x=alt.X("lo:Q", title=None), x2=alt.X2("hi:Q"), y=y)
-        panels.append(alt.layer(bars, errors).properties(width=330, height=alt.Step(26)))
-    return alt.hconcat(*panels, spacing=30).resolve_scale(y="shared").properties(title=_title(
+        panels.append(alt.layer(bars, errors, width=330, height=alt.Step(26)))
+    return alt.hconcat(*panels, spacing=30, resolve=_SHARED_Y, title=_title(
         "What-if: predicted capacity and p99 per interrupt policy (modelled)",
         [calibration_text(r) for r in results]
         + ["modelled: a replay of the serving cores under each policy with its default parameters; "
@@ -385,11 +391,10 @@ def slowdown_chart(slowdown: pl.DataFrame, counters: dict) -> alt.VConcatChart:
         whiskers = base.mark_rule(color="#222", strokeWidth=1.2).encode(x=alt.X("lo:Q"), x2=alt.X2("hi:Q"), y=y)
         counts = base.mark_text(align="left", dx=4, fontSize=10.5, color="#444").encode(
             x=alt.X("hi:Q"), y=y, text=alt.Text("n:Q", format=","))
-        panels.append(alt.layer(bars, whiskers, counts).properties(
-            width=WIDTH - 320, height=alt.Step(24),
-            title=alt.TitleParams(f"{panel} (power-of-two classes of bytes in / out)", anchor="start",
-                                  fontSize=12, fontWeight="bold")))
-    return alt.vconcat(*panels, spacing=12).resolve_scale(x="shared").properties(title=_title(
+        panels.append(alt.layer(bars, whiskers, counts, width=WIDTH - 320, height=alt.Step(24),
+                                title=alt.TitleParams(f"{panel} (power-of-two classes of bytes in / out)",
+                                                      anchor="start", fontSize=12, fontWeight="bold")))
+    return alt.vconcat(*panels, spacing=12, resolve=alt.Resolve(scale=alt.ScaleResolveMap(x="shared")), title=_title(
         "Slowdown around interrupts: own time of requests, clean vs hit once",
         ["own time = service time minus the disruptions and off-CPU time inside it; compared as the indirect "
          "estimate compares them: within one CPU, thread and size class, requests switched out, hit more than "
