@@ -235,10 +235,11 @@ def _title(text: str, subtitle: str | list[str]) -> alt.TitleParams:
                            subtitleColor="#555", offset=10)
 
 
-#: Composed charts get their sizes, titles and shared scales through the constructors: each
-#: .properties() or .resolve_scale() would copy every panel again (altair copies deeply: the
-#: slowdown chart's six panels took 0.2 s of CPU that way).
-_SHARED_Y = alt.Resolve(scale=alt.ScaleResolveMap(y="shared"))
+def _shared(channel: str) -> alt.Resolve:
+    """A composed chart's scale of `channel` shared by its panels. Composed charts get this, their
+    sizes and titles through the constructors: each .properties() or .resolve_scale() would copy
+    every panel again (altair copies deeply: the slowdown chart's six panels took 0.2 s of CPU)."""
+    return alt.Resolve(scale=alt.ScaleResolveMap(**{channel: "shared"}))
 
 
 def irq_rate_chart(analysis: Analysis) -> alt.Chart:
@@ -328,7 +329,7 @@ def cost_chart(attribution: pl.DataFrame) -> alt.HConcatChart:
     right = alt.layer(share_bars, share_whiskers, share_text, width=250, height=step)
     more = f"; the {MAX_COST_ROWS} costliest of {attribution.height} rows (all in the table below)" \
         if attribution.height > MAX_COST_ROWS else ""
-    return alt.hconcat(left, right, spacing=30, resolve=_SHARED_Y, title=_title(
+    return alt.hconcat(left, right, spacing=30, resolve=_shared("y"), title=_title(
         "Cost per interrupt source (left: per interrupt; right: share of CPU)",
         [f"direct = the handler and the softirqs it raised; indirect = extra own time of the requests it hit{more}",
          "share of CPU = rate × (direct + indirect when significant); no orange bar: no request was hit once by "
@@ -354,7 +355,7 @@ def whatif_chart(results: list[dict]) -> alt.HConcatChart:
         errors = base.mark_errorbar(ticks=True, color="#222").encode(
             x=alt.X("lo:Q", title=None), x2=alt.X2("hi:Q"), y=y)
         panels.append(alt.layer(bars, errors, width=330, height=alt.Step(26)))
-    return alt.hconcat(*panels, spacing=30, resolve=_SHARED_Y, title=_title(
+    return alt.hconcat(*panels, spacing=30, resolve=_shared("y"), title=_title(
         "What-if: predicted capacity and p99 per interrupt policy (modelled)",
         [calibration_text(r) for r in results]
         + ["modelled: a replay of the serving cores under each policy with its default parameters; "
@@ -394,7 +395,7 @@ def slowdown_chart(slowdown: pl.DataFrame, counters: dict) -> alt.VConcatChart:
         panels.append(alt.layer(bars, whiskers, counts, width=WIDTH - 320, height=alt.Step(24),
                                 title=alt.TitleParams(f"{panel} (power-of-two classes of bytes in / out)",
                                                       anchor="start", fontSize=12, fontWeight="bold")))
-    return alt.vconcat(*panels, spacing=12, resolve=alt.Resolve(scale=alt.ScaleResolveMap(x="shared")), title=_title(
+    return alt.vconcat(*panels, spacing=12, resolve=_shared("x"), title=_title(
         "Slowdown around interrupts: own time of requests, clean vs hit once",
         ["own time = service time minus the disruptions and off-CPU time inside it; compared as the indirect "
          "estimate compares them: within one CPU, thread and size class, requests switched out, hit more than "
