@@ -126,6 +126,8 @@ def _resampled_sums(sample: np.ndarray, rng: np.random.Generator, replicates: in
     by `rng`: numpy would draw them either as multinomial counts (~120 ns a binomial) or as index
     arrays written to memory and read back, several times slower (docs/performance.md)."""
     ffi, lib = compiled_part("kptrace._resample", "bootstrap resampler")
+    if len(sample) >= 1 << 32:
+        raise ValueError(f"a bootstrap sample of {len(sample):,} values: the resampler draws 32-bit positions")
     sample = np.ascontiguousarray(sample, dtype=np.float64)
     sums = np.empty((replicates + 1, 2))
     sums[0] = sample.sum(), (sample * sample).sum()

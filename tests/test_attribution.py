@@ -216,6 +216,14 @@ def test_resamples_vary_as_the_bootstrap_says_and_repeat_with_their_seed():
                               _resampled_sums(sample, np.random.default_rng(5), 50)[1:])
 
 
+def test_a_sample_beyond_32_bit_positions_is_refused_not_resampled_wrongly():
+    """The resampler draws positions of 32 bits; a larger sample (a zero-stride view: nothing
+    allocated) is a clear error, never a resample of its first 2^32 members."""
+    huge = np.lib.stride_tricks.as_strided(np.ones(1), shape=(1 << 32,), strides=(0,))
+    with pytest.raises(ValueError, match="32-bit positions"):
+        _resampled_sums(huge, np.random.default_rng(0), 1)
+
+
 def test_stolen_requests_are_set_aside_as_outliers_with_where_their_time_went():
     requests = simulated_requests(seed=3, n=20_000, steal_share=0.003)
     stolen = requests.filter(pl.col("own_ns") > 4_000_000)
