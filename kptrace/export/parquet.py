@@ -35,13 +35,15 @@ def write_tables(out_dir: str | Path, tables: dict[str, pl.DataFrame | pl.LazyFr
 
 def write_table(target: Path, table: pl.DataFrame | pl.LazyFrame) -> None:
     """One table as a zstd Parquet file in row groups of ROW_GROUP_ROWS; a LazyFrame is streamed.
-    A frame is encoded by pyarrow on the calling thread: Polars' writer would spread it over
-    Polars' thread pool, which the analysis running beside events.parquet needs
-    (docs/performance.md)."""
+    A frame is encoded by pyarrow on the calling thread, a row group at a time (converting it to
+    Arrow copies its text columns): Polars' writer would spread it over Polars' thread pool,
+    which the analysis running beside events.parquet needs (docs/performance.md)."""
     if isinstance(table, pl.LazyFrame):
         table.sink_parquet(target, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-    else:
-        pq.write_table(table.to_arrow(), target, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        return
+    with pq.ParquetWriter(target, table.clear().to_arrow().schema, compression="zstd") as writer:
+        for group in table.iter_slices(ROW_GROUP_ROWS):
+            writer.write_table(group.to_arrow(), row_group_size=ROW_GROUP_ROWS)
 
 
 class ParquetAppender:
