@@ -93,11 +93,11 @@ def write_all(analysis: Analysis, out: str | Path, summary: dict | None = None, 
 def _write_side_by_side(analysis: Analysis, out: Path, summary: dict | None, summarized: Callable[[dict], None],
                         group: str, predicted: str | None, timeline_window: tuple[float, float] | None,
                         early: EarlyOutputs | None):
-    """The Parquet tables (Polars' writer) and the timeline (Polars, numpy and zlib), which release
-    the GIL, each on a thread of its own, and the report's charts of measured figures (altair,
-    pure Python) on a third, while this one builds the summary (the what-if, mostly Polars and
-    compiled stepping), then the what-if's chart, and whatif.parquet once the tables are
-    written; events.parquet and the timeline's measured group are only waited for when `early`
+    """The Parquet tables (pyarrow's writer) and the timeline (Polars, numpy and ISA-L's gzip),
+    which release the GIL, each on a thread of its own, and the report's charts of measured
+    figures (altair, pure Python) on a third, while this one builds the summary (the what-if,
+    mostly Polars and compiled stepping), then the what-if's chart, and whatif.parquet once the
+    tables are written; events.parquet and the timeline's measured group are only waited for when `early`
     started them. The analysis is held whole, so the tables written are the analysis's own
     (write_tables_of returns it unchanged)."""
     from kptrace.summary import build_summary

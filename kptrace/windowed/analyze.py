@@ -30,7 +30,7 @@ import polars as pl
 
 from kptrace import tables
 from kptrace.analysis import Analysis, Seen, completed
-from kptrace.export.parquet import ROW_GROUP_ROWS, ParquetAppender
+from kptrace.export.parquet import ROW_GROUP_ROWS, ParquetAppender, write_table
 from kptrace.requests import REQUEST_SCHEMA
 from kptrace.windowed.disruptions import chains_in_parts
 from kptrace.windowed.events import Source, event_windows
@@ -162,5 +162,5 @@ def _stored(out: Path, name: str, table: pl.LazyFrame) -> pl.LazyFrame:
 def _written(out: Path, name: str, table: pl.DataFrame) -> pl.LazyFrame:
     """`table` written to `<out>/<name>.parquet` as write_tables writes it, and its scan."""
     path = out / f"{name}.parquet"
-    table.write_parquet(path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+    write_table(path, table)
     return pl.scan_parquet(path)
