@@ -248,7 +248,8 @@ def _descendants(pid: int) -> list[psutil.Process]:
 
 
 def test_ctrl_c_cancels_the_run_and_leaves_no_worker_process(tmp_path):
-    traces = simulated(tmp_path / "inputs", range(21, 25))
+    # Seconds of simulated load each: a worker is still analysing when it has spent 3 s of CPU.
+    traces = simulated(tmp_path / "inputs", range(21, 25), duration=1.0)
     out = tmp_path / "out"
     fleet = subprocess.Popen([sys.executable, "-m", "kptrace.cli", "fleet", *map(str, traces), "-o", str(out),
                               "--workers", "2"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
