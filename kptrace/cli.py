@@ -59,12 +59,13 @@ def _warn(meta: dict) -> None:
 
 
 def _freeze_imports() -> None:
-    """Exclude every object that exists now from the garbage collector's scans (gc.freeze).
-    Called by commands once their heavy imports are done: numpy, polars and pyarrow leave about
-    50k tracked objects that live as long as the process, and every full collection would scan
-    them again. Only the CLI does this, because it owns the process; the library leaves the
-    collector alone."""
+    """Exclude every object that exists now from the garbage collector's scans (gc.freeze), and
+    collect again from here on (main paused it). Called by every command once its heavy imports
+    are done: numpy, polars and pyarrow leave about 50k tracked objects that live as long as the
+    process; collections while they pile up, and every full one after, would scan them again.
+    Only the CLI does this, because it owns the process; the library leaves the collector alone."""
     gc.freeze()
+    gc.enable()
 
 
 def _ingest(trace: Path, out: Path) -> dict:
@@ -104,10 +105,15 @@ def ingest(
 
 def _import_ahead() -> None:
     """Import what only the outputs need (the report's altair, about 0.5 s of pure Python, and the
-    timeline's protobufs) on a thread while the read runs, mostly in C and numpy. An import that
-    fails here is left to fail again where the outputs import it, with the error it always had."""
-    with contextlib.suppress(Exception):
-        import kptrace.export.report  # noqa: F401
+    timeline's protobufs) on a thread while the read runs, mostly in C and numpy; without
+    collections meanwhile, and frozen after (as _freeze_imports). An import that fails here is
+    left to fail again where the outputs import it, with the error it always had."""
+    gc.disable()
+    try:
+        with contextlib.suppress(Exception):
+            import kptrace.export.report  # noqa: F401
+    finally:
+        _freeze_imports()
 
 
 def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = None,
@@ -283,6 +289,7 @@ def fleet(
     policies across them (docs/fleet.md). Exit 1 when some input failed (the others still run)."""
     from kptrace.fleet import main
 
+    _freeze_imports()
     raise typer.Exit(main(inputs, out, scheduler, workers, as_json))
 
 
@@ -320,6 +327,8 @@ def whatif(
     from kptrace.analysis import analyze as run_analysis
     from kptrace.whatif import POLICIES, Policy, PolicyError, whatif as predict
     from kptrace.whatif.render import render_whatif
+
+    _freeze_imports()
 
     if policy != "all" and policy not in POLICIES:
         _echo(f"kptrace: error: --policy must be one of {', '.join(POLICIES)}, all", err=True)
@@ -365,6 +374,8 @@ def simulate(
     from kptrace.simulate import Scenario, scenario_with_nic, write_simulation
     from kptrace.whatif import PolicyError
 
+    _freeze_imports()
+
     if fmt not in FORMATTERS:
         _echo(f"kptrace: error: --format must be one of {', '.join(FORMATTERS)}", err=True)
         raise typer.Exit(2)
@@ -392,6 +403,8 @@ def estimate(
     from kptrace.estimate.inputs import parse_cpu_list
     from kptrace.estimate.render import render_estimate
 
+    _freeze_imports()
+
     try:
         result = run_estimate(inputs, parse_cpu_list(serving_cpus) if serving_cpus else None)
     except TraceError as error:
@@ -415,11 +428,14 @@ def record(ctx: typer.Context) -> None:
 def main() -> None:
     """The `kptrace` command: the app, with an incomplete kptrace (SetupError, from any command)
     told in one line rather than a traceback."""
+    gc.disable()  # until the command's imports are done (_freeze_imports)
     try:
         app()
     except SetupError as error:
         _echo(f"kptrace: error: {error}", err=True)
         sys.exit(1)
+    finally:
+        gc.enable()  # a command that stopped before its imports were done
 
 
 if __name__ == "__main__":

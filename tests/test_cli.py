@@ -269,3 +269,49 @@ def test_analyze_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one(tmp_pat
     on_terminal = _stderr_on_a_terminal(["analyze", trace, "-o", tmp_path / "tty"], tmp_path)
     assert all(line.split("] ", 1)[1] in on_terminal for line in lines if "wrote" not in line)  # same lines
     assert "\x1b[" in on_terminal and "/5" in on_terminal and "finding requests" in on_terminal  # the bar
+
+
+#: Runs kptrace's main in a fresh interpreter with argv[1:], recording each garbage collection and
+#: whether the command's imports were done (its first _freeze_imports) when it ran; prints JSON.
+_COLLECTIONS_SCRIPT = """
+import gc, json, sys
+import kptrace.cli as cli
+seen = {"polars_at_import": "polars" in sys.modules, "before": 0, "after": 0}
+frozen = []
+def record(phase, info):
+    if phase == "stop":
+        seen["after" if frozen else "before"] += 1
+gc.callbacks.append(record)
+freeze = cli._freeze_imports
+def marked():
+    frozen.append(True)
+    freeze()
+cli._freeze_imports = marked
+sys.argv = ["kptrace", *sys.argv[1:]]
+try:
+    cli.main()
+except SystemExit as stop:
+    seen["exit"] = stop.code
+seen["enabled"] = gc.isenabled()
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("args, code", [
+    (["analyze", SAMPLES / "memcached-diskirq-same-core", "-o", "{tmp}/out", "--quiet"], 0),
+    (["analyze", SAMPLES / "memcached-diskirq-same-core", "-o", "{tmp}/out", "--whatif", "nonsense"], 2),
+])
+def test_the_command_collects_no_garbage_during_its_imports_and_collects_after(tmp_path, args, code):
+    """Importing kptrace.cli leaves Polars for the command to import; main pauses the garbage
+    collector through the command's imports (numpy, Polars, pyarrow, altair: objects that live as
+    long as the process) and the command collects again once they are frozen; a command that
+    stops early leaves the collector on too."""
+    argv = [str(a).format(tmp=tmp_path) for a in args]
+    result = subprocess.run([sys.executable, "-c", _COLLECTIONS_SCRIPT, *argv], capture_output=True, text=True)
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["polars_at_import"] is False
+    assert (seen.get("exit") or 0) == code
+    assert seen["enabled"] is True
+    if code == 0:
+        assert seen["before"] == 0 and seen["after"] > 0
+        assert (tmp_path / "out" / "summary.json").exists()
