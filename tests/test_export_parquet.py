@@ -48,3 +48,5 @@ def test_a_frame_reads_back_equal_in_row_groups_that_say_their_time_range(tmp_pa
     assert (ts.min, ts.max) == (1100, 1199)
     scanned = pl.scan_parquet(tmp_path / "t.parquet").filter(pl.col("ts") >= 1250).collect()
     assert scanned.equals(frame.filter(pl.col("ts") >= 1250))
+    parquet.write_table(tmp_path / "empty.parquet", frame.clear())  # no row group, the same columns
+    assert pl.read_parquet(tmp_path / "empty.parquet").equals(frame.clear())

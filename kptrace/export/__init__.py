@@ -97,9 +97,9 @@ def _write_side_by_side(analysis: Analysis, out: Path, summary: dict | None, sum
     which release the GIL, each on a thread of its own, and the report's charts of measured
     figures (altair, pure Python) on a third, while this one builds the summary (the what-if,
     mostly Polars and compiled stepping), then the what-if's chart, and whatif.parquet once the
-    tables are written; events.parquet and the timeline's measured group are only waited for when `early`
-    started them. The analysis is held whole, so the tables written are the analysis's own
-    (write_tables_of returns it unchanged)."""
+    tables are written; events.parquet and the timeline's measured group are only waited for
+    when `early` started them. The analysis is held whole, so the tables written are the
+    analysis's own (write_tables_of returns it unchanged)."""
     from kptrace.summary import build_summary
 
     events_written, timeline_drawn = (None, None) if early is None else (early.events_written, early.timeline_drawn)
