@@ -26,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -49,8 +48,8 @@ def wall_and_peak(command: list[str], env: dict | None = None, cwd: Path | None 
 
 def stage_times(dat: Path, out: Path) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
     """Seconds of each stage of one in-process analyze of `dat`, run as `kptrace analyze` runs it
-    (the imports; analyze with stored=out while the outputs' imports run on a thread and the
-    early outputs start on theirs, as the CLI's do; then write_all building the summary): the
+    (a chart process started before the imports; analyze with stored=out while the early outputs
+    start on their threads, as the CLI's do; then write_all building the summary): the
     main thread's stages as the analysis's progress reports them, one after another, so they add
     up to the total. And the output parts, which run side by side (events.parquet and the
     Perfetto timeline started early, summary and what-if, the other Parquet tables, the report's
@@ -64,9 +63,11 @@ def stage_times(dat: Path, out: Path) -> tuple[dict[str, float], dict[str, tuple
         times[stage] = times.get(stage, 0.0) + now - mark[0]
         mark[0] = now
 
-    from kptrace import cli, export, summary
+    from kptrace.export.chart_process import ChartProcess
+    charts = ChartProcess()  # as the CLI does, before its imports: altair in a process of its own
+    from kptrace import summary
     from kptrace.analysis import analyze
-    from kptrace.export import parquet
+    from kptrace.export import outputs, parquet
     gc.freeze()  # as the CLI does once its imports are done (kptrace.cli._freeze_imports)
     lap("imports (kptrace, polars, pyarrow)")
     origin = mark[0]
@@ -85,20 +86,16 @@ def stage_times(dat: Path, out: Path) -> tuple[dict[str, float], dict[str, tuple
         setattr(module, name, wrapper)
 
     timed(parquet, "write_table", "events.parquet (early)", lambda target, table: Path(target).name == "events.parquet")
-    timed(export, "_draw_measured", "Perfetto timeline (early)")
+    timed(outputs, "_draw_measured", "Perfetto timeline (early)")
     timed(summary, "build_summary", "summary and what-if (build_summary)")
-    timed(export, "write_tables_of", "the other Parquet tables")
-    ahead = threading.Thread(target=cli._import_ahead)  # as the CLI does: altair and the perfetto protos
-    ahead.start()
-    with export.EarlyOutputs(out) as early:
+    timed(outputs, "write_tables_of", "the other Parquet tables")
+    timed(outputs, "measured_chart_specs", "report's charts of measured figures (data here, specs in the chart process)")
+    timed(outputs, "chart_specs", "report's charts: the what-if's")
+    timed(outputs, "write_report", "report.html (from the built charts)")
+    with charts, outputs.EarlyOutputs(out, draw_charts=charts.specs) as early:
         analysis = analyze(dat, lambda stage: lap(f"analysis: {stage}"), stored=out, built=early.built)
-        ahead.join()
-        lap("analysis: rest (and the wait for the imports on the thread)")
-        from kptrace.export import report
-        timed(report, "measured_chart_specs", "report's charts of measured figures")
-        timed(report, "chart_specs", "report's charts: the what-if's")
-        timed(report, "write_report", "report.html (from the built charts)")
-        export.write_all(analysis, out, early=early)
+        lap("analysis: rest")
+        outputs.write_all(analysis, out, early=early)
     lap("write_all: summary, tables, charts; waits for the early parts; report")
     return times, parts
 
@@ -116,22 +113,21 @@ def serial_parts(dat: Path, out: Path) -> list[tuple[str, float, float]]:
         rows.append((part, now[0] - mark[0], now[1] - mark[1]))
         mark[:] = now
 
-    from kptrace import cli, export, summary
+    from kptrace import summary
     from kptrace.analysis import analyze
+    from kptrace.export import outputs
     gc.freeze()
     lap("imports (kptrace, polars, pyarrow)")
-    cli._import_ahead()
-    lap("the outputs' imports (altair, perfetto protos)")
     analysis = analyze(dat, lambda stage: lap(f"analysis: {stage}"), stored=out)
     lap("analysis: rest (attribution, faults)")
     built = summary.build_summary(analysis)
     lap("summary and what-if (build_summary)")
-    export.write_tables_of(analysis, out, dict(analysis.tables()))
+    outputs.write_tables_of(analysis, out, dict(analysis.tables()))
     lap("Parquet tables")
-    export._write_timeline(analysis, out, "measured", None, None)
+    outputs._write_timeline(analysis, out, "measured", None, None)
     lap("Perfetto timeline")
-    export._report_charts(analysis, built)
-    lap("report's charts")
+    outputs.chart_specs(analysis, built)
+    lap("report's charts (altair imported and run in this process)")
     return rows
 
 
@@ -141,11 +137,12 @@ def main_chain(dat: Path, out: Path) -> dict[str, float]:
     its thread, as the CLI does; no timeline) and the summary (the what-if). No other table,
     no timeline, no chart: a lower bound on `kptrace analyze` in one process."""
     start = time.perf_counter()
-    from kptrace import export, summary
+    from kptrace import summary
     from kptrace.analysis import analyze
+    from kptrace.export import outputs
     gc.freeze()
     marks = {"imports": time.perf_counter() - start}
-    with export.EarlyOutputs(out, draw_timeline=False) as early:
+    with outputs.EarlyOutputs(out, draw_timeline=False) as early:
         analysis = analyze(dat, stored=out, built=early.built)
         marks["analysis"] = time.perf_counter() - start
         summary.build_summary(analysis)

@@ -37,7 +37,7 @@ WHOLE_MAX_ROWS = 3_000_000
 #: A table held in memory, or scanned from the Parquet file a windowed analysis wrote it to.
 Table = pl.DataFrame | pl.LazyFrame
 #: Hears each table as soon as a whole-trace analysis has built it, so the outputs that need only
-#: those can start while the analysis goes on (kptrace.export.EarlyOutputs): ("events", the
+#: those can start while the analysis goes on (kptrace.export.outputs.EarlyOutputs): ("events", the
 #: events) once read, then ("intervals", ...), ("disruptions", ...) and ("requests", the requests
 #: or None when the trace gives none) before attribution. They are the analysis's own tables,
 #: unchanged later but for the fault-mark columns mark_faults adds to the requests.

@@ -12,10 +12,9 @@ import json
 import math
 import os
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 # kptrace's linear algebra is two small least-squares fits: OpenBLAS's helper threads only spin
 # (~0.15 s of CPU at numpy's import, measured in docs/performance.md). Before numpy is imported.
@@ -24,6 +23,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import typer  # noqa: E402
 
 from kptrace.errors import SetupError, TraceError  # noqa: E402
+
+if TYPE_CHECKING:
+    from kptrace.export.chart_process import ChartProcess
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Measure what interrupts cost a server, from its own kernel traces.")
@@ -103,37 +105,23 @@ def ingest(
     )
 
 
-def _import_ahead() -> None:
-    """Import what only the outputs need (the report's altair, about 0.5 s of pure Python, and the
-    timeline's protobufs) on a thread while the read runs, mostly in C and numpy; without
-    collections meanwhile, and frozen after (as _freeze_imports). An import that fails here is
-    left to fail again where the outputs import it, with the error it always had."""
-    gc.disable()
-    try:
-        with contextlib.suppress(Exception):
-            import kptrace.export.report  # noqa: F401
-    finally:
-        _freeze_imports()
-
-
-def _analyze_one(trace: Path, out: Path, quiet: bool, predicted: str | None = None,
+def _analyze_one(trace: Path, out: Path, quiet: bool, charts: ChartProcess, predicted: str | None = None,
                  timeline_window: tuple[float, float] | None = None) -> dict:
     """Analyze one input into `out`, what-if predictions included (and the `predicted` policy's
-    replay as a timeline group); return its summary. Stage progress goes to stderr."""
+    replay as a timeline group), the report's charts built by `charts`; return its summary.
+    Stage progress goes to stderr."""
     from kptrace.analysis import analyze as run_analysis
     from kptrace.archive import opened
-    from kptrace.export import EarlyOutputs, write_all
+    from kptrace.export.outputs import EarlyOutputs, write_all
 
     _freeze_imports()
-    ahead = threading.Thread(target=_import_ahead, name="import-ahead")
-    ahead.start()
     # events.parquet and the timeline are written on threads as soon as their tables are built.
-    with _stages(trace.name, quiet) as progress, EarlyOutputs(out, timeline_window is None) as early:
+    with (_stages(trace.name, quiet) as progress,
+          EarlyOutputs(out, timeline_window is None, charts.specs) as early):
         with opened(trace, out) as readable:  # a bundle archive is unpacked safely into out, then removed
             # A large binary capture is analysed in windows, which store their own tables.
             analysis = run_analysis(readable, progress, stored=out, built=early.built)
         _warn(analysis.meta)
-        ahead.join()
 
         def replayed(summary: dict) -> None:
             servers = len(summary["whatif"])
@@ -238,43 +226,47 @@ def analyze(
     analyzed entry by entry, each into its own folder of OUT; when some fail, the others are
     still analyzed and the exit code is 1. Exit 0 on
     success, 1 when an input cannot be used, 2 on bad usage."""
-    from kptrace.read.counters import is_counters_bundle
-    from kptrace.summary import render_summary
-    from kptrace.whatif import POLICIES
+    from kptrace.export.chart_process import ChartProcess
 
-    if is_counters_bundle(trace):  # counters only, no trace: rates and busy time (docs/counters.md)
-        from kptrace.export.counters import analyze_command
-        raise typer.Exit(analyze_command(trace, out, as_json))
-    if predicted is not None and predicted not in POLICIES:
-        _echo(f"kptrace: error: --whatif must be one of {', '.join(POLICIES)}", err=True)
-        raise typer.Exit(2)
-    window = _seconds_window(timeline_window) if timeline_window is not None else None
-    inputs = _inputs(trace)
-    if not inputs:
-        _fail(TraceError(trace, "empty directory: no bundle or trace file in it"))
-    summaries, failed = {}, []
-    for item, target in _output_dirs(inputs, out).items():
-        try:
-            summaries[str(item)] = _analyze_one(item, target, quiet or as_json, predicted, window)
-        except TraceError as error:
-            _echo(f"kptrace: error: {error}", err=True)
-            failed.append(item)
-    if as_json and summaries:
-        only = next(iter(summaries.values())) if len(inputs) == 1 else summaries
-        _echo(json.dumps(only, indent=2, default=str))
-    elif summaries:
-        for item, summary in summaries.items():
+    # Started first: the report's charts process imports altair on the other core meanwhile.
+    with ChartProcess() as charts:
+        from kptrace.read.counters import is_counters_bundle
+        from kptrace.summary import render_summary
+        from kptrace.whatif import POLICIES
+
+        if is_counters_bundle(trace):  # counters only, no trace: rates and busy time (docs/counters.md)
+            from kptrace.export.counters import analyze_command
+            raise typer.Exit(analyze_command(trace, out, as_json))
+        if predicted is not None and predicted not in POLICIES:
+            _echo(f"kptrace: error: --whatif must be one of {', '.join(POLICIES)}", err=True)
+            raise typer.Exit(2)
+        window = _seconds_window(timeline_window) if timeline_window is not None else None
+        inputs = _inputs(trace)
+        if not inputs:
+            _fail(TraceError(trace, "empty directory: no bundle or trace file in it"))
+        summaries, failed = {}, []
+        for item, target in _output_dirs(inputs, out).items():
+            try:
+                summaries[str(item)] = _analyze_one(item, target, quiet or as_json, charts, predicted, window)
+            except TraceError as error:
+                _echo(f"kptrace: error: {error}", err=True)
+                failed.append(item)
+        if as_json and summaries:
+            only = next(iter(summaries.values())) if len(inputs) == 1 else summaries
+            _echo(json.dumps(only, indent=2, default=str))
+        elif summaries:
+            for item, summary in summaries.items():
+                if len(inputs) > 1:
+                    _echo(f"\n=== {item}")
+                _echo(render_summary(summary))
+                outputs = summary["outputs"]
+                _echo(f"\ntables: {outputs['directory']}/*.parquet, summary: {outputs['summary']}, "
+                           f"report: {outputs['report']}, timeline (open in ui.perfetto.dev): {outputs['timeline']}")
+        if failed:
             if len(inputs) > 1:
-                _echo(f"\n=== {item}")
-            _echo(render_summary(summary))
-            outputs = summary["outputs"]
-            _echo(f"\ntables: {outputs['directory']}/*.parquet, summary: {outputs['summary']}, "
-                       f"report: {outputs['report']}, timeline (open in ui.perfetto.dev): {outputs['timeline']}")
-    if failed:
-        if len(inputs) > 1:
-            _echo(f"kptrace: error: {len(failed)} of {len(inputs)} inputs could not be analyzed: "
-                       + ", ".join(item.name for item in failed), err=True)
-        raise typer.Exit(1)
+                _echo(f"kptrace: error: {len(failed)} of {len(inputs)} inputs could not be analyzed: "
+                           + ", ".join(item.name for item in failed), err=True)
+            raise typer.Exit(1)
 
 
 @app.command()

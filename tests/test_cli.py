@@ -58,7 +58,7 @@ def test_library_callers_analyze_frames_and_write_the_same_outputs(tmp_path):
     from polars.testing import assert_frame_equal
 
     from kptrace.analysis import analyze, analyze_events, analyze_intervals
-    from kptrace.export import write_all
+    from kptrace.export.outputs import write_all
 
     trace = write_simulation(tmp_path / "sim", Scenario(duration_s=0.2, seed=4))
     from_path = analyze(trace)

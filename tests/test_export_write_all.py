@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-import kptrace.export as export
+import kptrace.export.outputs as export
 import kptrace.summary
 from kptrace.analysis import analyze
 from kptrace.errors import TraceError
+from kptrace.export.chart_process import ChartProcess
 from kptrace.export.perfetto import write_timeline
 from kptrace.simulate import Scenario, write_simulation
 from kptrace.summary import build_summary
@@ -73,15 +73,6 @@ def test_the_timeline_written_beside_the_summary_is_the_one_written_alone(analys
     assert (tmp_path / "all" / "timeline.perfetto-trace.gz").read_bytes() == Path(alone["path"]).read_bytes()
 
 
-def test_an_import_that_fails_ahead_is_left_to_fail_where_the_outputs_import_it(monkeypatch):
-    from kptrace import cli
-
-    monkeypatch.setitem(sys.modules, "kptrace.export.report", None)  # any import of it fails
-    cli._import_ahead()  # quietly
-    with pytest.raises(ImportError):
-        import kptrace.export.report  # noqa: F401
-
-
 def _same_outputs(left: Path, right: Path) -> None:
     """Every file of two output folders equal: Parquet by content, the rest byte for byte but for
     the folder's own path and the report's date."""
@@ -101,9 +92,10 @@ def _same_outputs(left: Path, right: Path) -> None:
 @pytest.mark.parametrize("predicted", [None, "remove"])
 def test_outputs_started_while_the_analysis_runs_are_those_written_after_it(analysis, tmp_path, predicted):
     """events.parquet and the timeline's measured group start as their tables are built, the
-    what-if group is appended after; every output equals one written after the analysis."""
+    what-if group is appended after, the report's charts are built by a chart process (as
+    `kptrace analyze` does); every output equals one written after the analysis, all in-process."""
     trace = analysis.meta["files"][0]
-    with export.EarlyOutputs(tmp_path / "early") as early:
+    with ChartProcess() as charts, export.EarlyOutputs(tmp_path / "early", draw_charts=charts.specs) as early:
         started = analyze(trace, built=early.built)
         assert early.events_written is not None and early.timeline_drawn is not None  # before write_all
         export.write_all(started, tmp_path / "early", predicted=predicted, early=early)

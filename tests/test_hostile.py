@@ -31,7 +31,7 @@ import zstandard
 from kptrace.analysis import analyze
 from kptrace.archive import Limits, is_archive, opened, unpack
 from kptrace.errors import TraceError
-from kptrace.export import write_all
+from kptrace.export.outputs import write_all
 from kptrace.export.text import terminal_safe
 from kptrace.simulate import Scenario, Source, write_simulation
 from kptrace.summary import build_summary, render_summary

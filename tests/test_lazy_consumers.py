@@ -18,7 +18,7 @@ from polars.testing import assert_frame_equal
 
 from kptrace import faults
 from kptrace.analysis import Analysis, analyze
-from kptrace.export import write_all
+from kptrace.export.outputs import write_all
 from kptrace.export.parquet import write_tables
 from kptrace.export.perfetto import write_timeline
 from kptrace.simulate import Scenario, scenario_with_nic, write_simulation

@@ -312,7 +312,7 @@ def test_analyze_draws_the_chosen_policys_replay_beside_measured(trace_processor
     """`analyze --whatif remove`: the "predicted: remove" group holds, per serving CPU, exactly the
     requests and interrupts the replay of that policy took, and "measured" is left whole."""
     from kptrace.analysis import analyze
-    from kptrace.export import write_all
+    from kptrace.export.outputs import write_all
     from kptrace.simulate import Scenario, write_simulation
     from kptrace.summary import build_summary
     from kptrace.whatif import default_policies, nic_sources, servers

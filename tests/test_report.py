@@ -25,6 +25,7 @@ from conftest import unavailable
 from kptrace.analysis import analyze
 from kptrace.attribute import COMPARABLE_BY, comparable_requests
 from kptrace.export import report
+from kptrace.export.charts import charts as build
 from kptrace.export.report import write_report
 from kptrace.simulate import Scenario, write_simulation
 from kptrace.summary import build_summary, figure_text, plus_minus
@@ -260,7 +261,7 @@ def test_chart_data_agrees_with_the_tables(sample_analysis):
 def test_every_chart_the_report_embeds_is_valid_vega_lite(sample_analysis, sample_report):
     """The report writes its specs unvalidated (for speed): here each is checked against the
     Vega-Lite schema, and the report embeds exactly that spec."""
-    charts = report.build_charts(sample_analysis, build_summary(sample_analysis))
+    charts = build(report.chart_inputs(report.report_view(sample_analysis), build_summary(sample_analysis)))
     html = sample_report.read_text()
     assert len(charts) >= 5
     for chart_id, chart in charts.items():
@@ -352,6 +353,17 @@ def test_report_without_requests(chromium: str, tmp_path: Path):
     check_page(charts, found, state, ["irq-rate", "cost"])
 
 
+def test_a_page_without_charts_carries_no_vega_and_still_loads_cleanly(sample_analysis, chromium: str, tmp_path: Path):
+    """No chart, no Vega bundle (the page's largest part); the page still says it is done."""
+    with_charts = write_report(tmp_path / "charts.html", sample_analysis, build_summary(sample_analysis))
+    page = write_report(tmp_path / "none.html", sample_analysis, build_summary(sample_analysis), specs={})
+    check_html(page.read_text(), 0)
+    assert "vegaEmbed=" not in page.read_text().replace(" ", "") and "vegaEmbed=" in with_charts.read_text().replace(" ", "")
+    assert page.stat().st_size < with_charts.stat().st_size - 500_000
+    charts, found, state = render(chromium, page, tmp_path, tmp_path / "none.png")
+    check_page(charts, found, state, [])
+
+
 def test_the_browser_check_sees_network_and_console_problems(chromium: str, tmp_path: Path):
     """The checks above would fail on a page that fetches over http or logs an error."""
     page = tmp_path / "bad.html"
@@ -407,7 +419,7 @@ def test_the_report_shows_the_counter_source_it_is_given(sample_analysis):
 def test_write_all_builds_the_charts_on_a_thread_into_the_page_write_report_writes(sample_analysis, tmp_path):
     """write_all builds the chart specs beside the timeline: the page is the one write_report
     writes on its own (but for the minute it was generated in)."""
-    from kptrace.export import write_all
+    from kptrace.export.outputs import write_all
 
     summary = write_all(sample_analysis, tmp_path / "all", build_summary(sample_analysis))
     alone = write_report(tmp_path / "alone.html", sample_analysis, summary)
@@ -416,11 +428,11 @@ def test_write_all_builds_the_charts_on_a_thread_into_the_page_write_report_writ
 
 
 def test_an_error_building_the_charts_on_the_thread_is_raised_by_write_all(sample_analysis, tmp_path, monkeypatch):
-    from kptrace.export import write_all
+    from kptrace.export.outputs import write_all
 
-    def broken(analysis):
+    def broken(analysis, draw):
         raise RuntimeError("chart failed")
-    monkeypatch.setattr(report, "measured_chart_specs", broken)
+    monkeypatch.setattr("kptrace.export.outputs.measured_chart_specs", broken)
     with pytest.raises(RuntimeError, match="chart failed"):
         write_all(sample_analysis, tmp_path / "all", build_summary(sample_analysis))
     assert not (tmp_path / "all" / "report.html").exists()

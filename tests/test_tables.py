@@ -12,7 +12,7 @@ import pytest
 
 from kptrace import tables
 from kptrace.analysis import analyze
-from kptrace.export import write_all
+from kptrace.export.outputs import write_all
 from kptrace.schema import PROVENANCES, Column
 from kptrace.simulate import Scenario, write_simulation
 

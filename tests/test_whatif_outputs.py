@@ -16,7 +16,7 @@ import pytest
 
 from kptrace import tables
 from kptrace.analysis import analyze
-from kptrace.export import predicted_timeline, write_all
+from kptrace.export.outputs import predicted_timeline, write_all
 from kptrace.simulate import Scenario, write_simulation
 from kptrace.whatif import whatif
 

@@ -17,7 +17,7 @@ import polars as pl
 
 from kptrace.counters import CountersAnalysis, analyze_counters, summarize
 from kptrace.errors import TraceError
-from kptrace.export.report import CSS, EMBED_SCRIPT, _esc, _js_in_script, _json_in_script, _vega_bundle
+from kptrace.export.report import CSS, EMBED_SCRIPT, _esc, _json_in_script, vega_script
 from kptrace.export.text import terminal_safe
 
 WIDTH = 860
@@ -211,8 +211,9 @@ def render_report(analysis: CountersAnalysis, summary: dict) -> str:
             "</p></section>"
             + "".join(f'<section><div class="chart" id="{cid}"></div></section>' for cid in charts)
             + f"<section><h2>Warnings</h2><ul>{notes}</ul></section>")
-    specs = "\n".join(f'<script type="application/json" id="spec-{cid}">{_json_in_script(c.to_dict())}</script>'
-                      for cid, c in charts.items())
+    specs = {cid: chart.to_dict() for cid, chart in charts.items()}
+    embedded = "\n".join(f'<script type="application/json" id="spec-{cid}">{_json_in_script(spec)}</script>'
+                         for cid, spec in specs.items())
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     name = Path(info["bundle"]).name
     return f"""<!DOCTYPE html>
@@ -222,7 +223,7 @@ def render_report(analysis: CountersAnalysis, summary: dict) -> str:
 <meta name="kptrace-charts" content="{len(charts)}">
 <title>kptrace counters — {_esc(name)}</title>
 <style>{CSS}</style>
-<script>{_js_in_script(_vega_bundle())}</script>
+{vega_script(specs)}
 </head>
 <body>
 <header>
@@ -233,7 +234,7 @@ def render_report(analysis: CountersAnalysis, summary: dict) -> str:
 <main>
 {body}
 </main>
-{specs}
+{embedded}
 <script>{EMBED_SCRIPT % json.dumps(list(charts))}</script>
 </body>
 </html>

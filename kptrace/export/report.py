@@ -18,18 +18,18 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-import altair as alt
 import polars as pl
-from altair.utils.schemapi import debug_mode
 
 from kptrace import tables
 from kptrace.schema import PROVENANCES
 from kptrace.analysis import Analysis
 from kptrace.attribute import COMPARABLE_BY, INDIRECT_PROVENANCE, Z95, comparable_requests
+from kptrace.export.chart_process import in_process
 from kptrace.export.perfetto import bin_count, irq_rate_bins
 from kptrace.summary import NOT_SIGNIFICANT, SIGNIFICANCE, counter_source, counters_text, figure_text
 
@@ -47,7 +47,6 @@ MAX_COST_ROWS = 20
 #: Comparison groups (attribute.COMPARABLE_BY) in the slowdown chart (those with most requests).
 TOP_GROUPS = 6
 
-WIDTH = 900
 #: Cost components drawn, labelled with the provenance their columns declare.
 COMPONENTS = {f"{label} ({tables.column('attribution', column).provenance})": column
               for label, column in (("direct", "direct_per_irq_ns"), ("indirect", "indirect_per_irq_ns"))}
@@ -222,144 +221,33 @@ def calibration_text(result: dict) -> str:
             f"({status})")
 
 
-# --------------------------------------------------------------------------- charts
+# --------------------------------------------------------------------------- chart inputs
 
 
-# Every encoding channel is given as an object (alt.X("lo:Q"), alt.Tooltip("cpu:N")), never as a
-# bare shorthand string: altair turns each string into its channel object by matching it against
-# every class of the Vega-Lite schema (from_dict), which took a third of the report's time.
+# What each chart draws, as JSON-ready data for kptrace.export.charts (keyword arguments of its
+# builder); computed here, in Polars, so that the charts need altair alone.
 
 
-def _title(text: str, subtitle: str | list[str]) -> alt.TitleParams:
-    return alt.TitleParams(text, subtitle=subtitle, anchor="start", fontSize=15, subtitleFontSize=12,
-                           subtitleColor="#555", offset=10)
-
-
-def _shared(channel: str) -> alt.Resolve:
-    """A composed chart's scale of `channel` shared by its panels. Composed charts get this, their
-    sizes and titles through the constructors: each .properties() or .resolve_scale() would copy
-    every panel again (altair copies deeply: the slowdown chart's six panels took 0.2 s of CPU)."""
-    return alt.Resolve(scale=alt.ScaleResolveMap(**{channel: "shared"}))
-
-
-def irq_rate_chart(analysis: Analysis) -> alt.Chart:
+def irq_rate_inputs(analysis: Analysis) -> dict:
     frame, bin_ns, n_bins, cpus = irq_rate_frame(analysis)
-    bin_ms = bin_ns // 1_000_000
     sources = (frame.group_by("source").agg(pl.col("rate").sum())  # ties by name: one order every run
                .sort("rate", "source", descending=[True, False])["source"].to_list())
-    shown = "" if len(cpus) >= _counted(_hard_irqs(analysis), "cpu").height \
-        else f"; the {len(cpus)} CPUs with most interrupts"
-    height = 150 if len(cpus) <= 2 else 90
-    return (
-        alt.Chart(alt.Data(values=frame.to_dicts()))
-        .transform_impute(impute="rate", key="t_ms", value=0, groupby=["cpu", "source"],
-                          keyvals=alt.ImputeSequence(start=0, stop=n_bins * bin_ms, step=bin_ms))
-        .transform_calculate(t_s="datum.t_ms / 1000")
-        .mark_line(interpolate="step-after", strokeWidth=1.4)
-        .encode(
-            x=alt.X("t_s:Q", title="time since trace start (s)", scale=alt.Scale(nice=False),
-                    axis=alt.Axis(labelFlush=False, tickCount=14)),
-            y=alt.Y("rate:Q", title="hard IRQs / s"),
-            color=alt.Color("source:N", title="source", sort=sources, scale=alt.Scale(scheme="tableau10")),
-            tooltip=[alt.Tooltip("cpu:N"), alt.Tooltip("source:N"),
-                     alt.Tooltip("t_s:Q", title="bin start (s)", format=".3f"),
-                     alt.Tooltip("rate:Q", title="IRQs/s", format=",.0f")],
-        )
-        .properties(width=WIDTH - 60, height=height)
-        .facet(row=alt.Row("cpu:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left",
-                                                                   labelFontWeight="bold")))
-        .properties(title=_title("Hard interrupts per second, per CPU",
-                                 f"{bin_ms} ms bins; colour = IRQ handler or APIC vector{shown}; "
-                                 f"sources beyond the {TOP_SOURCES} most frequent summed as 'other'"))
-    )
+    return {"values": frame.to_dicts(), "bin_ms": bin_ns // 1_000_000, "n_bins": n_bins, "sources": sources,
+            "cpus_drawn": len(cpus), "cpus_with_irqs": _counted(_hard_irqs(analysis), "cpu").height,
+            "top_sources": TOP_SOURCES}
 
 
-def service_cdf_chart(requests: pl.DataFrame) -> alt.Chart:
-    frame = service_cdf_frame(requests)
-    return (
-        alt.Chart(alt.Data(values=frame.to_dicts()))
-        .mark_line(interpolate="step-after", strokeWidth=2)
-        .encode(
-            x=alt.X("service_us:Q", title="service time (µs, log scale)", scale=alt.Scale(type="log")),
-            y=alt.Y("fraction:Q", title="fraction of requests ≤ x", axis=alt.Axis(format="%"),
-                    scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("group:N", title=None, scale=alt.Scale(range=["#54a24b", "#e45756"]),
-                            legend=alt.Legend(orient="bottom-right", fillColor="white", padding=6)),
-            tooltip=[alt.Tooltip("group:N"), alt.Tooltip("service_us:Q", title="µs", format=",.1f"),
-                     alt.Tooltip("fraction:Q", format=".1%")],
-        )
-        .properties(width=WIDTH, height=280, title=_title(
-            "Request service time, clean vs disrupted",
-            "cumulative distribution; disrupted = the work of a hard IRQ (and the softirqs it raised) ran inside the request"))
-    )
-
-
-def cost_chart(attribution: pl.DataFrame) -> alt.HConcatChart:
+def cost_inputs(attribution: pl.DataFrame) -> dict:
     costs, share = cost_frame(attribution)
-    labels = share.sort("order")["label"].to_list()
-    y = alt.Y("label:N", title=None, sort=labels, axis=alt.Axis(labelLimit=280, labelFontSize=11.5))
-    step = 30 * max(3, len(labels))  # one fixed height for both panels, so their rows line up
-    drawn = [c for c in COMPONENT_COLOURS if c in set(costs["component"])]
-    colour = alt.Color("component:N", title=None, scale=alt.Scale(domain=drawn,
-                                                                  range=[COMPONENT_COLOURS[c] for c in drawn]),
-                       legend=alt.Legend(orient="top", labelFontSize=12))
-    per_irq = alt.Chart(alt.Data(values=costs.to_dicts()))
-    x_us = alt.X("us:Q", title="µs per interrupt (bars: mean; whiskers: 95% interval)")
-    bars = per_irq.mark_bar(height=alt.RelativeBandSize(0.42)).encode(
-        x=x_us, y=y, yOffset=alt.YOffset("part:N", sort=list(COMPONENTS)), color=colour,
-        tooltip=[alt.Tooltip("label:N"), alt.Tooltip("component:N"), alt.Tooltip("us:Q", title="µs", format=",.2f"),
-                 alt.Tooltip("lo:Q", title="95% low", format=",.2f"), alt.Tooltip("hi:Q", title="95% high", format=",.2f"),
-                 alt.Tooltip("count:Q", title="interrupts", format=",")],
-    )
-    whiskers = per_irq.mark_rule(color="#222", strokeWidth=1.2).encode(
-        x=alt.X("lo:Q"), x2=alt.X2("hi:Q"), y=y, yOffset=alt.YOffset("part:N", sort=list(COMPONENTS)))
-    left = alt.layer(bars, whiskers, width=400, height=step)
-    share_chart = alt.Chart(alt.Data(values=share.to_dicts()))
-    y_share = alt.Y("label:N", sort=labels, axis=None)
-    share_bars = share_chart.mark_bar(color="#72b7b2", height=alt.RelativeBandSize(0.6)).encode(
-        x=alt.X("pct:Q", title="% of that CPU's time (±95%)"), y=y_share,
-        tooltip=[alt.Tooltip("label:N"), alt.Tooltip("pct:Q", title="% of CPU", format=".3f"),
-                 alt.Tooltip("lo:Q", title="95% low", format=".3f"), alt.Tooltip("hi:Q", title="95% high", format=".3f"),
-                 alt.Tooltip("rate_per_s:Q", title="IRQs/s", format=",.1f")],
-    )
-    share_whiskers = share_chart.mark_rule(color="#222", strokeWidth=1.2).encode(
-        x=alt.X("lo:Q"), x2=alt.X2("hi:Q"), y=y_share)
-    share_text = share_chart.mark_text(align="left", dx=4, fontSize=10.5, color="#444").encode(
-        x=alt.X("hi:Q"), y=y_share, text=alt.Text("pct:Q", format=".2f"))
-    right = alt.layer(share_bars, share_whiskers, share_text, width=250, height=step)
     more = f"; the {MAX_COST_ROWS} costliest of {attribution.height} rows (all in the table below)" \
         if attribution.height > MAX_COST_ROWS else ""
-    return alt.hconcat(left, right, spacing=30, resolve=_shared("y"), title=_title(
-        "Cost per interrupt source (left: per interrupt; right: share of CPU)",
-        [f"direct = the handler and the softirqs it raised; indirect = extra own time of the requests it hit{more}",
-         "share of CPU = rate × (direct + indirect when significant); no orange bar: no request was hit once by "
-         f"that source; grey: {INDIRECT_NS}"]))
-
-
-def whatif_chart(results: list[dict]) -> alt.HConcatChart:
-    frame = whatif_frame(results)
-    labels = list(dict.fromkeys(frame["label"]))
-    y = alt.Y("label:N", title=None, sort=labels, axis=alt.Axis(labelLimit=280, labelFontSize=11.5))
-    colour = alt.Color("kind:N", title=None, scale=alt.Scale(domain=["vanilla (calibration)", "policy"],
-                                                             range=["#9aa5b1", "#4c78a8"]),
-                       legend=alt.Legend(orient="top", labelFontSize=12))
-    panels = []
-    for panel in WHATIF_PANELS:
-        base = alt.Chart(alt.Data(values=frame.filter(pl.col("panel") == panel).to_dicts()))
-        bars = base.mark_bar(height=alt.RelativeBandSize(0.6)).encode(
-            x=alt.X("value:Q", title=f"{panel} (bars: predicted; error bars: 95% interval)"), y=y, color=colour,
-            tooltip=[alt.Tooltip("label:N"), alt.Tooltip("value:Q", title=panel, format=",.1f"),
-                     alt.Tooltip("lo:Q", title="95% low", format=",.1f"),
-                     alt.Tooltip("hi:Q", title="95% high", format=",.1f"),
-                     alt.Tooltip("ratio:Q", title="capacity × vanilla", format=".3f")])
-        errors = base.mark_errorbar(ticks=True, color="#222").encode(
-            x=alt.X("lo:Q", title=None), x2=alt.X2("hi:Q"), y=y)
-        panels.append(alt.layer(bars, errors, width=330, height=alt.Step(26)))
-    return alt.hconcat(*panels, spacing=30, resolve=_shared("y"), title=_title(
-        "What-if: predicted capacity and p99 per interrupt policy (modelled)",
-        [calibration_text(r) for r in results]
-        + ["modelled: a replay of the serving cores under each policy with its default parameters; "
-           "95% intervals: bootstrap over requests and interrupts"]))
+    drawn = set(costs["component"])
+    return {"costs": costs.to_dicts(), "share": share.to_dicts(), "labels": share.sort("order")["label"].to_list(),
+            "parts": list(COMPONENTS), "colours": {c: colour for c, colour in COMPONENT_COLOURS.items() if c in drawn},
+            "subtitle": [f"direct = the handler and the softirqs it raised; indirect = extra own time of the requests "
+                         f"it hit{more}",
+                         "share of CPU = rate × (direct + indirect when significant); no orange bar: no request was "
+                         f"hit once by that source; grey: {INDIRECT_NS}"]}
 
 
 def counters_subtitle(counters: dict) -> str:
@@ -370,36 +258,50 @@ def counters_subtitle(counters: dict) -> str:
     return f"this trace has no hardware counters (counters: {counters['kind']}), so no IPC: the slowdown is shown in time"
 
 
-def slowdown_chart(slowdown: pl.DataFrame, counters: dict) -> alt.VConcatChart:
-    """The rows of slowdown_frame, one panel per comparison group (CPU, thread and size class)."""
+def slowdown_inputs(slowdown: pl.DataFrame, counters: dict) -> dict:
+    """The rows of slowdown_frame, by panel (comparison group: CPU, thread and size class)."""
     frame = slowdown.with_columns(is_clean=pl.col("group").str.starts_with("clean"))
-    y = alt.Y("group:N", title=None, sort=None, axis=alt.Axis(labelLimit=280, labelFontSize=11.5, minExtent=200))
-    colour = alt.Color("is_clean:N", legend=None, scale=alt.Scale(domain=[True, False], range=["#54a24b", "#e45756"]))
-    x_title = "own time per request (µs; bars: mean, whiskers: 95% interval; label: requests)"
-    panels = []
-    panels_shown = frame["panel"].unique(maintain_order=True).to_list()
-    for position, panel in enumerate(panels_shown):
-        base = alt.Chart(alt.Data(values=frame.filter(pl.col("panel") == panel).to_dicts()))
-        last = position == len(panels_shown) - 1
-        bars = base.mark_bar(height=alt.RelativeBandSize(0.6)).encode(
-            x=alt.X("mean:Q", title=x_title if last else None, axis=alt.Axis(labels=last)),
-            y=y, color=colour,
-            tooltip=[alt.Tooltip("panel:N"), alt.Tooltip("group:N"),
-                     alt.Tooltip("mean:Q", title="mean µs", format=",.2f"),
-                     alt.Tooltip("lo:Q", title="95% low", format=",.2f"),
-                     alt.Tooltip("hi:Q", title="95% high", format=",.2f"), alt.Tooltip("n:Q", title="requests", format=",")],
-        )
-        whiskers = base.mark_rule(color="#222", strokeWidth=1.2).encode(x=alt.X("lo:Q"), x2=alt.X2("hi:Q"), y=y)
-        counts = base.mark_text(align="left", dx=4, fontSize=10.5, color="#444").encode(
-            x=alt.X("hi:Q"), y=y, text=alt.Text("n:Q", format=","))
-        panels.append(alt.layer(bars, whiskers, counts, width=WIDTH - 320, height=alt.Step(24),
-                                title=alt.TitleParams(f"{panel} (power-of-two classes of bytes in / out)",
-                                                      anchor="start", fontSize=12, fontWeight="bold")))
-    return alt.vconcat(*panels, spacing=12, resolve=_shared("x"), title=_title(
-        "Slowdown around interrupts: own time of requests, clean vs hit once",
-        ["own time = service time minus the disruptions and off-CPU time inside it; compared as the indirect "
-         "estimate compares them: within one CPU, thread and size class, requests switched out, hit more than "
-         "once or far beyond their group's typical own time left out", counters_subtitle(counters)]))
+    panels = {panel: frame.filter(pl.col("panel") == panel).to_dicts()
+              for panel in frame["panel"].unique(maintain_order=True).to_list()}
+    return {"panels": panels, "subtitle": [
+        "own time = service time minus the disruptions and off-CPU time inside it; compared as the indirect "
+        "estimate compares them: within one CPU, thread and size class, requests switched out, hit more than "
+        "once or far beyond their group's typical own time left out", counters_subtitle(counters)]}
+
+
+def whatif_inputs(results: list[dict]) -> dict:
+    frame = whatif_frame(results)
+    return {"panels": {panel: frame.filter(pl.col("panel") == panel).to_dicts() for panel in WHATIF_PANELS},
+            "labels": list(dict.fromkeys(frame["label"])),
+            "subtitle": [calibration_text(r) for r in results]
+            + ["modelled: a replay of the serving cores under each policy with its default parameters; "
+               "95% intervals: bootstrap over requests and interrupts"]}
+
+
+def chart_inputs(analysis: Analysis, summary: dict) -> dict[str, dict]:
+    """The chart inputs of every chart the page holds, by element id; a chart without data is left out."""
+    return measured_chart_inputs(analysis, summary["input"]["counters"]) | whatif_chart_inputs(summary)
+
+
+def whatif_chart_inputs(summary: dict) -> dict[str, dict]:
+    """The what-if's chart, when the summary holds what-if results."""
+    return {"whatif": whatif_inputs(summary["whatif"])} if summary.get("whatif") else {}
+
+
+def measured_chart_inputs(analysis: Analysis, counters: dict) -> dict[str, dict]:
+    """The charts of measured and estimated figures (all but the what-if's), by element id:
+    they need no summary but its counter source (summary.counter_source)."""
+    charts = {}
+    if _counted(_hard_irqs(analysis), "cpu").height:
+        charts["irq-rate"] = irq_rate_inputs(analysis)
+    requests = analysis.requests
+    if requests is not None and requests.filter(pl.col("dur") > 0).height:
+        charts["service-cdf"] = {"values": service_cdf_frame(requests).to_dicts()}
+    if analysis.attribution.height:
+        charts["cost"] = cost_inputs(analysis.attribution)
+    if requests is not None and (slowdown := slowdown_frame(requests)).height:
+        charts["slowdown"] = slowdown_inputs(slowdown, counters)
+    return charts
 
 
 # --------------------------------------------------------------------------- HTML
@@ -468,13 +370,23 @@ def _js_in_script(code: str) -> str:
     return re.sub(r"</(script)", r"<\\/\1", code, flags=re.I)
 
 
+def _vega_lite_version(specs: dict[str, dict]) -> str:
+    """The Vega-Lite version (major.minor) the specs were written for, from their `$schema` URL."""
+    schema = next(iter(specs.values()))["$schema"]
+    return re.search(r"/vega-lite/v(\d+\.\d+)", schema).group(1)
+
+
+def vega_script(specs: dict[str, dict]) -> str:
+    """The <script> element with the Vega bundle the specs need, or nothing for a page without charts."""
+    return f"<script>{_js_in_script(_vega_bundle(_vega_lite_version(specs)))}</script>" if specs else ""
+
+
 @functools.cache
-def _vega_bundle() -> str:
-    """Vega, Vega-Lite and vega-embed as one script. Building it takes vl-convert about a second,
-    so it is kept in the user's cache directory, keyed by both versions."""
+def _vega_bundle(version: str) -> str:
+    """Vega, Vega-Lite `version` and vega-embed as one script. Building it takes vl-convert about
+    a second, so it is kept in the user's cache directory, keyed by both versions."""
     import vl_convert
 
-    version = ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kptrace"
     cached = cache / f"vega-bundle-vlconvert{vl_convert.__version__}-vl{version}.js"
     if cached.exists():
@@ -634,32 +546,6 @@ def _figure(charts: dict, chart_id: str, provenance: str, missing: str) -> str:
     return f'<div class="chart" id="{chart_id}"></div>{provenance}'
 
 
-def build_charts(analysis: Analysis, summary: dict) -> dict[str, alt.TopLevelMixin]:
-    """The charts the page holds, by element id; a chart without data is left out."""
-    return measured_charts(analysis, summary["input"]["counters"]) | whatif_charts(summary)
-
-
-def whatif_charts(summary: dict) -> dict[str, alt.TopLevelMixin]:
-    """The what-if's chart, when the summary holds what-if results."""
-    return {"whatif": whatif_chart(summary["whatif"])} if summary.get("whatif") else {}
-
-
-def measured_charts(analysis: Analysis, counters: dict) -> dict[str, alt.TopLevelMixin]:
-    """The charts of measured and estimated figures (all but the what-if's), by element id:
-    they need no summary but its counter source (summary.counter_source)."""
-    charts = {}
-    if _counted(_hard_irqs(analysis), "cpu").height:
-        charts["irq-rate"] = irq_rate_chart(analysis)
-    requests = analysis.requests
-    if requests is not None and requests.filter(pl.col("dur") > 0).height:
-        charts["service-cdf"] = service_cdf_chart(requests)
-    if analysis.attribution.height:
-        charts["cost"] = cost_chart(analysis.attribution)
-    if requests is not None and (slowdown := slowdown_frame(requests)).height:
-        charts["slowdown"] = slowdown_chart(slowdown, counters)
-    return charts
-
-
 def headline(analysis: Analysis, summary: dict) -> str:
     """The few figures a reader wants first: the costliest sources, and clean vs disrupted requests."""
     items = []
@@ -721,29 +607,23 @@ def report_view(analysis: Analysis) -> Analysis:
     return replace(analysis, intervals=irqs, requests=requests)
 
 
-def chart_specs(analysis: Analysis, summary: dict, measured: dict[str, dict] | None = None) -> dict[str, dict]:
-    """The Vega-Lite spec of each chart the page holds, by element id: the page's slow part (pure
-    Python in altair), which write_all builds on threads. `measured`: the specs of
-    measured_chart_specs, when built already (beside the summary). Built without altair's check
-    of each schema object as it is made (debug mode), as the specs are written unvalidated, for
-    the same reason (_specs)."""
-    with debug_mode(False):
-        if measured is None:
-            return _specs(build_charts(report_view(analysis), summary))
-        return measured | _specs(whatif_charts(summary))
+#: Builds the specs of chart inputs: kptrace.export.charts.specs, here or in a ChartProcess.
+Draw = Callable[[dict[str, dict]], dict[str, dict]]
 
 
-def measured_chart_specs(analysis: Analysis) -> dict[str, dict]:
-    """The specs of measured_charts: all but the what-if's, which need no summary, so that
-    write_all builds them while the summary is built (its what-if mostly in Polars and C)."""
-    with debug_mode(False):
-        return _specs(measured_charts(report_view(analysis), counter_source(analysis)))
+def chart_specs(analysis: Analysis, summary: dict, measured: dict[str, dict] | None = None,
+                draw: Draw = in_process) -> dict[str, dict]:
+    """The Vega-Lite spec of each chart the page holds, by element id, built by `draw`.
+    `measured`: the specs of measured_chart_specs, when built already (beside the summary)."""
+    if measured is None:
+        return draw(chart_inputs(report_view(analysis), summary))
+    return measured | draw(whatif_chart_inputs(summary))
 
 
-def _specs(charts: dict[str, alt.TopLevelMixin]) -> dict[str, dict]:
-    """Each chart's spec, unvalidated: checking each against the Vega-Lite schema took half the
-    report's time; tests/test_report.py validates every chart the report draws."""
-    return {chart_id: chart.to_dict(validate=False) for chart_id, chart in charts.items()}
+def measured_chart_specs(analysis: Analysis, draw: Draw = in_process) -> dict[str, dict]:
+    """The specs of the charts measured_chart_inputs gives: all but the what-if's, which need no
+    summary, so that write_all has them built while the summary is built."""
+    return draw(measured_chart_inputs(report_view(analysis), counter_source(analysis)))
 
 
 def render_report(analysis: Analysis, summary: dict, specs: dict[str, dict] | None = None) -> str:
@@ -795,7 +675,7 @@ def render_report(analysis: Analysis, summary: dict, specs: dict[str, dict] | No
 <meta name="kptrace-charts" content="{len(charts)}">
 <title>kptrace report — {_esc(name)}</title>
 <style>{CSS}</style>
-<script>{_js_in_script(_vega_bundle())}</script>
+{vega_script(charts)}
 </head>
 <body>
 <header>

@@ -112,7 +112,7 @@ def analyze_input(path: Path, out: Path) -> dict:
     as `failed` with its one line (retrying would fail again); anything else raises, so that Dask
     retries the task (a lost worker, a full disk)."""
     from kptrace.analysis import analyze
-    from kptrace.export import write_all
+    from kptrace.export.outputs import write_all
     from kptrace.summary import build_summary
     from kptrace.whatif.render import whatif_frame
 
