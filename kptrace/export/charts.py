@@ -22,7 +22,7 @@ from altair.utils.schemapi import debug_mode
 WIDTH = 900
 
 
-def _title(text: str, subtitle: str | list[str]) -> alt.TitleParams:
+def chart_title(text: str, subtitle: str | list[str]) -> alt.TitleParams:
     return alt.TitleParams(text, subtitle=subtitle, anchor="start", fontSize=15, subtitleFontSize=12,
                            subtitleColor="#555", offset=10)
 
@@ -57,7 +57,7 @@ def irq_rate_chart(values: list[dict], bin_ms: int, n_bins: int, sources: list[s
         .properties(width=WIDTH - 60, height=height)
         .facet(row=alt.Row("cpu:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left",
                                                                    labelFontWeight="bold")))
-        .properties(title=_title("Hard interrupts per second, per CPU",
+        .properties(title=chart_title("Hard interrupts per second, per CPU",
                                  f"{bin_ms} ms bins; colour = IRQ handler or APIC vector{shown}; "
                                  f"sources beyond the {top_sources} most frequent summed as 'other'"))
     )
@@ -77,7 +77,7 @@ def service_cdf_chart(values: list[dict]) -> alt.Chart:
             tooltip=[alt.Tooltip("group:N"), alt.Tooltip("service_us:Q", title="µs", format=",.1f"),
                      alt.Tooltip("fraction:Q", format=".1%")],
         )
-        .properties(width=WIDTH, height=280, title=_title(
+        .properties(width=WIDTH, height=280, title=chart_title(
             "Request service time, clean vs disrupted",
             "cumulative distribution; disrupted = the work of a hard IRQ (and the softirqs it raised) ran inside the request"))
     )
@@ -115,7 +115,7 @@ def cost_chart(costs: list[dict], share: list[dict], labels: list[str], parts: l
     share_text = share_chart.mark_text(align="left", dx=4, fontSize=10.5, color="#444").encode(
         x=alt.X("hi:Q"), y=y_share, text=alt.Text("pct:Q", format=".2f"))
     right = alt.layer(share_bars, share_whiskers, share_text, width=250, height=step)
-    return alt.hconcat(left, right, spacing=30, resolve=_shared("y"), title=_title(
+    return alt.hconcat(left, right, spacing=30, resolve=_shared("y"), title=chart_title(
         "Cost per interrupt source (left: per interrupt; right: share of CPU)", subtitle))
 
 
@@ -137,7 +137,7 @@ def whatif_chart(panels: dict[str, list[dict]], labels: list[str], subtitle: lis
         errors = base.mark_errorbar(ticks=True, color="#222").encode(
             x=alt.X("lo:Q", title=None), x2=alt.X2("hi:Q"), y=y)
         drawn.append(alt.layer(bars, errors, width=330, height=alt.Step(26)))
-    return alt.hconcat(*drawn, spacing=30, resolve=_shared("y"), title=_title(
+    return alt.hconcat(*drawn, spacing=30, resolve=_shared("y"), title=chart_title(
         "What-if: predicted capacity and p99 per interrupt policy (modelled)", subtitle))
 
 
@@ -165,7 +165,7 @@ def slowdown_chart(panels: dict[str, list[dict]], subtitle: list[str]) -> alt.VC
         drawn.append(alt.layer(bars, whiskers, counts, width=WIDTH - 320, height=alt.Step(24),
                                title=alt.TitleParams(f"{panel} (power-of-two classes of bytes in / out)",
                                                      anchor="start", fontSize=12, fontWeight="bold")))
-    return alt.vconcat(*drawn, spacing=12, resolve=_shared("x"), title=_title(
+    return alt.vconcat(*drawn, spacing=12, resolve=_shared("x"), title=chart_title(
         "Slowdown around interrupts: own time of requests, clean vs hit once", subtitle))
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import altair as alt
 
-from kptrace.export.report import (CSS, EMBED_SCRIPT, _esc, _js_in_script, _json_in_script, _provenance, _table,
-                                   _title, _vega_bundle)
+from kptrace.export.charts import chart_title
+from kptrace.export.report import CSS, EMBED_SCRIPT, _esc, _json_in_script, _provenance, _table, vega_script
 from kptrace.summary import plus_minus
 from kptrace.tables import FLEET_TABLES
 
@@ -41,7 +41,7 @@ def loss_chart(rows: list[dict], title: str, subtitle: str) -> alt.LayerChart:
         tooltip=["label:N", alt.Tooltip("pct:Q", title="% lost", format=".2f"),
                  alt.Tooltip("lo:Q", title="95% low", format=".2f"), alt.Tooltip("hi:Q", title="95% high", format=".2f")])
     whiskers = base.mark_rule(color="#222").encode(x="lo:Q", x2="hi:Q", y=y)
-    return alt.layer(bars, whiskers).properties(width=560, height=alt.Step(24), title=_title(title, subtitle))
+    return alt.layer(bars, whiskers).properties(width=560, height=alt.Step(24), title=chart_title(title, subtitle))
 
 
 def gain_chart(rows: list[dict]) -> alt.LayerChart:
@@ -56,7 +56,7 @@ def gain_chart(rows: list[dict]) -> alt.LayerChart:
         tooltip=["label:N", alt.Tooltip("ratio:Q", format=".3f"), alt.Tooltip("lo:Q", title="95% low", format=".3f"),
                  alt.Tooltip("hi:Q", title="95% high", format=".3f")])
     errors = base.mark_errorbar(ticks=True, color="#222").encode(x=alt.X("lo:Q", title=None), x2="hi:Q", y=y)
-    return alt.layer(points, errors).properties(width=560, height=alt.Step(24), title=_title(
+    return alt.layer(points, errors).properties(width=560, height=alt.Step(24), title=chart_title(
         "Predicted capacity gain per policy", "modelled: each input's what-if replay with the policy's default "
                                               "parameters; 1 = no change"))
 
@@ -117,8 +117,9 @@ def render_fleet_report(summary: dict) -> str:
         ("Inputs", inputs_section(summary)),
     ]
     body = "\n".join(f"<section><h2>{_esc(title)}</h2>{content}</section>" for title, content in sections)
-    specs = "\n".join(f'<script type="application/json" id="spec-{chart_id}">{_json_in_script(chart.to_dict())}</script>'
-                      for chart_id, chart in charts.items())
+    specs = {chart_id: chart.to_dict() for chart_id, chart in charts.items()}
+    embedded = "\n".join(f'<script type="application/json" id="spec-{chart_id}">{_json_in_script(spec)}</script>'
+                         for chart_id, spec in specs.items())
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -128,7 +129,7 @@ def render_fleet_report(summary: dict) -> str:
 <meta name="kptrace-charts" content="{len(charts)}">
 <title>kptrace fleet — {counts['inputs']} inputs</title>
 <style>{CSS}</style>
-<script>{_js_in_script(_vega_bundle())}</script>
+{vega_script(specs)}
 </head>
 <body>
 <header>
@@ -139,7 +140,7 @@ def render_fleet_report(summary: dict) -> str:
 <main>
 {body}
 </main>
-{specs}
+{embedded}
 <script>{EMBED_SCRIPT % json.dumps(list(charts))}</script>
 </body>
 </html>
