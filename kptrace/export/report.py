@@ -4,7 +4,9 @@ The page works offline (a server room cannot reach a CDN): the Vega, Vega-Lite a
 JavaScript comes from the `vl-convert-python` package (`vl_convert.javascript_bundle`) and is
 inlined once; each chart is a Vega-Lite spec in a `<script type="application/json">` block
 that a small inline script hands to vegaEmbed (SVG renderer, no action links). Chart data is
-aggregated in Polars first, so the page stays small whatever the trace size.
+aggregated in Polars first, so the page stays small whatever the trace size: this module
+computes each chart's data (its "chart inputs"), and kptrace.export.charts lays them out with
+altair, in this process or in a ChartProcess of its own (`draw`).
 
 Every chart and table says where its figures come from: measured (read off the trace),
 estimated (a statistic over measured figures, with a 95% interval) or modelled.
