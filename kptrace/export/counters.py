@@ -17,7 +17,7 @@ import polars as pl
 
 from kptrace.counters import CountersAnalysis, analyze_counters, summarize
 from kptrace.errors import TraceError
-from kptrace.export.report import CSS, EMBED_SCRIPT, _esc, _json_in_script, vega_script
+from kptrace.export.report import CSS, EMBED_SCRIPT, _esc, spec_scripts, vega_script
 from kptrace.export.text import terminal_safe
 
 WIDTH = 860
@@ -212,8 +212,6 @@ def render_report(analysis: CountersAnalysis, summary: dict) -> str:
             + "".join(f'<section><div class="chart" id="{cid}"></div></section>' for cid in charts)
             + f"<section><h2>Warnings</h2><ul>{notes}</ul></section>")
     specs = {cid: chart.to_dict() for cid, chart in charts.items()}
-    embedded = "\n".join(f'<script type="application/json" id="spec-{cid}">{_json_in_script(spec)}</script>'
-                         for cid, spec in specs.items())
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     name = Path(info["bundle"]).name
     return f"""<!DOCTYPE html>
@@ -234,7 +232,7 @@ def render_report(analysis: CountersAnalysis, summary: dict) -> str:
 <main>
 {body}
 </main>
-{embedded}
+{spec_scripts(specs)}
 <script>{EMBED_SCRIPT % json.dumps(list(charts))}</script>
 </body>
 </html>

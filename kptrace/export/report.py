@@ -378,6 +378,12 @@ def _vega_lite_version(specs: dict[str, dict]) -> str:
     return re.search(r"/vega-lite/v(\d+\.\d+)", schema).group(1)
 
 
+def spec_scripts(specs: dict[str, dict]) -> str:
+    """Each spec in its own JSON block, `spec-ID`, where EMBED_SCRIPT finds it for the element ID."""
+    return "\n".join(f'<script type="application/json" id="spec-{chart_id}">{_json_in_script(spec)}</script>'
+                     for chart_id, spec in specs.items())
+
+
 def vega_script(specs: dict[str, dict]) -> str:
     """The <script> element with the Vega bundle the specs need, or nothing for a page without charts."""
     return f"<script>{_js_in_script(_vega_bundle(_vega_lite_version(specs)))}</script>" if specs else ""
@@ -665,8 +671,6 @@ def render_report(analysis: Analysis, summary: dict, specs: dict[str, dict] | No
 
     body = headline(analysis, summary) + "\n".join(
         f'<section><h2>{_esc(title)}</h2>{content}</section>' for title, content in sections)
-    specs = "\n".join(f'<script type="application/json" id="spec-{chart_id}">{_json_in_script(spec)}</script>'
-                      for chart_id, spec in charts.items())
     info = summary["input"]
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
@@ -688,7 +692,7 @@ def render_report(analysis: Analysis, summary: dict, specs: dict[str, dict] | No
 <main>
 {body}
 </main>
-{specs}
+{spec_scripts(charts)}
 <script>{EMBED_SCRIPT % json.dumps(list(charts))}</script>
 </body>
 </html>

@@ -12,7 +12,7 @@ from pathlib import Path
 import altair as alt
 
 from kptrace.export.charts import chart_title
-from kptrace.export.report import CSS, EMBED_SCRIPT, _esc, _json_in_script, _provenance, _table, vega_script
+from kptrace.export.report import CSS, EMBED_SCRIPT, _esc, _provenance, _table, spec_scripts, vega_script
 from kptrace.summary import plus_minus
 from kptrace.tables import FLEET_TABLES
 
@@ -118,8 +118,6 @@ def render_fleet_report(summary: dict) -> str:
     ]
     body = "\n".join(f"<section><h2>{_esc(title)}</h2>{content}</section>" for title, content in sections)
     specs = {chart_id: chart.to_dict() for chart_id, chart in charts.items()}
-    embedded = "\n".join(f'<script type="application/json" id="spec-{chart_id}">{_json_in_script(spec)}</script>'
-                         for chart_id, spec in specs.items())
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -140,7 +138,7 @@ def render_fleet_report(summary: dict) -> str:
 <main>
 {body}
 </main>
-{embedded}
+{spec_scripts(specs)}
 <script>{EMBED_SCRIPT % json.dumps(list(charts))}</script>
 </body>
 </html>
